@@ -1,0 +1,2 @@
+//! `cargo ktstr`.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The `harness = false` runner for ktstr test binaries.

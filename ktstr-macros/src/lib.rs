@@ -1,0 +1,1 @@
+//! Procedural macros for ktstr. The generated code names only `::ktstr` paths.

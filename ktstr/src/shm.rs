@@ -1,0 +1,520 @@
+//! The guest→host result channel: framed messages in a shared-memory region.
+//!
+//! The region lives in guest RAM that the guest kernel does not manage (left out of e820 by the
+//! KVM VMM, reserved with `memmap=` under qemu) and is passed to the guest as
+//! `ktstr_shm=<size>@<base>`. The guest maps it through `/dev/mem`; the host reads it straight
+//! from guest memory (KVM) or from the memory-backend file (qemu). No VM exit per byte.
+//!
+//! Layout (little-endian):
+//! - header, [`HEADER_LEN`] bytes: magic u64, version u32, header_len u32, capacity u64,
+//!   write_off u64 (guest-owned, bytes of frame area in use), host_req u32, guest_state u32;
+//! - frames from `header_len`: type u32, seq u32, len u32, crc32 u32 (over type|seq|len and the
+//!   payload), then the payload padded to 8 bytes.
+//!
+//! The guest writes a frame, issues a release fence, then advances `write_off`. The host treats
+//! everything in the region as hostile: it clamps `write_off`, bounds every length, and stops at
+//! the first bad magic or CRC.
+
+use std::sync::atomic::{fence, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// "KTSTRSHM" as a little-endian u64.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"KTSTRSHM");
+/// Protocol version.
+pub const VERSION: u32 = 1;
+/// Bytes of header before the first frame.
+pub const HEADER_LEN: u32 = 64;
+/// Bytes of frame header.
+pub const FRAME_HEADER_LEN: usize = 16;
+/// Largest payload the host accepts in one frame.
+pub const MAX_PAYLOAD: u32 = 4 << 20;
+
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = 8;
+const OFF_HEADER_LEN: usize = 12;
+const OFF_CAPACITY: usize = 16;
+const OFF_WRITE_OFF: usize = 24;
+const OFF_HOST_REQ: usize = 32;
+const OFF_GUEST_STATE: usize = 36;
+
+/// Kinds of frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u32)]
+pub enum FrameType {
+    /// Guest init is up; payload: JSON describing the guest (kernel release, CPUs seen).
+    Hello = 1,
+    /// Bytes a guest command wrote to stdout.
+    Stdout = 2,
+    /// Bytes a guest command wrote to stderr.
+    Stderr = 3,
+    /// A test verdict (JSON).
+    Result = 4,
+    /// The guest's exit code (i32 LE); the last frame of a clean run.
+    Exit = 5,
+    /// Free-form log text from guest userspace.
+    Log = 6,
+    /// A kernel or init panic report (longer than serial would carry).
+    Panic = 7,
+    /// Telemetry (JSON).
+    Telemetry = 8,
+    /// A copy of the guest kernel log.
+    Dmesg = 9,
+}
+
+impl FrameType {
+    /// Decodes a wire value.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        use FrameType::*;
+        Some(match v {
+            1 => Hello,
+            2 => Stdout,
+            3 => Stderr,
+            4 => Result,
+            5 => Exit,
+            6 => Log,
+            7 => Panic,
+            8 => Telemetry,
+            9 => Dmesg,
+            _ => return None,
+        })
+    }
+}
+
+/// One message from the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Kind.
+    pub kind: FrameType,
+    /// Sequence number (0, 1, 2, ... in write order).
+    pub seq: u32,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The payload as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+/// What is wrong with a region or a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShmError {
+    /// The region does not start with [`MAGIC`]: the guest never initialised it.
+    #[error("result channel not initialised (bad magic {0:#x}); the guest init never started")]
+    BadMagic(u64),
+    /// Unknown protocol version.
+    #[error("result channel version {0} is not supported (expected {VERSION})")]
+    BadVersion(u32),
+    /// Header fields out of bounds.
+    #[error("result channel header is corrupt: {0}")]
+    BadHeader(String),
+    /// A frame at `offset` is malformed.
+    #[error("corrupt frame at offset {offset}: {why}")]
+    BadFrame {
+        /// Offset into the frame area.
+        offset: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// The region could not be read.
+    #[error("reading the result channel failed: {0}")]
+    Io(String),
+    /// The guest ran out of room in the region.
+    #[error("result channel full: frame of {need} bytes does not fit ({left} left)")]
+    Full {
+        /// Bytes the frame needed.
+        need: u64,
+        /// Bytes left.
+        left: u64,
+    },
+}
+
+fn crc(kind: u32, seq: u32, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&kind.to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(&(payload.len() as u32).to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn padded(len: usize) -> usize {
+    (len + 7) & !7
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Host side: reads frames incrementally from a region through a caller-supplied reader, so
+/// the same code serves guest memory (KVM), a memory-backend file (qemu) and plain buffers.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    /// Offset into the frame area of the next unread frame.
+    next: u64,
+    /// Capacity learnt from the header.
+    capacity: Option<u64>,
+    /// Sequence number expected next.
+    seq: u32,
+    /// Set once a bad frame was seen: nothing after it is trusted.
+    poisoned: Option<ShmError>,
+}
+
+impl FrameReader {
+    /// A reader at the start of the region.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The error that stopped reading, if any.
+    pub fn error(&self) -> Option<&ShmError> {
+        self.poisoned.as_ref()
+    }
+
+    /// Reads every complete frame published since the last call. `region_len` is the size of
+    /// the whole region; `read_at(offset, buf)` fills `buf` from the region at `offset`.
+    /// Returns `Ok(vec![])` while the guest has not initialised the header yet.
+    pub fn poll(
+        &mut self,
+        region_len: u64,
+        mut read_at: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> Result<Vec<Frame>, ShmError> {
+        if let Some(e) = &self.poisoned {
+            return Err(e.clone());
+        }
+        let mut hdr = [0u8; HEADER_LEN as usize];
+        if region_len < HEADER_LEN as u64 {
+            return Err(ShmError::BadHeader(format!(
+                "region of {region_len} bytes is smaller than the header"
+            )));
+        }
+        read_at(0, &mut hdr).map_err(|e| ShmError::Io(e.to_string()))?;
+        let magic = le64(&hdr, OFF_MAGIC);
+        if magic == 0 {
+            return Ok(Vec::new());
+        }
+        let res = self.poll_inner(&hdr, region_len, &mut read_at);
+        if let Err(e) = &res {
+            self.poisoned = Some(e.clone());
+        }
+        res
+    }
+
+    fn poll_inner(
+        &mut self,
+        hdr: &[u8],
+        region_len: u64,
+        read_at: &mut impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> Result<Vec<Frame>, ShmError> {
+        let magic = le64(hdr, OFF_MAGIC);
+        if magic != MAGIC {
+            return Err(ShmError::BadMagic(magic));
+        }
+        let version = le32(hdr, OFF_VERSION);
+        if version != VERSION {
+            return Err(ShmError::BadVersion(version));
+        }
+        let header_len = le32(hdr, OFF_HEADER_LEN) as u64;
+        if header_len != HEADER_LEN as u64 {
+            return Err(ShmError::BadHeader(format!("header_len {header_len}")));
+        }
+        let capacity = le64(hdr, OFF_CAPACITY);
+        if capacity > region_len - header_len {
+            return Err(ShmError::BadHeader(format!(
+                "capacity {capacity} exceeds the region ({region_len} bytes)"
+            )));
+        }
+        if let Some(c) = self.capacity {
+            if c != capacity {
+                return Err(ShmError::BadHeader(
+                    "capacity changed during the run".into(),
+                ));
+            }
+        }
+        self.capacity = Some(capacity);
+        let write_off = le64(hdr, OFF_WRITE_OFF);
+        if write_off > capacity {
+            return Err(ShmError::BadHeader(format!(
+                "write_off {write_off} beyond capacity {capacity}"
+            )));
+        }
+        let mut frames = Vec::new();
+        while self.next < write_off {
+            let at = self.next;
+            let left = write_off - at;
+            let bad = |why: String| ShmError::BadFrame { offset: at, why };
+            if left < FRAME_HEADER_LEN as u64 {
+                return Err(bad(format!("truncated frame header ({left} bytes)")));
+            }
+            let mut fh = [0u8; FRAME_HEADER_LEN];
+            read_at(header_len + at, &mut fh).map_err(|e| ShmError::Io(e.to_string()))?;
+            let (kind, seq, len, sum) = (le32(&fh, 0), le32(&fh, 4), le32(&fh, 8), le32(&fh, 12));
+            if len > MAX_PAYLOAD {
+                return Err(bad(format!("payload length {len} exceeds {MAX_PAYLOAD}")));
+            }
+            let total = (FRAME_HEADER_LEN + padded(len as usize)) as u64;
+            if total > left {
+                return Err(bad(format!(
+                    "frame of {total} bytes runs past write_off ({left} left)"
+                )));
+            }
+            let mut payload = vec![0u8; len as usize];
+            read_at(header_len + at + FRAME_HEADER_LEN as u64, &mut payload)
+                .map_err(|e| ShmError::Io(e.to_string()))?;
+            if crc(kind, seq, &payload) != sum {
+                return Err(bad("checksum mismatch".into()));
+            }
+            let kind = FrameType::from_u32(kind)
+                .ok_or_else(|| bad(format!("unknown frame type {kind}")))?;
+            if seq != self.seq {
+                return Err(bad(format!("sequence {seq}, expected {}", self.seq)));
+            }
+            self.seq += 1;
+            self.next += total;
+            frames.push(Frame { kind, seq, payload });
+        }
+        Ok(frames)
+    }
+
+    /// Reads all frames of a complete region held in memory.
+    pub fn read_all(region: &[u8]) -> (Vec<Frame>, Option<ShmError>) {
+        let mut r = FrameReader::new();
+        match r.poll(region.len() as u64, |off, buf| {
+            let off = off as usize;
+            let src = region.get(off..off + buf.len()).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past region")
+            })?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }) {
+            Ok(f) => (f, None),
+            Err(e) => (Vec::new(), Some(e)),
+        }
+    }
+
+    /// The host's request word, for backends that want to show it in diagnostics.
+    pub fn host_req(region_header: &[u8]) -> u32 {
+        le32(region_header, OFF_HOST_REQ)
+    }
+}
+
+/// Guest side: appends frames to a mapped region. Single writer (the guest's PID 1 or one
+/// thread holding the lock).
+pub struct FrameWriter {
+    base: *mut u8,
+    len: usize,
+    seq: u32,
+    off: u64,
+}
+
+// SAFETY: the writer owns its mapping exclusively; callers serialise access with `&mut self`.
+unsafe impl Send for FrameWriter {}
+
+impl FrameWriter {
+    /// Initialises the header of the region at `base` (of `len` bytes) and returns a writer.
+    ///
+    /// # Safety
+    /// `base..base+len` must be a valid, writable mapping that lives as long as the writer and
+    /// that nothing else in this process writes.
+    pub unsafe fn init(base: *mut u8, len: usize) -> Result<Self, ShmError> {
+        if len < HEADER_LEN as usize + 64 {
+            return Err(ShmError::BadHeader(format!(
+                "region of {len} bytes is too small"
+            )));
+        }
+        let mut w = FrameWriter {
+            base,
+            len,
+            seq: 0,
+            off: 0,
+        };
+        let capacity = (len - HEADER_LEN as usize) as u64;
+        w.put(OFF_WRITE_OFF, &0u64.to_le_bytes());
+        w.put(OFF_VERSION, &VERSION.to_le_bytes());
+        w.put(OFF_HEADER_LEN, &HEADER_LEN.to_le_bytes());
+        w.put(OFF_CAPACITY, &capacity.to_le_bytes());
+        w.put(OFF_HOST_REQ, &0u32.to_le_bytes());
+        w.put(OFF_GUEST_STATE, &0u32.to_le_bytes());
+        fence(Ordering::Release);
+        w.put(OFF_MAGIC, &MAGIC.to_le_bytes());
+        Ok(w)
+    }
+
+    fn put(&mut self, at: usize, bytes: &[u8]) {
+        assert!(at + bytes.len() <= self.len);
+        // SAFETY: bounds checked above; the mapping is valid per `init`'s contract. Volatile
+        // because the host reads the same memory concurrently.
+        unsafe {
+            for (i, b) in bytes.iter().enumerate() {
+                std::ptr::write_volatile(self.base.add(at + i), *b);
+            }
+        }
+    }
+
+    /// Appends one frame and publishes it.
+    pub fn write(&mut self, kind: FrameType, payload: &[u8]) -> Result<(), ShmError> {
+        let total = (FRAME_HEADER_LEN + padded(payload.len())) as u64;
+        let capacity = (self.len - HEADER_LEN as usize) as u64;
+        if payload.len() as u64 > MAX_PAYLOAD as u64 || self.off + total > capacity {
+            return Err(ShmError::Full {
+                need: total,
+                left: capacity - self.off,
+            });
+        }
+        let at = HEADER_LEN as usize + self.off as usize;
+        let k = kind as u32;
+        let mut fh = [0u8; FRAME_HEADER_LEN];
+        fh[0..4].copy_from_slice(&k.to_le_bytes());
+        fh[4..8].copy_from_slice(&self.seq.to_le_bytes());
+        fh[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        fh[12..16].copy_from_slice(&crc(k, self.seq, payload).to_le_bytes());
+        self.put(at, &fh);
+        self.put(at + FRAME_HEADER_LEN, payload);
+        let pad = padded(payload.len()) - payload.len();
+        self.put(at + FRAME_HEADER_LEN + payload.len(), &[0u8; 8][..pad]);
+        fence(Ordering::Release);
+        self.off += total;
+        self.seq += 1;
+        let off = self.off;
+        self.put(OFF_WRITE_OFF, &off.to_le_bytes());
+        Ok(())
+    }
+
+    /// Bytes left for frames.
+    pub fn remaining(&self) -> u64 {
+        (self.len - HEADER_LEN as usize) as u64 - self.off
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region_with(frames: &[(FrameType, &[u8])], len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        // SAFETY: buf outlives the writer and nothing else touches it meanwhile.
+        let mut w = unsafe { FrameWriter::init(buf.as_mut_ptr(), len) }.unwrap();
+        for (k, p) in frames {
+            w.write(*k, p).unwrap();
+        }
+        drop(w);
+        buf
+    }
+
+    #[test]
+    fn round_trip() {
+        let buf = region_with(
+            &[
+                (FrameType::Hello, b"{}"),
+                (FrameType::Stdout, b"hello world\n"),
+                (FrameType::Exit, &3i32.to_le_bytes()),
+            ],
+            4096,
+        );
+        let (frames, err) = FrameReader::read_all(&buf);
+        assert_eq!(err, None);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[1].text(), "hello world\n");
+        assert_eq!(frames[2].kind, FrameType::Exit);
+        assert_eq!(frames[2].seq, 2);
+    }
+
+    #[test]
+    fn incremental_poll_sees_only_new_frames() {
+        let mut buf = vec![0u8; 4096];
+        let ptr = buf.as_mut_ptr();
+        let mut r = FrameReader::new();
+        let read = |b: &Vec<u8>| {
+            let b = b.clone();
+            move |off: u64, out: &mut [u8]| {
+                out.copy_from_slice(&b[off as usize..off as usize + out.len()]);
+                Ok(())
+            }
+        };
+        assert!(
+            r.poll(4096, read(&buf)).unwrap().is_empty(),
+            "uninitialised"
+        );
+        // SAFETY: buf lives for the whole test.
+        let mut w = unsafe { FrameWriter::init(ptr, 4096) }.unwrap();
+        w.write(FrameType::Log, b"a").unwrap();
+        assert_eq!(r.poll(4096, read(&buf)).unwrap().len(), 1);
+        w.write(FrameType::Log, b"b").unwrap();
+        w.write(FrameType::Log, b"c").unwrap();
+        let f = r.poll(4096, read(&buf)).unwrap();
+        assert_eq!(f.iter().map(Frame::text).collect::<Vec<_>>(), ["b", "c"]);
+    }
+
+    #[test]
+    fn corrupt_payload_stops_at_bad_crc() {
+        let mut buf = region_with(
+            &[(FrameType::Log, b"good"), (FrameType::Log, b"evil")],
+            4096,
+        );
+        // Second frame's payload starts at 64 + 16 + 8 + 16.
+        buf[64 + 24 + 16] ^= 0xff;
+        let (frames, err) = FrameReader::read_all(&buf);
+        assert!(frames.is_empty());
+        assert!(
+            matches!(err, Some(ShmError::BadFrame { offset: 24, .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn hostile_header_is_bounded() {
+        let mut buf = region_with(&[(FrameType::Log, b"x")], 4096);
+        buf[OFF_WRITE_OFF..OFF_WRITE_OFF + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            FrameReader::read_all(&buf).1,
+            Some(ShmError::BadHeader(_))
+        ));
+        let mut buf = region_with(&[(FrameType::Log, b"x")], 4096);
+        buf[OFF_CAPACITY..OFF_CAPACITY + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(
+            FrameReader::read_all(&buf).1,
+            Some(ShmError::BadHeader(_))
+        ));
+        let mut buf = region_with(&[(FrameType::Log, b"x")], 4096);
+        buf[0] ^= 1;
+        assert!(matches!(
+            FrameReader::read_all(&buf).1,
+            Some(ShmError::BadMagic(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_and_truncated_frames() {
+        let mut buf = region_with(&[(FrameType::Log, b"x")], 4096);
+        let len_at = HEADER_LEN as usize + 8;
+        buf[len_at..len_at + 4].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+        assert!(matches!(
+            FrameReader::read_all(&buf).1,
+            Some(ShmError::BadFrame { .. })
+        ));
+        let mut buf = region_with(&[(FrameType::Log, b"12345678")], 4096);
+        // Claim write_off ends in the middle of the payload.
+        buf[OFF_WRITE_OFF..OFF_WRITE_OFF + 8].copy_from_slice(&20u64.to_le_bytes());
+        let (_, err) = FrameReader::read_all(&buf);
+        assert!(matches!(err, Some(ShmError::BadFrame { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn writer_reports_full() {
+        let mut buf = vec![0u8; 256];
+        // SAFETY: buf outlives the writer.
+        let mut w = unsafe { FrameWriter::init(buf.as_mut_ptr(), 256) }.unwrap();
+        assert!(matches!(
+            w.write(FrameType::Log, &[0u8; 300]),
+            Err(ShmError::Full { .. })
+        ));
+        w.write(FrameType::Log, &[0u8; 100]).unwrap();
+    }
+}

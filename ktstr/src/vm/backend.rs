@@ -1,0 +1,171 @@
+//! Backend selection: the in-process KVM VMM where hardware KVM is usable, qemu otherwise.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A VM backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// ktstr's own in-process VMM on `/dev/kvm`.
+    Kvm,
+    /// `qemu-system-x86_64` as a child process (TCG, or KVM when asked and available).
+    Qemu,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Kvm => "kvm",
+            BackendKind::Qemu => "qemu",
+        })
+    }
+}
+
+/// What the user asked for: a backend or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// Pick by probing the host.
+    Auto,
+    /// Use this one.
+    Fixed(BackendKind),
+}
+
+/// A backend name that is not `kvm`, `qemu` or `auto`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {0:?}: expected kvm, qemu or auto")]
+pub struct BackendSelectError(pub String);
+
+impl FromStr for BackendChoice {
+    type Err = BackendSelectError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(BackendChoice::Auto),
+            "kvm" => Ok(BackendChoice::Fixed(BackendKind::Kvm)),
+            "qemu" => Ok(BackendChoice::Fixed(BackendKind::Qemu)),
+            _ => Err(BackendSelectError(s.to_string())),
+        }
+    }
+}
+
+impl BackendChoice {
+    /// Reads `KTSTR_BACKEND` (unset means `auto`).
+    pub fn from_env() -> Result<Self, BackendSelectError> {
+        match std::env::var("KTSTR_BACKEND") {
+            Ok(v) => v.parse(),
+            Err(_) => Ok(BackendChoice::Auto),
+        }
+    }
+}
+
+/// What the host offers for virtualization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostVirt {
+    /// `/dev/kvm` opens read-write.
+    pub kvm_usable: bool,
+    /// The CPU flags include `vmx` or `svm`, i.e. KVM runs guest code in hardware.
+    pub hardware_virt: bool,
+}
+
+impl HostVirt {
+    /// Probes this host.
+    pub fn probe() -> Self {
+        let kvm_usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        let hardware_virt = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| cpuinfo_has_hw_virt(&s))
+            .unwrap_or(false);
+        HostVirt {
+            kvm_usable,
+            hardware_virt,
+        }
+    }
+
+    /// Whether Linux guests can run fast on KVM here.
+    pub fn hardware_kvm(&self) -> bool {
+        self.kvm_usable && self.hardware_virt
+    }
+}
+
+/// Whether a `/proc/cpuinfo` text lists the `vmx` or `svm` flag.
+pub fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// Resolves a choice to a backend and the reason, e.g. for a one-time stderr note.
+pub fn select_backend(choice: BackendChoice, host: &HostVirt) -> (BackendKind, String) {
+    match choice {
+        BackendChoice::Fixed(k) => (k, format!("{k} requested")),
+        BackendChoice::Auto if host.hardware_kvm() => (
+            BackendKind::Kvm,
+            "auto: /dev/kvm is usable and the CPU has hardware virtualization".into(),
+        ),
+        BackendChoice::Auto if host.kvm_usable => (
+            BackendKind::Qemu,
+            "auto: /dev/kvm exists but the CPU flags have no vmx/svm, so KVM would emulate the guest kernel; using qemu (TCG)".into(),
+        ),
+        BackendChoice::Auto => (
+            BackendKind::Qemu,
+            "auto: /dev/kvm is missing or not accessible; using qemu (TCG)".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_choices() {
+        assert_eq!(
+            "auto".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Auto
+        );
+        assert_eq!(
+            "KVM".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Fixed(BackendKind::Kvm)
+        );
+        let e = "xen".parse::<BackendChoice>().unwrap_err();
+        assert!(e.to_string().contains("expected kvm, qemu or auto"));
+    }
+
+    #[test]
+    fn auto_prefers_hardware_kvm_only() {
+        let hw = HostVirt {
+            kvm_usable: true,
+            hardware_virt: true,
+        };
+        let emu = HostVirt {
+            kvm_usable: true,
+            hardware_virt: false,
+        };
+        let none = HostVirt {
+            kvm_usable: false,
+            hardware_virt: true,
+        };
+        assert_eq!(select_backend(BackendChoice::Auto, &hw).0, BackendKind::Kvm);
+        let (k, why) = select_backend(BackendChoice::Auto, &emu);
+        assert_eq!(k, BackendKind::Qemu);
+        assert!(why.contains("no vmx/svm"), "{why}");
+        assert_eq!(
+            select_backend(BackendChoice::Auto, &none).0,
+            BackendKind::Qemu
+        );
+    }
+
+    #[test]
+    fn cpuinfo_flags() {
+        assert!(cpuinfo_has_hw_virt("flags\t\t: fpu vme svm lm\n"));
+        assert!(!cpuinfo_has_hw_virt(
+            "flags\t\t: fpu hypervisor topoext\nmodel name: svm\n"
+        ));
+    }
+}
