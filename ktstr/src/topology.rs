@@ -375,8 +375,10 @@ mod tests {
 
     #[test]
     fn canonical_numbering_matches_the_spec_example() {
-        // 2,2,2,2: node1 = CPUs 8-15, cpu0's LLC = 0-3, cpu5's siblings = 4-5.
-        let t = Topology::parse("2,2,2,2").unwrap();
+        // LLCs are counted in total: 2,4,2,2 is 16 CPUs, node1 = CPUs 8-15, cpu0's LLC = 0-3,
+        // cpu5's siblings = 4-5; 2,2,2,2 is 8 CPUs with node1 = 4-7.
+        assert_eq!(Topology::parse("2,2,2,2").unwrap().node_cpulist(1), "4-7");
+        let t = Topology::parse("2,4,2,2").unwrap();
         assert_eq!(t.node_cpulist(1), "8-15");
         assert_eq!(t.llc_cpulist(0), "0-3");
         assert_eq!(t.sibling_cpulist(5), "4-5");
@@ -389,7 +391,7 @@ mod tests {
 
     #[test]
     fn apic_ids_pack_fields() {
-        let t = Topology::parse("2,2,2,2").unwrap();
+        let t = Topology::parse("2,4,2,2").unwrap();
         let l = t.apic_layout();
         assert_eq!((l.smt_shift(), l.llc_shift(), l.pkg_shift()), (1, 2, 3));
         let ids: Vec<u32> = (0..t.num_cpus()).map(|c| t.apic_id(c)).collect();
