@@ -3,7 +3,9 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the run path of one test case and a code map.
 
+pub mod guest;
 pub mod initramfs;
+pub mod kernel;
 pub mod shm;
 pub mod topology;
 pub mod vm;

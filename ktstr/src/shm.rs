@@ -404,7 +404,6 @@ mod tests {
         for (k, p) in frames {
             w.write(*k, p).unwrap();
         }
-        drop(w);
         buf
     }
 

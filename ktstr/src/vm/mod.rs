@@ -186,3 +186,32 @@ pub fn tail_lines(s: &str, n: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(n)..].join("\n")
 }
+
+/// Why a VM could not be run at all (as opposed to running and failing, see [`VmEnd`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The qemu backend failed.
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
+    /// The KVM backend failed.
+    #[error("KVM backend: {0}")]
+    Kvm(String),
+}
+
+/// Runs `spec` on `backend`. `qemu_accel_kvm` asks qemu for `-accel kvm` (only sensible on
+/// hardware KVM).
+pub fn run(backend: BackendKind, spec: VmSpec) -> Result<VmOutcome, VmError> {
+    match backend {
+        BackendKind::Qemu => {
+            let accel = if std::env::var("KTSTR_QEMU_ACCEL").as_deref() == Ok("kvm") {
+                qemu::Accel::Kvm
+            } else {
+                qemu::Accel::Tcg
+            };
+            Ok(qemu::run(spec, accel)?)
+        }
+        BackendKind::Kvm => Err(VmError::Kvm(
+            "the in-process VMM is not wired in yet".into(),
+        )),
+    }
+}

@@ -1,1 +1,567 @@
-//! qemu backend.
+//! The qemu backend: `qemu-system-x86_64` as a child process, for hosts where KVM is missing or
+//! only emulated (TCG), or where the user asks for it.
+//!
+//! It keeps the contract of the in-process VMM: the same kernel, initramfs and guest init, the
+//! same topology (CPU numbering included), the same shared-memory result channel and the same
+//! exit port.
+//! - Topology: one socket per NUMA node and one die per LLC with an Intel CPU model, because
+//!   Linux takes the LLC from CPUID leaf 4, which qemu shares per die; `-numa node` entries
+//!   give each node its CPUs and memory. qemu numbers CPUs socket, die, core, thread: our
+//!   canonical order.
+//! - Result channel: the last node's RAM is a `memory-backend-file` with `share=on` in a private
+//!   temporary directory; the top [`VmSpec::shm_size`] bytes are reserved in the guest with
+//!   `memmap=` and read by the host straight from the file.
+//! - Exit: `isa-debug-exit` on port 0xF4; qemu's exit status is `status << 1 | 1`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{BackendKind, ConsoleMode, PhaseTimes, VmEnd, VmOutcome, VmSpec, CONSOLE_TAIL_BYTES};
+use crate::shm::{FrameReader, FrameType};
+use crate::topology::Topology;
+
+/// The qemu binary ktstr runs.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// q35 keeps RAM below 4 GiB up to this size; above it, only the first 2 GiB stay low.
+const Q35_LOWMEM_LIMIT: u64 = 0xB000_0000;
+const Q35_LOWMEM_SPLIT: u64 = 0x8000_0000;
+const GIB4: u64 = 1 << 32;
+
+/// How long the monitor sleeps between looks at the child and the result channel.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Why the qemu backend could not run a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// qemu is not installed.
+    #[error("{QEMU_BINARY} not found on PATH: install Debian's qemu-system-x86 package (apt-get install -y qemu-system-x86) or use --backend kvm on a host with hardware KVM")]
+    NotInstalled,
+    /// The kernel or initramfs file is missing.
+    #[error("{what} {path} does not exist or is not readable: {source}")]
+    MissingInput {
+        /// "kernel" or "initramfs".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The requested memory cannot hold the result channel plus a kernel.
+    #[error("{memory_mib} MiB of guest memory across {nodes} NUMA node(s) is too small: each node needs at least 128 MiB")]
+    MemoryTooSmall {
+        /// Requested MiB.
+        memory_mib: u64,
+        /// NUMA nodes.
+        nodes: u32,
+    },
+    /// Host-side I/O failed (temporary files, spawning, pipes).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> QemuError {
+    let what = what.into();
+    move |source| QemuError::Io { what, source }
+}
+
+/// Accelerator for qemu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Software emulation.
+    Tcg,
+    /// Hardware KVM through qemu.
+    Kvm,
+}
+
+/// Guest memory placement under qemu's q35 machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuMemory {
+    /// MiB per NUMA node, in node order.
+    pub node_mib: Vec<u64>,
+    /// Guest-physical base of the result region.
+    pub shm_gpa: u64,
+    /// Offset of the result region inside the last node's backing file.
+    pub shm_file_offset: u64,
+}
+
+/// Splits `memory_mib` over the topology's nodes (128 MiB multiples, the Linux memory block
+/// size, so every node gets whole sections) and places the result region at the top of the
+/// last node.
+pub fn plan_memory(
+    topo: &Topology,
+    memory_mib: u64,
+    shm_size: u64,
+) -> Result<QemuMemory, QemuError> {
+    let nodes = topo.numa_nodes as u64;
+    let per_node = (memory_mib / nodes) / 128 * 128;
+    if per_node < 128 {
+        return Err(QemuError::MemoryTooSmall {
+            memory_mib,
+            nodes: topo.numa_nodes,
+        });
+    }
+    let node_mib = vec![per_node; nodes as usize];
+    let total = (per_node * nodes) << 20;
+    let below_4g = if total >= Q35_LOWMEM_LIMIT {
+        Q35_LOWMEM_SPLIT
+    } else {
+        total
+    };
+    let top = if total > below_4g {
+        GIB4 + (total - below_4g)
+    } else {
+        total
+    };
+    Ok(QemuMemory {
+        node_mib,
+        shm_gpa: top - shm_size,
+        shm_file_offset: (per_node << 20) - shm_size,
+    })
+}
+
+/// The kernel command line the qemu backend boots with (before `VmSpec::cmdline_extra`).
+pub fn base_cmdline(mem: &QemuMemory, shm_size: u64, console: ConsoleMode) -> Vec<String> {
+    let loglevel = if console == ConsoleMode::Stderr {
+        "loglevel=7"
+    } else {
+        "loglevel=1"
+    };
+    vec![
+        "console=ttyS0".into(),
+        loglevel.into(),
+        "8250.nr_uarts=1".into(),
+        "mitigations=off".into(),
+        "panic=-1".into(),
+        "reboot=t".into(),
+        "nokaslr".into(),
+        "rootfstype=ramfs".into(),
+        "rdinit=/init".into(),
+        "random.trust_cpu=on".into(),
+        "numa_balancing=disable".into(),
+        "rcupdate.rcu_cpu_stall_timeout=60".into(),
+        "sysctl.kernel.sched_schedstats=1".into(),
+        format!("memmap={shm_size:#x}${:#x}", mem.shm_gpa),
+        format!("ktstr_shm={shm_size:#x}@{:#x}", mem.shm_gpa),
+    ]
+}
+
+/// The qemu arguments that present `topo` with memory `mem` (everything topology-related).
+pub fn topology_args(topo: &Topology, mem: &QemuMemory, mem_dir: &Path) -> Vec<String> {
+    let cpus = topo.num_cpus();
+    let mut a = vec![
+        "-cpu".into(),
+        // An Intel model: Linux takes the LLC from leaf 4, which qemu shares per die.
+        "Skylake-Server".into(),
+        "-smp".into(),
+        format!(
+            "{cpus},sockets={},dies={},cores={},threads={}",
+            topo.numa_nodes,
+            topo.llcs_per_node(),
+            topo.cores,
+            topo.threads
+        ),
+        "-m".into(),
+        format!("{}M", mem.node_mib.iter().sum::<u64>()),
+    ];
+    let last = mem.node_mib.len() - 1;
+    for (n, mib) in mem.node_mib.iter().enumerate() {
+        let backend = if n == last {
+            // The last node is file-backed and shared so the host can read the result region.
+            format!(
+                "memory-backend-file,id=m{n},size={mib}M,mem-path={},share=on",
+                mem_dir.join(format!("node{n}")).display()
+            )
+        } else {
+            format!("memory-backend-ram,id=m{n},size={mib}M")
+        };
+        a.push("-object".into());
+        a.push(backend);
+        a.push("-numa".into());
+        let per = topo.cpus_per_node();
+        a.push(format!(
+            "node,nodeid={n},cpus={}-{},memdev=m{n}",
+            n as u32 * per,
+            (n as u32 + 1) * per - 1
+        ));
+    }
+    a
+}
+
+/// Whether qemu is installed.
+pub fn qemu_available() -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(QEMU_BINARY).is_file()))
+        .unwrap_or(false)
+}
+
+/// Runs one VM under qemu with the given accelerator.
+pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
+    let t0 = Instant::now();
+    if !qemu_available() {
+        return Err(QemuError::NotInstalled);
+    }
+    for (what, path) in [("kernel", &spec.kernel), ("initramfs", &spec.initramfs)] {
+        File::open(path).map_err(|source| QemuError::MissingInput {
+            what,
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let mem = plan_memory(&spec.topology, spec.memory_mib, spec.shm_size)?;
+    let dir = tempfile::Builder::new()
+        .prefix("ktstr-qemu-")
+        .tempdir_in(shm_tmp_root())
+        .map_err(io_err("creating the qemu memory directory"))?;
+    let mut cmdline = base_cmdline(&mem, spec.shm_size, spec.console);
+    cmdline.extend(spec.cmdline_extra.iter().cloned());
+
+    let mut cmd = Command::new(QEMU_BINARY);
+    cmd.args(["-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
+        .args([
+            "-M",
+            "q35",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(topology_args(&spec.topology, &mem, dir.path()))
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
+        .arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&spec.initramfs)
+        .arg("-append")
+        .arg(cmdline.join(" "));
+    if spec.console == ConsoleMode::Interactive {
+        // qemu puts the terminal in raw mode itself; signal=off sends ^C to the guest.
+        cmd.args([
+            "-chardev",
+            "stdio,id=con0,signal=off",
+            "-serial",
+            "chardev:con0",
+        ])
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit());
+    } else {
+        cmd.args(["-serial", "stdio"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+    }
+    cmd.stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(io_err("starting qemu-system-x86_64"))?;
+    let started = Instant::now();
+    let setup = started - t0;
+
+    let console = Arc::new(Mutex::new(ConsoleTail::default()));
+    let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        let echo = spec.console == ConsoleMode::Stderr;
+        pumps.push(pump(out, console.clone(), echo));
+    }
+    let qemu_stderr = Arc::new(Mutex::new(ConsoleTail::default()));
+    if let Some(err) = child.stderr.take() {
+        pumps.push(pump(err, qemu_stderr.clone(), false));
+    }
+
+    let shm_path = dir.path().join(format!("node{}", mem.node_mib.len() - 1));
+    let mut monitor = Monitor {
+        reader: FrameReader::new(),
+        frames: Vec::new(),
+        shm_file: None,
+        shm_path,
+        shm_offset: mem.shm_file_offset,
+        shm_size: spec.shm_size,
+        first_frame: None,
+        sink: spec.frame_sink.take(),
+    };
+
+    let end = loop {
+        monitor.poll();
+        match child.try_wait() {
+            Ok(Some(status)) => break classify_exit(status),
+            Ok(None) => {}
+            Err(e) => {
+                break VmEnd::BackendError {
+                    detail: format!("waiting for qemu: {e}"),
+                }
+            }
+        }
+        if spec.cancel.load(Ordering::Relaxed) {
+            kill(&mut child);
+            break VmEnd::Cancelled;
+        }
+        if started.elapsed() > spec.timeout {
+            kill(&mut child);
+            break VmEnd::Timeout {
+                after: spec.timeout,
+            };
+        }
+        std::thread::sleep(POLL);
+    };
+    let guest_end = Instant::now();
+    monitor.poll();
+    for p in pumps {
+        let _ = p.join();
+    }
+    let console_tail = console.lock().unwrap().text();
+    let end = refine_end(end, &console_tail, &qemu_stderr.lock().unwrap().text());
+    let channel_error = monitor.reader.error().map(|e| e.to_string());
+    let frames = monitor.frames;
+    let first_frame = monitor.first_frame;
+    drop(monitor.shm_file);
+    drop(dir);
+    let done = Instant::now();
+    Ok(VmOutcome {
+        backend: BackendKind::Qemu,
+        end,
+        frames,
+        channel_error,
+        console_tail,
+        times: PhaseTimes {
+            setup,
+            boot_to_init: first_frame.map(|f| f - started),
+            init_to_exit: first_frame.map(|f| guest_end.saturating_duration_since(f)),
+            teardown: done - guest_end,
+            total: done - t0,
+        },
+    })
+}
+
+/// Where qemu's guest-memory files go: RAM-backed `/dev/shm` when present.
+fn shm_tmp_root() -> PathBuf {
+    let p = PathBuf::from("/dev/shm");
+    if p.is_dir() {
+        p
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Maps qemu's exit status to how the guest ended.
+fn classify_exit(status: std::process::ExitStatus) -> VmEnd {
+    use std::os::unix::process::ExitStatusExt;
+    match status.code() {
+        // isa-debug-exit: (value << 1) | 1.
+        Some(c) if c & 1 == 1 => VmEnd::GuestExit {
+            status: (c >> 1) as u8,
+        },
+        // -no-reboot: a guest reset makes qemu exit 0.
+        Some(0) => VmEnd::Reboot,
+        Some(c) => VmEnd::BackendError {
+            detail: format!("qemu exited with status {c}"),
+        },
+        None => VmEnd::BackendError {
+            detail: format!("qemu killed by signal {}", status.signal().unwrap_or(0)),
+        },
+    }
+}
+
+/// A reboot that follows a kernel panic on the console is a panic; a qemu error names itself.
+fn refine_end(end: VmEnd, console: &str, qemu_stderr: &str) -> VmEnd {
+    match end {
+        VmEnd::Reboot => match panic_line(console) {
+            Some(message) => VmEnd::Panic { message },
+            None => VmEnd::Reboot,
+        },
+        VmEnd::BackendError { detail } if !qemu_stderr.trim().is_empty() => VmEnd::BackendError {
+            detail: format!("{detail}: {}", super::tail_lines(qemu_stderr.trim(), 5)),
+        },
+        e => e,
+    }
+}
+
+/// The kernel's panic line, if the console shows one.
+pub fn panic_line(console: &str) -> Option<String> {
+    console
+        .lines()
+        .find(|l| l.contains("Kernel panic - not syncing"))
+        .map(|l| {
+            let l = l.trim();
+            // Drop the printk timestamp.
+            match l.find("] ") {
+                Some(i) if l.starts_with('[') => l[i + 2..].to_string(),
+                _ => l.to_string(),
+            }
+        })
+}
+
+struct Monitor {
+    reader: FrameReader,
+    frames: Vec<crate::shm::Frame>,
+    shm_file: Option<File>,
+    shm_path: PathBuf,
+    shm_offset: u64,
+    shm_size: u64,
+    first_frame: Option<Instant>,
+    sink: Option<super::FrameSink>,
+}
+
+impl Monitor {
+    fn poll(&mut self) {
+        if self.shm_file.is_none() {
+            // qemu creates (and may unlink) the file itself; open it once it exists.
+            self.shm_file = File::open(&self.shm_path).ok();
+        }
+        let Some(f) = &self.shm_file else { return };
+        let off = self.shm_offset;
+        let got = self
+            .reader
+            .poll(self.shm_size, |at, buf| f.read_exact_at(buf, off + at));
+        if let Ok(frames) = got {
+            if !frames.is_empty() && self.first_frame.is_none() {
+                self.first_frame = Some(Instant::now());
+            }
+            for fr in frames {
+                if let Some(s) = self.sink.as_mut() {
+                    s(&fr);
+                }
+                self.frames.push(fr);
+            }
+        }
+    }
+}
+
+/// The last [`CONSOLE_TAIL_BYTES`] of a byte stream.
+#[derive(Default)]
+struct ConsoleTail {
+    buf: Vec<u8>,
+}
+
+impl ConsoleTail {
+    fn push(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() > 2 * CONSOLE_TAIL_BYTES {
+            let cut = self.buf.len() - CONSOLE_TAIL_BYTES;
+            self.buf.drain(..cut);
+        }
+    }
+    fn text(&self) -> String {
+        let start = self.buf.len().saturating_sub(CONSOLE_TAIL_BYTES);
+        String::from_utf8_lossy(&self.buf[start..]).replace('\r', "")
+    }
+}
+
+fn pump(
+    mut from: impl Read + Send + 'static,
+    to: Arc<Mutex<ConsoleTail>>,
+    echo: bool,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    to.lock().unwrap().push(&buf[..n]);
+                    if echo {
+                        let _ = std::io::stderr().write_all(&buf[..n]);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Whether a frame list ends with an exit code, and which.
+pub fn exit_code(frames: &[crate::shm::Frame]) -> Option<i32> {
+    frames
+        .iter()
+        .rev()
+        .find(|f| f.kind == FrameType::Exit)
+        .and_then(|f| f.payload.get(..4))
+        .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_plan_small_and_split() {
+        let t = Topology::parse("2,4,2,2").unwrap();
+        let m = plan_memory(&t, 1024, 8 << 20).unwrap();
+        assert_eq!(m.node_mib, vec![512, 512]);
+        assert_eq!(m.shm_gpa, (1024 << 20) - (8 << 20));
+        assert_eq!(m.shm_file_offset, (512 << 20) - (8 << 20));
+        // 4 GiB total: 2 GiB low, 2 GiB from 4 GiB up.
+        let m = plan_memory(&t, 4096, 8 << 20).unwrap();
+        assert_eq!(m.shm_gpa, GIB4 + (2u64 << 30) - (8 << 20));
+        // Uneven memory is rounded down to 128 MiB per node.
+        let m = plan_memory(&Topology::parse("4,4,1,1").unwrap(), 1000, 1 << 20).unwrap();
+        assert_eq!(m.node_mib, vec![128; 4]);
+        assert!(matches!(
+            plan_memory(&Topology::parse("4,4,1,1").unwrap(), 400, 1 << 20),
+            Err(QemuError::MemoryTooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn topology_args_one_socket_per_node_one_die_per_llc() {
+        let t = Topology::parse("2,4,2,2").unwrap();
+        let m = plan_memory(&t, 1024, 8 << 20).unwrap();
+        let a = topology_args(&t, &m, Path::new("/x"));
+        let s = a.join(" ");
+        assert!(
+            s.contains("-smp 16,sockets=2,dies=2,cores=2,threads=2"),
+            "{s}"
+        );
+        assert!(s.contains("node,nodeid=0,cpus=0-7,memdev=m0"), "{s}");
+        assert!(s.contains("node,nodeid=1,cpus=8-15,memdev=m1"), "{s}");
+        assert!(s.contains("memory-backend-ram,id=m0,size=512M"), "{s}");
+        assert!(
+            s.contains("memory-backend-file,id=m1,size=512M,mem-path=/x/node1,share=on"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn cmdline_reserves_the_result_region() {
+        let t = Topology::parse("1,1,1,1").unwrap();
+        let m = plan_memory(&t, 256, 1 << 20).unwrap();
+        let c = base_cmdline(&m, 1 << 20, ConsoleMode::Capture).join(" ");
+        assert!(c.contains("memmap=0x100000$0xff00000"), "{c}");
+        assert!(c.contains("ktstr_shm=0x100000@0xff00000"), "{c}");
+    }
+
+    #[test]
+    fn exit_statuses() {
+        use std::os::unix::process::ExitStatusExt;
+        let st = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        assert_eq!(classify_exit(st(7)), VmEnd::GuestExit { status: 3 });
+        assert_eq!(classify_exit(st(1)), VmEnd::GuestExit { status: 0 });
+        assert_eq!(classify_exit(st(0)), VmEnd::Reboot);
+        assert!(matches!(classify_exit(st(2)), VmEnd::BackendError { .. }));
+    }
+
+    #[test]
+    fn panic_is_recognised_on_the_console() {
+        let c = "[    1.0] foo\n[    2.5] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n";
+        assert_eq!(
+            refine_end(VmEnd::Reboot, c, ""),
+            VmEnd::Panic {
+                message: "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"
+                    .into()
+            }
+        );
+        assert_eq!(refine_end(VmEnd::Reboot, "fine\n", ""), VmEnd::Reboot);
+    }
+}

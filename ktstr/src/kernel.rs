@@ -1,0 +1,190 @@
+//! Kernel resolution: from `--kernel SPEC` or `KTSTR_KERNEL` to a bootable image.
+//!
+//! Accepted now: a kernel image file (bzImage or ELF vmlinux), or a directory holding one (a
+//! build tree's `arch/x86/boot/bzImage`, or a directory with `bzImage`). The image's sibling
+//! `vmlinux` is remembered so the KVM backend can boot it directly (no decompressor).
+
+use std::path::{Path, PathBuf};
+
+/// A kernel ready to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kernel {
+    /// What to boot by default (bzImage, or a vmlinux if that is all there is).
+    pub image: PathBuf,
+    /// The uncompressed ELF vmlinux, when known (booted directly by the KVM backend).
+    pub vmlinux: Option<PathBuf>,
+    /// A sanitized label (`[a-z0-9_]`) for test names and sidecar directories.
+    pub label: String,
+}
+
+/// Why no kernel could be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// Nothing was given.
+    #[error("no kernel given: pass --kernel PATH or set KTSTR_KERNEL to a bzImage, a vmlinux or a kernel build directory (e.g. KTSTR_KERNEL=../shared/kernel/bzImage)")]
+    NotSpecified,
+    /// The path does not exist.
+    #[error("kernel {0} does not exist")]
+    Missing(PathBuf),
+    /// A directory without a recognisable image.
+    #[error("{0} holds no kernel image: expected arch/x86/boot/bzImage, bzImage or vmlinux in it (build the kernel first: make bzImage)")]
+    NoImageInDir(PathBuf),
+    /// The file is neither a bzImage nor an ELF.
+    #[error("{path} is not a kernel image: {why}")]
+    NotAnImage {
+        /// The path.
+        path: PathBuf,
+        /// What was found instead.
+        why: String,
+    },
+}
+
+/// The kind of a kernel image, by its magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// x86 boot protocol image (`HdrS` at 0x202).
+    BzImage,
+    /// ELF (an uncompressed vmlinux).
+    Elf,
+}
+
+/// Identifies an image by its first bytes.
+pub fn image_kind(path: &Path) -> Result<ImageKind, KernelError> {
+    use std::io::Read;
+    let mut head = [0u8; 0x210];
+    let mut f = std::fs::File::open(path).map_err(|_| KernelError::Missing(path.to_path_buf()))?;
+    let n = f.read(&mut head).map_err(|e| KernelError::NotAnImage {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    if n >= 4 && &head[..4] == b"\x7fELF" {
+        return Ok(ImageKind::Elf);
+    }
+    if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        return Ok(ImageKind::BzImage);
+    }
+    Err(KernelError::NotAnImage {
+        path: path.to_path_buf(),
+        why: if n == 0 {
+            "the file is empty".into()
+        } else {
+            "no ELF magic and no x86 boot header (HdrS)".into()
+        },
+    })
+}
+
+/// Resolves `spec` (or `KTSTR_KERNEL` when `spec` is `None`).
+pub fn resolve(spec: Option<&str>) -> Result<Kernel, KernelError> {
+    let s = match spec {
+        Some(s) => s.to_string(),
+        None => std::env::var("KTSTR_KERNEL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .ok_or(KernelError::NotSpecified)?,
+    };
+    resolve_path(Path::new(&s))
+}
+
+/// Resolves a path to an image or a directory holding one.
+pub fn resolve_path(p: &Path) -> Result<Kernel, KernelError> {
+    if !p.exists() {
+        return Err(KernelError::Missing(p.to_path_buf()));
+    }
+    let p = p
+        .canonicalize()
+        .map_err(|_| KernelError::Missing(p.to_path_buf()))?;
+    let (image, dir) = if p.is_dir() {
+        let cands = ["arch/x86/boot/bzImage", "bzImage", "vmlinux"];
+        let img = cands
+            .iter()
+            .map(|c| p.join(c))
+            .find(|c| c.is_file())
+            .ok_or_else(|| KernelError::NoImageInDir(p.clone()))?;
+        (img, p.clone())
+    } else {
+        let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+        (p.clone(), dir)
+    };
+    let kind = image_kind(&image)?;
+    let vmlinux = if kind == ImageKind::Elf {
+        Some(image.clone())
+    } else {
+        let v = dir.join("vmlinux");
+        (v.is_file() && matches!(image_kind(&v), Ok(ImageKind::Elf))).then_some(v)
+    };
+    Ok(Kernel {
+        label: path_label(&image),
+        image,
+        vmlinux,
+    })
+}
+
+/// `path_{basename}_{crc6}`: a short, stable, sanitized label for a kernel path.
+pub fn path_label(p: &Path) -> String {
+    let base = p
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "kernel".into());
+    let crc = crc32fast::hash(p.to_string_lossy().as_bytes()) & 0xFF_FFFF;
+    format!("path_{}_{crc:06x}", sanitize(&base))
+}
+
+/// Lower-cases and maps everything outside `[a-z0-9_]` to `_`.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_missing_empty_and_garbage() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            resolve_path(&d.path().join("nope")),
+            Err(KernelError::Missing(_))
+        ));
+        let empty = d.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        let e = resolve_path(&empty).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let junk = d.path().join("junk");
+        std::fs::write(&junk, vec![0x55u8; 4096]).unwrap();
+        let e = resolve_path(&junk).unwrap_err().to_string();
+        assert!(e.contains("HdrS"), "{e}");
+        assert!(matches!(
+            resolve_path(d.path()),
+            Err(KernelError::NoImageInDir(_))
+        ));
+    }
+
+    #[test]
+    fn finds_images_and_the_sibling_vmlinux() {
+        let d = tempfile::tempdir().unwrap();
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(d.path().join("bzImage"), &bz).unwrap();
+        let k = resolve_path(d.path()).unwrap();
+        assert!(k.image.ends_with("bzImage"));
+        assert_eq!(k.vmlinux, None);
+        std::fs::write(d.path().join("vmlinux"), b"\x7fELF\x02\x01\x01").unwrap();
+        let k = resolve_path(&d.path().join("bzImage")).unwrap();
+        assert!(k.vmlinux.unwrap().ends_with("vmlinux"));
+        assert!(k.label.starts_with("path_"));
+        assert!(k
+            .label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    }
+}
