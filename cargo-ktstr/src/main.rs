@@ -1,2 +1,57 @@
-//! `cargo ktstr`.
-fn main() {}
+//! `cargo ktstr`: kernels, VM shells, probes and result tooling for ktstr.
+//!
+//! Cargo runs `cargo ktstr ARGS` as `cargo-ktstr ktstr ARGS`, so the top-level command has a
+//! single subcommand, `ktstr`. The same binary is also the guest init of `shell` VMs: started
+//! as PID 1 it runs the guest side instead of the CLI.
+
+mod shell;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The top-level command as cargo invokes it.
+#[derive(Debug, Parser)]
+#[command(name = "cargo-ktstr", bin_name = "cargo", version, about = "ktstr: test Linux schedulers in VMs")]
+enum Cargo {
+    /// ktstr's commands.
+    Ktstr(Ktstr),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(version, about = "ktstr: test Linux schedulers in VMs with exact CPU topologies")]
+struct Ktstr {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot a busybox VM with an interactive shell, or run one command with --exec.
+    Shell(shell::ShellArgs),
+}
+
+fn main() -> ExitCode {
+    if ktstr::guest::is_guest_init() {
+        ktstr::guest::shell::main();
+    }
+    let Cargo::Ktstr(k) = Cargo::parse();
+    let res = match k.command {
+        Command::Shell(a) => shell::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prints `error: …`, the cause chain, then any `hint:` lines the error carries.
+fn report(e: &anyhow::Error) {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}

@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the run path of one test case and a code map.
 
+pub mod cache;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;

@@ -1,0 +1,161 @@
+//! `cargo ktstr shell`: a busybox VM with an interactive shell or one `--exec` command.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ktstr::guest::shell::{ShellRequest, REQUEST_PATH};
+use ktstr::initramfs::{self, InitramfsSpec};
+use ktstr::shm::FrameType;
+use ktstr::vm::{self, BackendChoice, BackendKind, ConsoleMode, VmEnd, VmSpec};
+use ktstr::Topology;
+
+/// Flags of `cargo ktstr shell`.
+#[derive(Debug, clap::Args)]
+pub struct ShellArgs {
+    /// Kernel: a bzImage, a vmlinux, or a kernel build directory (default: KTSTR_KERNEL).
+    #[arg(long)]
+    kernel: Option<String>,
+    /// NUMA_NODES,LLCS,CORES,THREADS (LLCs in total, cores per LLC, threads per core).
+    #[arg(long, default_value = "1,1,1,1", value_parser = parse_topology)]
+    topology: Topology,
+    /// Files or directories to make available under /include-files/<name> in the guest.
+    #[arg(short = 'i', long = "include-files")]
+    include_files: Vec<PathBuf>,
+    /// Guest memory in MiB (at least 128; estimated when absent).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(128..))]
+    memory_mib: Option<u32>,
+    /// Stream the guest kernel console to stderr (and raise the log level).
+    #[arg(long)]
+    dmesg: bool,
+    /// Run CMD in the guest instead of an interactive shell; its exit code becomes ours.
+    #[arg(long, value_name = "CMD")]
+    exec: Option<String>,
+    /// Turn off performance-mode features (pinning, hugepages, RT threads).
+    #[arg(long)]
+    no_perf_mode: bool,
+    /// Reserve only N host CPUs for the VM (needs --no-perf-mode; KTSTR_NO_PERF_MODE does not count).
+    #[arg(long, requires = "no_perf_mode")]
+    cpu_cap: Option<usize>,
+    /// VM backend: kvm (in-process VMM), qemu, or auto (default: KTSTR_BACKEND, else auto).
+    #[arg(long, value_parser = parse_backend)]
+    backend: Option<BackendChoice>,
+}
+
+fn parse_topology(s: &str) -> Result<Topology, String> {
+    Topology::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    s.parse().map_err(|e: vm::BackendSelectError| e.to_string())
+}
+
+/// Guest RAM when --memory-mib is absent: room for the kernel and the unpacked initramfs
+/// (twice its size) plus 64 MiB per 2 vCPUs, never below 256 MiB per node.
+fn estimate_memory_mib(topo: &Topology, initramfs_bytes: u64) -> u64 {
+    let mib = 256 + 2 * (initramfs_bytes >> 20) + 32 * topo.num_cpus() as u64;
+    mib.max(256 * topo.numa_nodes as u64).div_ceil(128) * 128
+}
+
+/// Runs the shell; returns the process exit code.
+pub fn run(a: ShellArgs) -> Result<ExitCode> {
+    let kernel = ktstr::kernel::resolve(a.kernel.as_deref()).context("resolving the kernel")?;
+    let choice = match a.backend {
+        Some(c) => c,
+        None => BackendChoice::from_env().context("reading KTSTR_BACKEND")?,
+    };
+    let (backend, why) = vm::select_backend(choice, &vm::backend::HostVirt::probe());
+    eprintln!("ktstr: backend {backend} ({why})");
+
+    let exe = std::env::current_exe().context("locating the cargo-ktstr binary")?;
+    let req = ShellRequest { exec: a.exec.clone() };
+    let spec = InitramfsSpec {
+        init: exe,
+        binaries: Vec::new(),
+        include_files: a.include_files.clone(),
+        busybox: true,
+        files: vec![(
+            REQUEST_PATH.trim_start_matches('/').to_string(),
+            serde_json::to_vec(&req)?,
+            0o644,
+        )],
+    };
+    let built = initramfs::build(&spec, &ktstr::cache::initramfs_dir())
+        .context("building the initramfs")?;
+    let memory_mib = a
+        .memory_mib
+        .map(u64::from)
+        .unwrap_or_else(|| estimate_memory_mib(&a.topology, built.uncompressed_bytes));
+
+    let image = match (backend, &kernel.vmlinux) {
+        // The in-process VMM boots the ELF vmlinux directly: no decompressor.
+        (BackendKind::Kvm, Some(v)) => v.clone(),
+        _ => kernel.image.clone(),
+    };
+    let mut spec = VmSpec::new(image, built.path.clone(), a.topology);
+    spec.memory_mib = memory_mib;
+    spec.console = match (&a.exec, a.dmesg) {
+        (None, _) => ConsoleMode::Interactive,
+        (Some(_), true) => ConsoleMode::Stderr,
+        (Some(_), false) => ConsoleMode::Capture,
+    };
+    spec.timeout = match (&a.exec, std::env::var("KTSTR_VM_TIMEOUT_S")) {
+        (_, Ok(s)) => Duration::from_secs(s.parse().context("KTSTR_VM_TIMEOUT_S must be seconds")?),
+        (Some(_), Err(_)) => Duration::from_secs(600),
+        (None, Err(_)) => Duration::from_secs(24 * 3600),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, cancel.clone()).context("installing signal handlers")?;
+    }
+    spec.cancel = cancel;
+    spec.frame_sink = Some(Box::new(|f| match f.kind {
+        FrameType::Stdout => {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(&f.payload);
+            let _ = o.flush();
+        }
+        FrameType::Stderr => {
+            let _ = std::io::stderr().write_all(&f.payload);
+        }
+        FrameType::Panic => eprintln!("ktstr: guest init: {}", f.text()),
+        _ => {}
+    }));
+
+    let out = vm::run(backend, spec).context("running the VM")?;
+    if let Some(code) = vm::qemu::exit_code(&out.frames) {
+        if matches!(out.end, VmEnd::GuestExit { .. }) {
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
+    }
+    let mut msg = format!("the VM did not finish the command: {}", out.end.describe());
+    if let Some(e) = &out.channel_error {
+        msg.push_str(&format!("\nresult channel: {e}"));
+    }
+    let tail = out.console_lines(40);
+    if !tail.trim().is_empty() {
+        msg.push_str(&format!("\n--- console tail ---\n{tail}"));
+    }
+    if backend == BackendKind::Kvm {
+        msg.push_str("\nhint: this host's KVM may not run Linux guests; try --backend qemu");
+    }
+    bail!(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_estimate_scales_with_cpus_and_nodes() {
+        let t = Topology::parse("1,1,1,1").unwrap();
+        assert_eq!(estimate_memory_mib(&t, 10 << 20), 384);
+        let t = Topology::parse("4,4,8,2").unwrap();
+        assert!(estimate_memory_mib(&t, 0) >= 1024);
+        assert_eq!(estimate_memory_mib(&t, 0) % 128, 0);
+    }
+}
