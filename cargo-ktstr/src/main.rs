@@ -12,14 +12,22 @@ use clap::{Parser, Subcommand};
 
 /// The top-level command as cargo invokes it.
 #[derive(Debug, Parser)]
-#[command(name = "cargo-ktstr", bin_name = "cargo", version, about = "ktstr: test Linux schedulers in VMs")]
+#[command(
+    name = "cargo-ktstr",
+    bin_name = "cargo",
+    version,
+    about = "ktstr: test Linux schedulers in VMs"
+)]
 enum Cargo {
     /// ktstr's commands.
     Ktstr(Ktstr),
 }
 
 #[derive(Debug, clap::Args)]
-#[command(version, about = "ktstr: test Linux schedulers in VMs with exact CPU topologies")]
+#[command(
+    version,
+    about = "ktstr: test Linux schedulers in VMs with exact CPU topologies"
+)]
 struct Ktstr {
     #[command(subcommand)]
     command: Command,

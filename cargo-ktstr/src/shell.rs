@@ -72,7 +72,9 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
     eprintln!("ktstr: backend {backend} ({why})");
 
     let exe = std::env::current_exe().context("locating the cargo-ktstr binary")?;
-    let req = ShellRequest { exec: a.exec.clone() };
+    let req = ShellRequest {
+        exec: a.exec.clone(),
+    };
     let spec = InitramfsSpec {
         init: exe,
         binaries: Vec::new(),

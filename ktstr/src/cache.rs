@@ -45,6 +45,9 @@ mod tests {
         let s = |v: &str| Some(std::ffi::OsString::from(v));
         assert_eq!(root_from(s("/k"), s("/x"), s("/h")), PathBuf::from("/k"));
         assert_eq!(root_from(None, s("/x"), s("/h")), PathBuf::from("/x/ktstr"));
-        assert_eq!(root_from(s(""), None, s("/h")), PathBuf::from("/h/.cache/ktstr"));
+        assert_eq!(
+            root_from(s(""), None, s("/h")),
+            PathBuf::from("/h/.cache/ktstr")
+        );
     }
 }

@@ -11,5 +11,6 @@ pub mod shm;
 pub mod topology;
 pub mod vm;
 pub mod vmm;
+pub mod workload;
 
 pub use topology::Topology;

@@ -1,0 +1,281 @@
+//! Per-worker telemetry: what a worker measured about itself ([`WorkerReport`]) and the
+//! recorder that measures it inside the worker's loop ([`Recorder`]).
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// Most wake-latency samples a worker keeps (a uniform reservoir over all samples).
+pub const MAX_LATENCY_SAMPLES: usize = 100_000;
+
+/// How a worker process ended, when it did not end normally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitInfo {
+    /// Exited with a non-zero code.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(i32),
+    /// Its report could not be read.
+    NoReport(String),
+}
+
+/// What one worker measured about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// The worker's PID (= TID: workers are single-threaded processes).
+    pub tid: i32,
+    /// Units of work done (the work type defines a unit).
+    pub work_units: u64,
+    /// Loop iterations (progress points).
+    pub iterations: u64,
+    /// The loop ran to its stop request (false if it died or never started).
+    pub completed: bool,
+    /// CPU time consumed.
+    pub cpu_time_ns: u64,
+    /// Wall time from release to stop.
+    pub wall_time_ns: u64,
+    /// Wall time minus CPU time.
+    pub off_cpu_ns: u64,
+    /// Times the worker was seen on a different CPU than at its previous progress point.
+    pub migration_count: u64,
+    /// CPUs the worker was seen on, ascending.
+    pub cpus_used: Vec<u32>,
+    /// Longest time between two progress points.
+    pub max_gap_ms: f64,
+    /// CPU the worker resumed on after its longest gap.
+    pub max_gap_cpu: u32,
+    /// When the longest gap ended, since release.
+    pub max_gap_at_ms: f64,
+    /// Wake/resume latencies (reservoir sample).
+    pub resume_latencies_ns: Vec<u64>,
+    /// All wake-latency samples seen (the reservoir keeps at most [`MAX_LATENCY_SAMPLES`]).
+    pub wake_sample_total: u64,
+    /// schedstat: time spent waiting on a run queue.
+    pub schedstat_run_delay_ns: u64,
+    /// schedstat: times scheduled in.
+    pub schedstat_run_count: u64,
+    /// schedstat: CPU time.
+    pub schedstat_cpu_time_ns: u64,
+    /// Set by the parent when the worker did not end normally.
+    pub exit_info: Option<ExitInfo>,
+    /// In fan-out groups: this worker was the messenger.
+    pub is_messenger: bool,
+}
+
+impl WorkerReport {
+    /// Work units per second of wall time.
+    pub fn work_rate(&self) -> f64 {
+        if self.wall_time_ns == 0 {
+            0.0
+        } else {
+            self.work_units as f64 / (self.wall_time_ns as f64 / 1e9)
+        }
+    }
+
+    /// Off-CPU time as a percentage of wall time.
+    pub fn off_cpu_pct(&self) -> f64 {
+        if self.wall_time_ns == 0 {
+            0.0
+        } else {
+            100.0 * self.off_cpu_ns as f64 / self.wall_time_ns as f64
+        }
+    }
+
+    /// Migrations per iteration.
+    pub fn migration_ratio(&self) -> f64 {
+        if self.iterations == 0 {
+            0.0
+        } else {
+            self.migration_count as f64 / self.iterations as f64
+        }
+    }
+}
+
+/// Measures progress inside a worker: call [`Recorder::tick`] at every progress point.
+pub struct Recorder {
+    start: Instant,
+    last: Instant,
+    last_cpu: u32,
+    cpus: u128,
+    extra_cpus: Vec<u32>,
+    rng: u64,
+    /// The report being filled.
+    pub report: WorkerReport,
+}
+
+/// The CPU this thread runs on (vDSO `getcpu`; cheap).
+pub fn current_cpu() -> u32 {
+    // SAFETY: sched_getcpu takes no arguments and has no preconditions.
+    let c = unsafe { libc::sched_getcpu() };
+    c.max(0) as u32
+}
+
+impl Recorder {
+    /// Starts measuring now.
+    pub fn new() -> Self {
+        let now = Instant::now();
+        let cpu = current_cpu();
+        let mut r = Recorder {
+            start: now,
+            last: now,
+            last_cpu: cpu,
+            cpus: 0,
+            extra_cpus: Vec::new(),
+            rng: 0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64,
+            report: WorkerReport {
+                // SAFETY: getpid has no preconditions.
+                tid: unsafe { libc::getpid() },
+                ..Default::default()
+            },
+        };
+        r.note_cpu(cpu);
+        r
+    }
+
+    fn note_cpu(&mut self, cpu: u32) {
+        if cpu < 128 {
+            self.cpus |= 1u128 << cpu;
+        } else if !self.extra_cpus.contains(&cpu) {
+            self.extra_cpus.push(cpu);
+        }
+    }
+
+    /// A progress point after `units` units of work.
+    pub fn tick(&mut self, units: u64) {
+        let now = Instant::now();
+        let cpu = current_cpu();
+        let gap = now.duration_since(self.last).as_secs_f64() * 1e3;
+        if gap > self.report.max_gap_ms {
+            self.report.max_gap_ms = gap;
+            self.report.max_gap_cpu = cpu;
+            self.report.max_gap_at_ms = now.duration_since(self.start).as_secs_f64() * 1e3;
+        }
+        if cpu != self.last_cpu {
+            self.report.migration_count += 1;
+            self.last_cpu = cpu;
+            self.note_cpu(cpu);
+        }
+        self.last = now;
+        self.report.iterations += 1;
+        self.report.work_units += units;
+    }
+
+    /// Records one wake latency sample (reservoir sampling keeps a uniform subset).
+    pub fn latency(&mut self, ns: u64) {
+        self.report.wake_sample_total += 1;
+        let v = &mut self.report.resume_latencies_ns;
+        if v.len() < MAX_LATENCY_SAMPLES {
+            v.push(ns);
+        } else {
+            // xorshift64: cheap, and good enough to pick a slot.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let j = self.rng % self.report.wake_sample_total;
+            if (j as usize) < MAX_LATENCY_SAMPLES {
+                v[j as usize] = ns;
+            }
+        }
+    }
+
+    /// Finishes the report: wall and CPU time, CPUs used, schedstat.
+    pub fn finish(mut self) -> WorkerReport {
+        let r = &mut self.report;
+        r.completed = true;
+        r.wall_time_ns = self.start.elapsed().as_nanos() as u64;
+        r.cpu_time_ns = process_cpu_time_ns();
+        r.off_cpu_ns = r.wall_time_ns.saturating_sub(r.cpu_time_ns);
+        let mut cpus: Vec<u32> = (0..128).filter(|c| self.cpus & (1u128 << c) != 0).collect();
+        cpus.extend(self.extra_cpus.iter().copied());
+        cpus.sort_unstable();
+        r.cpus_used = cpus;
+        if let Some((cpu, delay, count)) = read_schedstat("/proc/self/schedstat") {
+            r.schedstat_cpu_time_ns = cpu;
+            r.schedstat_run_delay_ns = delay;
+            r.schedstat_run_count = count;
+        }
+        self.report
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// CPU time of this process.
+pub fn process_cpu_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Parses `/proc/<pid>/schedstat`: CPU time, run delay, timeslices.
+pub fn read_schedstat(path: &str) -> Option<(u64, u64, u64)> {
+    parse_schedstat(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_schedstat(s: &str) -> Option<(u64, u64, u64)> {
+    let mut it = s.split_whitespace().map(|w| w.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next()??))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorder_counts_and_gaps() {
+        let mut r = Recorder::new();
+        r.tick(10);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r.tick(5);
+        let rep = r.finish();
+        assert_eq!(rep.iterations, 2);
+        assert_eq!(rep.work_units, 15);
+        assert!(rep.max_gap_ms >= 20.0, "{}", rep.max_gap_ms);
+        assert!(rep.completed);
+        assert!(!rep.cpus_used.is_empty());
+        assert!(rep.wall_time_ns >= 20_000_000);
+    }
+
+    #[test]
+    fn reservoir_is_bounded() {
+        let mut r = Recorder::new();
+        for i in 0..(MAX_LATENCY_SAMPLES as u64 + 5000) {
+            r.latency(i);
+        }
+        assert_eq!(r.report.resume_latencies_ns.len(), MAX_LATENCY_SAMPLES);
+        assert_eq!(
+            r.report.wake_sample_total,
+            MAX_LATENCY_SAMPLES as u64 + 5000
+        );
+    }
+
+    #[test]
+    fn schedstat_parsing() {
+        assert_eq!(parse_schedstat("123 456 7\n"), Some((123, 456, 7)));
+        assert_eq!(parse_schedstat("1 2"), None);
+        assert_eq!(parse_schedstat("a b c"), None);
+    }
+
+    #[test]
+    fn derived_rates() {
+        let r = WorkerReport {
+            work_units: 500,
+            wall_time_ns: 2_000_000_000,
+            off_cpu_ns: 500_000_000,
+            iterations: 100,
+            migration_count: 5,
+            ..Default::default()
+        };
+        assert_eq!(r.work_rate(), 250.0);
+        assert_eq!(r.off_cpu_pct(), 25.0);
+        assert_eq!(r.migration_ratio(), 0.05);
+    }
+}

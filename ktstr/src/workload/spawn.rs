@@ -1,0 +1,533 @@
+//! Forking workers: two-phase start (placed in their cgroup, pinned and given their policy
+//! before they run a single iteration), stop through SIGUSR1, reports back over a pipe.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::report::{ExitInfo, WorkerReport};
+use super::types::{check_group_size, GroupSizeError, WorkType};
+use super::worker::{self, GroupShared, WorkerCtx};
+
+/// Where a worker may run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AffinityMode {
+    /// Inherit (the cgroup's cpuset).
+    #[default]
+    None,
+    /// Exactly these CPUs.
+    Fixed(Vec<u32>),
+    /// `count` CPUs drawn at random from `from`, per worker.
+    Random {
+        /// The pool.
+        from: Vec<u32>,
+        /// How many.
+        count: usize,
+    },
+    /// One CPU.
+    SingleCpu(u32),
+}
+
+/// A scheduling policy for workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedPolicy {
+    /// SCHED_OTHER (EEVDF or sched_ext).
+    #[default]
+    Normal,
+    /// SCHED_BATCH.
+    Batch,
+    /// SCHED_IDLE.
+    Idle,
+    /// SCHED_FIFO at a priority (1..=99).
+    Fifo(u32),
+    /// SCHED_RR at a priority (1..=99).
+    RoundRobin(u32),
+}
+
+/// A set of identical workers.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadConfig {
+    /// How many (a multiple of the work type's group size).
+    pub num_workers: u32,
+    /// What they do.
+    pub work_type: WorkType,
+    /// Where they may run.
+    pub affinity: AffinityMode,
+    /// Their policy.
+    pub sched_policy: SchedPolicy,
+    /// cgroup directory (absolute, under /sys/fs/cgroup) they are placed in before starting.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// Why workers could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// Worker count vs. group size.
+    #[error(transparent)]
+    GroupSize(#[from] GroupSizeError),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: String,
+        /// errno.
+        source: std::io::Error,
+    },
+}
+
+fn sys(what: impl Into<String>) -> WorkloadError {
+    WorkloadError::Sys {
+        what: what.into(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+struct Worker {
+    pid: i32,
+    release: Option<OwnedFd>,
+    report: OwnedFd,
+    reaped: bool,
+}
+
+/// Running (or ready) workers. Dropping it kills and reaps them all.
+pub struct WorkloadHandle {
+    workers: Vec<Worker>,
+    groups: Vec<(*mut GroupShared, usize)>,
+    started: bool,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), WorkloadError> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(sys("pipe2"));
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn cpu_set(cpus: &[u32]) -> libc::cpu_set_t {
+    // SAFETY: zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if (c as usize) < libc::CPU_SETSIZE as usize {
+            // SAFETY: index checked against CPU_SETSIZE.
+            unsafe { libc::CPU_SET(c as usize, &mut set) };
+        }
+    }
+    set
+}
+
+/// Pins `pid` to `cpus`.
+pub fn set_affinity(pid: i32, cpus: &[u32]) -> Result<(), WorkloadError> {
+    let set = cpu_set(cpus);
+    // SAFETY: valid set pointer and size.
+    if unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(sys(format!("sched_setaffinity({pid}, {cpus:?})")));
+    }
+    Ok(())
+}
+
+/// Applies a scheduling policy to `pid`.
+pub fn set_policy(pid: i32, p: SchedPolicy) -> Result<(), WorkloadError> {
+    let (pol, prio) = match p {
+        SchedPolicy::Normal => (libc::SCHED_OTHER, 0),
+        SchedPolicy::Batch => (libc::SCHED_BATCH, 0),
+        SchedPolicy::Idle => (libc::SCHED_IDLE, 0),
+        SchedPolicy::Fifo(n) => (libc::SCHED_FIFO, n as i32),
+        SchedPolicy::RoundRobin(n) => (libc::SCHED_RR, n as i32),
+    };
+    let param = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: valid param pointer.
+    if unsafe { libc::sched_setscheduler(pid, pol, &param) } != 0 {
+        return Err(sys(format!("sched_setscheduler({pid}, {p:?})")));
+    }
+    Ok(())
+}
+
+fn pick_random(from: &[u32], count: usize, seed: u64) -> Vec<u32> {
+    let mut pool = from.to_vec();
+    let mut rng = seed | 1;
+    let mut out = Vec::new();
+    while out.len() < count.min(from.len()) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let i = (rng % pool.len() as u64) as usize;
+        out.push(pool.swap_remove(i));
+    }
+    out.sort_unstable();
+    out
+}
+
+impl WorkloadHandle {
+    /// Forks the workers; they wait until [`WorkloadHandle::start`].
+    pub fn spawn(cfg: &WorkloadConfig) -> Result<WorkloadHandle, WorkloadError> {
+        check_group_size(&cfg.work_type, cfg.num_workers)?;
+        let gsize = cfg.work_type.group_size();
+        let mut h = WorkloadHandle {
+            workers: Vec::new(),
+            groups: Vec::new(),
+            started: false,
+        };
+        for g in 0..cfg.num_workers / gsize {
+            let len = std::mem::size_of::<GroupShared>().max(4096);
+            // SAFETY: a fresh shared anonymous mapping, zero-filled (a valid GroupShared:
+            // all-atomic fields); checked for failure.
+            let shared = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if shared == libc::MAP_FAILED {
+                return Err(sys("mmap of worker-group shared memory"));
+            }
+            h.groups.push((shared.cast(), len));
+            // Pipes for pair exchanges: a→b and b→a.
+            let pair_pipes = if matches!(cfg.work_type, WorkType::PipeIo { .. }) {
+                Some((pipe()?, pipe()?))
+            } else {
+                None
+            };
+            for index in 0..gsize {
+                let pipes = pair_pipes.as_ref().map(|(ab, ba)| {
+                    if index == 0 {
+                        (ba.0.as_raw_fd(), ab.1.as_raw_fd())
+                    } else {
+                        (ab.0.as_raw_fd(), ba.1.as_raw_fd())
+                    }
+                });
+                let w = fork_worker(cfg, index, shared.cast(), pipes)?;
+                let pid = w.pid;
+                h.workers.push(w);
+                place(cfg, pid, (g * gsize + index) as u64)?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// PIDs of the workers.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.workers.iter().map(|w| w.pid).collect()
+    }
+
+    /// Releases every worker at once.
+    pub fn start(&mut self) {
+        for w in &mut self.workers {
+            if let Some(fd) = w.release.take() {
+                // SAFETY: one byte from a valid buffer to our pipe end.
+                unsafe { libc::write(fd.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+            }
+        }
+        self.started = true;
+    }
+
+    /// Stops every worker and collects its report. A worker that does not report within
+    /// `grace` (e.g. because it never gets a CPU) is killed and reported with `exit_info`.
+    pub fn stop_and_collect(mut self, grace: Duration) -> Vec<WorkerReport> {
+        for w in &self.workers {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(w.pid, libc::SIGUSR1) };
+        }
+        let deadline = Instant::now() + grace;
+        let mut out = Vec::new();
+        for w in &mut self.workers {
+            let (bytes, err) = read_until(&w.report, deadline);
+            let mut rep = match serde_json::from_slice::<WorkerReport>(&bytes) {
+                Ok(r) => r,
+                Err(e) => WorkerReport {
+                    tid: w.pid,
+                    exit_info: Some(ExitInfo::NoReport(
+                        err.unwrap_or_else(|| format!("unreadable report: {e}")),
+                    )),
+                    ..Default::default()
+                },
+            };
+            // SAFETY: killing and reaping our own child (no-op if it already exited).
+            unsafe { libc::kill(w.pid, libc::SIGKILL) };
+            let mut st = 0;
+            unsafe { libc::waitpid(w.pid, &mut st, 0) };
+            w.reaped = true;
+            if rep.exit_info.is_none() {
+                if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) != libc::SIGKILL {
+                    rep.exit_info = Some(ExitInfo::Signal(libc::WTERMSIG(st)));
+                } else if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) != 0 {
+                    rep.exit_info = Some(ExitInfo::Code(libc::WEXITSTATUS(st)));
+                }
+            }
+            out.push(rep);
+        }
+        out
+    }
+}
+
+fn read_until(fd: &OwnedFd, deadline: Instant) -> (Vec<u8>, Option<String>) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (out, Some("did not report before the stop deadline".into()));
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+        if n <= 0 {
+            continue;
+        }
+        // SAFETY: reading into a valid buffer.
+        let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match r {
+            0 => return (out, None),
+            r if r < 0 => return (out, Some(std::io::Error::last_os_error().to_string())),
+            r => out.extend_from_slice(&buf[..r as usize]),
+        }
+    }
+}
+
+fn place(cfg: &WorkloadConfig, pid: i32, seed: u64) -> Result<(), WorkloadError> {
+    if let Some(cg) = &cfg.cgroup {
+        std::fs::write(cg.join("cgroup.procs"), pid.to_string()).map_err(|e| {
+            WorkloadError::Sys {
+                what: format!("moving worker {pid} into {}", cg.display()),
+                source: e,
+            }
+        })?;
+    }
+    match &cfg.affinity {
+        AffinityMode::None => {}
+        AffinityMode::Fixed(c) => set_affinity(pid, c)?,
+        AffinityMode::SingleCpu(c) => set_affinity(pid, &[*c])?,
+        AffinityMode::Random { from, count } => set_affinity(
+            pid,
+            &pick_random(from, *count, seed.wrapping_mul(0x9E37) ^ pid as u64),
+        )?,
+    }
+    if cfg.sched_policy != SchedPolicy::Normal {
+        set_policy(pid, cfg.sched_policy)?;
+    }
+    Ok(())
+}
+
+fn fork_worker(
+    cfg: &WorkloadConfig,
+    index: u32,
+    shared: *mut GroupShared,
+    pipes: Option<(i32, i32)>,
+) -> Result<Worker, WorkloadError> {
+    let (rel_r, rel_w) = pipe()?;
+    let (rep_r, rep_w) = pipe()?;
+    // SAFETY: the child runs only the worker loop and then _exits; it never returns into the
+    // parent's code. glibc makes malloc usable after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(sys("fork of a worker"));
+    }
+    if pid == 0 {
+        child(cfg, index, shared, pipes, rel_r, rep_w);
+    }
+    // SAFETY: putting our own child in its own process group (also done by the child; the
+    // double call closes the race either way).
+    unsafe { libc::setpgid(pid, pid) };
+    drop(rel_r);
+    drop(rep_w);
+    Ok(Worker {
+        pid,
+        release: Some(rel_w),
+        report: rep_r,
+        reaped: false,
+    })
+}
+
+fn child(
+    cfg: &WorkloadConfig,
+    index: u32,
+    shared: *mut GroupShared,
+    pipes: Option<(i32, i32)>,
+    release: OwnedFd,
+    report: OwnedFd,
+) -> ! {
+    // SAFETY: async-signal-safe setup in the fresh child: own process group, die with the
+    // parent, a SIGUSR1 handler that only stores an atomic.
+    unsafe {
+        libc::setpgid(0, 0);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigusr1 as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: blocking read of one byte: the release signal (EOF means the parent gave up).
+    let n = unsafe { libc::read(release.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+    if n != 1 {
+        // SAFETY: exit without running the parent's destructors.
+        unsafe { libc::_exit(3) };
+    }
+    // SAFETY: `shared` is the group's live MAP_SHARED mapping, inherited across fork.
+    let group = unsafe { shared.as_ref() };
+    let ctx = WorkerCtx {
+        stop: &STOP,
+        index,
+        group,
+        pipes,
+    };
+    let rep = worker::run(&cfg.work_type, &ctx);
+    let bytes = serde_json::to_vec(&rep).unwrap_or_default();
+    let mut off = 0;
+    while off < bytes.len() {
+        // SAFETY: writing from a valid buffer to our pipe end.
+        let n = unsafe {
+            libc::write(
+                report.as_raw_fd(),
+                bytes[off..].as_ptr().cast(),
+                bytes.len() - off,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        off += n as usize;
+    }
+    // SAFETY: exit without running the parent's destructors or atexit handlers.
+    unsafe { libc::_exit(0) }
+}
+
+impl Drop for WorkloadHandle {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            if !w.reaped {
+                // SAFETY: killing our own child's process group and reaping the child.
+                unsafe {
+                    libc::kill(-w.pid, libc::SIGKILL);
+                    libc::kill(w.pid, libc::SIGKILL);
+                    let mut st = 0;
+                    libc::waitpid(w.pid, &mut st, 0);
+                }
+            }
+        }
+        for (p, len) in self.groups.drain(..) {
+            // SAFETY: unmapping our own mapping; every worker using it is dead.
+            unsafe { libc::munmap(p.cast(), len) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(work: WorkType, n: u32, ms: u64) -> Vec<WorkerReport> {
+        let cfg = WorkloadConfig {
+            num_workers: n,
+            work_type: work,
+            ..Default::default()
+        };
+        let mut h = WorkloadHandle::spawn(&cfg).unwrap();
+        assert_eq!(h.worker_pids().len(), n as usize);
+        h.start();
+        std::thread::sleep(Duration::from_millis(ms));
+        h.stop_and_collect(Duration::from_secs(5))
+    }
+
+    #[test]
+    fn every_named_work_type_makes_progress() {
+        for name in WorkType::ALL_NAMES {
+            let w = WorkType::from_name(name).unwrap();
+            let n = w.group_size().max(2) / w.group_size() * w.group_size();
+            let reps = run(w, n, 300);
+            for r in &reps {
+                assert!(r.exit_info.is_none(), "{name}: {r:?}");
+                assert!(r.completed, "{name}");
+                // Fan-out receivers and lock waiters may legitimately do little; all must report.
+                assert!(r.wall_time_ns > 0, "{name}");
+            }
+            let total: u64 = reps.iter().map(|r| r.work_units).sum();
+            assert!(total > 0, "{name}: no progress");
+        }
+    }
+
+    #[test]
+    fn latency_work_types_record_wakeups() {
+        for name in ["FutexPingPong", "PipeIo", "FutexFanOut"] {
+            let w = WorkType::from_name(name).unwrap();
+            let reps = run(w, w.group_size(), 400);
+            let samples: u64 = reps.iter().map(|r| r.wake_sample_total).sum();
+            assert!(samples > 0, "{name}: no wake-latency samples");
+        }
+    }
+
+    #[test]
+    fn affinity_is_applied_before_start() {
+        let cfg = WorkloadConfig {
+            num_workers: 1,
+            work_type: WorkType::SpinWait,
+            affinity: AffinityMode::SingleCpu(0),
+            ..Default::default()
+        };
+        let mut h = WorkloadHandle::spawn(&cfg).unwrap();
+        h.start();
+        std::thread::sleep(Duration::from_millis(100));
+        let r = h.stop_and_collect(Duration::from_secs(5));
+        assert_eq!(r[0].cpus_used, vec![0]);
+        assert_eq!(r[0].migration_count, 0);
+    }
+
+    #[test]
+    fn a_stuck_worker_is_reported_not_waited_for() {
+        fn hang(_: &AtomicBool) -> WorkerReport {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        let cfg = WorkloadConfig {
+            num_workers: 1,
+            work_type: WorkType::Custom {
+                name: "hang",
+                run: hang,
+            },
+            ..Default::default()
+        };
+        let mut h = WorkloadHandle::spawn(&cfg).unwrap();
+        h.start();
+        let t = Instant::now();
+        let r = h.stop_and_collect(Duration::from_millis(300));
+        assert!(t.elapsed() < Duration::from_secs(3));
+        assert!(
+            matches!(r[0].exit_info, Some(ExitInfo::NoReport(_))),
+            "{:?}",
+            r[0]
+        );
+        assert!(!r[0].completed);
+    }
+
+    #[test]
+    fn odd_pairs_are_refused() {
+        let cfg = WorkloadConfig {
+            num_workers: 3,
+            work_type: WorkType::from_name("FutexPingPong").unwrap(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            WorkloadHandle::spawn(&cfg),
+            Err(WorkloadError::GroupSize(_))
+        ));
+    }
+}

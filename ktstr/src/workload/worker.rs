@@ -1,0 +1,445 @@
+//! The worker loops, run inside each forked worker process until the stop flag is set.
+
+use std::hint::black_box;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::report::{Recorder, WorkerReport};
+use super::types::{Phase, WorkType};
+
+/// Shared state of one worker group (pairs, fan-out groups, lock convoys), placed in a
+/// `MAP_SHARED` anonymous mapping created before the fork so every member sees it.
+#[repr(C)]
+pub struct GroupShared {
+    /// Futex word: whose turn it is (ping-pong) or the round number (fan-out).
+    pub turn: AtomicU32,
+    /// Futex word: the lock (0 free, 1 held, 2 held with waiters).
+    pub lock: AtomicU32,
+    /// CLOCK_MONOTONIC ns at which the last wake-up was issued.
+    pub wake_ns: AtomicU64,
+}
+
+/// Pipe ends of a pipe-exchanging pair member: (read from partner, write to partner).
+pub type PairPipes = (i32, i32);
+
+/// Everything a worker loop needs besides its work type.
+pub struct WorkerCtx<'a> {
+    /// Set by SIGUSR1.
+    pub stop: &'a AtomicBool,
+    /// Index within its group.
+    pub index: u32,
+    /// The group's shared state, for group work types.
+    pub group: Option<&'a GroupShared>,
+    /// Pipes to the partner, for pipe work types.
+    pub pipes: Option<PairPipes>,
+}
+
+/// CLOCK_MONOTONIC in ns (shared by all processes, unlike `Instant`'s opaque value).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn spin(iters: u64) {
+    let mut x = 0u64;
+    for i in 0..iters {
+        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+    }
+    black_box(x);
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: the futex word lives in a shared mapping valid for the worker's life; a
+    // non-private futex op because partners are separate processes.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0,
+        );
+    }
+}
+
+fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: as in futex_wait.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n, 0, 0, 0);
+    }
+}
+
+fn yield_now() {
+    // SAFETY: no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// Sleeps `d` and records how late the wake-up came.
+fn sleep_measured(rec: &mut Recorder, d: Duration) {
+    let t = Instant::now();
+    std::thread::sleep(d);
+    let over = t.elapsed().saturating_sub(d);
+    rec.latency(over.as_nanos() as u64);
+}
+
+const POLL_SLICE: Duration = Duration::from_millis(50);
+
+/// Runs `work` until `ctx.stop` is set; returns the report.
+pub fn run(work: &WorkType, ctx: &WorkerCtx) -> WorkerReport {
+    if let WorkType::Custom { run, .. } = work {
+        return run(ctx.stop);
+    }
+    let mut rec = Recorder::new();
+    let stop = || ctx.stop.load(Ordering::Relaxed);
+    match *work {
+        WorkType::SpinWait => {
+            while !stop() {
+                spin(1024);
+                rec.tick(1);
+            }
+        }
+        WorkType::YieldHeavy => {
+            while !stop() {
+                yield_now();
+                rec.tick(1);
+            }
+        }
+        WorkType::Mixed => {
+            while !stop() {
+                spin(1024);
+                yield_now();
+                rec.tick(1);
+            }
+        }
+        WorkType::IoSync => io_sync(&mut rec, ctx.stop, None),
+        WorkType::Bursty { burst_ms, sleep_ms } => {
+            while !stop() {
+                let until = Instant::now() + Duration::from_millis(burst_ms);
+                while Instant::now() < until && !stop() {
+                    spin(1024);
+                    rec.tick(1);
+                }
+                sleep_measured(&mut rec, Duration::from_millis(sleep_ms));
+            }
+        }
+        WorkType::PipeIo { burst_iters } => pipe_io(&mut rec, ctx, burst_iters),
+        WorkType::FutexPingPong { spin_iters } => ping_pong(&mut rec, ctx, spin_iters),
+        WorkType::CachePressure { size_kb, stride } => {
+            let mut buf = vec![0u8; (size_kb * 1024) as usize];
+            let stride = stride.max(1) as usize;
+            while !stop() {
+                for i in (0..buf.len()).step_by(stride) {
+                    buf[i] = buf[i].wrapping_add(1);
+                }
+                black_box(&buf);
+                rec.tick(1);
+            }
+        }
+        WorkType::FutexFanOut {
+            fan_out: _,
+            spin_iters,
+        } => fan_out(&mut rec, ctx, spin_iters),
+        WorkType::Sequence { first, rest } => {
+            let phases: Vec<Phase> = std::iter::once(first)
+                .chain(rest.into_iter().flatten())
+                .collect();
+            while !stop() {
+                for p in &phases {
+                    run_phase(&mut rec, ctx.stop, *p);
+                    if stop() {
+                        break;
+                    }
+                }
+            }
+        }
+        WorkType::ForkExit => {
+            while !stop() {
+                // SAFETY: the child only calls _exit, which is async-signal-safe.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: immediate exit without running destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                if pid > 0 {
+                    let mut st = 0;
+                    // SAFETY: reaping our own child.
+                    unsafe { libc::waitpid(pid, &mut st, 0) };
+                }
+                rec.tick(1);
+            }
+        }
+        WorkType::NiceSweep => {
+            let mut nice = -20;
+            while !stop() {
+                spin(512);
+                // SAFETY: changes only this process's nice value.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+                nice = if nice >= 19 { -20 } else { nice + 1 };
+                yield_now();
+                rec.tick(1);
+            }
+            // SAFETY: as above.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
+        }
+        WorkType::AffinityChurn { spin_iters } => affinity_churn(&mut rec, ctx.stop, spin_iters),
+        WorkType::PolicyChurn { spin_iters } => {
+            let policies = [libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE];
+            let mut i = 0;
+            while !stop() {
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: changes only this process's policy; param is valid.
+                unsafe { libc::sched_setscheduler(0, policies[i % 3], &param) };
+                i += 1;
+                spin(spin_iters);
+                rec.tick(1);
+            }
+        }
+        WorkType::PageFaultChurn {
+            region_kb,
+            touches_per_cycle,
+            spin_iters,
+        } => page_fault_churn(&mut rec, ctx.stop, region_kb, touches_per_cycle, spin_iters),
+        WorkType::MutexContention {
+            contenders: _,
+            hold_iters,
+            work_iters,
+        } => mutex_contention(&mut rec, ctx, hold_iters, work_iters),
+        WorkType::Custom { .. } => unreachable!("handled above"),
+    }
+    rec.finish()
+}
+
+fn run_phase(rec: &mut Recorder, stop: &AtomicBool, p: Phase) {
+    match p {
+        Phase::Spin(d) => {
+            let until = Instant::now() + d;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                spin(1024);
+                rec.tick(1);
+            }
+        }
+        Phase::Sleep(d) => {
+            sleep_measured(rec, d);
+            rec.tick(1);
+        }
+        Phase::Yield(d) => {
+            let until = Instant::now() + d;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                yield_now();
+                rec.tick(1);
+            }
+        }
+        Phase::Io(d) => io_sync(rec, stop, Some(Instant::now() + d)),
+    }
+}
+
+fn io_sync(rec: &mut Recorder, stop: &AtomicBool, until: Option<Instant>) {
+    let path = std::env::temp_dir().join(format!("ktstr-io-{}", std::process::id()));
+    let Ok(mut f) = std::fs::File::create(&path) else {
+        return;
+    };
+    let block = vec![0xA5u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
+        let _ = f.write_all(&block);
+        let _ = f.sync_data();
+        let _ = std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0));
+        sleep_measured(rec, Duration::from_micros(100));
+        rec.tick(1);
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+fn pipe_io(rec: &mut Recorder, ctx: &WorkerCtx, burst_iters: u64) {
+    let (Some((rd, wr)), Some(g)) = (ctx.pipes, ctx.group) else {
+        return;
+    };
+    let mut my_turn = ctx.index == 0;
+    let mut byte = [0u8; 1];
+    while !ctx.stop.load(Ordering::Relaxed) {
+        if my_turn {
+            spin(burst_iters);
+            g.wake_ns.store(mono_ns(), Ordering::Release);
+            // SAFETY: writing one byte from a valid buffer to our pipe end.
+            unsafe { libc::write(wr, byte.as_ptr().cast(), 1) };
+            rec.tick(1);
+            my_turn = false;
+        } else {
+            let mut pfd = libc::pollfd {
+                fd: rd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, POLL_SLICE.as_millis() as i32) };
+            if n == 1 {
+                // SAFETY: reading one byte into a valid buffer.
+                if unsafe { libc::read(rd, byte.as_mut_ptr().cast(), 1) } == 1 {
+                    rec.latency(mono_ns().saturating_sub(g.wake_ns.load(Ordering::Acquire)));
+                    my_turn = true;
+                }
+            }
+        }
+    }
+}
+
+fn ping_pong(rec: &mut Recorder, ctx: &WorkerCtx, spin_iters: u64) {
+    let Some(g) = ctx.group else { return };
+    let me = ctx.index;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let t = g.turn.load(Ordering::Acquire);
+        if t != me {
+            futex_wait(&g.turn, t, POLL_SLICE);
+            continue;
+        }
+        rec.latency(mono_ns().saturating_sub(g.wake_ns.load(Ordering::Acquire)));
+        spin(spin_iters);
+        rec.tick(1);
+        g.wake_ns.store(mono_ns(), Ordering::Release);
+        g.turn.store(1 - me, Ordering::Release);
+        futex_wake(&g.turn, 1);
+    }
+    // Hand the turn over so a partner still waiting is not left behind.
+    g.turn.store(1 - me, Ordering::Release);
+    futex_wake(&g.turn, 1);
+}
+
+fn fan_out(rec: &mut Recorder, ctx: &WorkerCtx, spin_iters: u64) {
+    let Some(g) = ctx.group else { return };
+    if ctx.index == 0 {
+        rec.report.is_messenger = true;
+        while !ctx.stop.load(Ordering::Relaxed) {
+            spin(spin_iters);
+            g.wake_ns.store(mono_ns(), Ordering::Release);
+            g.turn.fetch_add(1, Ordering::AcqRel);
+            futex_wake(&g.turn, i32::MAX);
+            rec.tick(1);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    } else {
+        let mut seen = g.turn.load(Ordering::Acquire);
+        while !ctx.stop.load(Ordering::Relaxed) {
+            let now = g.turn.load(Ordering::Acquire);
+            if now == seen {
+                futex_wait(&g.turn, seen, POLL_SLICE);
+                continue;
+            }
+            seen = now;
+            rec.latency(mono_ns().saturating_sub(g.wake_ns.load(Ordering::Acquire)));
+            spin(spin_iters / 4);
+            rec.tick(1);
+        }
+    }
+}
+
+fn affinity_churn(rec: &mut Recorder, stop: &AtomicBool, spin_iters: u64) {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer and size.
+    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: index within CPU_SETSIZE.
+        .filter(|c| unsafe { libc::CPU_ISSET(*c, &allowed) })
+        .collect();
+    let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ std::process::id() as u64;
+    while !stop.load(Ordering::Relaxed) && !cpus.is_empty() {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let cpu = cpus[(rng % cpus.len() as u64) as usize];
+        // SAFETY: zeroed cpu_set_t is valid; CPU_SET index < CPU_SETSIZE.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        spin(spin_iters);
+        rec.tick(1);
+    }
+}
+
+fn page_fault_churn(
+    rec: &mut Recorder,
+    stop: &AtomicBool,
+    region_kb: u64,
+    touches: u64,
+    spin_iters: u64,
+) {
+    let len = (region_kb * 1024).max(4096) as usize;
+    // SAFETY: a fresh private anonymous mapping; checked for failure.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return;
+    }
+    // SAFETY: advice on our own mapping.
+    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    let pages = len / 4096;
+    let mut rng = 0x9E37_79B9u64 ^ std::process::id() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..touches {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let page = (rng % pages as u64) as usize;
+            // SAFETY: page < pages, so the byte lies inside the mapping.
+            unsafe { std::ptr::write_volatile((p as *mut u8).add(page * 4096), 1) };
+        }
+        // SAFETY: drops our own pages; later touches fault them back in.
+        unsafe { libc::madvise(p, len, libc::MADV_DONTNEED) };
+        spin(spin_iters);
+        rec.tick(1);
+    }
+    // SAFETY: unmapping the mapping created above.
+    unsafe { libc::munmap(p, len) };
+}
+
+fn mutex_contention(rec: &mut Recorder, ctx: &WorkerCtx, hold_iters: u64, work_iters: u64) {
+    let Some(g) = ctx.group else { return };
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let t = mono_ns();
+        // Lock: 0 → 1 fast path; otherwise mark contended (2) and sleep.
+        if g.lock
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            let mut acquired = false;
+            while !ctx.stop.load(Ordering::Relaxed) {
+                if g.lock.swap(2, Ordering::Acquire) == 0 {
+                    acquired = true;
+                    break;
+                }
+                futex_wait(&g.lock, 2, POLL_SLICE);
+            }
+            if !acquired {
+                break;
+            }
+        }
+        rec.latency(mono_ns().saturating_sub(t));
+        spin(hold_iters);
+        if g.lock.swap(0, Ordering::Release) == 2 {
+            futex_wake(&g.lock, 1);
+        }
+        spin(work_iters);
+        rec.tick(1);
+    }
+}
