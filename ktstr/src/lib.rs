@@ -4,10 +4,12 @@
 //! See ARCHITECTURE.md at the repository root for the run path of one test case and a code map.
 
 pub mod cache;
+pub mod cgroup;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
 pub mod shm;
+pub mod stats;
 pub mod topology;
 pub mod vm;
 pub mod vmm;
