@@ -27,9 +27,9 @@ const MAX_SUBLEAVES: u32 = 16;
 pub struct DecodedCpu {
     /// Vendor from leaf 0.
     pub vendor: CpuVendor,
-    /// Family and model from leaf 1.
+    /// Family from leaf 1 (`x86_family()`).
     pub family: u32,
-    /// Model from leaf 1.
+    /// Model from leaf 1 (`x86_model()`).
     pub model: u32,
     /// Initial APIC ID after every source Linux consults (leaf 1, then the topology leaf's
     /// subleaf 0 EDX, then 0x8000001E EAX where Linux takes it); all sources must agree.

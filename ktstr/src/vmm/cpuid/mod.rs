@@ -331,7 +331,8 @@ pub fn vcpu_cpuid(
         ..Default::default()
     };
     let leaf_b = [
-        sub(0, smt_shift, topo.threads, (LEVEL_TYPE_SMT << 8) | 0),
+        // ECX = level type << 8 | level number (= subleaf).
+        sub(0, smt_shift, topo.threads, LEVEL_TYPE_SMT << 8),
         sub(1, pkg_shift, per_pkg, (LEVEL_TYPE_CORE << 8) | 1),
         sub(2, 0, 0, 2),
     ];
