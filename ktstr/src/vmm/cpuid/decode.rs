@@ -49,7 +49,7 @@ pub struct DecodedCpu {
     pub pkg_shift: u32,
     /// `1 << smt_shift`, as Linux sizes the SMT domain.
     pub threads_per_core: u32,
-    /// AMD node id (0x8000001E ECX[7:0]); 0 elsewhere. AMD SMT siblings must share it.
+    /// AMD node id (0x8000001E ECX\[7:0\]); 0 elsewhere. AMD SMT siblings must share it.
     pub amd_node_id: u32,
     /// Linux's `cpu_llc_id`: CPUs with equal values share the LLC. Its form is per vendor:
     /// AMD family >= 0x17 `apic >> llc_shift`, Zen1/Hygon `apic >> 3`, AMD < 0x17 the node id,
@@ -165,7 +165,7 @@ impl Decoder<'_> {
         Ok(None)
     }
 
-    /// `parse_legacy()`: cores from leaf 4 EAX[31:26], threads from leaf 1 EBX[23:16].
+    /// `parse_legacy()`: cores from leaf 4 EAX\[31:26\], threads from leaf 1 EBX\[23:16\].
     fn parse_legacy(&mut self) {
         let l1 = self.cpuid(1, 0);
         let mut cores = if self.max_basic >= 4 {

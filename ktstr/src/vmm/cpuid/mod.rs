@@ -164,7 +164,7 @@ const E1_ECX_TOPOEXT: u32 = 1 << 22;
 /// 0x40000001 EDX bit 0: the vCPUs never get preempted. Wrong whenever vCPUs are overcommitted,
 /// which a pure function cannot rule out, so it is always cleared.
 const KVM_HINTS_REALTIME: u32 = 1 << 0;
-/// Leaf 0xB/0x1F ECX[15:8] level types.
+/// Leaf 0xB/0x1F ECX\[15:8\] level types.
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 
@@ -195,7 +195,7 @@ pub(crate) fn family_model(eax: u32) -> (u32, u32) {
     (family, model)
 }
 
-/// `(1 << bits) - 1` written into a cache leaf's EAX[25:14] ("logical processors sharing - 1").
+/// `(1 << bits) - 1` written into a cache leaf's EAX\[25:14\] ("logical processors sharing - 1").
 fn set_cache_sharing(eax: u32, bits: u32) -> u32 {
     let sharing = (1u32 << bits) - 1;
     (eax & !(0xfff << 14)) | ((sharing & 0xfff) << 14)
@@ -212,16 +212,16 @@ fn cache_level(eax: u32) -> u32 {
 /// Per-vCPU CPUID: patch `KVM_GET_SUPPORTED_CPUID`'s entries for canonical CPU `cpu` of
 /// `topo`, following spec §2.3:
 ///
-/// - 0x1: EBX[31:24] = APIC ID (low byte), EBX[23:16] = min(255, 1 << pkg_shift), EDX.HTT iff a
+/// - 0x1: EBX\[31:24\] = APIC ID (low byte), EBX\[23:16\] = min(255, 1 << pkg_shift), EDX.HTT iff a
 ///   package has > 1 CPU. Everything else (TSC-deadline, hypervisor, x2APIC) is kept.
 /// - 0x4 (Intel and other non-AMD vendors): L1/L2 shared by the core's threads, L3 by the LLC;
-///   EAX[31:26] = (1 << (pkg_shift - smt_shift)) - 1, capped at 63.
+///   EAX\[31:26\] = (1 << (pkg_shift - smt_shift)) - 1, capped at 63.
 /// - 0xB: replaced by subleaves 0 (SMT), 1 (core = package level) and 2 (invalid), all with
 ///   SIGNIFICANT_INDEX and EDX = APIC ID. Max basic leaf is raised to 0xB if lower.
 /// - 0x1F and 0x80000026: zeroed if present, so Linux falls through to 0xB.
 /// - 0x8000_0001 (AMD/Hygon): TOPOEXT and CmpLegacy set (6.12 reads 0xB on AMD only with
 ///   TOPOEXT).
-/// - 0x8000_0008: ECX[15:12] = pkg_shift, ECX[7:0] = CPUs per package - 1.
+/// - 0x8000_0008: ECX\[15:12\] = pkg_shift, ECX\[7:0\] = CPUs per package - 1.
 /// - 0x8000_001D (AMD/Hygon): sharing as for leaf 4 (the host value gives wrong LLCs), sizes kept.
 /// - 0x8000_001E (AMD/Hygon): EAX = APIC ID, EBX = core id (low 8 bits; Linux does not use it on
 ///   family >= 0x17) | (threads - 1) << 8, ECX = node (one node per package); inserted if absent.
