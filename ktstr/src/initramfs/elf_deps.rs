@@ -265,9 +265,9 @@ impl LibResolver {
         if obj.info.runpath.is_empty() {
             dirs.extend(obj.rpath_chain.iter().cloned());
         }
-        dirs.extend(self.ld_library_path.iter().map(same));
+        dirs.extend(self.ld_library_path.iter().map(|d| same(d)));
         dirs.extend(obj.info.runpath.iter().map(|d| expand(obj, d)));
-        dirs.extend(self.system_dirs.iter().map(same));
+        dirs.extend(self.system_dirs.iter().map(|d| same(d)));
         for d in &dirs {
             let host = d.host.join(name);
             if compatible(&host) {
@@ -289,10 +289,10 @@ impl LibResolver {
     }
 }
 
-fn same(d: &PathBuf) -> SearchDir {
+fn same(d: &Path) -> SearchDir {
     SearchDir {
-        host: d.clone(),
-        guest: d.clone(),
+        host: d.to_owned(),
+        guest: d.to_owned(),
     }
 }
 
