@@ -9,7 +9,7 @@
 //!
 //! The writer is deliberately low level: it writes what it is told in the order it is told.
 //! Ordering (directories before their contents) and deduplication are the job of
-//! [`super::tree::Tree`].
+//! the builder's guest-filesystem tree.
 
 use std::io::{self, Read, Write};
 
