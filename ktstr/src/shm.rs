@@ -201,8 +201,12 @@ impl FrameReader {
             return Ok(Vec::new());
         }
         let res = self.poll_inner(&hdr, region_len, &mut read_at);
-        if let Err(e) = &res {
-            self.poisoned = Some(e.clone());
+        match &res {
+            // Before the guest initialises the region it may hold anything (firmware data, a
+            // boot loader's copy of the initrd): a wrong magic is "not yet", not poison.
+            Err(ShmError::BadMagic(_)) if self.capacity.is_none() => {}
+            Err(e) => self.poisoned = Some(e.clone()),
+            Ok(_) => {}
         }
         res
     }

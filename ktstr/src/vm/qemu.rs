@@ -35,6 +35,10 @@ const Q35_LOWMEM_LIMIT: u64 = 0xB000_0000;
 const Q35_LOWMEM_SPLIT: u64 = 0x8000_0000;
 const GIB4: u64 = 1 << 32;
 
+/// Room left between the result region and the top of RAM: SeaBIOS keeps its own tables
+/// (and qemu's ACPI tables) in the last few hundred KiB of low RAM.
+const FIRMWARE_RESERVE: u64 = 4 << 20;
+
 /// How long the monitor sleeps between looks at the child and the result channel.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -98,12 +102,14 @@ pub struct QemuMemory {
 }
 
 /// Splits `memory_mib` over the topology's nodes (128 MiB multiples, the Linux memory block
-/// size, so every node gets whole sections) and places the result region at the top of the
-/// last node.
+/// size, so every node gets whole sections) and places the result region near the top of the
+/// last node: below the firmware's tables and below the initrd, which qemu's loader puts at
+/// the top of low RAM (`initrd_bytes` is its size).
 pub fn plan_memory(
     topo: &Topology,
     memory_mib: u64,
     shm_size: u64,
+    initrd_bytes: u64,
 ) -> Result<QemuMemory, QemuError> {
     let nodes = topo.numa_nodes as u64;
     let per_node = (memory_mib / nodes) / 128 * 128;
@@ -125,10 +131,24 @@ pub fn plan_memory(
     } else {
         total
     };
+    // The initrd sits at the top of RAM below 4 GiB; when RAM continues above 4 GiB the
+    // region is at the top of that part instead, clear of the initrd.
+    let below_top = if total > below_4g {
+        0
+    } else {
+        initrd_bytes.div_ceil(1 << 20) << 20
+    };
+    let gap = FIRMWARE_RESERVE + below_top + shm_size;
+    if gap + (64 << 20) > per_node << 20 {
+        return Err(QemuError::MemoryTooSmall {
+            memory_mib,
+            nodes: topo.numa_nodes,
+        });
+    }
     Ok(QemuMemory {
         node_mib,
-        shm_gpa: top - shm_size,
-        shm_file_offset: (per_node << 20) - shm_size,
+        shm_gpa: top - gap,
+        shm_file_offset: (per_node << 20) - gap,
     })
 }
 
@@ -152,7 +172,6 @@ pub fn base_cmdline(mem: &QemuMemory, shm_size: u64, console: ConsoleMode) -> Ve
         "random.trust_cpu=on".into(),
         "numa_balancing=disable".into(),
         "rcupdate.rcu_cpu_stall_timeout=60".into(),
-        "sysctl.kernel.sched_schedstats=1".into(),
         format!("memmap={shm_size:#x}${:#x}", mem.shm_gpa),
         format!("ktstr_shm={shm_size:#x}@{:#x}", mem.shm_gpa),
     ]
@@ -200,6 +219,21 @@ pub fn topology_args(topo: &Topology, mem: &QemuMemory, mem_dir: &Path) -> Vec<S
     a
 }
 
+/// The `-accel` value. TCG runs single-threaded by default: with multi-threaded TCG, Linux's
+/// live code patching (`text_poke_bp`, used for static keys such as the one sched_clock flips
+/// at boot and the ones sched_ext flips on attach) intermittently hits a stale `int3` and
+/// oopses ("Oops: int3" in sched_clock_cpu, 1 boot in 4 at 16 vCPUs here); single-threaded
+/// TCG was as fast on this 2-core host. `KTSTR_QEMU_TCG_THREAD=multi` opts back in.
+fn accel_arg(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg if std::env::var("KTSTR_QEMU_TCG_THREAD").as_deref() == Ok("multi") => {
+            "tcg,thread=multi"
+        }
+        Accel::Tcg => "tcg,thread=single",
+    }
+}
+
 /// Whether qemu is installed.
 pub fn qemu_available() -> bool {
     std::env::var_os("PATH")
@@ -220,7 +254,10 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
             source,
         })?;
     }
-    let mem = plan_memory(&spec.topology, spec.memory_mib, spec.shm_size)?;
+    let initrd_bytes = std::fs::metadata(&spec.initramfs)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let mem = plan_memory(&spec.topology, spec.memory_mib, spec.shm_size, initrd_bytes)?;
     let dir = tempfile::Builder::new()
         .prefix("ktstr-qemu-")
         .tempdir_in(shm_tmp_root())
@@ -229,7 +266,7 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     cmdline.extend(spec.cmdline_extra.iter().cloned());
 
     let mut cmd = Command::new(QEMU_BINARY);
-    cmd.args(["-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
+    cmd.args(["-accel", accel_arg(accel)])
         .args([
             "-M",
             "q35",
@@ -498,18 +535,19 @@ mod tests {
     #[test]
     fn memory_plan_small_and_split() {
         let t = Topology::parse("2,4,2,2").unwrap();
-        let m = plan_memory(&t, 1024, 8 << 20).unwrap();
+        let m = plan_memory(&t, 1024, 8 << 20, (20 << 20) - 5).unwrap();
         assert_eq!(m.node_mib, vec![512, 512]);
-        assert_eq!(m.shm_gpa, (1024 << 20) - (8 << 20));
-        assert_eq!(m.shm_file_offset, (512 << 20) - (8 << 20));
+        // Below 4 MiB of firmware room and the 20 MiB initrd.
+        assert_eq!(m.shm_gpa, (1024 << 20) - (32 << 20));
+        assert_eq!(m.shm_file_offset, (512 << 20) - (32 << 20));
         // 4 GiB total: 2 GiB low, 2 GiB from 4 GiB up.
-        let m = plan_memory(&t, 4096, 8 << 20).unwrap();
-        assert_eq!(m.shm_gpa, GIB4 + (2u64 << 30) - (8 << 20));
+        let m = plan_memory(&t, 4096, 8 << 20, 20 << 20).unwrap();
+        assert_eq!(m.shm_gpa, GIB4 + (2u64 << 30) - (12 << 20));
         // Uneven memory is rounded down to 128 MiB per node.
-        let m = plan_memory(&Topology::parse("4,4,1,1").unwrap(), 1000, 1 << 20).unwrap();
+        let m = plan_memory(&Topology::parse("4,4,1,1").unwrap(), 1000, 1 << 20, 0).unwrap();
         assert_eq!(m.node_mib, vec![128; 4]);
         assert!(matches!(
-            plan_memory(&Topology::parse("4,4,1,1").unwrap(), 400, 1 << 20),
+            plan_memory(&Topology::parse("4,4,1,1").unwrap(), 400, 1 << 20, 0),
             Err(QemuError::MemoryTooSmall { .. })
         ));
     }
@@ -517,7 +555,7 @@ mod tests {
     #[test]
     fn topology_args_one_socket_per_node_one_die_per_llc() {
         let t = Topology::parse("2,4,2,2").unwrap();
-        let m = plan_memory(&t, 1024, 8 << 20).unwrap();
+        let m = plan_memory(&t, 1024, 8 << 20, 0).unwrap();
         let a = topology_args(&t, &m, Path::new("/x"));
         let s = a.join(" ");
         assert!(
@@ -536,10 +574,10 @@ mod tests {
     #[test]
     fn cmdline_reserves_the_result_region() {
         let t = Topology::parse("1,1,1,1").unwrap();
-        let m = plan_memory(&t, 256, 1 << 20).unwrap();
+        let m = plan_memory(&t, 256, 1 << 20, 0).unwrap();
         let c = base_cmdline(&m, 1 << 20, ConsoleMode::Capture).join(" ");
-        assert!(c.contains("memmap=0x100000$0xff00000"), "{c}");
-        assert!(c.contains("ktstr_shm=0x100000@0xff00000"), "{c}");
+        assert!(c.contains("memmap=0x100000$0xfb00000"), "{c}");
+        assert!(c.contains("ktstr_shm=0x100000@0xfb00000"), "{c}");
     }
 
     #[test]
