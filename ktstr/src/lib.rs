@@ -3,10 +3,24 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the run path of one test case and a code map.
 
+pub mod assert;
 pub mod initramfs;
 pub mod shm;
+pub mod prelude;
+pub mod registry;
 pub mod topology;
 pub mod vm;
 pub mod vmm;
 
 pub use topology::Topology;
+
+pub use ktstr_macros::{declare_scheduler, ktstr_test};
+
+/// Paths the ktstr macros expand to. Not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use anyhow;
+    pub use linkme;
+
+    pub use crate::registry::{KTSTR_SCHEDULERS, KTSTR_TESTS};
+}
