@@ -8,6 +8,7 @@ pub mod initramfs;
 pub mod shm;
 pub mod prelude;
 pub mod registry;
+pub mod runner;
 pub mod topology;
 pub mod vm;
 pub mod vmm;
