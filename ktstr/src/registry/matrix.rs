@@ -676,3 +676,7 @@ impl Matrix {
         Ok(spec(mask, topo, kernel, mask == base_mask && topo == declared))
     }
 }
+
+#[cfg(test)]
+#[path = "matrix_tests.rs"]
+mod tests;
