@@ -269,12 +269,10 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
     }
 
     // Cross-key checks, reported on the later token.
-    if let (Some((l, _)), Some((n, nspan))) = (ints.get("llcs"), ints.get("numa_nodes")) {
+    if let (Some((l, span)), Some((n, _))) = (ints.get("llcs"), ints.get("numa_nodes")) {
         if l % n != 0 {
-            let span = ints["llcs"].1;
-            let _ = nspan;
             return Err(Error::new(
-                span,
+                *span,
                 format!("llcs ({l}) must be a multiple of numa_nodes ({n}): LLCs are split evenly across nodes"),
             ));
         }
@@ -288,8 +286,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
         }
     }
     for ex in &excluded {
-        if let Some(req) = required.iter().find(|r| r.key() == ex.key()) {
-            let _ = req;
+        if required.iter().any(|r| r.key() == ex.key()) {
             return Err(Error::new(
                 ex.span(),
                 format!("flag `{}` is both required and excluded", ex.key()),
