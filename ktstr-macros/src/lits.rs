@@ -53,7 +53,10 @@ pub fn float(key: &str, e: &Expr) -> Result<f64> {
                 i.base10_digits()
             ),
         )),
-        _ => Err(Error::new(e.span(), format!("`{key}` takes a float literal"))),
+        _ => Err(Error::new(
+            e.span(),
+            format!("`{key}` takes a float literal"),
+        )),
     }
 }
 
@@ -72,7 +75,10 @@ pub fn boolean(key: &str, e: &Expr) -> Result<bool> {
 pub fn string(key: &str, e: &Expr) -> Result<LitStr> {
     match lit(e) {
         Some(Lit::Str(s)) => Ok(s.clone()),
-        _ => Err(Error::new(e.span(), format!("`{key}` takes a string literal"))),
+        _ => Err(Error::new(
+            e.span(),
+            format!("`{key}` takes a string literal"),
+        )),
     }
 }
 

@@ -147,7 +147,10 @@ impl Parse for Decl {
             let key: Ident = body.parse()?;
             let k = key.to_string();
             if seen.insert(k.clone(), ()).is_some() {
-                return Err(Error::new(key.span(), format!("field `{k}` is given twice")));
+                return Err(Error::new(
+                    key.span(),
+                    format!("field `{k}` is given twice"),
+                ));
             }
             body.parse::<Token![:]>()?;
             match k.as_str() {
@@ -165,10 +168,16 @@ impl Parse for Decl {
                 "topology" => {
                     let e: Expr = body.parse()?;
                     let Expr::Tuple(t) = &e else {
-                        return Err(Error::new(e.span(), "`topology` takes `(numa_nodes, llcs, cores, threads)`"));
+                        return Err(Error::new(
+                            e.span(),
+                            "`topology` takes `(numa_nodes, llcs, cores, threads)`",
+                        ));
                     };
                     if t.elems.len() != 4 {
-                        return Err(Error::new(e.span(), "`topology` takes four counts: `(numa_nodes, llcs, cores, threads)`"));
+                        return Err(Error::new(
+                            e.span(),
+                            "`topology` takes four counts: `(numa_nodes, llcs, cores, threads)`",
+                        ));
                     }
                     let names = ["numa_nodes", "llcs", "cores", "threads"];
                     let mut v = [0u32; 4];
@@ -178,11 +187,15 @@ impl Parse for Decl {
                     if v[1] % v[0] != 0 {
                         return Err(Error::new(
                             t.elems[1].span(),
-                            format!("llcs ({}) must be a multiple of numa_nodes ({})", v[1], v[0]),
+                            format!(
+                                "llcs ({}) must be a multiple of numa_nodes ({})",
+                                v[1], v[0]
+                            ),
                         ));
                     }
                     let [n, l, c, th] = v;
-                    decl.fields.push((key.clone(), quote!(.topology(#n, #l, #c, #th)), key.span()));
+                    decl.fields
+                        .push((key.clone(), quote!(.topology(#n, #l, #c, #th)), key.span()));
                 }
                 "flags" => {
                     let content;
@@ -194,14 +207,16 @@ impl Parse for Decl {
                 "sched_args" | "kargs" | "kernels" => {
                     let v = bracket_list::<LitStr>(&body)?;
                     let f = format_ident!("{}", k);
-                    decl.fields.push((key.clone(), quote!(.#f(&[#(#v),*])), key.span()));
+                    decl.fields
+                        .push((key.clone(), quote!(.#f(&[#(#v),*])), key.span()));
                 }
                 "sysctls" => {
                     let v = bracket_list::<SysctlLit>(&body)?;
                     let items = v.iter().map(|SysctlLit(k, val)| {
                         quote!(::ktstr::registry::Sysctl { key: #k, value: #val })
                     });
-                    decl.fields.push((key.clone(), quote!(.sysctls(&[#(#items),*])), key.span()));
+                    decl.fields
+                        .push((key.clone(), quote!(.sysctls(&[#(#items),*])), key.span()));
                 }
                 "cgroup_parent" | "config_file" => {
                     let s: LitStr = body.parse()?;
@@ -210,14 +225,19 @@ impl Parse for Decl {
                 }
                 "assert" => {
                     let e: Expr = body.parse()?;
-                    decl.fields.push((key.clone(), quote!(.assert(#e)), key.span()));
+                    decl.fields
+                        .push((key.clone(), quote!(.assert(#e)), key.span()));
                 }
                 "constraints" => {
                     let g = parse_constraints(&body)?;
-                    decl.fields.push((key.clone(), quote!(.constraints(#g)), key.span()));
+                    decl.fields
+                        .push((key.clone(), quote!(.constraints(#g)), key.span()));
                 }
                 other => {
-                    return Err(Error::new(key.span(), format!("unknown declare_scheduler! field `{other}`")))
+                    return Err(Error::new(
+                        key.span(),
+                        format!("unknown declare_scheduler! field `{other}`"),
+                    ))
                 }
             }
             if body.is_empty() {
@@ -260,11 +280,15 @@ fn parse_constraints(input: ParseStream) -> Result<TokenStream> {
         content.parse::<Token![,]>()?;
     }
     for what in ["llcs", "cpus", "numa_nodes"] {
-        if let (Some((a, _)), Some((b, span))) =
-            (vals.get(&format!("min_{what}")), vals.get(&format!("max_{what}")))
-        {
+        if let (Some((a, _)), Some((b, span))) = (
+            vals.get(&format!("min_{what}")),
+            vals.get(&format!("max_{what}")),
+        ) {
             if a > b {
-                return Err(Error::new(*span, format!("min_{what} ({a}) is greater than max_{what} ({b})")));
+                return Err(Error::new(
+                    *span,
+                    format!("min_{what} ({a}) is greater than max_{what} ({b})"),
+                ));
             }
         }
     }
@@ -343,7 +367,10 @@ fn validate_flags(flags: &[Flag]) -> Result<()> {
 pub fn expand(input: TokenStream) -> Result<TokenStream> {
     let decl: Decl = syn::parse2(input)?;
     let Some(name) = &decl.name else {
-        return Err(Error::new(decl.ident.span(), "declare_scheduler! needs `name: \"...\"`"));
+        return Err(Error::new(
+            decl.ident.span(),
+            "declare_scheduler! needs `name: \"...\"`",
+        ));
     };
     if name.value().is_empty() || name.value().contains(['/', '+', '~', ' ']) {
         return Err(Error::new(
@@ -354,7 +381,11 @@ pub fn expand(input: TokenStream) -> Result<TokenStream> {
     validate_flags(&decl.flags)?;
 
     let vis = &decl.vis;
-    let vis = if matches!(vis, Visibility::Inherited) { quote!(pub) } else { quote!(#vis) };
+    let vis = if matches!(vis, Visibility::Inherited) {
+        quote!(pub)
+    } else {
+        quote!(#vis)
+    };
     let ident = &decl.ident;
     let mut chain = Vec::new();
     if let Some(b) = &decl.binary {
@@ -385,7 +416,10 @@ pub fn expand(input: TokenStream) -> Result<TokenStream> {
         }
     });
     let static_name = format_ident!("__KTSTR_SCHED_{}", ident);
-    let doc = format!("The `{}` scheduler (declared with `declare_scheduler!`).", name.value());
+    let doc = format!(
+        "The `{}` scheduler (declared with `declare_scheduler!`).",
+        name.value()
+    );
     let mod_doc = format!("Typed flags of the `{}` scheduler.", name.value());
     Ok(quote! {
         #[doc = #doc]

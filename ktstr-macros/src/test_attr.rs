@@ -69,13 +69,15 @@ const NOT_YET: &[&str] = &[
 fn parse_pairs(input: ParseStream) -> Result<Vec<(Ident, Expr)>> {
     let mut out = Vec::new();
     while !input.is_empty() {
-        let key: Ident = input.parse().map_err(|e| {
-            Error::new(e.span(), "expected `key = value` (e.g. `llcs = 2`)")
-        })?;
+        let key: Ident = input
+            .parse()
+            .map_err(|e| Error::new(e.span(), "expected `key = value` (e.g. `llcs = 2`)"))?;
         if !input.peek(Token![=]) {
             return Err(Error::new(
                 key.span(),
-                format!("expected `{key} = value`: every ktstr_test argument is a `key = value` pair"),
+                format!(
+                    "expected `{key} = value`: every ktstr_test argument is a `key = value` pair"
+                ),
             ));
         }
         input.parse::<Token![=]>()?;
@@ -138,10 +140,16 @@ fn check_signature(f: &ItemFn) -> Result<()> {
     let sig = &f.sig;
     let hint = "ktstr tests have the signature `fn NAME(ctx: &Ctx) -> Result<AssertResult>`";
     if let Some(a) = &sig.asyncness {
-        return Err(Error::new(a.span(), format!("ktstr tests cannot be async; {hint}")));
+        return Err(Error::new(
+            a.span(),
+            format!("ktstr tests cannot be async; {hint}"),
+        ));
     }
     if let Some(c) = &sig.constness {
-        return Err(Error::new(c.span(), format!("ktstr tests cannot be const; {hint}")));
+        return Err(Error::new(
+            c.span(),
+            format!("ktstr tests cannot be const; {hint}"),
+        ));
     }
     if !sig.generics.params.is_empty() {
         return Err(Error::new(
@@ -153,7 +161,7 @@ fn check_signature(f: &ItemFn) -> Result<()> {
         let span = if sig.inputs.is_empty() {
             sig.paren_token.span.join()
         } else {
-            sig.inputs.span()
+            sig.inputs[1].span()
         };
         return Err(Error::new(
             span,
@@ -162,7 +170,10 @@ fn check_signature(f: &ItemFn) -> Result<()> {
     }
     match &sig.inputs[0] {
         FnArg::Receiver(r) => {
-            return Err(Error::new(r.span(), format!("ktstr tests are free functions; {hint}")))
+            return Err(Error::new(
+                r.span(),
+                format!("ktstr tests are free functions; {hint}"),
+            ))
         }
         FnArg::Typed(pt) => match &*pt.ty {
             Type::Reference(r) if r.mutability.is_none() => {}
@@ -229,7 +240,10 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
         } else if ASSERT_FLOAT.contains(&k.as_str()) {
             let v = lits::float(&k, value)?;
             if k.starts_with("max_") && v == 0.0 {
-                return Err(Error::new(value.span(), format!("`{k}` must be greater than 0")));
+                return Err(Error::new(
+                    value.span(),
+                    format!("`{k}` must be greater than 0"),
+                ));
             }
             asserts.push(quote!(.#kid(#v)));
         } else if ASSERT_BOOL.contains(&k.as_str()) {
@@ -259,7 +273,10 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
         } else if k == "excluded_flags" {
             excluded = flag_list(&k, value)?;
         } else if NOT_YET.contains(&k.as_str()) {
-            return Err(Error::new(key.span(), format!("`{k}` is not supported yet")));
+            return Err(Error::new(
+                key.span(),
+                format!("`{k}` is not supported yet"),
+            ));
         } else {
             return Err(Error::new(
                 key.span(),
@@ -281,7 +298,10 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
         let (lo, hi) = (format!("min_{what}"), format!("max_{what}"));
         if let (Some((a, _)), Some((b, span))) = (ints.get(lo.as_str()), ints.get(hi.as_str())) {
             if a > b {
-                return Err(Error::new(*span, format!("{lo} ({a}) is greater than {hi} ({b})")));
+                return Err(Error::new(
+                    *span,
+                    format!("{lo} ({a}) is greater than {hi} ({b})"),
+                ));
             }
         }
     }
