@@ -94,10 +94,8 @@ pub fn run_with(
     if parsed.list {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
-        let res = list::write_list(&matrix, &parsed, &mut out).and_then(|_| {
-            out.flush()
-                .map_err(|e| list::ListError::Io(e.to_string()))
-        });
+        let res = list::write_list(&matrix, &parsed, &mut out)
+            .and_then(|_| out.flush().map_err(|e| list::ListError::Io(e.to_string())));
         return match res {
             Ok(_) => 0,
             Err(e) => {

@@ -53,9 +53,7 @@ pub fn write_list(
                 writeln!(out, "{}: test", case.name).map_err(io)?;
                 Ok(1)
             }
-            Ok(_) | Err(ResolveError::UnknownTest(_)) | Err(ResolveError::NotACase { .. }) => {
-                Ok(0)
-            }
+            Ok(_) | Err(ResolveError::UnknownTest(_)) | Err(ResolveError::NotACase { .. }) => Ok(0),
             Err(ResolveError::Invalid(e)) => Err(e.into()),
         };
     }

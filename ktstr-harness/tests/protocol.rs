@@ -66,10 +66,17 @@ fn terse_list_has_exactly_name_test_lines() {
         assert!(all.contains(&want), "{want} missing");
     }
     // excluded_flags = ["spread"] and scheduler max_llcs = 4 are honoured.
-    assert!(!all.iter().any(|n| n.starts_with("llc_steal/") && n.contains("spread")));
-    assert!(!all.iter().any(|n| n.contains("scx-demo") && n.contains("/1n8l")));
+    assert!(!all
+        .iter()
+        .any(|n| n.starts_with("llc_steal/") && n.contains("spread")));
+    assert!(!all
+        .iter()
+        .any(|n| n.contains("scx-demo") && n.contains("/1n8l")));
     // two_cgroups: declared shape + the 15 presets of the default gates.
-    assert_eq!(all.iter().filter(|n| n.starts_with("two_cgroups/")).count(), 16);
+    assert_eq!(
+        all.iter().filter(|n| n.starts_with("two_cgroups/")).count(),
+        16
+    );
 }
 
 #[test]
@@ -89,21 +96,45 @@ fn ignored_list_is_everything_but_base_cases() {
         ]
     );
     assert!(ign.iter().all(|n| all.contains(n)));
-    assert!(ign.iter().any(|n| n.starts_with("demo_showcase/scx-demo/1n2l4c1t")));
+    assert!(ign
+        .iter()
+        .any(|n| n.starts_with("demo_showcase/scx-demo/1n2l4c1t")));
 }
 
 #[test]
 fn exact_filter_and_skip() {
     let (_, out, _) = run(
-        &["--list", "--format", "terse", "--exact", "llc_steal/scx-demo+llc+steal/1n3l3c1t"],
+        &[
+            "--list",
+            "--format",
+            "terse",
+            "--exact",
+            "llc_steal/scx-demo+llc+steal/1n3l3c1t",
+        ],
         &[],
     );
     assert_eq!(names(&out), ["llc_steal/scx-demo+llc+steal/1n3l3c1t"]);
-    let (_, out, _) = run(&["--list", "--format", "terse", "--exact", "llc_steal/nope/1n1l1c1t"], &[]);
+    let (_, out, _) = run(
+        &[
+            "--list",
+            "--format",
+            "terse",
+            "--exact",
+            "llc_steal/nope/1n1l1c1t",
+        ],
+        &[],
+    );
     assert!(out.is_empty());
-    let (_, out, _) = run(&["--list", "--format", "terse", "two_cgroups", "--skip", "2t"], &[]);
+    let (_, out, _) = run(
+        &["--list", "--format", "terse", "two_cgroups", "--skip", "2t"],
+        &[],
+    );
     let n = names(&out);
-    assert!(!n.is_empty() && n.iter().all(|x| x.starts_with("two_cgroups/") && !x.ends_with("2t")));
+    assert!(
+        !n.is_empty()
+            && n.iter()
+                .all(|x| x.starts_with("two_cgroups/") && !x.ends_with("2t"))
+    );
     // Running an ignored case without --ignored reports it ignored, exit 0, no VM.
     let (code, out, _) = run(&["--exact", "llc_steal/scx-demo+llc+steal/1n3l3c1t"], &[]);
     assert_eq!(code, 0);
@@ -113,15 +144,27 @@ fn exact_filter_and_skip() {
 #[test]
 fn kernel_list_adds_sanitized_segment() {
     let env = [("KTSTR_KERNEL_LIST", "6.14.2=/k/a;6.15-rc3=/k/b")];
-    let (_, out, _) = run(&["--list", "--format", "terse", "two_cgroups/eevdf/1n1l2c1t"], &env);
+    let (_, out, _) = run(
+        &["--list", "--format", "terse", "two_cgroups/eevdf/1n1l2c1t"],
+        &env,
+    );
     assert_eq!(
         names(&out),
-        ["two_cgroups/eevdf/1n1l2c1t/6_14_2", "two_cgroups/eevdf/1n1l2c1t/6_15_rc3"]
+        [
+            "two_cgroups/eevdf/1n1l2c1t/6_14_2",
+            "two_cgroups/eevdf/1n1l2c1t/6_15_rc3"
+        ]
     );
     let (_, out, _) = run(&["--list", "--format", "terse", "host_probe"], &env);
     assert_eq!(names(&out), ["host_probe/host"]);
     let (_, out, _) = run(
-        &["--list", "--format", "terse", "--exact", "two_cgroups/eevdf/1n1l2c1t/6_15_rc3"],
+        &[
+            "--list",
+            "--format",
+            "terse",
+            "--exact",
+            "two_cgroups/eevdf/1n1l2c1t/6_15_rc3",
+        ],
         &env,
     );
     assert_eq!(names(&out).len(), 1);

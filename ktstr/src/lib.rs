@@ -5,10 +5,10 @@
 
 pub mod assert;
 pub mod initramfs;
-pub mod shm;
 pub mod prelude;
 pub mod registry;
 pub mod runner;
+pub mod shm;
 pub mod topology;
 pub mod vm;
 pub mod vmm;

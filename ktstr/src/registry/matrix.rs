@@ -135,7 +135,10 @@ impl KernelSet {
     /// Reads `KTSTR_KERNEL_LIST`, else `KTSTR_KERNEL`.
     pub fn from_env() -> Result<Self, MatrixError> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        Self::parse(get("KTSTR_KERNEL").as_deref(), get("KTSTR_KERNEL_LIST").as_deref())
+        Self::parse(
+            get("KTSTR_KERNEL").as_deref(),
+            get("KTSTR_KERNEL_LIST").as_deref(),
+        )
     }
 
     /// `list` is `label=spec;label=spec` (a bare `spec` takes its basename as label); it wins
@@ -205,7 +208,10 @@ impl FlagTable {
         let s = test.scheduler;
         let n = s.flags.len();
         if n >= 32 {
-            return Err(format!("scheduler {:?} declares {n} flags; at most 31 are supported", s.name));
+            return Err(format!(
+                "scheduler {:?} declares {n} flags; at most 31 are supported",
+                s.name
+            ));
         }
         let idx = |name: &str, what: &str| {
             s.flag_index(name)
@@ -649,13 +655,13 @@ impl Matrix {
         }
         let topo = Topology::parse_label(segs[2]).map_err(|e| not_a_case(e.to_string()))?;
         if topo.label() != segs[2] {
-            return Err(not_a_case(format!("topology {:?} is not canonical", segs[2])));
+            return Err(not_a_case(format!(
+                "topology {:?} is not canonical",
+                segs[2]
+            )));
         }
         let gates = test.effective_gates();
-        let listed = topo == declared
-            || PRESETS
-                .iter()
-                .any(|(_, p)| *p == topo && gates.admits(p));
+        let listed = topo == declared || PRESETS.iter().any(|(_, p)| *p == topo && gates.admits(p));
         if !listed {
             return Err(not_a_case(format!(
                 "topology {} is neither the declared one ({declared}) nor a preset admitted by the test's gates",
@@ -668,12 +674,19 @@ impl Matrix {
                 .kernels
                 .iter()
                 .find(|k| k.label == segs[3])
-                .ok_or_else(|| not_a_case(format!("no selected kernel is labelled {:?}", segs[3])))?;
+                .ok_or_else(|| {
+                    not_a_case(format!("no selected kernel is labelled {:?}", segs[3]))
+                })?;
             Some(k.clone())
         } else {
             self.kernels.kernels.first().cloned()
         };
-        Ok(spec(mask, topo, kernel, mask == base_mask && topo == declared))
+        Ok(spec(
+            mask,
+            topo,
+            kernel,
+            mask == base_mask && topo == declared,
+        ))
     }
 }
 

@@ -67,7 +67,10 @@ fn default_gates_admit_15_presets() {
         .count();
     assert_eq!(n, 15);
     for (name, t) in PRESETS {
-        assert!(Topology::new(t.numa_nodes, t.llcs, t.cores, t.threads).is_ok(), "{name}");
+        assert!(
+            Topology::new(t.numa_nodes, t.llcs, t.cores, t.threads).is_ok(),
+            "{name}"
+        );
     }
 }
 
@@ -92,7 +95,10 @@ fn base_case_names_and_ignored_flags() {
     assert!(cases.contains(&("demo_sched/scx-demo+llc/1n2l4c1t".into(), true)));
     assert!(cases.contains(&("demo_sched/scx-demo+llc+steal/1n4l8c1t".into(), true)));
     // two_cgroups: declared topology + 15 presets (its own shape is not a preset).
-    let n = cases.iter().filter(|(n, _)| n.starts_with("two_cgroups/")).count();
+    let n = cases
+        .iter()
+        .filter(|(n, _)| n.starts_with("two_cgroups/"))
+        .count();
     assert_eq!(n, 16);
     // requires_smt drops t=1 presets; max_cpus 16 leaves smt-2llc and smt-3llc.
     let smt: Vec<&str> = cases
@@ -102,7 +108,11 @@ fn base_case_names_and_ignored_flags() {
         .collect();
     assert_eq!(
         smt,
-        ["smt_only/eevdf/1n1l2c2t", "smt_only/eevdf/1n2l2c2t", "smt_only/eevdf/1n3l2c2t"]
+        [
+            "smt_only/eevdf/1n1l2c2t",
+            "smt_only/eevdf/1n2l2c2t",
+            "smt_only/eevdf/1n3l2c2t"
+        ]
     );
 }
 
@@ -111,7 +121,13 @@ fn flag_profiles_respect_requires_excludes_and_test_flags() {
     let plain = table(&TESTS[2]);
     assert_eq!(
         names(&DEMO, &plain.profiles()),
-        ["scx-demo", "scx-demo+llc", "scx-demo+spread", "scx-demo+llc+steal", "scx-demo+llc+spread"]
+        [
+            "scx-demo",
+            "scx-demo+llc",
+            "scx-demo+spread",
+            "scx-demo+llc+steal",
+            "scx-demo+llc+spread"
+        ]
     );
     assert_eq!(plain.base(), Some(0));
     let req = table(&TESTS[1]);
@@ -132,7 +148,10 @@ fn flag_profiles_respect_requires_excludes_and_test_flags() {
         .excluded_flags(&["llc"]);
     assert_eq!(table(&IMPOSSIBLE).base(), None);
     assert!(table(&IMPOSSIBLE).profiles().is_empty());
-    assert!(matches!(TestPlan::new(&IMPOSSIBLE), Err(MatrixError::InvalidTest { .. })));
+    assert!(matches!(
+        TestPlan::new(&IMPOSSIBLE),
+        Err(MatrixError::InvalidTest { .. })
+    ));
 }
 
 /// The pruned search must find exactly the masks a brute-force filter keeps.
@@ -162,8 +181,9 @@ fn profile_search_matches_brute_force() {
             let (r, e) = (next(), next());
             decls.push(FlagDecl::new(n, &[]).requires(pick(r)).excludes(pick(e)));
         }
-        let sched: &'static Scheduler =
-            Box::leak(Box::new(Scheduler::new("s").flags(Box::leak(decls.into_boxed_slice()))));
+        let sched: &'static Scheduler = Box::leak(Box::new(
+            Scheduler::new("s").flags(Box::leak(decls.into_boxed_slice())),
+        ));
         let r = next();
         let req: &'static [&'static str] = if r % 4 == 0 { &["c"] } else { &[] };
         let exc: &'static [&'static str] = if r % 5 == 0 { &["e"] } else { &[] };
@@ -174,7 +194,9 @@ fn profile_search_matches_brute_force() {
                 .excluded_flags(exc),
         ));
         let t = FlagTable::new(test).unwrap();
-        let mut brute: Vec<u32> = (0..1u32 << flag_names.len()).filter(|&m| t.is_valid(m)).collect();
+        let mut brute: Vec<u32> = (0..1u32 << flag_names.len())
+            .filter(|&m| t.is_valid(m))
+            .collect();
         let mut found = t.profiles();
         assert_eq!(found.first().copied(), t.base(), "base must come first");
         brute.sort();
@@ -194,7 +216,9 @@ fn exact_round_trips_every_listed_name() {
         let mut n = 0;
         m.for_each_case(|c| {
             n += 1;
-            let spec = m.resolve(c.name).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            let spec = m
+                .resolve(c.name)
+                .unwrap_or_else(|e| panic!("{}: {e}", c.name));
             let listed = c.to_spec();
             assert_eq!(spec.name, c.name);
             assert_eq!(spec.ignored, c.ignored, "{}", c.name);
@@ -247,8 +271,13 @@ fn resolve_rejects_non_cases() {
 #[test]
 fn case_spec_argv_and_assert() {
     let m = matrix(KernelSet::none());
-    let c = m.resolve("sched_plain/scx-demo+llc+spread/1n4l4c2t").unwrap();
-    assert_eq!(c.sched_argv(), ["--verbose", "--extra", "--llc", "--spread"]);
+    let c = m
+        .resolve("sched_plain/scx-demo+llc+spread/1n4l4c2t")
+        .unwrap();
+    assert_eq!(
+        c.sched_argv(),
+        ["--verbose", "--extra", "--llc", "--spread"]
+    );
     assert!(c.ignored && !c.base);
     assert_eq!(c.assert, crate::assert::Assert::default_checks());
     let names: Vec<&str> = c.active_flags().map(|f| f.name).collect();
@@ -275,5 +304,8 @@ fn kernel_labels_are_sanitized() {
 fn duplicate_test_names_are_an_error() {
     static DUP: [KtstrTest; 2] = [KtstrTest::new("a", body), KtstrTest::new("a", body)];
     let m = Matrix::new(&DUP, KernelSet::none());
-    assert!(matches!(m.for_each_case(|_| {}), Err(MatrixError::DuplicateTest(_))));
+    assert!(matches!(
+        m.for_each_case(|_| {}),
+        Err(MatrixError::DuplicateTest(_))
+    ));
 }

@@ -83,7 +83,12 @@ mod tests {
 
     #[test]
     fn suggests_closest_and_strips_prefix() {
-        let known = ["two_cgroups", "three_cgroups", "steady_llc", "unrelated_thing"];
+        let known = [
+            "two_cgroups",
+            "three_cgroups",
+            "steady_llc",
+            "unrelated_thing",
+        ];
         let e = UnknownTest::new("two_cgroup", known);
         assert_eq!(e.did_you_mean[0], "two_cgroups");
         assert!(!e.did_you_mean.contains(&"unrelated_thing".to_string()));
