@@ -15,6 +15,11 @@
 //! matrix, and `--exact` parses the name and builds a single trial. libtest-mimic still runs
 //! whatever trials were selected (output format, threads, summary, exit code).
 //!
+//! Plain `cargo test` runs base cases one at a time (`--test-threads` defaults to 1 because
+//! each case boots a VM). Under nextest, `.config/nextest.toml` puts every ktstr case (any name
+//! containing `/`) in the `ktstr-vm` test group (one at a time) with a 60 s slow timeout,
+//! terminated after 5 periods.
+//!
 //! Hidden arguments (for `cargo ktstr`): `--ktstr-list-schedulers` prints every declared
 //! scheduler and its flags as JSON; `--ktstr-show-thresholds TEST` prints a test's merged
 //! thresholds.
