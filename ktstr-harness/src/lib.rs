@@ -1,1 +1,124 @@
 //! The `harness = false` runner for ktstr test binaries.
+//!
+//! A user's test target is one line:
+//! ```ignore
+//! fn main() { ktstr_harness::main() }
+//! ```
+//! It speaks the libtest protocol that `cargo test` and `cargo nextest` use:
+//! `--list --format terse [--ignored]`, `--exact NAME`, substring filters, `--skip`,
+//! `--ignored`, `--include-ignored`, `--nocapture`, `--test-threads`, exit code 101 on failure.
+//!
+//! **Why not hand everything to libtest-mimic:** `libtest_mimic::run` takes a `Vec<Trial>` built
+//! up front, one boxed closure and name per case. A gauntlet matrix can have hundreds of
+//! thousands of cases, and nextest runs the binary once per case with `--exact NAME`, so the
+//! listing and the `--exact` paths are implemented here: listing streams names from the lazy
+//! matrix, and `--exact` parses the name and builds a single trial. libtest-mimic still runs
+//! whatever trials were selected (output format, threads, summary, exit code).
+//!
+//! Plain `cargo test` runs base cases one at a time (`--test-threads` defaults to 1 because
+//! each case boots a VM). Under nextest, `.config/nextest.toml` puts every ktstr case (any name
+//! containing `/`) in the `ktstr-vm` test group (one at a time) with a 60 s slow timeout,
+//! terminated after 5 periods.
+//!
+//! Hidden arguments (for `cargo ktstr`): `--ktstr-list-schedulers` prints every declared
+//! scheduler and its flags as JSON; `--ktstr-show-thresholds TEST` prints a test's merged
+//! thresholds.
+
+pub mod list;
+mod run;
+
+use std::io::Write;
+
+use ktstr::registry::matrix::{KernelSet, Matrix};
+use ktstr::registry::{KtstrTest, Scheduler};
+
+pub use run::judge;
+
+/// Entry point of a ktstr test binary. In the guest (PID 1) it runs the guest side of the
+/// case; on the host it lists or runs cases and exits with libtest's exit code.
+pub fn main() -> ! {
+    if std::process::id() == 1 {
+        ktstr::runner::guest_main();
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let kernels = match KernelSet::from_env() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("ktstr: {e}");
+            std::process::exit(101);
+        }
+    };
+    let code = run_with(
+        args,
+        &ktstr::registry::KTSTR_TESTS,
+        &ktstr::registry::KTSTR_SCHEDULERS,
+        kernels,
+    );
+    std::process::exit(code)
+}
+
+/// Runs the harness over an explicit registry; returns the process exit code.
+/// `args[0]` is the program name, as in `std::env::args()`.
+pub fn run_with(
+    mut args: Vec<String>,
+    tests: &'static [KtstrTest],
+    schedulers: &[Scheduler],
+    kernels: KernelSet,
+) -> i32 {
+    if let Some(pos) = args.iter().position(|a| a == "--ktstr-list-schedulers") {
+        args.remove(pos);
+        return match serde_json::to_string_pretty(schedulers) {
+            Ok(json) => {
+                println!("{json}");
+                0
+            }
+            Err(e) => {
+                eprintln!("ktstr: cannot serialise schedulers: {e}");
+                1
+            }
+        };
+    }
+    if let Some(pos) = args.iter().position(|a| a == "--ktstr-show-thresholds") {
+        let Some(name) = args.get(pos + 1) else {
+            eprintln!("ktstr: --ktstr-show-thresholds needs a test name");
+            return 1;
+        };
+        return match ktstr::registry::find_test_in(tests, name) {
+            Ok(t) => {
+                print!("{}", show_thresholds(t));
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        };
+    }
+    let parsed = libtest_mimic::Arguments::from_iter(args);
+    let matrix = Matrix::new(tests, kernels);
+    if parsed.list {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let res = list::write_list(&matrix, &parsed, &mut out)
+            .and_then(|_| out.flush().map_err(|e| list::ListError::Io(e.to_string())));
+        return match res {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("ktstr: {e}");
+                101
+            }
+        };
+    }
+    run::run(&matrix, parsed)
+}
+
+/// The text `show-thresholds` prints: the test, its scheduler, then every merged threshold
+/// (`none` when no layer sets it).
+pub fn show_thresholds(t: &KtstrTest) -> String {
+    format!(
+        "test: {}\nscheduler: {}\n{}",
+        t.name,
+        t.scheduler.name,
+        ktstr::registry::merged_assert(t)
+    )
+}

@@ -3,11 +3,15 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the run path of one test case and a code map.
 
+pub mod assert;
 pub mod cache;
 pub mod cgroup;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod prelude;
+pub mod registry;
+pub mod runner;
 pub mod shm;
 pub mod stats;
 pub mod topology;
@@ -16,3 +20,14 @@ pub mod vmm;
 pub mod workload;
 
 pub use topology::Topology;
+
+pub use ktstr_macros::{declare_scheduler, ktstr_test};
+
+/// Paths the ktstr macros expand to. Not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use anyhow;
+    pub use linkme;
+
+    pub use crate::registry::{KTSTR_SCHEDULERS, KTSTR_TESTS};
+}

@@ -1,0 +1,375 @@
+//! `#[ktstr_test(...)]`: validates keys and the function signature, emits a registry entry.
+
+use std::collections::HashMap;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::parse::{ParseStream, Parser};
+use syn::spanned::Spanned;
+use syn::{Error, Expr, FnArg, Ident, ItemFn, Path, Result, ReturnType, Token, Type};
+
+use crate::lits;
+
+/// Topology, memory, duration and worker counts: `u32`, zero rejected.
+const POSITIVE_U32: &[&str] = &[
+    "numa_nodes",
+    "llcs",
+    "cores",
+    "threads",
+    "memory_mib",
+    "duration_s",
+    "workers_per_cgroup",
+    "watchdog_timeout_s",
+];
+/// Gates (`u32`); `max_*` reject zero.
+const GATES_U32: &[&str] = &[
+    "min_llcs",
+    "max_llcs",
+    "min_cpus",
+    "max_cpus",
+    "min_numa_nodes",
+    "max_numa_nodes",
+];
+/// Integer `Assert` thresholds.
+const ASSERT_INT: &[&str] = &[
+    "max_gap_ms",
+    "max_local_dsq_depth",
+    "sustained_samples",
+    "max_p99_wake_latency_ns",
+];
+/// Float `Assert` thresholds.
+const ASSERT_FLOAT: &[&str] = &[
+    "max_spread_pct",
+    "max_throughput_cv",
+    "min_work_rate",
+    "max_imbalance_ratio",
+    "max_fallback_rate",
+    "max_keep_last_rate",
+    "max_wake_latency_cv",
+    "min_iteration_rate",
+    "max_migration_ratio",
+    "min_page_locality",
+    "max_cross_node_migration_ratio",
+    "max_slow_tier_ratio",
+];
+/// Bool `Assert` switches.
+const ASSERT_BOOL: &[&str] = &["not_starved", "isolation", "fail_on_stall"];
+/// Plain bool test keys.
+const TEST_BOOL: &[&str] = &["performance_mode", "expect_err", "ignore", "host_only"];
+/// Spec keys whose supporting types do not exist yet.
+const NOT_YET: &[&str] = &[
+    "work_types",
+    "payload",
+    "workloads",
+    "extra_include_files",
+    "auto_repro",
+    "bpf_map_write",
+];
+
+fn parse_pairs(input: ParseStream) -> Result<Vec<(Ident, Expr)>> {
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let key: Ident = input
+            .parse()
+            .map_err(|e| Error::new(e.span(), "expected `key = value` (e.g. `llcs = 2`)"))?;
+        if !input.peek(Token![=]) {
+            return Err(Error::new(
+                key.span(),
+                format!(
+                    "expected `{key} = value`: every ktstr_test argument is a `key = value` pair"
+                ),
+            ));
+        }
+        input.parse::<Token![=]>()?;
+        let value: Expr = input.parse()?;
+        out.push((key, value));
+        if input.is_empty() {
+            break;
+        }
+        input.parse::<Token![,]>()?;
+    }
+    Ok(out)
+}
+
+/// A flag named in `required_flags`/`excluded_flags`.
+enum FlagName {
+    Str(syn::LitStr),
+    Typed(Path),
+}
+
+impl FlagName {
+    /// Comparable kebab-case name (`SCX_DEMO::NO_WAKE` → `no-wake`).
+    fn key(&self) -> String {
+        match self {
+            FlagName::Str(s) => s.value(),
+            FlagName::Typed(p) => p
+                .segments
+                .last()
+                .map(|s| s.ident.to_string().to_lowercase().replace('_', "-"))
+                .unwrap_or_default(),
+        }
+    }
+    fn span(&self) -> Span {
+        match self {
+            FlagName::Str(s) => s.span(),
+            FlagName::Typed(p) => p.span(),
+        }
+    }
+    /// The `&'static str` expression for the registry entry.
+    fn name_expr(&self) -> TokenStream {
+        match self {
+            FlagName::Str(s) => quote!(#s),
+            FlagName::Typed(p) => quote!(#p.name),
+        }
+    }
+}
+
+fn flag_list(key: &str, e: &Expr) -> Result<Vec<FlagName>> {
+    lits::array(key, e)?
+        .into_iter()
+        .map(|x| match x {
+            Expr::Path(p) => Ok(FlagName::Typed(p.path.clone())),
+            other => lits::string(key, other)
+                .map(FlagName::Str)
+                .map_err(|_| Error::new(other.span(), format!("`{key}` entries are flag name strings or typed flag consts such as `SCHED::FLAG`"))),
+        })
+        .collect()
+}
+
+fn check_signature(f: &ItemFn) -> Result<()> {
+    let sig = &f.sig;
+    let hint = "ktstr tests have the signature `fn NAME(ctx: &Ctx) -> Result<AssertResult>`";
+    if let Some(a) = &sig.asyncness {
+        return Err(Error::new(
+            a.span(),
+            format!("ktstr tests cannot be async; {hint}"),
+        ));
+    }
+    if let Some(c) = &sig.constness {
+        return Err(Error::new(
+            c.span(),
+            format!("ktstr tests cannot be const; {hint}"),
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(Error::new(
+            sig.generics.span(),
+            format!("ktstr tests cannot be generic; {hint}"),
+        ));
+    }
+    if sig.inputs.len() != 1 {
+        let span = if sig.inputs.is_empty() {
+            sig.paren_token.span.join()
+        } else {
+            sig.inputs[1].span()
+        };
+        return Err(Error::new(
+            span,
+            format!("expected exactly one parameter `ctx: &Ctx`; {hint}"),
+        ));
+    }
+    match &sig.inputs[0] {
+        FnArg::Receiver(r) => {
+            return Err(Error::new(
+                r.span(),
+                format!("ktstr tests are free functions; {hint}"),
+            ))
+        }
+        FnArg::Typed(pt) => match &*pt.ty {
+            Type::Reference(r) if r.mutability.is_none() => {}
+            other => {
+                return Err(Error::new(
+                    other.span(),
+                    format!("the parameter must be a shared reference `&Ctx`; {hint}"),
+                ))
+            }
+        },
+    }
+    if let ReturnType::Default = sig.output {
+        return Err(Error::new(
+            sig.ident.span(),
+            format!("missing return type `-> Result<AssertResult>`; {hint}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Expands the attribute.
+pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
+    let func: ItemFn = syn::parse2(item)?;
+    check_signature(&func)?;
+    let pairs = parse_pairs.parse2(attr)?;
+
+    let mut seen: HashMap<String, Span> = HashMap::new();
+    let mut setters: Vec<TokenStream> = Vec::new();
+    let mut asserts: Vec<TokenStream> = Vec::new();
+    let mut gates: Vec<TokenStream> = Vec::new();
+    let mut ints: HashMap<&'static str, (u32, Span)> = HashMap::new();
+    let mut scheduler: Option<Path> = None;
+    let mut required: Vec<FlagName> = Vec::new();
+    let mut excluded: Vec<FlagName> = Vec::new();
+
+    for (key, value) in &pairs {
+        let k = key.to_string();
+        if seen.insert(k.clone(), key.span()).is_some() {
+            return Err(Error::new(key.span(), format!("`{k}` is given twice")));
+        }
+        let kid = format_ident!("{}", k);
+        if let Some(&name) = POSITIVE_U32.iter().find(|n| **n == k) {
+            let v: u32 = lits::positive(name, value)?;
+            ints.insert(name, (v, value.span()));
+            setters.push(quote!(.#kid(#v)));
+        } else if let Some(&name) = GATES_U32.iter().find(|n| **n == k) {
+            let v: u32 = if name.starts_with("max_") {
+                lits::positive(name, value)?
+            } else {
+                lits::int(name, value)?
+            };
+            ints.insert(name, (v, value.span()));
+            gates.push(quote!(.#kid(#v)));
+        } else if k == "requires_smt" {
+            let v = lits::boolean(&k, value)?;
+            gates.push(quote!(.requires_smt(#v)));
+        } else if ASSERT_INT.contains(&k.as_str()) {
+            let v: u64 = if k.starts_with("max_") {
+                lits::positive(&k, value)?
+            } else {
+                lits::int(&k, value)?
+            };
+            asserts.push(quote!(.#kid(#v)));
+        } else if ASSERT_FLOAT.contains(&k.as_str()) {
+            let v = lits::float(&k, value)?;
+            if k.starts_with("max_") && v == 0.0 {
+                return Err(Error::new(
+                    value.span(),
+                    format!("`{k}` must be greater than 0"),
+                ));
+            }
+            asserts.push(quote!(.#kid(#v)));
+        } else if ASSERT_BOOL.contains(&k.as_str()) {
+            let v = lits::boolean(&k, value)?;
+            asserts.push(quote!(.#kid(#v)));
+        } else if TEST_BOOL.contains(&k.as_str()) {
+            let v = lits::boolean(&k, value)?;
+            setters.push(quote!(.#kid(#v)));
+        } else if k == "cleanup_budget_ms" {
+            let v: u64 = lits::positive(&k, value)?;
+            setters.push(quote!(.cleanup_budget_ms(#v)));
+        } else if k == "scheduler" {
+            match value {
+                Expr::Path(p) => scheduler = Some(p.path.clone()),
+                other => {
+                    return Err(Error::new(
+                        other.span(),
+                        "`scheduler` takes a path to a `declare_scheduler!` const, e.g. `scheduler = SCX_DEMO`",
+                    ))
+                }
+            }
+        } else if k == "extra_sched_args" {
+            let v = lits::strings(&k, value)?;
+            setters.push(quote!(.extra_sched_args(&[#(#v),*])));
+        } else if k == "required_flags" {
+            required = flag_list(&k, value)?;
+        } else if k == "excluded_flags" {
+            excluded = flag_list(&k, value)?;
+        } else if NOT_YET.contains(&k.as_str()) {
+            return Err(Error::new(
+                key.span(),
+                format!("`{k}` is not supported yet"),
+            ));
+        } else {
+            return Err(Error::new(
+                key.span(),
+                format!("unknown ktstr_test key `{k}`"),
+            ));
+        }
+    }
+
+    // Cross-key checks, reported on the later token.
+    if let (Some((l, span)), Some((n, _))) = (ints.get("llcs"), ints.get("numa_nodes")) {
+        if l % n != 0 {
+            return Err(Error::new(
+                *span,
+                format!("llcs ({l}) must be a multiple of numa_nodes ({n}): LLCs are split evenly across nodes"),
+            ));
+        }
+    }
+    for what in ["llcs", "cpus", "numa_nodes"] {
+        let (lo, hi) = (format!("min_{what}"), format!("max_{what}"));
+        if let (Some((a, _)), Some((b, span))) = (ints.get(lo.as_str()), ints.get(hi.as_str())) {
+            if a > b {
+                return Err(Error::new(
+                    *span,
+                    format!("{lo} ({a}) is greater than {hi} ({b})"),
+                ));
+            }
+        }
+    }
+    for ex in &excluded {
+        if required.iter().any(|r| r.key() == ex.key()) {
+            return Err(Error::new(
+                ex.span(),
+                format!("flag `{}` is both required and excluded", ex.key()),
+            ));
+        }
+    }
+
+    let sched = match &scheduler {
+        Some(p) => quote!(#p),
+        None => quote!(::ktstr::registry::Scheduler::EEVDF),
+    };
+    if let Some(p) = &scheduler {
+        // Point type errors (not a Scheduler) at the user's path.
+        setters.push(quote_spanned!(p.span()=> .scheduler(&#p)));
+    }
+    let mut checks = Vec::new();
+    for f in required.iter().chain(&excluded) {
+        let c = match f {
+            FlagName::Str(s) => {
+                quote_spanned!(s.span()=> ::ktstr::registry::__check_flag(&#sched, #s);)
+            }
+            FlagName::Typed(p) => {
+                quote_spanned!(p.span()=> ::ktstr::registry::__check_flag_ref(&#sched, #p);)
+            }
+        };
+        checks.push(c);
+    }
+    if !required.is_empty() {
+        let names = required.iter().map(FlagName::name_expr);
+        setters.push(quote!(.required_flags(&[#(#names),*])));
+    }
+    if !excluded.is_empty() {
+        let names = excluded.iter().map(FlagName::name_expr);
+        setters.push(quote!(.excluded_flags(&[#(#names),*])));
+    }
+    if !asserts.is_empty() {
+        setters.push(quote!(.assert(::ktstr::assert::Assert::NO_OVERRIDES #(#asserts)*)));
+    }
+    if !gates.is_empty() {
+        setters.push(quote!(.gates(::ktstr::registry::Gates::NONE #(#gates)*)));
+    }
+
+    let name = &func.sig.ident;
+    let name_str = name.to_string();
+    let static_name = format_ident!("__KTSTR_TEST_{}", name_str.to_uppercase());
+    let fn_ref = quote_spanned!(func.sig.span()=> #name);
+    let check_block = if checks.is_empty() {
+        quote!()
+    } else {
+        quote!(const _: () = { #(#checks)* };)
+    };
+    Ok(quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #[::ktstr::__private::linkme::distributed_slice(::ktstr::__private::KTSTR_TESTS)]
+        #[linkme(crate = ::ktstr::__private::linkme)]
+        static #static_name: ::ktstr::registry::KtstrTest =
+            ::ktstr::registry::KtstrTest::new(#name_str, #fn_ref)
+                .module(::core::module_path!())
+                #(#setters)*;
+
+        #check_block
+    })
+}

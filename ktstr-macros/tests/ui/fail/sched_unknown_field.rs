@@ -1,0 +1,8 @@
+use ktstr::prelude::*;
+
+declare_scheduler!(BAD {
+    name: "bad",
+    binray: "bad",
+});
+
+fn main() {}

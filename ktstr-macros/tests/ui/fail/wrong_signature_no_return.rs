@@ -1,0 +1,6 @@
+use ktstr::prelude::*;
+
+#[ktstr_test(llcs = 1)]
+fn case(_ctx: &Ctx) {}
+
+fn main() {}

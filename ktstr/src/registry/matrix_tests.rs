@@ -1,0 +1,311 @@
+//! Unit tests of the matrix: naming, profiles, gates, kernels, `--exact` round trips.
+
+use super::*;
+use crate::assert::AssertResult;
+use crate::registry::{Ctx, FlagDecl, Gates, KtstrTest, Scheduler, SchedulerBinary};
+
+fn body(_: &Ctx) -> anyhow::Result<AssertResult> {
+    Ok(AssertResult::pass())
+}
+
+static DEMO: Scheduler = Scheduler::new("scx-demo")
+    .binary(SchedulerBinary::Discover("scx_demo"))
+    .topology(1, 2, 4, 1)
+    .flags(&[
+        FlagDecl::new("llc", &["--llc"]),
+        FlagDecl::new("steal", &["--steal"]).requires(&["llc"]),
+        FlagDecl::new("spread", &["--spread"]).excludes(&["steal"]),
+    ])
+    .sched_args(&["--verbose"])
+    .constraints(Gates::NONE.max_llcs(4));
+
+static TESTS: [KtstrTest; 5] = [
+    KtstrTest::new("two_cgroups", body),
+    KtstrTest::new("demo_sched", body)
+        .scheduler(&DEMO)
+        .required_flags(&["llc"]),
+    KtstrTest::new("sched_plain", body)
+        .scheduler(&DEMO)
+        .extra_sched_args(&["--extra"]),
+    KtstrTest::new("host_check", body).host_only(true),
+    KtstrTest::new("smt_only", body)
+        .threads(2)
+        .gates(Gates::NONE.requires_smt(true).max_cpus(16)),
+];
+
+fn matrix(kernels: KernelSet) -> Matrix {
+    Matrix::new(&TESTS, kernels)
+}
+
+fn all(m: &Matrix) -> Vec<(String, bool)> {
+    let mut v = Vec::new();
+    m.for_each_case(|c| v.push((c.name.to_string(), c.ignored)))
+        .unwrap();
+    v
+}
+
+fn table(test: &'static KtstrTest) -> FlagTable {
+    FlagTable::new(test).unwrap()
+}
+
+fn names(s: &Scheduler, masks: &[u32]) -> Vec<String> {
+    masks
+        .iter()
+        .map(|&m| {
+            let mut out = String::new();
+            write_scenario(&mut out, s, m);
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn default_gates_admit_15_presets() {
+    let n = PRESETS
+        .iter()
+        .filter(|(_, t)| Gates::DEFAULTS.admits(t))
+        .count();
+    assert_eq!(n, 15);
+    for (name, t) in PRESETS {
+        assert!(
+            Topology::new(t.numa_nodes, t.llcs, t.cores, t.threads).is_ok(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn base_case_names_and_ignored_flags() {
+    let cases = all(&matrix(KernelSet::none()));
+    let base: Vec<&str> = cases
+        .iter()
+        .filter(|(_, ig)| !ig)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    // demo_* tests are ignored even in their base case.
+    assert_eq!(
+        base,
+        [
+            "host_check/host",
+            "sched_plain/scx-demo/1n2l4c1t",
+            "smt_only/eevdf/1n1l2c2t",
+            "two_cgroups/eevdf/1n1l2c1t",
+        ]
+    );
+    assert!(cases.contains(&("demo_sched/scx-demo+llc/1n2l4c1t".into(), true)));
+    assert!(cases.contains(&("demo_sched/scx-demo+llc+steal/1n4l8c1t".into(), true)));
+    // two_cgroups: declared topology + 15 presets (its own shape is not a preset).
+    let n = cases
+        .iter()
+        .filter(|(n, _)| n.starts_with("two_cgroups/"))
+        .count();
+    assert_eq!(n, 16);
+    // requires_smt drops t=1 presets; max_cpus 16 leaves smt-2llc and smt-3llc.
+    let smt: Vec<&str> = cases
+        .iter()
+        .filter(|(n, _)| n.starts_with("smt_only/"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(
+        smt,
+        [
+            "smt_only/eevdf/1n1l2c2t",
+            "smt_only/eevdf/1n2l2c2t",
+            "smt_only/eevdf/1n3l2c2t"
+        ]
+    );
+}
+
+#[test]
+fn flag_profiles_respect_requires_excludes_and_test_flags() {
+    let plain = table(&TESTS[2]);
+    assert_eq!(
+        names(&DEMO, &plain.profiles()),
+        [
+            "scx-demo",
+            "scx-demo+llc",
+            "scx-demo+spread",
+            "scx-demo+llc+steal",
+            "scx-demo+llc+spread"
+        ]
+    );
+    assert_eq!(plain.base(), Some(0));
+    let req = table(&TESTS[1]);
+    assert_eq!(
+        names(&DEMO, &req.profiles()),
+        ["scx-demo+llc", "scx-demo+llc+steal", "scx-demo+llc+spread"]
+    );
+    static EXCL: KtstrTest = KtstrTest::new("x", body)
+        .scheduler(&DEMO)
+        .required_flags(&["steal"])
+        .excluded_flags(&["spread"]);
+    let t = table(&EXCL);
+    assert_eq!(t.base(), Some(0b011));
+    assert_eq!(names(&DEMO, &t.profiles()), ["scx-demo+llc+steal"]);
+    static IMPOSSIBLE: KtstrTest = KtstrTest::new("y", body)
+        .scheduler(&DEMO)
+        .required_flags(&["steal"])
+        .excluded_flags(&["llc"]);
+    assert_eq!(table(&IMPOSSIBLE).base(), None);
+    assert!(table(&IMPOSSIBLE).profiles().is_empty());
+    assert!(matches!(
+        TestPlan::new(&IMPOSSIBLE),
+        Err(MatrixError::InvalidTest { .. })
+    ));
+}
+
+/// The pruned search must find exactly the masks a brute-force filter keeps.
+#[test]
+fn profile_search_matches_brute_force() {
+    let flag_names = ["a", "b", "c", "d", "e", "f", "g"];
+    // Deterministic pseudo-random relation graphs.
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for _ in 0..200 {
+        let mut decls = Vec::new();
+        for (i, n) in flag_names.iter().enumerate() {
+            let pick = |r: u32| -> &'static [&'static str] {
+                let v: Vec<&'static str> = flag_names
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i && r & (1 << j) != 0 && r % 3 == 0)
+                    .map(|(_, s)| *s)
+                    .collect();
+                Box::leak(v.into_boxed_slice())
+            };
+            let (r, e) = (next(), next());
+            decls.push(FlagDecl::new(n, &[]).requires(pick(r)).excludes(pick(e)));
+        }
+        let sched: &'static Scheduler = Box::leak(Box::new(
+            Scheduler::new("s").flags(Box::leak(decls.into_boxed_slice())),
+        ));
+        let r = next();
+        let req: &'static [&'static str] = if r % 4 == 0 { &["c"] } else { &[] };
+        let exc: &'static [&'static str] = if r % 5 == 0 { &["e"] } else { &[] };
+        let test: &'static KtstrTest = Box::leak(Box::new(
+            KtstrTest::new("t", body)
+                .scheduler(sched)
+                .required_flags(req)
+                .excluded_flags(exc),
+        ));
+        let t = FlagTable::new(test).unwrap();
+        let mut brute: Vec<u32> = (0..1u32 << flag_names.len())
+            .filter(|&m| t.is_valid(m))
+            .collect();
+        let mut found = t.profiles();
+        assert_eq!(found.first().copied(), t.base(), "base must come first");
+        brute.sort();
+        found.sort();
+        assert_eq!(found, brute);
+    }
+}
+
+#[test]
+fn exact_round_trips_every_listed_name() {
+    for kernels in [
+        KernelSet::none(),
+        KernelSet::parse(Some("/boot/linux-6.14.2"), None).unwrap(),
+        KernelSet::parse(None, Some("6.14.2=/k/a;6.15-rc3=/k/b")).unwrap(),
+    ] {
+        let m = matrix(kernels.clone());
+        let mut n = 0;
+        m.for_each_case(|c| {
+            n += 1;
+            let spec = m
+                .resolve(c.name)
+                .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            let listed = c.to_spec();
+            assert_eq!(spec.name, c.name);
+            assert_eq!(spec.ignored, c.ignored, "{}", c.name);
+            assert_eq!(spec.base, listed.base, "{}", c.name);
+            assert_eq!(spec.flag_mask, listed.flag_mask);
+            assert_eq!(spec.topology, listed.topology);
+            assert_eq!(spec.kernel, listed.kernel);
+            if !spec.host_only() {
+                assert_eq!(spec.scenario(), c.name.split('/').nth(1).unwrap_or(""));
+            }
+        })
+        .unwrap();
+        assert!(n > 50);
+        if kernels.suffixed() {
+            assert!(m.resolve("two_cgroups/eevdf/1n1l2c1t/6_15_rc3").is_ok());
+            assert!(m.resolve("two_cgroups/eevdf/1n1l2c1t").is_err());
+            assert!(m.resolve("host_check/host").is_ok());
+        }
+    }
+}
+
+#[test]
+fn resolve_rejects_non_cases() {
+    let m = matrix(KernelSet::none());
+    for bad in [
+        "sched_plain/scx-demo+steal+llc/1n2l4c1t", // not declaration order
+        "sched_plain/scx-demo+steal/1n2l4c1t",     // steal requires llc
+        "sched_plain/scx-demo+llc+llc/1n2l4c1t",   // repeated
+        "sched_plain/scx-demo+nope/1n2l4c1t",      // unknown flag
+        "sched_plain/eevdf/1n2l4c1t",              // wrong scheduler
+        "sched_plain/scx-demo/1n8l8c2t",           // max_llcs 4
+        "sched_plain/scx-demo/1n2l4c1t/extra",     // no kernels selected
+        "sched_plain/scx-demo/01n2l4c1t",          // non-canonical label
+        "demo_sched/scx-demo/1n2l4c1t",            // llc is required
+        "host_check/eevdf/1n1l2c1t",               // host-only has one case
+        "two_cgroups/eevdf/2n4l4c1t",              // numa gate
+    ] {
+        assert!(
+            matches!(m.resolve(bad), Err(ResolveError::NotACase { .. })),
+            "{bad}: {:?}",
+            m.resolve(bad).map(|c| c.name)
+        );
+    }
+    match m.resolve("two_cgroup/eevdf/1n1l2c1t") {
+        Err(ResolveError::UnknownTest(e)) => assert_eq!(e.did_you_mean[0], "two_cgroups"),
+        other => panic!("{:?}", other.map(|c| c.name)),
+    }
+}
+
+#[test]
+fn case_spec_argv_and_assert() {
+    let m = matrix(KernelSet::none());
+    let c = m
+        .resolve("sched_plain/scx-demo+llc+spread/1n4l4c2t")
+        .unwrap();
+    assert_eq!(
+        c.sched_argv(),
+        ["--verbose", "--extra", "--llc", "--spread"]
+    );
+    assert!(c.ignored && !c.base);
+    assert_eq!(c.assert, crate::assert::Assert::default_checks());
+    let names: Vec<&str> = c.active_flags().map(|f| f.name).collect();
+    assert_eq!(names, ["llc", "spread"]);
+}
+
+#[test]
+fn kernel_labels_are_sanitized() {
+    assert_eq!(sanitize_label("6.15-rc3"), "6_15_rc3");
+    assert_eq!(sanitize_label("6.14.2"), "6_14_2");
+    assert_eq!(sanitize_label("Git:Owner/Repo@Main"), "git_owner_repo_main");
+    assert_eq!(sanitize_label("--x--"), "x");
+    let k = KernelSet::parse(Some("ignored"), Some(" 6.14.2=/a ; /b/linux-6.15-rc3 ;")).unwrap();
+    let labels: Vec<&str> = k.kernels().iter().map(|k| k.label.as_str()).collect();
+    assert_eq!(labels, ["6_14_2", "linux_6_15_rc3"]);
+    assert!(k.suffixed());
+    let one = KernelSet::parse(None, Some("a=/x")).unwrap();
+    assert!(!one.suffixed());
+    assert!(KernelSet::parse(None, Some("6.14=/a;6_14=/b")).is_err());
+    assert!(KernelSet::parse(None, Some("=/a")).is_err());
+}
+
+#[test]
+fn duplicate_test_names_are_an_error() {
+    static DUP: [KtstrTest; 2] = [KtstrTest::new("a", body), KtstrTest::new("a", body)];
+    let m = Matrix::new(&DUP, KernelSet::none());
+    assert!(matches!(
+        m.for_each_case(|_| {}),
+        Err(MatrixError::DuplicateTest(_))
+    ));
+}
