@@ -5,6 +5,7 @@
 //! on purpose through the exit port (0xF4), which both backends treat as a deliberate end.
 
 pub mod shell;
+pub mod topo;
 
 use std::ffi::CString;
 use std::fs;
