@@ -3,4 +3,6 @@
 //! encodes.
 
 pub mod acpi;
+pub mod boot;
 pub mod cpuid;
+pub mod layout;
