@@ -235,6 +235,10 @@ pub fn setup_bsp(vcpu: &VcpuFd, entry: u64) -> Result<(), VmmError> {
     Ok(())
 }
 
+/// Writes a payload into guest memory; gets the RSDP address, returns the entry point.
+pub type LoadFn<'a> =
+    Box<dyn FnOnce(&GuestMemoryMmap, &MemoryLayout, u64) -> Result<u64, VmmError> + 'a>;
+
 /// What to boot and how to watch it; the payload-specific loading is `load`.
 pub struct MachineSpec<'a> {
     /// Topology.
@@ -250,7 +254,7 @@ pub struct MachineSpec<'a> {
     /// Host cancel flag.
     pub cancel: Arc<AtomicBool>,
     /// Writes the payload into guest memory; gets the RSDP address, returns the entry point.
-    pub load: Box<dyn FnOnce(&GuestMemoryMmap, &MemoryLayout, u64) -> Result<u64, VmmError> + 'a>,
+    pub load: LoadFn<'a>,
 }
 
 /// Boots a machine and runs it to its end.
@@ -463,4 +467,26 @@ impl StdinForwarder {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.handle.join();
     }
+}
+
+/// For each CPU of `topo`: the CPUID table the VMM sets and what KVM_GET_CPUID2 reads back,
+/// on a VM that never runs. Proves the per-vCPU tables reach KVM unchanged.
+#[allow(clippy::type_complexity)]
+pub fn cpuid_roundtrip(
+    topo: &Topology,
+) -> Result<Vec<(Vec<kvm_cpuid_entry2>, Vec<kvm_cpuid_entry2>)>, VmmError> {
+    let kvm = open_kvm()?;
+    let vm = create_vm(&kvm, topo.num_cpus())?;
+    let supported = supported_cpuid(&kvm)?;
+    let mut out = Vec::new();
+    for cpu in 0..topo.num_cpus() {
+        let (fd, set) = create_vcpu(&vm, &supported, topo, cpu)?;
+        let got = fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_CPUID2"))?
+            .as_slice()
+            .to_vec();
+        out.push((set, got));
+    }
+    Ok(out)
 }

@@ -30,8 +30,19 @@ pub fn run_code(
     data: &[(u64, Vec<u8>)],
     timeout: Duration,
 ) -> Result<VmOutcome, VmmError> {
+    run_code_cancellable(topo, code, data, timeout, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`run_code`] with a host cancel flag (set it to stop the VM with `VmEnd::Cancelled`).
+pub fn run_code_cancellable(
+    topo: &Topology,
+    code: &[u8],
+    data: &[(u64, Vec<u8>)],
+    timeout: Duration,
+    cancel: Arc<AtomicBool>,
+) -> Result<VmOutcome, VmmError> {
     let layout = MemoryLayout::new(256 * topo.numa_nodes as u64, topo.numa_nodes, 1 << 20)?;
-    run_code_with_layout(topo, layout, code, data, timeout)
+    run_code_with_layout(topo, layout, code, data, timeout, cancel)
 }
 
 fn run_code_with_layout(
@@ -40,6 +51,7 @@ fn run_code_with_layout(
     code: &[u8],
     data: &[(u64, Vec<u8>)],
     timeout: Duration,
+    cancel: Arc<AtomicBool>,
 ) -> Result<VmOutcome, VmmError> {
     let cmdline = boot::kernel_cmdline(boot::KernelKind::Vmlinux, layout.shm, &[])?;
     let code = code.to_vec();
@@ -67,7 +79,7 @@ fn run_code_with_layout(
         timeout,
         console: ConsoleMode::Capture,
         frame_sink: None,
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel,
         load: Box::new(load),
     })
 }
@@ -95,7 +107,14 @@ pub fn run_probe(topo: &Topology, timeout: Duration) -> Result<ProbeReport, VmmE
         (code::PD, params),
         (code::TRAMPOLINE, trampoline),
     ];
-    let out = run_code_with_layout(topo, layout, &program, &data, timeout)?;
+    let out = run_code_with_layout(
+        topo,
+        layout,
+        &program,
+        &data,
+        timeout,
+        Arc::new(AtomicBool::new(false)),
+    )?;
     if out.end != (VmEnd::GuestExit { status: 0 }) {
         return Err(VmmError::Probe(format!(
             "{} ({} frames, channel error: {:?}, console: {:?})",
@@ -106,4 +125,49 @@ pub fn run_probe(topo: &Topology, timeout: Duration) -> Result<ProbeReport, VmmE
         )));
     }
     ProbeReport::from_outcome(&out).map_err(VmmError::Probe)
+}
+
+/// Median phase times of repeated probe boots (see [`measure_probe`]).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ProbeTimings {
+    /// Boots measured.
+    pub runs: usize,
+    /// Median VMM setup (open KVM → vCPU threads started).
+    pub setup: Duration,
+    /// Median guest run (vCPU threads started → the probe's exit).
+    pub run: Duration,
+    /// Median teardown (exit → everything freed).
+    pub teardown: Duration,
+    /// Median total.
+    pub total: Duration,
+}
+
+/// Boots the probe `runs` times on `topo` and returns the median of each phase. Every boot
+/// must succeed and match the topology.
+pub fn measure_probe(
+    topo: &Topology,
+    runs: usize,
+    timeout: Duration,
+) -> Result<ProbeTimings, VmmError> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let r = run_probe(topo, timeout)?;
+        let bad = r.check(topo);
+        if !bad.is_empty() {
+            return Err(VmmError::Probe(bad.join("; ")));
+        }
+        samples.push(r.times);
+    }
+    let median = |f: &dyn Fn(&crate::vm::PhaseTimes) -> Duration| {
+        let mut v: Vec<Duration> = samples.iter().map(f).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    Ok(ProbeTimings {
+        runs: samples.len(),
+        setup: median(&|t| t.setup),
+        run: median(&|t| t.total.saturating_sub(t.setup + t.teardown)),
+        teardown: median(&|t| t.teardown),
+        total: median(&|t| t.total),
+    })
 }

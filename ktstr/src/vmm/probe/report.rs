@@ -311,7 +311,9 @@ impl ProbeReport {
         let mut cpus: Vec<&ProbeCpu> = self.cpus.iter().collect();
         cpus.sort_by_key(|c| c.apic_id);
         for c in cpus {
-            let d = decode_linux_view(&c.cpuid_entries()).unwrap_or_default();
+            let ids = decode_linux_view(&c.cpuid_entries())
+                .map(|d| (d.pkg_id, d.core_id, d.llc_id, d.threads_per_core))
+                .unwrap_or((u32::MAX, u32::MAX, u32::MAX, 0));
             let r = |leaf, sub, f: fn(&ProbeLeaf) -> u32| c.leaf(leaf, sub).map_or(0, f);
             let _ = writeln!(
                 s,
@@ -319,10 +321,10 @@ impl ProbeReport {
                 c.apic_id,
                 r(1, 0, |l| l.ebx >> 24),
                 r(0xB, 0, |l| l.edx),
-                d.pkg_id,
-                d.core_id,
-                d.llc_id,
-                d.threads_per_core,
+                ids.0,
+                ids.1,
+                ids.2,
+                ids.3,
                 r(0xB, 1, |l| l.ebx),
                 r(0x8000_001D, 3, |l| l.eax),
                 r(0x8000_001E, 0, |l| l.eax),
