@@ -57,7 +57,7 @@ pub const RECORDS: u64 = 0x4_0000;
 /// Marker a vCPU writes at record offset 4 when its record is complete.
 pub const RECORD_DONE: u32 = 0x600D;
 /// The (leaf, subleaf) pairs each vCPU queries, in record order.
-pub const LEAVES: [(u32, u32); 17] = [
+pub const LEAVES: [(u32, u32); 19] = [
     (0, 0),
     (1, 0),
     (0xB, 0),
@@ -67,8 +67,10 @@ pub const LEAVES: [(u32, u32); 17] = [
     (4, 1),
     (4, 2),
     (4, 3),
+    (0x1F, 0),
     (0x8000_0000, 0),
     (0x8000_0001, 0),
+    (0x8000_0006, 0),
     (0x8000_0008, 0),
     (0x8000_001D, 0),
     (0x8000_001D, 1),
