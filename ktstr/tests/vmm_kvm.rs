@@ -373,3 +373,56 @@ fn linux_boots_on_hardware_kvm() {
     );
     assert_eq!(o.end, VmEnd::Reboot);
 }
+
+/// On a software KVM Linux cannot finish booting, but its first steps still prove the Linux
+/// path: the vmlinux entered at startup_64 prints early boot lines (boot_params and cmdline
+/// were accepted, and its last RAM page is the e820 end below the SHM), and the bzImage's
+/// 64-bit entry reaches its decompressor.
+/// Ignored by default: it spends 40 s per image under emulation (`cargo test -- --ignored`).
+#[test]
+#[ignore = "40 s per kernel image under a software KVM"]
+fn linux_early_boot_on_software_kvm() {
+    if !kvm_available("linux_early_boot_on_software_kvm") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rd = dir.path().join("initramfs.cpio");
+    std::fs::write(&rd, cpio(&[("init", 0o100755, b"#!/bin/sh\n")])).unwrap();
+    let Some(vmlinux) = kernel_path() else {
+        eprintln!(
+            "\n!!!!!!!! NOTE: linux_early_boot_on_software_kvm SKIPPED: no kernel !!!!!!!!\n"
+        );
+        return;
+    };
+    let bzimage = vmlinux.with_file_name("bzImage");
+    // 512 MiB with the 8 MiB SHM at the top left out of e820: RAM ends at pfn 0x1f800.
+    for (kernel, want) in [
+        (vmlinux, "last_pfn = 0x1f800 "),
+        (bzimage, "Decompressing Linux"),
+    ] {
+        if !kernel.exists() {
+            continue;
+        }
+        let mut spec = VmSpec::new(
+            kernel.clone(),
+            rd.clone(),
+            Topology::parse("1,1,2,1").unwrap(),
+        );
+        spec.timeout = Duration::from_secs(40);
+        spec.cmdline_extra = vec!["earlyprintk=serial,ttyS0".into(), "loglevel=8".into()];
+        let o = vmm::run(spec).unwrap();
+        eprintln!(
+            "{}: {:?} {:?}\n{}",
+            kernel.display(),
+            o.end,
+            o.times,
+            o.console_lines(5)
+        );
+        assert!(
+            o.console_tail.contains(want),
+            "{}: {}",
+            kernel.display(),
+            o.console_tail
+        );
+    }
+}
