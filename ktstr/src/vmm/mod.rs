@@ -5,6 +5,14 @@
 //! [`run`] is the backend entry point; [`probe::run_probe`] boots a tiny probe guest through the
 //! same machinery to show what a guest sees (e820, ACPI tables, APIC IDs, CPUID) on any KVM,
 //! including software hypervisors that cannot run Linux.
+//!
+//! Code map: [`layout`] (GPAs, per-node RAM, SHM, e820, initrd placement), [`boot`] (kernel
+//! formats, boot_params, command line, page tables, GDT, BSP registers), [`kvm`] (the linear
+//! setup recipe and the run monitor), [`vcpu`] (threads, kicks, teardown), [`devices`] (COM1,
+//! exit port, i8042), [`acpi`] and [`cpuid`] (topology tables), [`probe`] (the probe guest).
+//!
+//! Limits: x2APIC shapes (APIC IDs above 254) are refused with
+//! [`VmmError::X2apicUnsupported`]: they need a split irqchip with a userspace IOAPIC.
 
 pub mod acpi;
 pub mod boot;
