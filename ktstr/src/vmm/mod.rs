@@ -1,6 +1,111 @@
 //! The in-process KVM VMM: boots a Linux kernel (ELF vmlinux or bzImage) plus an initramfs on
 //! `/dev/kvm` with an exact CPU topology. See doc/ and ../shared/spec/vmm.md for the facts it
 //! encodes.
+//!
+//! [`run`] is the backend entry point; [`probe::run_probe`] boots a tiny probe guest through the
+//! same machinery to show what a guest sees (e820, ACPI tables, APIC IDs, CPUID) on any KVM,
+//! including software hypervisors that cannot run Linux.
+//!
+//! Code map: [`layout`] (GPAs, per-node RAM, SHM, e820, initrd placement), [`boot`] (kernel
+//! formats, boot_params, command line, page tables, GDT, BSP registers), [`kvm`] (the linear
+//! setup recipe and the run monitor), [`vcpu`] (threads, kicks, teardown), [`devices`] (COM1,
+//! exit port, i8042), [`acpi`] and [`cpuid`] (topology tables), [`probe`] (the probe guest).
+//!
+//! Limits: x2APIC shapes (APIC IDs above 254) are refused with
+//! [`VmmError::X2apicUnsupported`]: they need a split irqchip with a userspace IOAPIC.
 
 pub mod acpi;
+pub mod boot;
 pub mod cpuid;
+pub mod devices;
+pub mod kvm;
+pub mod layout;
+pub mod probe;
+mod run;
+pub mod vcpu;
+
+pub use run::run;
+
+use std::path::PathBuf;
+
+/// Why the KVM backend could not run a VM. Each variant names the step that failed; how a VM
+/// that did run ended is a [`crate::vm::VmEnd`], not an error.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {source}; is KVM available and accessible to this user? (or use --backend qemu)")]
+    OpenKvm {
+        /// The OS error.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM's API version is not 12.
+    #[error("KVM API version {0} is not supported (expected 12); use --backend qemu")]
+    KvmApiVersion(i32),
+    /// A capability the VMM needs is missing.
+    #[error("KVM lacks {0}; use --backend qemu")]
+    MissingCapability(&'static str),
+    /// A KVM ioctl failed.
+    #[error("{ioctl} failed: {source}")]
+    Ioctl {
+        /// The ioctl's name.
+        ioctl: &'static str,
+        /// The OS error.
+        source: kvm_ioctls::Error,
+    },
+    /// The kernel image is missing, unreadable or not bootable.
+    #[error(transparent)]
+    Kernel(#[from] boot::KernelError),
+    /// The initramfs could not be read.
+    #[error("cannot read initramfs {path}: {source}")]
+    Initramfs {
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Memory too small, SHM misfit, or initramfs too large.
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
+    /// The kernel command line is too long.
+    #[error(transparent)]
+    Cmdline(#[from] boot::CmdlineError),
+    /// The ACPI tables could not be built.
+    #[error("building ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
+    /// A vCPU's CPUID table could not be built.
+    #[error("building the CPUID table of cpu {cpu}: {source}")]
+    Cpuid {
+        /// Canonical CPU index.
+        cpu: u32,
+        /// Why.
+        source: cpuid::CpuidError,
+    },
+    /// Guest memory could not be mapped or written.
+    #[error("{what}: {detail}")]
+    GuestMemory {
+        /// The step.
+        what: &'static str,
+        /// The error.
+        detail: String,
+    },
+    /// A host resource (thread, eventfd) could not be created.
+    #[error("{what}: {source}")]
+    Host {
+        /// The step.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The topology needs x2APIC (APIC IDs above 254), which the KVM backend does not set up
+    /// yet (split irqchip + X2APIC_API).
+    #[error("topology {topology} needs x2APIC (largest APIC ID {max_apic_id} > 254), which the KVM backend does not support yet; use --backend qemu or a smaller shape")]
+    X2apicUnsupported {
+        /// The topology label.
+        topology: String,
+        /// Its largest APIC ID.
+        max_apic_id: u32,
+    },
+    /// The probe guest did not deliver its report.
+    #[error("probe guest failed: {0}")]
+    Probe(String),
+}

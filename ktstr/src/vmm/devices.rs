@@ -1,0 +1,253 @@
+//! Port-I/O devices (vmm.md §5, §7): the COM1 16550 (vm-superio, IRQ through an irqfd on GSI
+//! 4), the exit port 0xF4, the i8042 reset line, and the all-ones answer for everything else.
+//! The console is kept (its tail) for failure reports and scanned for kernel panics.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vm::{ConsoleMode, VmEnd, CONSOLE_TAIL_BYTES};
+
+/// COM1 base port.
+pub const COM1_PORT: u16 = 0x3F8;
+/// COM1's GSI.
+pub const COM1_GSI: u32 = 4;
+/// isa-debug-exit style port: a byte written here ends the VM with that status.
+pub const EXIT_PORT: u16 = 0xF4;
+/// i8042 data port.
+pub const I8042_DATA: u16 = 0x60;
+/// i8042 command/status port.
+pub const I8042_CMD: u16 = 0x64;
+/// i8042 command that pulses the CPU reset line.
+pub const I8042_RESET: u8 = 0xFE;
+/// The console line that marks a kernel panic.
+pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
+
+/// An eventfd as vm-superio's interrupt trigger.
+#[derive(Debug)]
+pub struct EventFdTrigger(pub EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// What the console has shown so far.
+#[derive(Debug)]
+pub struct ConsoleState {
+    mode: ConsoleMode,
+    tail: VecDeque<u8>,
+    line: Vec<u8>,
+    panic: Option<(String, Instant)>,
+}
+
+impl ConsoleState {
+    fn new(mode: ConsoleMode) -> Self {
+        ConsoleState {
+            mode,
+            tail: VecDeque::with_capacity(4096),
+            line: Vec::new(),
+            panic: None,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        match self.mode {
+            ConsoleMode::Capture => {}
+            // Best effort: a closed stderr/stdout must not stop the guest.
+            ConsoleMode::Stderr => {
+                let _ = io::stderr().write_all(bytes);
+            }
+            ConsoleMode::Interactive => {
+                let mut o = io::stdout();
+                let _ = o.write_all(bytes).and_then(|_| o.flush());
+            }
+        }
+        for &b in bytes {
+            if self.tail.len() == CONSOLE_TAIL_BYTES {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(b);
+            if b == b'\n' {
+                self.end_line();
+            } else if self.line.len() < 4096 {
+                self.line.push(b);
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        if self.panic.is_none() {
+            let l = String::from_utf8_lossy(&self.line);
+            if let Some(i) = l.find(PANIC_MARKER) {
+                self.panic = Some((l[i..].trim_end().to_string(), Instant::now()));
+            }
+        }
+        self.line.clear();
+    }
+
+    /// The kept tail of the console.
+    pub fn tail(&self) -> String {
+        let (a, b) = self.tail.as_slices();
+        let mut v = Vec::with_capacity(a.len() + b.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+
+    /// The panic line and when it was seen, if the guest panicked.
+    pub fn panic(&self) -> Option<(String, Instant)> {
+        self.panic.clone()
+    }
+}
+
+/// The serial device's output sink: a shared [`ConsoleState`].
+#[derive(Debug, Clone)]
+pub struct ConsoleWriter(pub Arc<Mutex<ConsoleState>>);
+
+impl ConsoleWriter {
+    /// A new, empty console.
+    pub fn new(mode: ConsoleMode) -> Self {
+        ConsoleWriter(Arc::new(Mutex::new(ConsoleState::new(mode))))
+    }
+
+    /// Locks the state (a poisoned lock still yields the data: it is only bytes).
+    pub fn state(&self) -> MutexGuard<'_, ConsoleState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.state().push(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The 16550 type used for COM1.
+pub type Com1 = Serial<EventFdTrigger, vm_superio::serial::NoEvents, ConsoleWriter>;
+
+/// All port-I/O devices of a VM, shared by the vCPU threads.
+#[derive(Debug)]
+pub struct Devices {
+    serial: Mutex<Com1>,
+    console: ConsoleWriter,
+}
+
+impl Devices {
+    /// COM1 raising `irq` (an eventfd registered as an irqfd) and writing to `console`.
+    pub fn new(irq: EventFd, console: ConsoleWriter) -> Self {
+        Devices {
+            serial: Mutex::new(Serial::new(EventFdTrigger(irq), console.clone())),
+            console,
+        }
+    }
+
+    /// The console sink.
+    pub fn console(&self) -> &ConsoleWriter {
+        &self.console
+    }
+
+    fn serial(&self) -> MutexGuard<'_, Com1> {
+        self.serial.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds host input to the guest's serial port; returns how many bytes fitted.
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        self.serial().enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+
+    /// Handles an IO_IN exit. Every byte of `data` is written (stale `kvm_run` bytes would
+    /// otherwise reach the guest).
+    pub fn io_in(&self, port: u16, data: &mut [u8]) {
+        match port {
+            COM1_PORT..=0x3FF if data.len() == 1 => {
+                data[0] = self.serial().read((port - COM1_PORT) as u8);
+            }
+            // Reads as "no data, input buffer empty", so kb_wait() on the reboot path returns.
+            I8042_DATA | I8042_CMD => data.fill(0),
+            _ => data.fill(0xFF),
+        }
+    }
+
+    /// Handles an IO_OUT exit; returns how the VM ends if this write ends it.
+    pub fn io_out(&self, port: u16, data: &[u8]) -> Option<VmEnd> {
+        match port {
+            COM1_PORT..=0x3FF if data.len() == 1 => {
+                // A failed IRQ trigger is not fatal: the guest sees a missing interrupt.
+                let _ = self.serial().write((port - COM1_PORT) as u8, data[0]);
+                None
+            }
+            EXIT_PORT => Some(VmEnd::GuestExit {
+                status: data.first().copied().unwrap_or(0),
+            }),
+            I8042_CMD if data.first() == Some(&I8042_RESET) => Some(VmEnd::Reboot),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devices() -> Devices {
+        Devices::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ConsoleWriter::new(ConsoleMode::Capture),
+        )
+    }
+
+    #[test]
+    fn ports() {
+        let d = devices();
+        let mut b = [7u8; 4];
+        d.io_in(0x80, &mut b);
+        assert_eq!(b, [0xFF; 4]);
+        let mut b = [7u8; 1];
+        d.io_in(I8042_CMD, &mut b);
+        assert_eq!(b, [0]);
+        d.io_in(I8042_DATA, &mut b);
+        assert_eq!(b, [0]);
+        assert_eq!(
+            d.io_out(EXIT_PORT, &[3]),
+            Some(VmEnd::GuestExit { status: 3 })
+        );
+        assert_eq!(d.io_out(I8042_CMD, &[I8042_RESET]), Some(VmEnd::Reboot));
+        assert_eq!(d.io_out(I8042_CMD, &[0xAD]), None);
+        assert_eq!(d.io_out(0x80, &[1]), None);
+        // LSR: transmitter empty once the UART exists.
+        let mut lsr = [0u8];
+        d.io_in(COM1_PORT + 5, &mut lsr);
+        assert_eq!(lsr[0] & 0x60, 0x60);
+    }
+
+    #[test]
+    fn console_keeps_the_tail_and_spots_panics() {
+        let d = devices();
+        for b in b"hello\n[ 1.0] Kernel panic - not syncing: Attempted to kill init!\nmore" {
+            d.io_out(COM1_PORT, &[*b]);
+        }
+        let st = d.console().state();
+        assert!(st.tail().starts_with("hello\n"));
+        assert_eq!(
+            st.panic().unwrap().0,
+            "Kernel panic - not syncing: Attempted to kill init!"
+        );
+        drop(st);
+        let mut w = d.console().clone();
+        w.write_all(&vec![b'x'; CONSOLE_TAIL_BYTES + 10]).unwrap();
+        let tail = d.console().state().tail();
+        assert_eq!(tail.len(), CONSOLE_TAIL_BYTES);
+        assert!(tail.chars().all(|c| c == 'x'));
+    }
+}

@@ -1,0 +1,492 @@
+//! The linear boot recipe (vmm.md §1.5): open KVM, create the VM and its in-kernel irqchip and
+//! PIT, back guest memory per NUMA range, write the boot structures, create one vCPU per CPU
+//! with vcpu_id = APIC ID and its own CPUID, set the BSP's long-mode state, wire COM1's irqfd,
+//! start the vCPU threads, then watch the run (watchdog, cancel flag, result channel) and tear
+//! everything down in order: vCPU fds, VM fd, memory.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_msr_entry, kvm_pit_config, CpuId, Msrs,
+    KVM_CAP_HALT_POLL, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::boot::{self, gdt_bytes, page_tables};
+use super::devices::{ConsoleWriter, Devices, COM1_GSI};
+use super::layout::{MemoryLayout, ACPI_GPA, GDT_GPA, IDENTITY_MAP_GPA, TSS_GPA};
+use super::vcpu::{self, Shared, VcpuContext};
+use super::{acpi, cpuid, VmmError};
+use crate::shm::{Frame, FrameReader, FrameType};
+use crate::topology::Topology;
+use crate::vm::{
+    BackendKind, ConsoleMode, FrameSink, PhaseTimes, VmEnd, VmOutcome, CONSOLE_TAIL_BYTES,
+};
+
+/// How often the monitor polls the result channel.
+const POLL: Duration = Duration::from_millis(20);
+/// How long a panicked guest gets to reboot on its own before the VMM ends it.
+const PANIC_GRACE: Duration = Duration::from_secs(2);
+
+fn ioctl(name: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Ioctl {
+        ioctl: name,
+        source,
+    }
+}
+
+/// Opens `/dev/kvm` and checks the API version and the capabilities the VMM relies on.
+pub fn open_kvm() -> Result<Kvm, VmmError> {
+    let kvm = Kvm::new().map_err(|source| VmmError::OpenKvm { source })?;
+    let v = kvm.get_api_version();
+    if v != 12 {
+        return Err(VmmError::KvmApiVersion(v));
+    }
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmmError::MissingCapability(name));
+        }
+    }
+    Ok(kvm)
+}
+
+/// Creates the VM with its in-kernel irqchip and PIT (both before any vCPU).
+pub fn create_vm(kvm: &Kvm, vcpus: u32) -> Result<VmFd, VmmError> {
+    let vm = loop {
+        match kvm.create_vm() {
+            Err(e) if e.errno() == libc::EINTR => continue,
+            r => break r.map_err(ioctl("KVM_CREATE_VM"))?,
+        }
+    };
+    vm.set_tss_address(TSS_GPA as usize)
+        .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(IDENTITY_MAP_GPA)
+        .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(ioctl("KVM_CREATE_PIT2"))?;
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    if vcpus > host_cpus && vm.check_extension_raw(KVM_CAP_HALT_POLL as u64) > 0 {
+        // Overcommitted: polling 200 µs per halt would steal the host cores from busy vCPUs.
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_HALT_POLL,
+            ..Default::default()
+        };
+        cap.args[0] = 0;
+        vm.enable_cap(&cap)
+            .map_err(ioctl("KVM_ENABLE_CAP(HALT_POLL)"))?;
+    }
+    Ok(vm)
+}
+
+/// Maps guest memory (one anonymous, unpopulated mapping per range) and registers a memslot
+/// for each.
+pub fn create_memory(vm: &VmFd, layout: &MemoryLayout) -> Result<GuestMemoryMmap, VmmError> {
+    let ranges: Vec<(GuestAddress, usize)> = layout
+        .slots
+        .iter()
+        .map(|s| (GuestAddress(s.base), s.len as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmmError::GuestMemory {
+        what: "mapping guest memory",
+        detail: e.to_string(),
+    })?;
+    for (slot, s) in layout.slots.iter().enumerate() {
+        let host =
+            mem.get_host_address(GuestAddress(s.base))
+                .map_err(|e| VmmError::GuestMemory {
+                    what: "finding a memslot's host address",
+                    detail: e.to_string(),
+                })?;
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: s.base,
+            memory_size: s.len,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping of exactly `s.len` bytes owned by `mem`, which
+        // the caller drops only after the VM fd (the teardown order of §8).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(mem)
+}
+
+/// Writes `bytes` at `gpa`, naming `what` on failure.
+pub fn write_guest(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<(), VmmError> {
+    mem.write_slice(bytes, GuestAddress(gpa))
+        .map_err(|e| VmmError::GuestMemory {
+            what,
+            detail: format!("{} bytes at {gpa:#x}: {e}", bytes.len()),
+        })
+}
+
+/// Writes the structures every payload shares (GDT, page tables, ACPI); returns the RSDP.
+pub fn write_common(
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    topo: &Topology,
+) -> Result<u64, VmmError> {
+    write_guest(mem, GDT_GPA, &gdt_bytes(), "writing the GDT")?;
+    for (gpa, page) in page_tables() {
+        write_guest(mem, gpa, &page, "writing the page tables")?;
+    }
+    let tables = acpi::build_acpi_tables(topo, &layout.nodes, ACPI_GPA)?;
+    write_guest(
+        mem,
+        tables.base_gpa,
+        &tables.bytes,
+        "writing the ACPI tables",
+    )?;
+    Ok(tables.rsdp_gpa)
+}
+
+/// KVM_GET_SUPPORTED_CPUID, as a plain list.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmmError> {
+    Ok(kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?
+        .as_slice()
+        .to_vec())
+}
+
+/// Creates vCPU `cpu` of `topo` (vcpu_id = its APIC ID) with its CPUID table, the boot MSRs
+/// and the LAPIC's virtual-wire LINT0/LINT1. Returns the fd and the table that was set.
+pub fn create_vcpu(
+    vm: &VmFd,
+    supported: &[kvm_cpuid_entry2],
+    topo: &Topology,
+    cpu: u32,
+) -> Result<(VcpuFd, Vec<kvm_cpuid_entry2>), VmmError> {
+    let vcpu = vm
+        .create_vcpu(topo.apic_id(cpu) as u64)
+        .map_err(ioctl("KVM_CREATE_VCPU"))?;
+    let entries = cpuid::vcpu_cpuid(supported, topo, cpu)
+        .map_err(|source| VmmError::Cpuid { cpu, source })?;
+    let table = CpuId::from_entries(&entries).map_err(|e| VmmError::GuestMemory {
+        what: "building the CPUID table",
+        detail: format!("{} entries: {e:?}", entries.len()),
+    })?;
+    vcpu.set_cpuid2(&table).map_err(ioctl("KVM_SET_CPUID2"))?;
+    let msrs: Vec<kvm_msr_entry> = boot::boot_msrs()
+        .into_iter()
+        .map(|(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let msrs = Msrs::from_entries(&msrs).map_err(|e| VmmError::GuestMemory {
+        what: "building the MSR list",
+        detail: format!("{e:?}"),
+    })?;
+    let written = vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+    if written < msrs.as_slice().len() && std::env::var_os("KTSTR_VMM_DEBUG").is_some() {
+        // KVM stops at the first MSR it refuses; the rest are best effort (§1.4).
+        eprintln!(
+            "ktstr vmm: KVM_SET_MSRS wrote {written} of {} MSRs (stopped at {:#x})",
+            msrs.as_slice().len(),
+            msrs.as_slice()[written].index
+        );
+    }
+    let mut lapic = vcpu.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+    set_lapic_reg(&mut lapic.regs, 0x350, 0x700); // LVT0: ExtINT
+    set_lapic_reg(&mut lapic.regs, 0x360, 0x400); // LVT1: NMI
+    vcpu.set_lapic(&lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
+    Ok((vcpu, entries))
+}
+
+fn set_lapic_reg(regs: &mut [libc::c_char; 1024], off: usize, v: u32) {
+    for (i, b) in v.to_le_bytes().iter().enumerate() {
+        regs[off + i] = *b as libc::c_char;
+    }
+}
+
+/// Puts the BSP in 64-bit mode at `entry` with RSI = boot_params.
+pub fn setup_bsp(vcpu: &VcpuFd, entry: u64) -> Result<(), VmmError> {
+    let sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+    vcpu.set_sregs(&boot::long_mode_sregs(sregs))
+        .map_err(ioctl("KVM_SET_SREGS"))?;
+    vcpu.set_regs(&boot::entry_regs(entry))
+        .map_err(ioctl("KVM_SET_REGS"))?;
+    vcpu.set_fpu(&boot::entry_fpu())
+        .map_err(ioctl("KVM_SET_FPU"))?;
+    Ok(())
+}
+
+/// Writes a payload into guest memory; gets the RSDP address, returns the entry point.
+pub type LoadFn<'a> =
+    Box<dyn FnOnce(&GuestMemoryMmap, &MemoryLayout, u64) -> Result<u64, VmmError> + 'a>;
+
+/// What to boot and how to watch it; the payload-specific loading is `load`.
+pub struct MachineSpec<'a> {
+    /// Topology.
+    pub topology: Topology,
+    /// Memory layout.
+    pub layout: MemoryLayout,
+    /// Watchdog bound.
+    pub timeout: Duration,
+    /// Console destination.
+    pub console: ConsoleMode,
+    /// Live frame consumer.
+    pub frame_sink: Option<FrameSink>,
+    /// Host cancel flag.
+    pub cancel: Arc<AtomicBool>,
+    /// Writes the payload into guest memory; gets the RSDP address, returns the entry point.
+    pub load: LoadFn<'a>,
+}
+
+/// Boots a machine and runs it to its end.
+pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
+    let t0 = Instant::now();
+    let topo = spec.topology;
+    if topo.needs_x2apic() {
+        return Err(VmmError::X2apicUnsupported {
+            topology: topo.label(),
+            max_apic_id: topo.max_apic_id(),
+        });
+    }
+    let kvm = open_kvm()?;
+    let vm = create_vm(&kvm, topo.num_cpus())?;
+    let mem = create_memory(&vm, &spec.layout)?;
+    let rsdp = write_common(&mem, &spec.layout, &topo)?;
+    let entry = (spec.load)(&mem, &spec.layout, rsdp)?;
+    let supported = supported_cpuid(&kvm)?;
+    let mut vcpus = Vec::with_capacity(topo.num_cpus() as usize);
+    for cpu in 0..topo.num_cpus() {
+        vcpus.push(create_vcpu(&vm, &supported, &topo, cpu)?.0);
+    }
+    setup_bsp(&vcpus[0], entry)?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host {
+        what: "creating the serial eventfd",
+        source,
+    })?;
+    vm.register_irqfd(&irq, COM1_GSI)
+        .map_err(ioctl("KVM_IRQFD"))?;
+    let console = ConsoleWriter::new(spec.console);
+    let devices = Arc::new(Devices::new(irq, console.clone()));
+    let shared = Arc::new(Shared::default());
+
+    // From here on the guest runs: the watchdog starts now, not before setup.
+    let mut threads = Vec::with_capacity(vcpus.len());
+    let mut spawn_err = None;
+    for (i, fd) in vcpus.into_iter().enumerate() {
+        let ctx = VcpuContext {
+            shared: shared.clone(),
+            devices: devices.clone(),
+            mem: mem.clone(),
+        };
+        match vcpu::spawn(fd, i as u32, ctx) {
+            Ok(t) => threads.push(t),
+            Err(source) => {
+                spawn_err = Some(source);
+                break;
+            }
+        }
+    }
+    let t_started = Instant::now();
+    let stdin = (spec.console == ConsoleMode::Interactive && spawn_err.is_none())
+        .then(|| StdinForwarder::start(devices.clone()));
+    let mut monitor = Monitor {
+        reader: FrameReader::new(),
+        frames: Vec::new(),
+        sink: spec.frame_sink,
+        hello_at: None,
+        channel_error: None,
+    };
+    if spawn_err.is_none() {
+        let deadline = t_started + spec.timeout;
+        loop {
+            monitor.poll(&mem, &spec.layout);
+            if shared.end().is_some() {
+                break;
+            }
+            if spec.cancel.load(Ordering::SeqCst) {
+                shared.finish(VmEnd::Cancelled);
+            } else if Instant::now() >= deadline {
+                shared.finish(VmEnd::Timeout {
+                    after: spec.timeout,
+                });
+            } else if let Some((msg, at)) = console.state().panic() {
+                if at.elapsed() >= PANIC_GRACE {
+                    shared.finish(VmEnd::Panic { message: msg });
+                }
+            }
+            shared.wait(POLL);
+        }
+    }
+    let ended = Instant::now();
+    let fds = vcpu::stop_all(&shared, threads);
+    if let Some(s) = stdin {
+        s.stop();
+    }
+    // The guest is stopped: read what it left in the channel.
+    monitor.poll(&mem, &spec.layout);
+    let (end, end_at) = shared.end().unwrap_or((VmEnd::Cancelled, ended));
+    drop(fds);
+    drop(vm);
+    drop(devices);
+    drop(mem);
+    drop(kvm);
+    if let Some(source) = spawn_err {
+        return Err(VmmError::Host {
+            what: "starting a vCPU thread",
+            source,
+        });
+    }
+    let st = console.state();
+    let end = match (end, st.panic()) {
+        (VmEnd::Reboot | VmEnd::Timeout { .. }, Some((message, _))) => VmEnd::Panic { message },
+        (e, _) => e,
+    };
+    let setup = t_started - t0;
+    let times = PhaseTimes {
+        setup,
+        boot_to_init: monitor
+            .hello_at
+            .map(|h| h.saturating_duration_since(t_started)),
+        init_to_exit: monitor
+            .hello_at
+            .map(|h| end_at.saturating_duration_since(h)),
+        teardown: ended.elapsed(),
+        total: t0.elapsed(),
+    };
+    let mut console_tail = st.tail();
+    if console_tail.len() > CONSOLE_TAIL_BYTES {
+        console_tail = console_tail[console_tail.len() - CONSOLE_TAIL_BYTES..].to_string();
+    }
+    Ok(VmOutcome {
+        backend: BackendKind::Kvm,
+        end,
+        frames: monitor.frames,
+        channel_error: monitor.channel_error,
+        console_tail,
+        times,
+    })
+}
+
+struct Monitor {
+    reader: FrameReader,
+    frames: Vec<Frame>,
+    sink: Option<FrameSink>,
+    hello_at: Option<Instant>,
+    channel_error: Option<String>,
+}
+
+impl Monitor {
+    /// Reads new frames out of the SHM, copying through vm-memory (never a reference into
+    /// guest RAM).
+    fn poll(&mut self, mem: &GuestMemoryMmap, layout: &MemoryLayout) {
+        if self.channel_error.is_some() {
+            return;
+        }
+        let shm = layout.shm;
+        let r = self.reader.poll(shm.len, |off, buf| {
+            mem.read_slice(buf, GuestAddress(shm.base + off))
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        match r {
+            Ok(frames) => {
+                for f in frames {
+                    if f.kind == FrameType::Hello && self.hello_at.is_none() {
+                        self.hello_at = Some(Instant::now());
+                    }
+                    if let Some(s) = self.sink.as_mut() {
+                        s(&f);
+                    }
+                    self.frames.push(f);
+                }
+            }
+            Err(e) => self.channel_error = Some(e.to_string()),
+        }
+    }
+}
+
+/// Forwards host stdin to the guest's serial port (interactive console).
+struct StdinForwarder {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl StdinForwarder {
+    fn start(devices: Arc<Devices>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let fd = std::io::stdin().as_raw_fd();
+            let mut pending: Vec<u8> = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                if !pending.is_empty() {
+                    let n = devices.serial_input(&pending);
+                    pending.drain(..n);
+                }
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; a 50 ms timeout bounds how long stop() waits.
+                let r = unsafe { libc::poll(&mut pfd, 1, 50) };
+                if r <= 0 || pending.len() > 4096 {
+                    continue;
+                }
+                let mut buf = [0u8; 256];
+                // SAFETY: reading into a local buffer of the stated length.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+                pending.extend_from_slice(&buf[..n as usize]);
+            }
+        });
+        StdinForwarder { stop, handle }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.handle.join();
+    }
+}
+
+/// For each CPU of `topo`: the CPUID table the VMM sets and what KVM_GET_CPUID2 reads back,
+/// on a VM that never runs. Proves the per-vCPU tables reach KVM unchanged.
+#[allow(clippy::type_complexity)]
+pub fn cpuid_roundtrip(
+    topo: &Topology,
+) -> Result<Vec<(Vec<kvm_cpuid_entry2>, Vec<kvm_cpuid_entry2>)>, VmmError> {
+    let kvm = open_kvm()?;
+    let vm = create_vm(&kvm, topo.num_cpus())?;
+    let supported = supported_cpuid(&kvm)?;
+    let mut out = Vec::new();
+    for cpu in 0..topo.num_cpus() {
+        let (fd, set) = create_vcpu(&vm, &supported, topo, cpu)?;
+        let got = fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_CPUID2"))?
+            .as_slice()
+            .to_vec();
+        out.push((set, got));
+    }
+    Ok(out)
+}

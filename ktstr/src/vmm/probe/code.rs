@@ -1,0 +1,478 @@
+//! The probe guest's machine code, generated with iced-x86's `code_asm` assembler.
+//!
+//! Why an assembler rather than hand-encoded bytes: the probe mixes 16-, 32- and 64-bit code
+//! (real-mode AP trampoline, protected-mode AP body, long-mode BSP), 32-bit addressing inside
+//! 64-bit code (so 0xFEE00000 is not sign-extended) and forward branches; iced encodes all of
+//! that, resolves labels, and lets one Rust function emit the same per-CPU routine for 32- and
+//! 64-bit mode. The bytes are generated at run time from this readable source.
+//!
+//! Low-memory map used by the probe (all below the 640 KiB RAM limit, clear of boot_params,
+//! the boot stack, page tables and the command line):
+//! - [`CRC_TABLE`]: the CRC-32 table the host supplies (the frame checksum of `crate::shm`);
+//! - [`PD`]: parameters from the host and state shared between vCPUs (offsets `PD_*`);
+//! - [`TRAMPOLINE`]: AP start-up code (SIPI vector [`SIPI_VECTOR`]);
+//! - [`RECORDS`]: one [`RECORD_LEN`]-byte record per vCPU, written by that vCPU.
+
+use iced_x86::code_asm::*;
+use iced_x86::{Code, IcedError, Instruction};
+
+use crate::shm::{FrameType, HEADER_LEN, MAGIC, VERSION};
+use crate::vmm::boot::selector;
+use crate::vmm::layout::{GDT_GPA, LAPIC_GPA};
+
+/// CRC-32 (IEEE, reflected) lookup table, 256 × u32.
+pub const CRC_TABLE: u64 = 0x5000;
+/// Parameter/state block.
+pub const PD: u64 = 0x6000;
+/// u64: SHM base (host-written).
+pub const PD_SHM_BASE: u64 = PD;
+/// u64: SHM length (host-written).
+pub const PD_SHM_LEN: u64 = PD + 0x08;
+/// u64: TSC cycles the BSP waits for the APs (host-written).
+pub const PD_WAIT_CYCLES: u64 = PD + 0x10;
+/// u32: records claimed (lock xadd).
+pub const PD_CLAIMED: u64 = PD + 0x18;
+/// u32: records completed (lock inc).
+pub const PD_DONE: u64 = PD + 0x1C;
+/// u64: frame-area bytes in use.
+pub const PD_WRITE_OFF: u64 = PD + 0x20;
+/// u32: next frame sequence number.
+pub const PD_SEQ: u64 = PD + 0x28;
+/// u32 zero: the Exit frame's payload.
+pub const PD_ZERO: u64 = PD + 0x2C;
+/// u32 count, then up to [`MAX_SIGS`] u32 ACPI signatures found from the XSDT.
+pub const PD_SIGS: u64 = PD + 0x40;
+/// Signatures kept.
+pub const MAX_SIGS: u32 = 31;
+/// u32 count, then the APIC IDs of enabled MADT type-0 entries (u32 each).
+pub const PD_MADT: u64 = PD + 0xC0;
+/// APIC IDs kept.
+pub const MAX_MADT: u32 = 256;
+/// AP trampoline (4 KiB aligned, below 1 MiB).
+pub const TRAMPOLINE: u64 = 0x1_0000;
+/// SIPI vector: the trampoline's page number.
+pub const SIPI_VECTOR: u32 = (TRAMPOLINE >> 12) as u32;
+/// Per-vCPU records.
+pub const RECORDS: u64 = 0x4_0000;
+/// Marker a vCPU writes at record offset 4 when its record is complete.
+pub const RECORD_DONE: u32 = 0x600D;
+/// The (leaf, subleaf) pairs each vCPU queries, in record order.
+pub const LEAVES: [(u32, u32); 19] = [
+    (0, 0),
+    (1, 0),
+    (0xB, 0),
+    (0xB, 1),
+    (0xB, 2),
+    (4, 0),
+    (4, 1),
+    (4, 2),
+    (4, 3),
+    (0x1F, 0),
+    (0x8000_0000, 0),
+    (0x8000_0001, 0),
+    (0x8000_0006, 0),
+    (0x8000_0008, 0),
+    (0x8000_001D, 0),
+    (0x8000_001D, 1),
+    (0x8000_001D, 2),
+    (0x8000_001D, 3),
+    (0x8000_001E, 0),
+];
+/// Record: LAPIC ID u32, done marker u32, then eax/ebx/ecx/edx per leaf of [`LEAVES`].
+pub const RECORD_LEN: u32 = 8 + 16 * LEAVES.len() as u32;
+
+/// The CRC-32 table (polynomial 0xEDB88320), as the host writes it at [`CRC_TABLE`].
+pub fn crc_table() -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    for i in 0..256u32 {
+        let mut c = i;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        out.extend_from_slice(&c.to_le_bytes());
+    }
+    out
+}
+
+/// Emits the per-vCPU routine (valid in 32- and 64-bit mode: only 32-bit registers and
+/// addressing): claim a record slot, store the LAPIC ID and the CPUID leaves, mark it done.
+fn emit_record(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(eax, 1u32)?;
+    a.mov(edi, PD_CLAIMED as u32)?;
+    a.lock().xadd(dword_ptr(edi), eax)?;
+    a.imul_3(edi, eax, RECORD_LEN as i32)?;
+    a.add(edi, RECORDS as u32)?;
+    a.mov(esi, (LAPIC_GPA + 0x20) as u32)?;
+    a.mov(esi, dword_ptr(esi))?;
+    a.shr(esi, 24)?;
+    a.mov(dword_ptr(edi), esi)?;
+    for (k, (leaf, sub)) in LEAVES.iter().enumerate() {
+        let at = 8 + 16 * k as i32;
+        a.mov(eax, *leaf)?;
+        a.mov(ecx, *sub)?;
+        a.cpuid()?;
+        a.mov(dword_ptr(edi + at), eax)?;
+        a.mov(dword_ptr(edi + (at + 4)), ebx)?;
+        a.mov(dword_ptr(edi + (at + 8)), ecx)?;
+        a.mov(dword_ptr(edi + (at + 12)), edx)?;
+    }
+    a.mov(dword_ptr(edi + 4), RECORD_DONE)?;
+    a.mov(edi, PD_DONE as u32)?;
+    a.lock().inc(dword_ptr(edi))?;
+    Ok(())
+}
+
+/// The AP trampoline, assembled for [`TRAMPOLINE`]: real mode → lgdt → protected mode (flat
+/// 32-bit segments of the boot GDT) → the per-vCPU routine → `hlt` forever.
+pub fn trampoline() -> Result<Vec<u8>, IcedError> {
+    const GDTR_OFF: u64 = 0x80;
+    const PM32_OFF: u64 = 0x100;
+    let mut a = CodeAssembler::new(16)?;
+    a.cli()?;
+    a.mov(ax, cs)?;
+    a.mov(ds, ax)?;
+    a.lgdt(ptr(GDTR_OFF))?;
+    a.mov(eax, cr0)?;
+    a.or(eax, 1)?;
+    a.mov(cr0, eax)?;
+    a.add_instruction(Instruction::with_far_branch(
+        Code::Jmp_ptr1632,
+        selector::CODE32,
+        (TRAMPOLINE + PM32_OFF) as u32,
+    )?)?;
+    let mut out = a.assemble(0)?;
+    assert!(out.len() <= GDTR_OFF as usize, "16-bit trampoline too long");
+    out.resize(GDTR_OFF as usize, 0x90);
+    let limit = (crate::vmm::boot::gdt().len() * 8 - 1) as u16;
+    out.extend_from_slice(&limit.to_le_bytes());
+    out.extend_from_slice(&(GDT_GPA as u32).to_le_bytes());
+    out.resize(PM32_OFF as usize, 0);
+
+    let mut a = CodeAssembler::new(32)?;
+    a.mov(ax, selector::DATA as u32)?;
+    a.mov(ds, ax)?;
+    a.mov(es, ax)?;
+    a.mov(ss, ax)?;
+    emit_record(&mut a)?;
+    let mut halt = a.create_label();
+    a.set_label(&mut halt)?;
+    a.cli()?;
+    a.hlt()?;
+    a.jmp(halt)?;
+    out.extend(a.assemble(TRAMPOLINE + PM32_OFF)?);
+    Ok(out)
+}
+
+fn sig(s: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*s)
+}
+
+/// Sends one IPI to the APIC ID in EAX[31:24] (left intact) via the xAPIC ICR, then waits
+/// for the delivery-status bit to clear.
+fn emit_ipi(a: &mut CodeAssembler, low: u32) -> Result<(), IcedError> {
+    a.mov(edi, (LAPIC_GPA + 0x310) as u32)?;
+    a.mov(dword_ptr(edi), eax)?;
+    a.mov(edi, (LAPIC_GPA + 0x300) as u32)?;
+    a.mov(dword_ptr(edi), low)?;
+    let mut spin = a.create_label();
+    a.set_label(&mut spin)?;
+    a.test(dword_ptr(edi), 0x1000)?;
+    a.jnz(spin)?;
+    Ok(())
+}
+
+/// The BSP's program, assembled for `ip` and entered in 64-bit mode with RSI = boot_params.
+///
+/// 1. Initialise the SHM header (as the guest side of `crate::shm` does).
+/// 2. Hello frame: the 4 KiB boot_params the guest received.
+/// 3. Walk RSDP → XSDT; keep each table's signature (and the FADT's DSDT); from the MADT keep
+///    every enabled type-0 APIC ID. Log frames: the signatures, the APIC IDs.
+/// 4. Its own record; then INIT assert, INIT deassert, SIPI, SIPI to every other MADT APIC ID
+///    through the LAPIC ICR (xAPIC), as Linux does.
+/// 5. Wait (bounded by the TSC) until every MADT CPU completed its record; a Telemetry frame
+///    per completed record; an Exit frame; `out 0xF4` with status 0.
+pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut emit_frame = a.create_label();
+    let mut crc_update = a.create_label();
+    let mut add_sig = a.create_label();
+
+    a.mov(r15, rsi)?;
+    // 1. SHM header.
+    a.mov(rbx, qword_ptr(PD_SHM_BASE))?;
+    a.mov(rax, qword_ptr(PD_SHM_LEN))?;
+    a.sub(rax, HEADER_LEN as i32)?;
+    a.mov(qword_ptr(rbx + 16), rax)?;
+    a.mov(dword_ptr(rbx + 8), VERSION)?;
+    a.mov(dword_ptr(rbx + 12), HEADER_LEN)?;
+    a.mov(qword_ptr(rbx + 24), 0)?;
+    a.mfence()?;
+    a.mov(rax, MAGIC)?;
+    a.mov(qword_ptr(rbx), rax)?;
+    // 2. Hello: boot_params.
+    a.mov(eax, FrameType::Hello as u32)?;
+    a.mov(rsi, r15)?;
+    a.mov(ecx, 4096u32)?;
+    a.call(emit_frame)?;
+
+    // 3. ACPI walk: r12 = XSDT, r13d = entries left, r14 = entry pointer, rbp = table.
+    let mut walk_done = a.create_label();
+    let mut entry_loop = a.create_label();
+    let mut next_entry = a.create_label();
+    let mut not_facp = a.create_label();
+    let mut have_dsdt = a.create_label();
+    let mut madt_loop = a.create_label();
+    let mut madt_next = a.create_label();
+    a.mov(rax, qword_ptr(r15 + 0x70))?;
+    a.test(rax, rax)?;
+    a.jz(walk_done)?;
+    a.mov(r12, qword_ptr(rax + 24))?;
+    a.mov(eax, dword_ptr(r12))?;
+    a.call(add_sig)?;
+    a.mov(r13d, dword_ptr(r12 + 4))?;
+    a.sub(r13d, 36)?;
+    a.shr(r13d, 3)?;
+    a.lea(r14, qword_ptr(r12 + 36))?;
+    a.set_label(&mut entry_loop)?;
+    a.test(r13d, r13d)?;
+    a.jz(walk_done)?;
+    a.mov(rbp, qword_ptr(r14))?;
+    a.mov(eax, dword_ptr(rbp))?;
+    a.call(add_sig)?;
+    a.mov(eax, dword_ptr(rbp))?;
+    a.cmp(eax, sig(b"FACP"))?;
+    a.jne(not_facp)?;
+    a.mov(rax, qword_ptr(rbp + 140))?; // X_DSDT
+    a.test(rax, rax)?;
+    a.jnz(have_dsdt)?;
+    a.mov(eax, dword_ptr(rbp + 40))?; // DSDT
+    a.set_label(&mut have_dsdt)?;
+    a.test(rax, rax)?;
+    a.jz(next_entry)?;
+    a.mov(eax, dword_ptr(rax))?;
+    a.call(add_sig)?;
+    a.jmp(next_entry)?;
+    a.set_label(&mut not_facp)?;
+    a.cmp(eax, sig(b"APIC"))?;
+    a.jne(next_entry)?;
+    // MADT: rsi walks the entries from offset 44 to rdx = table end.
+    a.mov(ecx, dword_ptr(rbp + 4))?;
+    a.lea(rdx, qword_ptr(rbp + rcx))?;
+    a.lea(rsi, qword_ptr(rbp + 44))?;
+    a.set_label(&mut madt_loop)?;
+    a.lea(rax, qword_ptr(rsi + 8))?;
+    a.cmp(rax, rdx)?;
+    a.ja(next_entry)?;
+    a.movzx(ecx, byte_ptr(rsi + 1))?;
+    a.cmp(ecx, 2)?;
+    a.jb(next_entry)?;
+    a.cmp(byte_ptr(rsi), 0)?;
+    a.jne(madt_next)?;
+    a.test(byte_ptr(rsi + 4), 1)?;
+    a.jz(madt_next)?;
+    a.mov(eax, dword_ptr(PD_MADT))?;
+    a.cmp(eax, MAX_MADT)?;
+    a.jae(madt_next)?;
+    a.movzx(edi, byte_ptr(rsi + 3))?;
+    a.mov(dword_ptr(rax * 4 + (PD_MADT + 4)), edi)?;
+    a.inc(dword_ptr(PD_MADT))?;
+    a.set_label(&mut madt_next)?;
+    a.add(rsi, rcx)?;
+    a.jmp(madt_loop)?;
+    a.set_label(&mut next_entry)?;
+    a.add(r14, 8)?;
+    a.dec(r13d)?;
+    a.jmp(entry_loop)?;
+    a.set_label(&mut walk_done)?;
+    a.mov(eax, FrameType::Log as u32)?;
+    a.mov(esi, PD_SIGS as u32)?;
+    a.mov(ecx, 4 + 4 * MAX_SIGS)?;
+    a.call(emit_frame)?;
+    a.mov(eax, FrameType::Log as u32)?;
+    a.mov(esi, PD_MADT as u32)?;
+    a.mov(ecx, dword_ptr(PD_MADT))?;
+    a.lea(ecx, dword_ptr(rcx * 4 + 4))?;
+    a.call(emit_frame)?;
+
+    // 4. Own record, then wake every other MADT CPU. r12d = own APIC ID, r13d = index.
+    emit_record(&mut a)?;
+    let mut sipi_loop = a.create_label();
+    let mut sipi_next = a.create_label();
+    let mut wait = a.create_label();
+    a.mov(esi, (LAPIC_GPA + 0x20) as u32)?;
+    a.mov(r12d, dword_ptr(esi))?;
+    a.shr(r12d, 24)?;
+    a.xor(r13d, r13d)?;
+    a.set_label(&mut sipi_loop)?;
+    a.cmp(r13d, dword_ptr(PD_MADT))?;
+    a.jae(wait)?;
+    a.mov(eax, dword_ptr(r13 * 4 + (PD_MADT + 4)))?;
+    a.cmp(eax, r12d)?;
+    a.je(sipi_next)?;
+    a.shl(eax, 24)?;
+    emit_ipi(&mut a, 0xC500)?; // INIT, level, assert
+    emit_ipi(&mut a, 0x8500)?; // INIT, level, deassert
+    emit_ipi(&mut a, 0x0600 | SIPI_VECTOR)?; // STARTUP
+    emit_ipi(&mut a, 0x0600 | SIPI_VECTOR)?; // STARTUP again
+    a.set_label(&mut sipi_next)?;
+    a.inc(r13d)?;
+    a.jmp(sipi_loop)?;
+
+    // 5. Wait until PD_DONE reaches the MADT count, or the TSC passes r14.
+    let mut wait_loop = a.create_label();
+    let mut report = a.create_label();
+    a.set_label(&mut wait)?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.add(rax, qword_ptr(PD_WAIT_CYCLES))?;
+    a.mov(r14, rax)?;
+    a.mov(r13d, dword_ptr(PD_MADT))?;
+    a.set_label(&mut wait_loop)?;
+    a.mov(eax, dword_ptr(PD_DONE))?;
+    a.cmp(eax, r13d)?;
+    a.jae(report)?;
+    a.pause()?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.cmp(rax, r14)?;
+    a.jb(wait_loop)?;
+    a.set_label(&mut report)?;
+    let mut rec_loop = a.create_label();
+    let mut rec_next = a.create_label();
+    let mut finish = a.create_label();
+    a.xor(r13d, r13d)?;
+    a.set_label(&mut rec_loop)?;
+    a.cmp(r13d, dword_ptr(PD_CLAIMED))?;
+    a.jae(finish)?;
+    a.imul_3(esi, r13d, RECORD_LEN as i32)?;
+    a.add(esi, RECORDS as u32)?;
+    a.cmp(dword_ptr(rsi + 4), RECORD_DONE)?;
+    a.jne(rec_next)?;
+    a.mov(eax, FrameType::Telemetry as u32)?;
+    a.mov(ecx, RECORD_LEN)?;
+    a.call(emit_frame)?;
+    a.set_label(&mut rec_next)?;
+    a.inc(r13d)?;
+    a.jmp(rec_loop)?;
+    a.set_label(&mut finish)?;
+    a.mov(eax, FrameType::Exit as u32)?;
+    a.mov(esi, PD_ZERO as u32)?;
+    a.mov(ecx, 4u32)?;
+    a.call(emit_frame)?;
+    a.xor(eax, eax)?;
+    a.out(0xF4u32, al)?;
+    let mut hang = a.create_label();
+    a.set_label(&mut hang)?;
+    a.cli()?;
+    a.hlt()?;
+    a.jmp(hang)?;
+
+    // add_sig: append EAX to the signature list (bounded).
+    let mut sig_ret = a.create_label();
+    a.set_label(&mut add_sig)?;
+    a.mov(ecx, dword_ptr(PD_SIGS))?;
+    a.cmp(ecx, MAX_SIGS)?;
+    a.jae(sig_ret)?;
+    a.mov(dword_ptr(rcx * 4 + (PD_SIGS + 4)), eax)?;
+    a.inc(dword_ptr(PD_SIGS))?;
+    a.set_label(&mut sig_ret)?;
+    a.ret()?;
+
+    // emit_frame: EAX = type, RSI = payload, ECX = length. Writes the frame header and payload,
+    // the CRC-32 over type|seq|len|payload, then publishes it by advancing write_off.
+    let mut frame_ret = a.create_label();
+    a.set_label(&mut emit_frame)?;
+    a.mov(rbx, qword_ptr(PD_SHM_BASE))?;
+    a.mov(rdi, qword_ptr(PD_WRITE_OFF))?;
+    // Room check: write_off + 16 + len + 8 must fit in the capacity.
+    a.lea(rdx, qword_ptr(rdi + rcx + 24))?;
+    a.mov(r8, qword_ptr(PD_SHM_LEN))?;
+    a.sub(r8, HEADER_LEN as i32)?;
+    a.cmp(rdx, r8)?;
+    a.ja(frame_ret)?;
+    a.lea(rdi, qword_ptr(rbx + rdi + HEADER_LEN as i32))?;
+    a.mov(dword_ptr(rdi), eax)?;
+    a.mov(edx, dword_ptr(PD_SEQ))?;
+    a.mov(dword_ptr(rdi + 4), edx)?;
+    a.mov(dword_ptr(rdi + 8), ecx)?;
+    a.mov(r11, rdi)?;
+    a.mov(r10d, ecx)?;
+    a.add(rdi, 16)?;
+    a.rep().movsb()?;
+    a.mov(eax, 0xFFFF_FFFFu32)?;
+    a.mov(rsi, r11)?;
+    a.mov(edx, 12u32)?;
+    a.call(crc_update)?;
+    a.lea(rsi, qword_ptr(r11 + 16))?;
+    a.mov(edx, r10d)?;
+    a.call(crc_update)?;
+    a.not(eax)?;
+    a.mov(dword_ptr(r11 + 12), eax)?;
+    a.lea(ecx, dword_ptr(r10 + 7))?;
+    a.and(ecx, -8)?;
+    a.add(ecx, 16)?;
+    a.mfence()?;
+    a.mov(rax, qword_ptr(PD_WRITE_OFF))?;
+    a.add(rax, rcx)?;
+    a.mov(qword_ptr(PD_WRITE_OFF), rax)?;
+    a.inc(dword_ptr(PD_SEQ))?;
+    a.mov(qword_ptr(rbx + 24), rax)?;
+    a.set_label(&mut frame_ret)?;
+    a.ret()?;
+
+    // crc_update: EAX = running CRC, RSI = bytes, EDX = count.
+    let mut crc_loop = a.create_label();
+    let mut crc_ret = a.create_label();
+    a.set_label(&mut crc_update)?;
+    a.test(edx, edx)?;
+    a.jz(crc_ret)?;
+    a.set_label(&mut crc_loop)?;
+    a.movzx(r8d, byte_ptr(rsi))?;
+    a.xor(r8d, eax)?;
+    a.and(r8d, 0xFF)?;
+    a.mov(r9d, dword_ptr(r8 * 4 + CRC_TABLE))?;
+    a.shr(eax, 8)?;
+    a.xor(eax, r9d)?;
+    a.inc(rsi)?;
+    a.dec(edx)?;
+    a.jnz(crc_loop)?;
+    a.set_label(&mut crc_ret)?;
+    a.ret()?;
+
+    a.assemble(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_table_matches_crc32fast() {
+        let t = crc_table();
+        let table = |i: usize| u32::from_le_bytes(t[i * 4..i * 4 + 4].try_into().unwrap());
+        let data = b"ktstr probe";
+        let mut c = 0xFFFF_FFFFu32;
+        for b in data {
+            c = table(((c ^ *b as u32) & 0xFF) as usize) ^ (c >> 8);
+        }
+        assert_eq!(!c, crc32fast::hash(data));
+    }
+
+    #[test]
+    fn code_assembles_and_fits() {
+        let t = trampoline().unwrap();
+        assert!(t.len() < 4096);
+        assert_eq!(&t[0x80..0x82], &((6 * 8 - 1) as u16).to_le_bytes());
+        assert_eq!(&t[0x82..0x86], &0x500u32.to_le_bytes());
+        let b = bsp_program(0x100000).unwrap();
+        assert!(b.len() < 8192, "{}", b.len());
+        assert!((RECORDS + 252 * RECORD_LEN as u64) < 0x9_FC00);
+        assert!(PD_MADT + 4 + 4 * MAX_MADT as u64 <= 0x7000);
+    }
+}

@@ -1,0 +1,257 @@
+//! vCPU threads (vmm.md §1.6, §8): one thread per vCPU runs only KVM_RUN and exit dispatch;
+//! the first terminal exit decides how the VM ends; teardown kicks every thread out of KVM_RUN
+//! with `immediate_exit` plus a real-time signal, joins it, and only then lets the vCPU fds go.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_run, KVM_INTERNAL_ERROR_EMULATION};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::devices::Devices;
+use crate::vm::VmEnd;
+
+/// Offset from SIGRTMIN of the signal that kicks vCPU threads out of KVM_RUN.
+pub const KICK_SIGNAL_OFFSET: i32 = 2;
+
+fn kick_signal() -> i32 {
+    libc::SIGRTMIN() + KICK_SIGNAL_OFFSET
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+/// Installs the no-op kick handler once per process, without SA_RESTART so KVM_RUN returns
+/// EINTR.
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction is a valid starting point; the handler is async-signal
+        // safe (it does nothing) and lives for the whole process.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_kick as *const () as usize;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// State shared by the vCPU threads and the monitor.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Set when the VM must stop; vCPU threads leave their loop when they see it.
+    pub kill: AtomicBool,
+    end: Mutex<Option<(VmEnd, Instant)>>,
+    wake: Condvar,
+}
+
+impl Shared {
+    /// Records how the VM ended (the first report wins), stops all vCPUs and wakes the monitor.
+    pub fn finish(&self, end: VmEnd) {
+        let mut g = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some((end, Instant::now()));
+        }
+        self.kill.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    /// How the VM ended, if it has, and when.
+    pub fn end(&self) -> Option<(VmEnd, Instant)> {
+        self.end.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits up to `d` for an end.
+    pub fn wait(&self, d: Duration) {
+        let g = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            let _ = self.wake.wait_timeout(g, d);
+        }
+    }
+}
+
+/// A running vCPU thread.
+pub struct VcpuThread {
+    handle: JoinHandle<VcpuFd>,
+    /// The thread's `kvm_run` mapping; valid until the thread's `VcpuFd` is dropped, which
+    /// happens only after the thread is joined.
+    run: *mut kvm_run,
+}
+
+// SAFETY: `run` points into a vCPU's kvm_run mmap, which outlives every use (see field doc);
+// writing `immediate_exit` from another thread is how KVM documents the kick.
+unsafe impl Send for VcpuThread {}
+
+/// Everything a vCPU thread needs.
+pub struct VcpuContext {
+    /// Shared stop/end state.
+    pub shared: Arc<Shared>,
+    /// Port devices.
+    pub devices: Arc<Devices>,
+    /// Guest memory, to show the failing instruction's bytes.
+    pub mem: GuestMemoryMmap,
+}
+
+/// Starts a thread running `vcpu` until the VM stops.
+pub fn spawn(mut vcpu: VcpuFd, index: u32, ctx: VcpuContext) -> std::io::Result<VcpuThread> {
+    install_kick_handler();
+    let run = vcpu.get_kvm_run() as *mut kvm_run;
+    let handle = std::thread::Builder::new()
+        .name(format!("ktstr-vcpu{index}"))
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let shared = ctx.shared.clone();
+            // Owned outside the unwind boundary: a panic must not drop the fd while the
+            // monitor may still write to its kvm_run.
+            if catch_unwind(AssertUnwindSafe(|| run_loop(&mut vcpu, &ctx))).is_err() {
+                shared.finish(VmEnd::BackendError {
+                    detail: format!("vCPU {index} thread panicked"),
+                });
+            }
+            vcpu
+        })?;
+    Ok(VcpuThread { handle, run })
+}
+
+enum Step {
+    Go,
+    End(VmEnd),
+    Emulation(u32, u32, [u64; 16]),
+}
+
+fn run_loop(vcpu: &mut VcpuFd, ctx: &VcpuContext) {
+    while !ctx.shared.kill.load(Ordering::SeqCst) {
+        let step = match vcpu.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoIn(port, data) => {
+                    ctx.devices.io_in(port, data);
+                    Step::Go
+                }
+                VcpuExit::IoOut(port, data) => match ctx.devices.io_out(port, data) {
+                    Some(end) => Step::End(end),
+                    None => Step::Go,
+                },
+                // No MMIO devices: all-ones reads, dropped writes.
+                VcpuExit::MmioRead(_, data) => {
+                    data.fill(0xFF);
+                    Step::Go
+                }
+                VcpuExit::MmioWrite(..) | VcpuExit::Intr | VcpuExit::Hlt => Step::Go,
+                VcpuExit::Shutdown => Step::End(VmEnd::Reboot),
+                // Reset, shutdown or crash: the guest is done without a deliberate exit.
+                VcpuExit::SystemEvent(..) => Step::End(VmEnd::Reboot),
+                VcpuExit::FailEntry(reason, cpu) => Step::End(VmEnd::FailEntry {
+                    detail: format!("hardware_entry_failure_reason {reason:#x} on host cpu {cpu}"),
+                }),
+                VcpuExit::InternalError => {
+                    // SAFETY: exit_reason is INTERNAL_ERROR, so `internal` is the live
+                    // member of the union.
+                    let i = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal };
+                    Step::Emulation(i.suberror, i.ndata, i.data)
+                }
+                other => Step::End(VmEnd::BackendError {
+                    detail: format!("unexpected KVM exit {other:?}"),
+                }),
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                Step::Go
+            }
+            Err(e) => Step::End(VmEnd::BackendError {
+                detail: format!("KVM_RUN failed: {e}"),
+            }),
+        };
+        match step {
+            Step::Go => {}
+            Step::End(end) => ctx.shared.finish(end),
+            Step::Emulation(sub, ndata, data) => {
+                let detail = internal_error_detail(vcpu, &ctx.mem, sub, ndata, &data);
+                ctx.shared.finish(VmEnd::EmulationFailure { detail });
+            }
+        }
+    }
+}
+
+fn internal_error_detail(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    sub: u32,
+    ndata: u32,
+    data: &[u64; 16],
+) -> String {
+    let what = match sub {
+        KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
+        2 => "simultaneous exceptions",
+        3 => "delivery event",
+        4 => "unexpected exit reason",
+        _ => "internal error",
+    };
+    let words: Vec<String> = data[..(ndata as usize).min(16)]
+        .iter()
+        .map(|d| format!("{d:#x}"))
+        .collect();
+    let mut s = format!("KVM {what} (suberror {sub}, data [{}])", words.join(", "));
+    if let Ok(r) = vcpu.get_regs() {
+        s.push_str(&format!(
+            "; RIP {:#x} RSP {:#x} RAX {:#x} RFLAGS {:#x}",
+            r.rip, r.rsp, r.rax, r.rflags
+        ));
+        let linear = vcpu
+            .get_sregs()
+            .map(|sr| sr.cs.base.wrapping_add(r.rip))
+            .unwrap_or(r.rip);
+        let gpa = vcpu
+            .translate_gva(linear)
+            .ok()
+            .filter(|t| t.valid != 0)
+            .map(|t| t.physical_address)
+            .unwrap_or(linear);
+        let mut insn = [0u8; 8];
+        if mem.read_slice(&mut insn, GuestAddress(gpa)).is_ok() {
+            s.push_str(&format!("; code at {gpa:#x}: {insn:02x?}"));
+        }
+    }
+    s
+}
+
+impl VcpuThread {
+    fn kick(&self) {
+        // SAFETY: `run` is valid until this thread's VcpuFd drops, after join (see field);
+        // volatile because the kernel and the vCPU thread read it concurrently.
+        unsafe { std::ptr::write_volatile(&raw mut (*self.run).immediate_exit, 1) };
+        // SAFETY: the pthread_t stays valid until join, which has not happened yet.
+        unsafe { libc::pthread_kill(self.handle.as_pthread_t(), kick_signal()) };
+    }
+}
+
+/// Stops every vCPU thread (kill flag, then kicks every 10 ms until each has left its loop),
+/// joins them, and returns their fds so the caller drops them before the VM fd.
+pub fn stop_all(shared: &Shared, threads: Vec<VcpuThread>) -> Vec<VcpuFd> {
+    shared.kill.store(true, Ordering::SeqCst);
+    let mut fds = Vec::with_capacity(threads.len());
+    for t in threads {
+        while !t.handle.is_finished() {
+            t.kick();
+            std::thread::sleep(Duration::from_millis(1));
+            for _ in 0..10 {
+                if t.handle.is_finished() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        match t.handle.join() {
+            Ok(fd) => fds.push(fd),
+            Err(_) => shared.finish(VmEnd::BackendError {
+                detail: "a vCPU thread died".into(),
+            }),
+        }
+    }
+    fds
+}

@@ -1,0 +1,40 @@
+//! Booting the probe many times in one process leaks no fds, threads or memory mappings.
+//! Alone in its own test binary so no other test's threads or fds disturb the counts.
+
+mod common;
+
+use std::time::Duration;
+
+use ktstr::vmm::probe;
+use ktstr::Topology;
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+fn maps() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[test]
+fn twenty_probe_boots_leak_nothing() {
+    if !common::kvm_available("twenty_probe_boots_leak_nothing") {
+        return;
+    }
+    let t = Topology::parse("1,1,2,1").unwrap();
+    // One warm-up boot: process-wide one-time state (signal handler, allocator arenas).
+    probe::run_probe(&t, Duration::from_secs(20)).unwrap();
+    let (fds, tasks, m) = (count("/proc/self/fd"), count("/proc/self/task"), maps());
+    for i in 0..20 {
+        let r = probe::run_probe(&t, Duration::from_secs(20)).unwrap();
+        assert!(r.check(&t).is_empty(), "boot {i}");
+    }
+    // A hang torn down by the watchdog must not leak either.
+    probe::run_code(&t, &[0xEB, 0xFE], &[], Duration::from_millis(300)).unwrap();
+    assert_eq!(count("/proc/self/fd"), fds, "fd leak");
+    assert_eq!(count("/proc/self/task"), tasks, "thread leak");
+    assert!(maps() <= m + 2, "mapping leak: {} → {}", m, maps());
+}
