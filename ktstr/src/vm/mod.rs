@@ -195,11 +195,11 @@ pub enum VmError {
     Qemu(#[from] qemu::QemuError),
     /// The KVM backend failed.
     #[error("KVM backend: {0}")]
-    Kvm(String),
+    Kvm(#[from] crate::vmm::VmmError),
 }
 
-/// Runs `spec` on `backend`. `qemu_accel_kvm` asks qemu for `-accel kvm` (only sensible on
-/// hardware KVM).
+/// Runs `spec` on `backend`. For qemu, `KTSTR_QEMU_ACCEL=kvm` asks for `-accel kvm` (only
+/// sensible on hardware KVM); TCG otherwise.
 pub fn run(backend: BackendKind, spec: VmSpec) -> Result<VmOutcome, VmError> {
     match backend {
         BackendKind::Qemu => {
@@ -210,8 +210,6 @@ pub fn run(backend: BackendKind, spec: VmSpec) -> Result<VmOutcome, VmError> {
             };
             Ok(qemu::run(spec, accel)?)
         }
-        BackendKind::Kvm => Err(VmError::Kvm(
-            "the in-process VMM is not wired in yet".into(),
-        )),
+        BackendKind::Kvm => Ok(crate::vmm::run(spec)?),
     }
 }
