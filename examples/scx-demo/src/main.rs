@@ -191,6 +191,7 @@ fn secs_to_ns(d: Option<Duration>) -> u64 {
 /// Loads, attaches and supervises the scheduler; returns the exit code.
 fn run(args: &Args) -> ExitCode {
     LIBBPF_ECHO.store(args.verbose, Ordering::Relaxed);
+    let t_start = Instant::now();
     libbpf_rs::set_print(Some((PrintLevel::Debug, libbpf_print)));
 
     let mut storage = MaybeUninit::<OpenObject>::uninit();
@@ -228,7 +229,8 @@ fn run(args: &Args) -> ExitCode {
             return ExitCode::SetupFailed;
         }
     };
-    status!("enabled");
+    // Load time matters under emulation (TCG), so report it.
+    status!("enabled load_ms={}", t_start.elapsed().as_millis());
 
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -24,7 +24,7 @@
 
 char _license[] SEC("license") = "GPL";
 
-#define MAX_CPUS 1024
+#define MAX_CPUS 1024 /* power of two: used as a mask */
 #define MAX_LLCS 64
 /* DSQ ids 0..MAX_LLCS-1 are the per-LLC queues. */
 #define STALL_DSQ 0x1000
@@ -103,11 +103,15 @@ struct {
 
 static u32 cpu_to_llc(s32 cpu)
 {
-	u32 llc;
+	u32 idx = cpu, llc;
 
-	if (cpu < 0 || cpu >= MAX_CPUS)
+	/*
+	 * Unsigned compare plus mask: clang may re-derive the index from cpu
+	 * after a signed check, which the verifier cannot follow.
+	 */
+	if (idx >= MAX_CPUS)
 		return 0;
-	llc = cpu_llc[cpu];
+	llc = cpu_llc[idx & (MAX_CPUS - 1)];
 	return llc < nr_llcs ? llc : 0;
 }
 
