@@ -120,7 +120,9 @@ pub struct Args {
 
 /// Parses a non-negative number of seconds, fractions allowed ("1", "0.5").
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if !v.is_finite() || v < 0.0 {
         return Err(format!("'{s}' is not a non-negative number of seconds"));
     }
@@ -161,7 +163,11 @@ fn main() {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            let code = if e.use_stderr() { ExitCode::Usage as i32 } else { 0 };
+            let code = if e.use_stderr() {
+                ExitCode::Usage as i32
+            } else {
+                0
+            };
             std::process::exit(code);
         }
     };
@@ -214,7 +220,11 @@ fn run(args: &Args) -> ExitCode {
             for line in report::verifier_log_tail(&out, VERIFIER_TAIL_LINES) {
                 status!("verifier: {line}");
             }
-            status!("load-failed prog={} err={}", report::quote(&prog), report::quote(&e.to_string()));
+            status!(
+                "load-failed prog={} err={}",
+                report::quote(&prog),
+                report::quote(&e.to_string())
+            );
             return ExitCode::LoadFailed;
         }
     };
@@ -239,7 +249,11 @@ fn run(args: &Args) -> ExitCode {
         }
     }
 
-    let bss = skel.maps.bss_data.as_deref_mut().expect("scx_demo.bpf.c has a .bss");
+    let bss = skel
+        .maps
+        .bss_data
+        .as_deref_mut()
+        .expect("scx_demo.bpf.c has a .bss");
     let started = Instant::now();
     loop {
         // SAFETY: `bss` is the mmapped .bss map; the BPF side writes uei.kind

@@ -90,7 +90,11 @@ pub fn exit_line(kind: i32, code: i64, reason: &str, msg: &str) -> String {
 /// Converts a NUL-terminated C char buffer (as the skeleton exposes it) to a
 /// string, lossily.
 pub fn c_buf_to_string(buf: &[i8]) -> String {
-    let bytes: Vec<u8> = buf.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

@@ -75,7 +75,11 @@ fn llc_key(root: &Path, cpu: usize) -> Option<String> {
             continue;
         }
         let p = entry.path();
-        let read = |f: &str| fs::read_to_string(p.join(f)).ok().map(|s| s.trim().to_owned());
+        let read = |f: &str| {
+            fs::read_to_string(p.join(f))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        };
         if read("type").as_deref() == Some("Instruction") {
             continue;
         }

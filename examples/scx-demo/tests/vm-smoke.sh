@@ -9,7 +9,7 @@
 #   SCX_DEMO       scx_demo binary (default: cargo build --release -p scx-demo;
 #                  a debug build's -O0 libbpf makes loading slow under TCG)
 #   CARGO_TARGET_DIR  used for the default build
-#   SMOKE_CPUS     guest vCPUs (default 4)
+#   SMOKE_CPUS     guest vCPUs, even (default 4; split over two LLCs)
 #   SMOKE_KEEP=1   keep the work directory
 # Exit status 0 when every case passed; prints "N passed, N failed".
 set -euo pipefail
@@ -105,6 +105,7 @@ run_case() {
     sed "s/^/[$name] /" "$LOG"
 }
 has() { grep -q "$1" "$LOG"; }
+usage() { awk '/^usage_usec/ { print $2 }' "/sys/fs/cgroup/$1/cpu.stat"; }
 verdict() {   # $1 = name, $2 = condition (shell code)
     if eval "$2"; then v=ok; else v=FAIL; fi
     result "$1 $v rc=$RC t=${T}s state=$ST ops=$OPS"
@@ -124,7 +125,8 @@ for c in $CASES; do
         start_hogs 6
         run_case llc 3 --llc --steal
         stop_hogs
-        verdict llc '[ $RC = 0 -a "$ST" = enabled -a "$OPS" = scx_demo ] && has "exit kind=64 "' ;;
+        # The VM has two LLCs (one per die); tasks must be stolen across them.
+        verdict llc '[ $RC = 0 -a "$ST" = enabled -a "$OPS" = scx_demo ] && has "exit kind=64 " && has "llcs=2 " && ! has "stolen=0 "' ;;
     stall)
         start_hogs 4
         run_case stall 20 --stall-after 1 --timeout-ms 3000
@@ -139,11 +141,15 @@ for c in $CASES; do
         run_case verify 10 --fail-verify
         verdict verify '[ $RC = 2 -a "$ST" = none ] && has "verifier: " && has "load-failed"' ;;
     degrade)
-        mkdir -p /sys/fs/cgroup/victim /sys/fs/cgroup/other
+        # "victim" is created last, so it has the highest cgroup id.
+        mkdir -p /sys/fs/cgroup/other; mkdir -p /sys/fs/cgroup/victim
         start_hogs 3 /sys/fs/cgroup/other
         start_hogs 3 /sys/fs/cgroup/victim
+        v0=$(usage victim); o0=$(usage other)
         run_case degrade 4 --degrade
-        verdict degrade '[ $RC = 0 -a "$ST" = enabled ] && has "exit kind=64 " && ! has "degraded=0 "'
+        v1=$(usage victim); o1=$(usage other)
+        echo "SMOKE: degrade cpu usage during run: victim=$(( (v1 - v0) / 1000 ))ms other=$(( (o1 - o0) / 1000 ))ms"
+        verdict degrade '[ $RC = 0 -a "$ST" = enabled ] && has "exit kind=64 " && ! has "degraded=0 " && [ $((v1 - v0)) -lt $((o1 - o0)) ]'
         run_case degrade-path 4 --degrade-cgroup other --slice-us 2000
         stop_hogs
         verdict degrade-path '[ $RC = 0 -a "$ST" = enabled ] && has "exit kind=64 " && ! has "degraded=0 "' ;;
@@ -165,7 +171,10 @@ chmod +x "$root/init"
 echo "vm-smoke: cases: $cases; kernel $kernel; $cpus vCPUs" >&2
 t0=$(date +%s.%N)
 set +e
-timeout 600 qemu-system-x86_64 -accel tcg -M q35 -cpu Skylake-Server -smp "$cpus" -m 1024 \
+# Two dies = two LLCs (qemu shares L3 per die on this CPU model), so --llc has
+# something to split.
+timeout 600 qemu-system-x86_64 -accel tcg -M q35 -cpu Skylake-Server \
+    -smp "$cpus,sockets=1,dies=2,cores=$((cpus / 2)),threads=1" -m 1024 \
     -nographic -no-reboot -kernel "$kernel" -initrd "$work/initramfs.cpio" \
     -append "console=ttyS0 reboot=t panic=-1 nokaslr rdinit=/init quiet loglevel=4 smoke_cases=$(echo $cases | tr ' ' ,)" \
     </dev/null | tee "$work/console.log" | grep --line-buffered -E '^\[|SMOKE|sched_ext|BUG|panic'
