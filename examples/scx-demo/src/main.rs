@@ -236,6 +236,14 @@ fn run(args: &Args) -> ExitCode {
                 "attach-failed err={} (is another sched_ext scheduler loaded?)",
                 report::quote(&e.to_string())
             );
+            // A failing ops.init() also leaves an exit record behind.
+            if let Some(bss) = skel.maps.bss_data.as_deref() {
+                // SAFETY: the mmapped .bss; read volatile as the kernel wrote it.
+                let uei = unsafe { std::ptr::read_volatile(&bss.uei) };
+                if uei.kind != 0 {
+                    eprintln!("{}", exit_line_of(&uei));
+                }
+            }
             return ExitCode::SetupFailed;
         }
     };
@@ -271,8 +279,6 @@ fn run(args: &Args) -> ExitCode {
     let uei = unsafe { std::ptr::read_volatile(&bss.uei) };
     // A detach that somehow left no record is an unregister by us.
     let kind = if uei.kind == 0 { 64 } else { uei.kind };
-    let reason = report::c_buf_to_string(&uei.reason);
-    let msg = report::c_buf_to_string(&uei.msg);
     status!(
         "stats runtime_ms={} enqueued={} direct={} dispatch={} stolen={} stalled={} \
          stall_victim={} degraded={} degraded_run={} max_cgid={}",
@@ -287,8 +293,19 @@ fn run(args: &Args) -> ExitCode {
         bss.nr_degraded_run,
         bss.max_cgid
     );
-    eprintln!("{}", report::exit_line(kind, uei.exit_code, &reason, &msg));
+    let uei = types::demo_exit_info { kind, ..uei };
+    eprintln!("{}", exit_line_of(&uei));
     report::exit_code_for_kind(kind)
+}
+
+/// The `scx_demo: exit ...` line for the BPF-side exit record.
+fn exit_line_of(uei: &types::demo_exit_info) -> String {
+    report::exit_line(
+        uei.kind,
+        uei.exit_code,
+        &report::c_buf_to_string(&uei.reason),
+        &report::c_buf_to_string(&uei.msg),
+    )
 }
 
 /// Opens the BPF object and fills in `.rodata` from the command line.
