@@ -280,12 +280,13 @@ fn run(args: &Args) -> ExitCode {
     // A detach that somehow left no record is an unregister by us.
     let kind = if uei.kind == 0 { 64 } else { uei.kind };
     status!(
-        "stats runtime_ms={} enqueued={} direct={} dispatch={} stolen={} stalled={} \
+        "stats runtime_ms={} enqueued={} direct={} dispatch={} kicked={} stolen={} stalled={} \
          stall_victim={} degraded={} degraded_run={} max_cgid={}",
         started.elapsed().as_millis(),
         bss.nr_enqueued,
         bss.nr_direct,
         bss.nr_dispatch,
+        bss.nr_kicked,
         bss.nr_stolen,
         bss.nr_stalled,
         bss.stall_victim,

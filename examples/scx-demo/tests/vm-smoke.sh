@@ -85,7 +85,8 @@ wait_state() {   # $1 = state, $2 = tenths of a second, $3 = give up when this p
     done
 }
 
-# Runs scx_demo, lets it run $1 seconds, SIGINTs it (if still alive).
+# Runs scx_demo, lets it run $1 seconds, then sends SIG (default INT) if it is
+# still alive.
 # Sets RC, T (seconds from start to exit), ST (state seen), OPS, LOG.
 run_case() {
     name=$1; runfor=$2; shift 2
@@ -99,7 +100,7 @@ run_case() {
     # Run for $runfor seconds of guest time (sleep granularity suffers under load).
     end=$(( $(now_cs) + runfor * 100 ))
     while [ "$(now_cs)" -lt $end ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done
-    kill -0 $pid 2>/dev/null && kill -INT $pid
+    kill -0 $pid 2>/dev/null && kill -"${SIG:-INT}" $pid
     wait $pid; RC=$?
     T=$(secs "$t0")
     sed "s/^/[$name] /" "$LOG"
@@ -123,7 +124,7 @@ for c in $CASES; do
         verdict plain '[ $RC = 0 -a "$ST" = enabled -a "$OPS" = scx_demo ] && has "exit kind=64 "' ;;
     llc)
         start_hogs 6
-        run_case llc 3 --llc --steal
+        SIG=TERM run_case llc 3 --llc --steal
         stop_hogs
         # The VM has two LLCs (one per die); tasks must be stolen across them.
         verdict llc '[ $RC = 0 -a "$ST" = enabled -a "$OPS" = scx_demo ] && has "exit kind=64 " && has "llcs=2 " && ! has "stolen=0 "' ;;

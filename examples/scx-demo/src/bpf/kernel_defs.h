@@ -79,11 +79,19 @@ struct task_struct {
 	int tgid;
 	char comm[16];
 	struct css_set *cgroups;
+	const struct cpumask *cpus_ptr;
 	struct sched_ext_entity scx;
 } __attribute__((preserve_access_index));
 
+/*
+ * Only passed through, but libbpf checks kfunc prototypes against the kernel
+ * and does not accept a forward declaration where the kernel has a struct.
+ */
+struct cpumask {
+	unsigned long bits[1];
+} __attribute__((preserve_access_index));
+
 /* Opaque to us: only passed through. */
-struct cpumask;
 struct scx_init_task_args;
 struct scx_exit_task_args;
 
@@ -110,6 +118,9 @@ struct scx_exit_info {
 #define SCX_DSQ_FLAG_BUILTIN (1ULL << 63)
 #define SCX_DSQ_GLOBAL (SCX_DSQ_FLAG_BUILTIN | 1)
 #define SCX_DSQ_LOCAL (SCX_DSQ_FLAG_BUILTIN | 2)
+
+/* enum scx_kick_flags */
+#define SCX_KICK_IDLE 1
 
 #define SCX_OPS_NAME_LEN 128
 #define SCX_EXIT_MSG_LEN 1024
@@ -139,6 +150,9 @@ extern s32 scx_bpf_dsq_nr_queued(u64 dsq_id) __ksym;
 extern s32 scx_bpf_select_cpu_dfl(struct task_struct *p, s32 prev_cpu,
 				  u64 wake_flags, bool *is_idle) __ksym;
 extern s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym;
+extern s32 scx_bpf_pick_idle_cpu(const struct cpumask *cpus_allowed,
+				 u64 flags) __ksym;
+extern void scx_bpf_kick_cpu(s32 cpu, u64 flags) __ksym;
 extern void scx_bpf_error_bstr(char *fmt, unsigned long long *data,
 			       u32 data__sz) __ksym;
 

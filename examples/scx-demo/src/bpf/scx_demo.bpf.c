@@ -6,7 +6,7 @@
  * for the whole machine unless userspace maps CPUs to several LLCs). A CPU
  * that needs work consumes its own LLC's DSQ and, with `steal`, the other
  * LLCs' DSQs. Wakeups that find an idle CPU are dispatched straight to that
- * CPU's local DSQ.
+ * CPU's local DSQ; other enqueues kick an idle CPU that can reach the queue.
  *
  * Faults (all off unless userspace sets the rodata knobs before load):
  *  - stall:  after stall_after_ns one victim task is parked in a DSQ nobody
@@ -90,7 +90,7 @@ s64 stall_victim;
 /* Highest cgroup id seen at enqueue, the default degrade target. */
 u64 max_cgid;
 u64 nr_enqueued, nr_direct, nr_dispatch, nr_stolen, nr_stalled,
-	nr_degraded, nr_degraded_run;
+	nr_degraded, nr_degraded_run, nr_kicked;
 /* Written only by the --fail-verify branch. */
 u64 verify_sink;
 
@@ -187,6 +187,26 @@ static void slow_down(void)
 	bpf_loop(1 << 23, slow_cb, &deadline, 0);
 }
 
+/*
+ * Idle CPUs only run ops.dispatch when something wakes them, so a task queued
+ * behind a busy CPU (e.g. after its slice ran out) would wait while another
+ * CPU idles. Wake one idle CPU the task may run on, where that CPU can reach
+ * the task's queue: with one queue, or with stealing. (Without stealing an
+ * idle CPU of another LLC could not take it.)
+ */
+static void kick_idle(struct task_struct *p)
+{
+	s32 cpu;
+
+	if (nr_llcs > 1 && !steal)
+		return;
+	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
+	if (cpu >= 0) {
+		__sync_fetch_and_add(&nr_kicked, 1);
+		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+	}
+}
+
 s32 BPF_STRUCT_OPS(demo_select_cpu, struct task_struct *p, s32 prev_cpu,
 		   u64 wake_flags)
 {
@@ -226,10 +246,11 @@ void BPF_STRUCT_OPS(demo_enqueue, struct task_struct *p, u64 enq_flags)
 	if (is_degraded(p)) {
 		__sync_fetch_and_add(&nr_degraded, 1);
 		scx_bpf_dispatch(p, DEGRADE_DSQ, degrade_slice_ns, enq_flags);
-		return;
+	} else {
+		scx_bpf_dispatch(p, cpu_to_llc(scx_bpf_task_cpu(p)), slice_ns,
+				 enq_flags);
 	}
-	scx_bpf_dispatch(p, cpu_to_llc(scx_bpf_task_cpu(p)), slice_ns,
-			 enq_flags);
+	kick_idle(p);
 }
 
 void BPF_STRUCT_OPS(demo_dispatch, s32 cpu, struct task_struct *prev)
