@@ -4,6 +4,7 @@
 //! single subcommand, `ktstr`. The same binary is also the guest init of `shell` VMs: started
 //! as PID 1 it runs the guest side instead of the CLI.
 
+mod probe;
 mod shell;
 
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ struct Ktstr {
 enum Command {
     /// Boot a busybox VM with an interactive shell, or run one command with --exec.
     Shell(shell::ShellArgs),
+    /// Boot a VM of a topology and print what the guest sees per vCPU (exit 0 if it matches).
+    Probe(probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let Cargo::Ktstr(k) = Cargo::parse();
     let res = match k.command {
         Command::Shell(a) => shell::run(a),
+        Command::Probe(a) => probe::run(a),
     };
     match res {
         Ok(code) => code,

@@ -46,11 +46,11 @@ pub struct ShellArgs {
     backend: Option<BackendChoice>,
 }
 
-fn parse_topology(s: &str) -> Result<Topology, String> {
+pub fn parse_topology(s: &str) -> Result<Topology, String> {
     Topology::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     s.parse().map_err(|e: vm::BackendSelectError| e.to_string())
 }
 
@@ -61,52 +61,102 @@ fn estimate_memory_mib(topo: &Topology, initramfs_bytes: u64) -> u64 {
     mib.max(256 * topo.numa_nodes as u64).div_ceil(128) * 128
 }
 
-/// Runs the shell; returns the process exit code.
-pub fn run(a: ShellArgs) -> Result<ExitCode> {
-    let kernel = ktstr::kernel::resolve(a.kernel.as_deref()).context("resolving the kernel")?;
-    let choice = match a.backend {
+/// A busybox VM with `cargo-ktstr` itself as its init: what `shell`, `probe --backend qemu`
+/// and `bench` boot.
+pub struct BusyboxVm {
+    /// The VM spec (initramfs built, memory sized).
+    pub spec: VmSpec,
+}
+
+impl BusyboxVm {
+    /// Resolves the kernel, builds the initramfs for `req` and sizes memory.
+    pub fn prepare(
+        kernel: Option<&str>,
+        backend: BackendKind,
+        topology: Topology,
+        include_files: &[PathBuf],
+        memory_mib: Option<u32>,
+        req: &ShellRequest,
+    ) -> Result<Self> {
+        let kernel = ktstr::kernel::resolve(kernel).context("resolving the kernel")?;
+        let exe = std::env::current_exe().context("locating the cargo-ktstr binary")?;
+        let spec = InitramfsSpec {
+            init: exe,
+            binaries: Vec::new(),
+            include_files: include_files.to_vec(),
+            busybox: true,
+            files: vec![(
+                REQUEST_PATH.trim_start_matches('/').to_string(),
+                serde_json::to_vec(req)?,
+                0o644,
+            )],
+        };
+        let built = initramfs::build(&spec, &ktstr::cache::initramfs_dir())
+            .context("building the initramfs")?;
+        let memory_mib = memory_mib
+            .map(u64::from)
+            .unwrap_or_else(|| estimate_memory_mib(&topology, built.uncompressed_bytes));
+        let image = match (backend, &kernel.vmlinux) {
+            // The in-process VMM boots the ELF vmlinux directly: no decompressor.
+            (BackendKind::Kvm, Some(v)) => v.clone(),
+            _ => kernel.image.clone(),
+        };
+        let mut spec = VmSpec::new(image, built.path.clone(), topology);
+        spec.memory_mib = memory_mib;
+        Ok(BusyboxVm { spec })
+    }
+}
+
+/// Picks the backend from a flag or `KTSTR_BACKEND`, and says why on stderr.
+pub fn choose_backend(flag: Option<BackendChoice>) -> Result<BackendKind> {
+    let choice = match flag {
         Some(c) => c,
         None => BackendChoice::from_env().context("reading KTSTR_BACKEND")?,
     };
-    let (backend, why) = vm::select_backend(choice, &vm::backend::HostVirt::probe());
+    let host = vm::backend::HostVirt::probe();
+    let (backend, why) = vm::select_backend(choice, &host);
     eprintln!("ktstr: backend {backend} ({why})");
+    if backend == BackendKind::Kvm && host.kvm_usable && !host.hardware_virt {
+        eprintln!("ktstr: warning: this host's /dev/kvm has no hardware virtualization (no vmx/svm): it emulates the guest kernel, and Linux guests rarely boot under it; the watchdog is cut to {EMULATED_KVM_TIMEOUT_S} s");
+    }
+    Ok(backend)
+}
 
-    let exe = std::env::current_exe().context("locating the cargo-ktstr binary")?;
+/// The watchdog for Linux on software-emulated KVM: long enough to see how far it gets, short
+/// enough that nobody mistakes it for a hang.
+const EMULATED_KVM_TIMEOUT_S: u64 = 60;
+
+fn emulated_kvm(backend: BackendKind) -> bool {
+    let host = vm::backend::HostVirt::probe();
+    backend == BackendKind::Kvm && !host.hardware_virt
+}
+
+/// Runs the shell; returns the process exit code.
+pub fn run(a: ShellArgs) -> Result<ExitCode> {
+    let backend = choose_backend(a.backend)?;
     let req = ShellRequest {
         exec: a.exec.clone(),
+        report_topology: false,
     };
-    let spec = InitramfsSpec {
-        init: exe,
-        binaries: Vec::new(),
-        include_files: a.include_files.clone(),
-        busybox: true,
-        files: vec![(
-            REQUEST_PATH.trim_start_matches('/').to_string(),
-            serde_json::to_vec(&req)?,
-            0o644,
-        )],
-    };
-    let built = initramfs::build(&spec, &ktstr::cache::initramfs_dir())
-        .context("building the initramfs")?;
-    let memory_mib = a
-        .memory_mib
-        .map(u64::from)
-        .unwrap_or_else(|| estimate_memory_mib(&a.topology, built.uncompressed_bytes));
-
-    let image = match (backend, &kernel.vmlinux) {
-        // The in-process VMM boots the ELF vmlinux directly: no decompressor.
-        (BackendKind::Kvm, Some(v)) => v.clone(),
-        _ => kernel.image.clone(),
-    };
-    let mut spec = VmSpec::new(image, built.path.clone(), a.topology);
-    spec.memory_mib = memory_mib;
+    let BusyboxVm { mut spec, .. } = BusyboxVm::prepare(
+        a.kernel.as_deref(),
+        backend,
+        a.topology,
+        &a.include_files,
+        a.memory_mib,
+        &req,
+    )?;
     spec.console = match (&a.exec, a.dmesg) {
         (None, _) => ConsoleMode::Interactive,
         (Some(_), true) => ConsoleMode::Stderr,
         (Some(_), false) => ConsoleMode::Capture,
     };
+    if a.dmesg {
+        spec.cmdline_extra.push("loglevel=7".into());
+    }
     spec.timeout = match (&a.exec, std::env::var("KTSTR_VM_TIMEOUT_S")) {
         (_, Ok(s)) => Duration::from_secs(s.parse().context("KTSTR_VM_TIMEOUT_S must be seconds")?),
+        _ if emulated_kvm(backend) => Duration::from_secs(EMULATED_KVM_TIMEOUT_S),
         (Some(_), Err(_)) => Duration::from_secs(600),
         (None, Err(_)) => Duration::from_secs(24 * 3600),
     };
@@ -134,6 +184,12 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
     }
+    bail!(failure_message(backend, &out))
+}
+
+/// Explains a VM that did not end with the guest's exit code, with the console tail and, on
+/// the KVM backend, the hint to use qemu.
+pub fn failure_message(backend: BackendKind, out: &vm::VmOutcome) -> String {
     let mut msg = format!("the VM did not finish the command: {}", out.end.describe());
     if let Some(e) = &out.channel_error {
         msg.push_str(&format!("\nresult channel: {e}"));
@@ -143,9 +199,9 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
         msg.push_str(&format!("\n--- console tail ---\n{tail}"));
     }
     if backend == BackendKind::Kvm {
-        msg.push_str("\nhint: this host's KVM may not run Linux guests; try --backend qemu");
+        msg.push_str("\nhint: this host's KVM may not run Linux guests (no hardware virtualization); use --backend qemu");
     }
-    bail!(msg)
+    msg
 }
 
 #[cfg(test)]

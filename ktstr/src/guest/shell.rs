@@ -17,6 +17,11 @@ pub const REQUEST_PATH: &str = "/ktstr/shell.json";
 pub struct ShellRequest {
     /// A command for `sh -c`; `None` means an interactive shell on the console.
     pub exec: Option<String>,
+    /// Instead of a shell: send the guest's sysfs topology view (a
+    /// [`super::topo::SysTopology`] as JSON) in a Result frame and exit 0. Used by
+    /// `cargo ktstr probe --backend qemu`.
+    #[serde(default)]
+    pub report_topology: bool,
 }
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -41,6 +46,14 @@ pub fn main() -> ! {
             exit(EXIT_SETUP_FAILED as i32);
         }
     };
+    if req.report_topology {
+        let view = super::topo::SysTopology::current();
+        let _ = send(
+            FrameType::Result,
+            &serde_json::to_vec(&view).unwrap_or_default(),
+        );
+        exit(0);
+    }
     let code = match req.exec {
         Some(cmd) => run_exec(&cmd),
         None => run_interactive(),
