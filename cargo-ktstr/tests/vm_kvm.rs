@@ -1,0 +1,90 @@
+//! End-to-end on the in-process KVM backend: the probe guest runs on any KVM; Linux guests
+//! only on hardware KVM (elsewhere the command must fail fast with the hypervisor's reason).
+
+mod common;
+
+use common::{kernel, ktstr, text};
+
+fn kvm_usable() -> bool {
+    let ok = ktstr::vm::backend::HostVirt::probe().kvm_usable;
+    if !ok {
+        eprintln!("\n!!! SKIPPED: /dev/kvm is not usable here\n");
+    }
+    ok
+}
+
+fn hardware_kvm() -> bool {
+    ktstr::vm::backend::HostVirt::probe().hardware_kvm()
+}
+
+#[test]
+fn probe_matches_every_shape() {
+    if !kvm_usable() {
+        return;
+    }
+    for t in [
+        "1,1,1,1", "1,1,2,1", "1,3,3,1", "1,2,4,2", "2,2,2,2", "2,4,4,2", "1,8,4,2",
+    ] {
+        let o = ktstr(
+            &["probe", "--backend", "kvm", "--topology", t, "--json"],
+            &[],
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{t}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("probe --json prints JSON");
+        assert_eq!(v["mismatches"], serde_json::json!([]), "{t}");
+        let cpus = v["report"]["cpus"].as_array().unwrap().len() as u32;
+        assert_eq!(cpus, ktstr::Topology::parse(t).unwrap().num_cpus(), "{t}");
+    }
+}
+
+/// On emulated KVM, Linux does not boot: the command must end with the hypervisor's reason
+/// or the watchdog (with the console tail) and point at --backend qemu; it never hangs.
+#[test]
+fn linux_on_kvm_boots_or_fails_with_a_hint() {
+    let Some(k) = kernel() else { return };
+    if !kvm_usable() {
+        return;
+    }
+    let args = [
+        "shell",
+        "--backend",
+        "kvm",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--topology",
+        "2,4,2,2",
+        "--exec",
+        "cat /sys/devices/system/node/node1/cpulist",
+    ];
+    if hardware_kvm() {
+        let o = ktstr(&args, &[]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        assert_eq!(out.trim(), "8-15");
+        let o = ktstr(
+            &[
+                "shell",
+                "--backend",
+                "kvm",
+                "--kernel",
+                k.to_str().unwrap(),
+                "--exec",
+                "exit 3",
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(3));
+    } else {
+        let t = std::time::Instant::now();
+        let o = ktstr(&args, &[("KTSTR_VM_TIMEOUT_S", "20")]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("--backend qemu"), "{err}");
+        assert!(
+            err.contains("emulation failure") || err.contains("watchdog"),
+            "the reason must be named: {err}"
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(120));
+    }
+}

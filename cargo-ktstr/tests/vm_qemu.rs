@@ -1,0 +1,156 @@
+//! End-to-end: Linux guests under the qemu backend (TCG here). These boot real VMs.
+
+mod common;
+
+use common::{kernel, ktstr, qemu, text};
+
+fn shell(k: &str, topo: &str, cmd: &str) -> std::process::Output {
+    ktstr(
+        &[
+            "shell",
+            "--backend",
+            "qemu",
+            "--kernel",
+            k,
+            "--topology",
+            topo,
+            "--exec",
+            cmd,
+        ],
+        &[],
+    )
+}
+
+#[test]
+fn exec_prints_the_second_nodes_cpus() {
+    let (Some(k), true) = (kernel(), qemu()) else {
+        return;
+    };
+    let o = shell(
+        k.to_str().unwrap(),
+        "2,4,2,2",
+        "cat /sys/devices/system/node/node1/cpulist",
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stderr: {err}");
+    assert_eq!(out.trim(), "8-15", "stderr: {err}");
+    assert!(err.contains("backend qemu"), "{err}");
+}
+
+#[test]
+fn exec_exit_code_and_stderr_come_back() {
+    let (Some(k), true) = (kernel(), qemu()) else {
+        return;
+    };
+    let o = shell(
+        k.to_str().unwrap(),
+        "1,1,1,1",
+        "echo out; echo err >&2; exit 3",
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "stderr: {err}");
+    assert_eq!(out, "out\n");
+    assert!(err.contains("err\n"), "{err}");
+}
+
+#[test]
+fn include_files_reach_the_guest() {
+    let (Some(k), true) = (kernel(), qemu()) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("data/sub")).unwrap();
+    std::fs::write(d.path().join("data/sub/hello.txt"), "hello from the host").unwrap();
+    let o = ktstr(
+        &[
+            "shell",
+            "--backend",
+            "qemu",
+            "--kernel",
+            k.to_str().unwrap(),
+            "-i",
+            d.path().join("data").to_str().unwrap(),
+            "--exec",
+            "cat /include-files/data/sub/hello.txt",
+        ],
+        &[],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stderr: {err}");
+    assert_eq!(out, "hello from the host");
+}
+
+/// Every shape of the VMM issue, checked from the guest's sysfs (nodes, LLCs, SMT siblings,
+/// packages, core ids).
+#[test]
+fn topologies_are_exact_under_qemu() {
+    let (Some(k), true) = (kernel(), qemu()) else {
+        return;
+    };
+    for t in [
+        "1,1,1,1", "1,1,2,1", "1,3,3,1", "1,2,4,2", "2,2,2,2", "2,4,4,2", "1,8,4,2",
+    ] {
+        let o = ktstr(
+            &[
+                "probe",
+                "--backend",
+                "qemu",
+                "--kernel",
+                k.to_str().unwrap(),
+                "--topology",
+                t,
+            ],
+            &[],
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{t}: {out}\n{err}");
+        assert!(err.contains("exactly"), "{t}: {err}");
+    }
+}
+
+#[test]
+fn missing_and_corrupt_kernels_fail_fast_with_a_reason() {
+    let o = ktstr(
+        &[
+            "shell",
+            "--backend",
+            "qemu",
+            "--kernel",
+            "/nonexistent/bzImage",
+            "--exec",
+            "true",
+        ],
+        &[],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("does not exist"), "{err}");
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("bzImage");
+    std::fs::write(&bad, vec![0u8; 4096]).unwrap();
+    let o = ktstr(
+        &["shell", "--kernel", bad.to_str().unwrap(), "--exec", "true"],
+        &[],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("not a kernel image"), "{err}");
+}
+
+#[test]
+fn bad_topologies_are_usage_errors() {
+    for (t, want) in [
+        ("1,2,3", "need 4"),
+        ("2,3,1,1", "split evenly"),
+        ("1,0,1,1", "at least 1"),
+    ] {
+        let o = ktstr(&["shell", "--topology", t, "--exec", "true"], &[]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}: {err}");
+        assert!(err.contains(want), "{t}: {err}");
+    }
+    let o = ktstr(&["shell", "--memory-mib", "127", "--exec", "true"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = ktstr(&["shell", "--cpu-cap", "2", "--exec", "true"], &[]);
+    assert_eq!(o.status.code(), Some(2), "--cpu-cap needs --no-perf-mode");
+}
