@@ -6,6 +6,8 @@
 
 mod probe;
 mod shell;
+mod test_bins;
+mod thresholds;
 
 use std::process::ExitCode;
 
@@ -40,6 +42,11 @@ enum Command {
     Shell(shell::ShellArgs),
     /// Boot a VM of a topology and print what the guest sees per vCPU (exit 0 if it matches).
     Probe(probe::ProbeArgs),
+    /// Print a test's merged thresholds (defaults, then scheduler, then test).
+    ShowThresholds {
+        /// The bare #[ktstr_test] function name.
+        test: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +57,7 @@ fn main() -> ExitCode {
     let res = match k.command {
         Command::Shell(a) => shell::run(a),
         Command::Probe(a) => probe::run(a),
+        Command::ShowThresholds { test } => thresholds::run(&test),
     };
     match res {
         Ok(code) => code,

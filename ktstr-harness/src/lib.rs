@@ -21,8 +21,8 @@
 //! terminated after 5 periods.
 //!
 //! Hidden arguments (for `cargo ktstr`): `--ktstr-list-schedulers` prints every declared
-//! scheduler and its flags as JSON; `--ktstr-show-thresholds TEST` prints a test's merged
-//! thresholds.
+//! scheduler and its flags as JSON; `--ktstr-list-tests` prints the registered test names as
+//! JSON; `--ktstr-show-thresholds TEST` prints a test's merged thresholds.
 
 pub mod list;
 mod run;
@@ -77,6 +77,11 @@ pub fn run_with(
                 1
             }
         };
+    }
+    if args.iter().any(|a| a == "--ktstr-list-tests") {
+        let names: Vec<&str> = tests.iter().map(|t| t.name).collect();
+        println!("{}", serde_json::to_string(&names).unwrap_or_default());
+        return 0;
     }
     if let Some(pos) = args.iter().position(|a| a == "--ktstr-show-thresholds") {
         let Some(name) = args.get(pos + 1) else {
