@@ -4,6 +4,7 @@
 //! single subcommand, `ktstr`. The same binary is also the guest init of `shell` VMs: started
 //! as PID 1 it runs the guest side instead of the CLI.
 
+mod bench;
 mod probe;
 mod shell;
 mod test_bins;
@@ -42,6 +43,8 @@ enum Command {
     Shell(shell::ShellArgs),
     /// Boot a VM of a topology and print what the guest sees per vCPU (exit 0 if it matches).
     Probe(probe::ProbeArgs),
+    /// Measure VM lifecycle phases per backend and vCPU count (medians).
+    Bench(bench::BenchArgs),
     /// Print a test's merged thresholds (defaults, then scheduler, then test).
     ShowThresholds {
         /// The bare #[ktstr_test] function name.
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
     let res = match k.command {
         Command::Shell(a) => shell::run(a),
         Command::Probe(a) => probe::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::ShowThresholds { test } => thresholds::run(&test),
     };
     match res {

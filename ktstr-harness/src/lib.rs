@@ -127,3 +127,8 @@ pub fn show_thresholds(t: &KtstrTest) -> String {
         ktstr::registry::merged_assert(t)
     )
 }
+
+/// Compiles the README's "write your first test" example as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,127 @@
+//! `cargo ktstr bench`: medians of a VM's whole lifecycle (`--exec true`) split into phases,
+//! per backend and vCPU count, on the same kernel and initramfs. Also the probe guest on KVM.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ktstr::guest::shell::ShellRequest;
+use ktstr::vm::{self, BackendKind, PhaseTimes, VmEnd};
+use ktstr::Topology;
+
+use crate::shell::BusyboxVm;
+
+/// Flags of `cargo ktstr bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Kernel (default: KTSTR_KERNEL).
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Boots per cell.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// vCPU counts to measure (each as one NUMA node, one LLC).
+    #[arg(long, value_delimiter = ',', default_value = "2,16")]
+    cpus: Vec<u32>,
+    /// Backends to measure.
+    #[arg(long, value_delimiter = ',', default_value = "kvm,qemu")]
+    backends: Vec<String>,
+    /// Watchdog per boot in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_s: u64,
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    Some(v[v.len() / 2])
+}
+
+/// Runs the benchmark and prints one line per cell.
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    println!(
+        "{:<8} {:>5} {:>5} {:>9} {:>12} {:>12} {:>11} {:>9}  result",
+        "backend",
+        "vcpus",
+        "runs",
+        "setup_ms",
+        "boot_init_ms",
+        "init_exit_ms",
+        "teardown_ms",
+        "total_ms"
+    );
+    for b in &a.backends {
+        let backend = match b.as_str() {
+            "kvm" => BackendKind::Kvm,
+            "qemu" => BackendKind::Qemu,
+            other => anyhow::bail!("unknown backend {other:?}: expected kvm or qemu"),
+        };
+        for &n in &a.cpus {
+            let topo = Topology::new(1, 1, n, 1).context("vCPU count")?;
+            let req = ShellRequest {
+                exec: Some("true".into()),
+                report_topology: false,
+            };
+            let mut times: Vec<PhaseTimes> = Vec::new();
+            let mut result = "ok".to_string();
+            for _ in 0..a.runs.max(1) {
+                let mut vmb =
+                    BusyboxVm::prepare(a.kernel.as_deref(), backend, topo, &[], None, &req)?;
+                vmb.spec.timeout = Duration::from_secs(a.timeout_s);
+                match vm::run(backend, vmb.spec) {
+                    Ok(out) if out.end == (VmEnd::GuestExit { status: 0 }) => times.push(out.times),
+                    Ok(out) => {
+                        result = out.end.describe();
+                        break;
+                    }
+                    Err(e) => {
+                        result = e.to_string();
+                        break;
+                    }
+                }
+            }
+            let col = |f: &dyn Fn(&PhaseTimes) -> Option<Duration>| {
+                ms(median(times.iter().filter_map(f).collect()))
+            };
+            println!(
+                "{:<8} {:>5} {:>5} {:>9} {:>12} {:>12} {:>11} {:>9}  {}",
+                backend.to_string(),
+                n,
+                times.len(),
+                col(&|t| Some(t.setup)),
+                col(&|t| t.boot_to_init),
+                col(&|t| t.init_to_exit),
+                col(&|t| Some(t.teardown)),
+                col(&|t| Some(t.total)),
+                result.lines().next().unwrap_or("")
+            );
+        }
+    }
+    if vm::backend::HostVirt::probe().kvm_usable {
+        for &n in &a.cpus {
+            let topo = Topology::new(1, 1, n, 1).context("vCPU count")?;
+            match ktstr::vmm::probe::measure_probe(&topo, a.runs.max(1), Duration::from_secs(60)) {
+                Ok(t) => println!(
+                    "{:<8} {:>5} {:>5} {:>9} {:>12} {:>12} {:>11} {:>9}  probe guest",
+                    "kvm",
+                    n,
+                    t.runs,
+                    ms(Some(t.setup)),
+                    "-",
+                    ms(Some(t.run)),
+                    ms(Some(t.teardown)),
+                    ms(Some(t.total))
+                ),
+                Err(e) => println!("{:<8} {:>5} probe guest failed: {e}", "kvm", n),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
