@@ -154,3 +154,25 @@ fn bad_topologies_are_usage_errors() {
     let o = ktstr(&["shell", "--cpu-cap", "2", "--exec", "true"], &[]);
     assert_eq!(o.status.code(), Some(2), "--cpu-cap needs --no-perf-mode");
 }
+
+#[test]
+fn x2apic_shapes_are_refused_under_tcg_with_a_reason() {
+    let (Some(k), true) = (kernel(), qemu()) else {
+        return;
+    };
+    let o = ktstr(
+        &[
+            "probe",
+            "--backend",
+            "qemu",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--topology",
+            "1,14,9,2",
+        ],
+        &[],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("APIC ids above 255"), "{err}");
+}

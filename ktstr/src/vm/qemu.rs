@@ -66,6 +66,9 @@ pub enum QemuError {
         /// NUMA nodes.
         nodes: u32,
     },
+    /// The topology's APIC ids exceed 255, which qemu's TCG (7.2) cannot present.
+    #[error("topology {0} needs APIC ids above 255 (x2APIC); qemu under TCG refuses such -smp configurations (\"requires kernel irqchip and X2APIC API support\"): run it with qemu on hardware KVM (KTSTR_QEMU_ACCEL=kvm), or pick a topology with at most 8 APIC-id bits")]
+    X2apicUnderTcg(String),
     /// Host-side I/O failed (temporary files, spawning, pipes).
     #[error("{what}: {source}")]
     Io {
@@ -258,6 +261,9 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
         .map(|m| m.len())
         .unwrap_or(0);
     let mem = plan_memory(&spec.topology, spec.memory_mib, spec.shm_size, initrd_bytes)?;
+    if accel == Accel::Tcg && spec.topology.needs_x2apic() {
+        return Err(QemuError::X2apicUnderTcg(spec.topology.label()));
+    }
     let dir = tempfile::Builder::new()
         .prefix("ktstr-qemu-")
         .tempdir_in(shm_tmp_root())
