@@ -1,1 +1,75 @@
-fn main() {}
+//! The harness's verdicts on cases that fail on purpose (each boots a VM).
+
+use std::process::Command;
+
+fn kernel_available() -> bool {
+    if std::env::var_os("KTSTR_KERNEL").is_some() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("KTSTR_KERNEL is not set: VM tests need a kernel under CI");
+    }
+    eprintln!("\n!!! SKIPPED: set KTSTR_KERNEL to run the VM verdict tests\n");
+    false
+}
+
+/// Runs one fixture case; returns (exit code, stdout + stderr).
+fn case(name: &str) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"))
+        .args(["--exact", name, "--nocapture"])
+        .output()
+        .expect("running the fixture binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text)
+}
+
+#[test]
+fn a_failing_body_fails_with_its_reason() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case("failing_body/eevdf/1n1l1c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains("deliberate: spread 99% > 15%"), "{out}");
+    assert!(out.contains("Unfair"), "{out}");
+}
+
+#[test]
+fn expect_err_passes_only_when_the_case_fails() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case("expected_failure/eevdf/1n1l1c1t");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = case("unexpected_pass/eevdf/1n1l1c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains("expect_err"), "{out}");
+}
+
+#[test]
+fn a_panicking_body_fails_with_the_panic_message() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case("body_panics/eevdf/1n1l1c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains("deliberate body panic 4242"), "{out}");
+}
+
+#[test]
+fn a_kernel_panic_fails_the_case_and_is_named() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case("kernel_panics/eevdf/1n1l1c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains("guest kernel panic"), "{out}");
+    assert!(
+        out.contains("sysrq"),
+        "the console tail shows the cause: {out}"
+    );
+}
