@@ -19,7 +19,7 @@ pub struct CgroupError {
 }
 
 /// cgroup operations on paths relative to a test root (`"cg0"`, `"outer/inner"`).
-pub trait CgroupOps: Send + Sync {
+pub trait CgroupOps: Send + Sync + std::fmt::Debug {
     /// Creates a cgroup (and its parents), with the cpuset and cpu controllers enabled for it.
     fn create(&self, rel: &str) -> Result<(), CgroupError>;
     /// Removes a cgroup and its children, moving any remaining tasks to the test root first.
@@ -101,6 +101,12 @@ impl CgroupFs {
         let fs = CgroupFs { root };
         fs.ensure_dir(&fs.root.clone())?;
         Ok(fs)
+    }
+
+    /// Uses `root` without touching the filesystem: directories are created by the first
+    /// [`CgroupOps::create`] (so a `Ctx` can be built on a host without cgroup access).
+    pub fn lazy(root: impl Into<PathBuf>) -> Self {
+        CgroupFs { root: root.into() }
     }
 
     /// The test root.

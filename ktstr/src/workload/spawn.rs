@@ -58,6 +58,9 @@ pub struct WorkloadConfig {
     pub sched_policy: SchedPolicy,
     /// cgroup directory (absolute, under /sys/fs/cgroup) they are placed in before starting.
     pub cgroup: Option<PathBuf>,
+    /// Raw `set_mempolicy(2)` mode (with flags) and node mask each worker applies to itself
+    /// before its first iteration; a worker that cannot apply it exits with code 4.
+    pub mem_policy: Option<(i32, Vec<u64>)>,
 }
 
 /// Why workers could not be started.
@@ -373,6 +376,25 @@ fn child(
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigusr1 as *const () as usize;
         libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    if let Some((mode, mask)) = &cfg.mem_policy {
+        // SAFETY: set_mempolicy reads `mask.len() * 64` bits from a live buffer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_set_mempolicy,
+                *mode,
+                if mask.is_empty() {
+                    std::ptr::null()
+                } else {
+                    mask.as_ptr()
+                },
+                (mask.len() * 64 + 1) as libc::c_ulong,
+            )
+        };
+        if rc != 0 {
+            // SAFETY: exit without running the parent's destructors.
+            unsafe { libc::_exit(4) };
+        }
     }
     let mut b = [0u8; 1];
     // SAFETY: blocking read of one byte: the release signal (EOF means the parent gave up).
