@@ -265,11 +265,16 @@ fn end_to_end_over_a_plain_directory() {
                 vec![
                     Op::spawn("cg1", Work::new(WorkType::YieldHeavy, 1)),
                     Op::set_affinity("cg0", AffinityKind::SingleCpu),
+                ],
+                HoldSpec::Frac(0.25),
+            ),
+            Step::new(
+                vec![
                     Op::stop_cgroup("cg1"),
                     Op::run_payload(Payload::binary("true", "/bin/true"), &[], None),
                     Op::wait_payload("true", None),
                 ],
-                HoldSpec::Frac(0.5),
+                HoldSpec::Frac(0.25),
             ),
         ],
     )
