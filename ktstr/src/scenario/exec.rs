@@ -314,6 +314,9 @@ impl<'a> Runner<'a> {
             self.groups.drain(..).partition(|g| pred(&g.cgroup));
         self.groups = keep;
         // Signal every selected worker before collecting any, so they stop together.
+        for g in &stop {
+            g.handle.signal_stop();
+        }
         let handles: Vec<_> = stop
             .into_iter()
             .map(|g| (g.cgroup, g.work_type, g.allowed, g.handle))

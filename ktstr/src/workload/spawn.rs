@@ -239,6 +239,16 @@ impl WorkloadHandle {
         self.started = true;
     }
 
+    /// Asks every worker to stop (SIGUSR1) without waiting. Signal all handles first, then
+    /// collect each, so workers of different handles stop together and none runs on while
+    /// another handle is being collected.
+    pub fn signal_stop(&self) {
+        for w in &self.workers {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(w.pid, libc::SIGUSR1) };
+        }
+    }
+
     /// Stops every worker and collects its report. A worker that does not report within
     /// `grace` (e.g. because it never gets a CPU) is killed and reported with `exit_info`.
     pub fn stop_and_collect(mut self, grace: Duration) -> Vec<WorkerReport> {
