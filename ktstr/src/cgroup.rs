@@ -169,8 +169,14 @@ impl CgroupOps for CgroupFs {
         let dir = self.path(rel);
         for name in ["cpuset.cpus", "cpuset.mems"] {
             let f = dir.join(name);
-            // An empty write resets to the parent's effective set.
-            fs::write(&f, "\n").map_err(err("write", &f))?;
+            // An empty write means "the parent's", but the kernel refuses it (ENOSPC) while
+            // the cgroup has tasks; writing the parent's effective set has the same effect.
+            let parent = dir
+                .parent()
+                .and_then(|p| fs::read_to_string(p.join(format!("{name}.effective"))).ok())
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "\n".into());
+            fs::write(&f, parent).map_err(err("write", &f))?;
         }
         Ok(())
     }

@@ -75,11 +75,11 @@ struct Runner<'a> {
     rng: u64,
 }
 
-fn sys_err(at: &str, cgroup: &str, source: crate::workload::WorkloadError) -> ScenarioError {
+fn sys_err(at: &str, cgroup: &str, cause: crate::workload::WorkloadError) -> ScenarioError {
     ScenarioError::Workload {
         at: at.into(),
         cgroup: cgroup.into(),
-        source,
+        cause,
     }
 }
 
@@ -188,9 +188,9 @@ impl<'a> Runner<'a> {
         cpuset: Option<Vec<u32>>,
     ) -> Result<(), ScenarioError> {
         let ops = self.ctx.cgroups.clone();
-        ops.create(name).map_err(|source| ScenarioError::Cgroup {
+        ops.create(name).map_err(|cause| ScenarioError::Cgroup {
             at: at.into(),
-            source,
+            cause,
         })?;
         self.created.push(name.to_string());
         self.cpusets.insert(name.to_string(), None);
@@ -211,9 +211,9 @@ impl<'a> Runner<'a> {
             Some(c) => ops.set_cpuset(name, c, &self.ctx.topo.nodes_of(c)),
             None => ops.clear_cpuset(name),
         };
-        r.map_err(|source| ScenarioError::Cgroup {
+        r.map_err(|cause| ScenarioError::Cgroup {
             at: at.into(),
-            source,
+            cause,
         })?;
         self.cpusets.insert(name.to_string(), cpus);
         self.refresh_allowed();
@@ -372,10 +372,10 @@ impl<'a> Runner<'a> {
         let dir = cgroup.as_deref().map(|c| self.ctx.cgroups.path(c));
         let child = payload
             .start(args, dir)
-            .map_err(|source| ScenarioError::Payload {
+            .map_err(|cause| ScenarioError::Payload {
                 at: at.into(),
                 name: payload.name.into(),
-                source,
+                cause,
             })?;
         self.payloads.push(RunningPayload {
             name: payload.name.into(),
@@ -410,9 +410,9 @@ impl<'a> Runner<'a> {
                 self.ctx
                     .cgroups
                     .remove(cgroup)
-                    .map_err(|source| ScenarioError::Cgroup {
+                    .map_err(|cause| ScenarioError::Cgroup {
                         at: at.into(),
-                        source,
+                        cause,
                     })?;
                 self.cpusets.retain(|k, _| !inside(k));
                 self.created.retain(|k| !inside(k));
@@ -476,15 +476,15 @@ impl<'a> Runner<'a> {
             }
             Op::MoveAllTasks { from, to } => {
                 let ops = self.ctx.cgroups.clone();
-                let pids = ops.procs(from).map_err(|source| ScenarioError::Cgroup {
+                let pids = ops.procs(from).map_err(|cause| ScenarioError::Cgroup {
                     at: at.into(),
-                    source,
+                    cause,
                 })?;
                 for pid in &pids {
                     ops.move_task(to, *pid)
-                        .map_err(|source| ScenarioError::Cgroup {
+                        .map_err(|cause| ScenarioError::Cgroup {
                             at: at.into(),
-                            source,
+                            cause,
                         })?;
                 }
                 for g in self.groups.iter_mut().filter(|g| g.cgroup == *from) {

@@ -65,14 +65,14 @@ pub enum ScenarioError {
         name: String,
     },
     /// A worker count that does not fit the work type.
-    #[error("{at}: cgroup {cgroup:?}: {source}")]
+    #[error("{at}: cgroup {cgroup:?}: {cause}")]
     GroupSize {
         /// Where.
         at: String,
         /// The cgroup.
         cgroup: String,
         /// The mismatch.
-        source: crate::workload::types::GroupSizeError,
+        cause: crate::workload::types::GroupSizeError,
     },
     /// A pinning that cannot be applied.
     #[error("{at}: cgroup {cgroup:?}: {why}")]
@@ -118,32 +118,32 @@ pub enum ScenarioError {
     #[error("the context has no cgroup manager (Ctx::cgroups); scenarios run in the guest or with Ctx::builder")]
     NoCgroups,
     /// A cgroup operation failed while running.
-    #[error("{at}: {source}")]
+    #[error("{at}: {cause}")]
     Cgroup {
         /// Where.
         at: String,
         /// The failure.
-        source: crate::cgroup::CgroupError,
+        cause: crate::cgroup::CgroupError,
     },
     /// Forking or placing workers failed while running.
-    #[error("{at}: cgroup {cgroup:?}: {source}")]
+    #[error("{at}: cgroup {cgroup:?}: {cause}")]
     Workload {
         /// Where.
         at: String,
         /// The cgroup.
         cgroup: String,
         /// The failure.
-        source: crate::workload::WorkloadError,
+        cause: crate::workload::WorkloadError,
     },
     /// A payload could not be started or waited for.
-    #[error("{at}: payload {name:?}: {source}")]
+    #[error("{at}: payload {name:?}: {cause}")]
     Payload {
         /// Where.
         at: String,
         /// The payload.
         name: String,
         /// The failure.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -187,10 +187,10 @@ fn check_work(
     w: &Work,
 ) -> Result<(), ScenarioError> {
     let work_type = ctx.work_type_override.unwrap_or(w.work_type);
-    check_group_size(&work_type, w.count(ctx)).map_err(|source| ScenarioError::GroupSize {
+    check_group_size(&work_type, w.count(ctx)).map_err(|cause| ScenarioError::GroupSize {
         at: at.into(),
         cgroup: cgroup.into(),
-        source,
+        cause,
     })?;
     let pool = cpus.unwrap_or(&ctx.topo.cpus);
     if let AffinityKind::Exact(set) = &w.affinity {
