@@ -205,11 +205,14 @@ pub fn cgroup_stats(run: &CgroupRun) -> CgroupStats {
 /// The worst off-CPU spread among workers of one work type within a cgroup (messengers of
 /// fan-out groups excluded: they do a different job than their receivers), with the
 /// (min, max) worker PIDs and percentages.
-fn spread_by_type(run: &CgroupRun) -> Option<(f64, (i32, f64), (i32, f64), String)> {
+/// (spread, (pid, off-CPU %) of the lowest, of the highest, work type).
+type Spread = (f64, (i32, f64), (i32, f64), String);
+
+fn spread_by_type(run: &CgroupRun) -> Option<Spread> {
     let mut types: Vec<&str> = run.workers.iter().map(|w| w.work_type.as_str()).collect();
     types.sort_unstable();
     types.dedup();
-    let mut worst: Option<(f64, (i32, f64), (i32, f64), String)> = None;
+    let mut worst: Option<Spread> = None;
     for t in types {
         let ws: Vec<(i32, f64)> = run
             .workers

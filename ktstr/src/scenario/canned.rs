@@ -249,7 +249,7 @@ pub fn nested_task_move(ctx: &Ctx) -> anyhow::Result<AssertResult> {
 }
 
 /// Every canned scenario by name.
-pub const ALL: &[(&str, fn(&Ctx) -> anyhow::Result<AssertResult>)] = &[
+pub const ALL: &[(&str, crate::registry::TestFn)] = &[
     ("steady", steady),
     ("steady_llc", steady_llc),
     ("oversubscribed", oversubscribed),

@@ -100,10 +100,8 @@ fn mempolicy_raw(m: &MemPolicy, f: super::MpolFlags) -> Option<(i32, Vec<u64>)> 
     if f.relative_nodes {
         flags |= 1 << 14;
     }
-    let mask = super::build_nodemask(&nodes)
-        .into_iter()
-        .map(|w| w as u64)
-        .collect();
+    // c_ulong is u64 on the 64-bit targets ktstr supports.
+    let mask = super::build_nodemask(&nodes);
     Some((mode | flags, mask))
 }
 
