@@ -40,6 +40,8 @@ pub fn main() -> ! {
     if std::process::id() == 1 {
         ktstr::runner::guest_main();
     }
+    // A scenario may start this binary as a built-in payload (see `Payload::builtin`).
+    ktstr::scenario::run_builtin_payload();
     let args: Vec<String> = std::env::args().collect();
     let kernels = match KernelSet::from_env() {
         Ok(k) => k,

@@ -19,7 +19,7 @@ pub struct CgroupError {
 }
 
 /// cgroup operations on paths relative to a test root (`"cg0"`, `"outer/inner"`).
-pub trait CgroupOps: Send + Sync {
+pub trait CgroupOps: Send + Sync + std::fmt::Debug {
     /// Creates a cgroup (and its parents), with the cpuset and cpu controllers enabled for it.
     fn create(&self, rel: &str) -> Result<(), CgroupError>;
     /// Removes a cgroup and its children, moving any remaining tasks to the test root first.
@@ -103,6 +103,12 @@ impl CgroupFs {
         Ok(fs)
     }
 
+    /// Uses `root` without touching the filesystem: directories are created by the first
+    /// [`CgroupOps::create`] (so a `Ctx` can be built on a host without cgroup access).
+    pub fn lazy(root: impl Into<PathBuf>) -> Self {
+        CgroupFs { root: root.into() }
+    }
+
     /// The test root.
     pub fn root(&self) -> &Path {
         &self.root
@@ -163,8 +169,14 @@ impl CgroupOps for CgroupFs {
         let dir = self.path(rel);
         for name in ["cpuset.cpus", "cpuset.mems"] {
             let f = dir.join(name);
-            // An empty write resets to the parent's effective set.
-            fs::write(&f, "\n").map_err(err("write", &f))?;
+            // An empty write means "the parent's", but the kernel refuses it (ENOSPC) while
+            // the cgroup has tasks; writing the parent's effective set has the same effect.
+            let parent = dir
+                .parent()
+                .and_then(|p| fs::read_to_string(p.join(format!("{name}.effective"))).ok())
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "\n".into());
+            fs::write(&f, parent).map_err(err("write", &f))?;
         }
         Ok(())
     }

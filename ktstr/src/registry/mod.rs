@@ -11,13 +11,17 @@
 pub mod matrix;
 mod suggest;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use linkme::distributed_slice;
 use serde::Serialize;
 
 use crate::assert::{Assert, AssertResult};
+use crate::cgroup::{CgroupFs, CgroupOps};
+use crate::scenario::TestTopology;
 use crate::topology::Topology;
+use crate::workload::WorkType;
 
 pub use matrix::{CaseSpec, KernelSel};
 pub use suggest::{edit_distance, UnknownTest};
@@ -500,44 +504,114 @@ impl KtstrTest {
     }
 }
 
-/// Runtime context handed to a test body. Colleagues extend it (cgroups, guest topology, ...);
-/// build it with [`Ctx::new`] outside this crate.
+/// Default root of test cgroups when the scheduler names no `cgroup_parent`.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup/ktstr";
+
+/// Runtime context handed to a test body: the topology, the cgroup manager, durations and
+/// the merged thresholds. Build it with [`Ctx::new`] or [`Ctx::builder`] outside this crate.
 #[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct Ctx {
-    /// The topology the VM presents.
+    /// The topology the VM presents (declared).
     pub topology: Topology,
+    /// CPUs by LLC and node as the guest sees them (sysfs; falls back to `topology`).
+    pub topo: TestTopology,
+    /// cgroup manager rooted at the test cgroup root (mockable).
+    pub cgroups: Arc<dyn CgroupOps>,
     /// Measured duration.
     pub duration: Duration,
+    /// Settle time after workers start, before the measured window (recorded; see
+    /// `scenario::execute_steps`).
+    pub settle: Duration,
     /// Workers per cgroup for canned scenarios.
     pub workers_per_cgroup: u32,
     /// Merged thresholds.
     pub assert: Assert,
     /// PID of the running sched_ext scheduler in the guest, if any.
     pub sched_pid: Option<i32>,
+    /// How much slower than hardware the backend runs (1.0 on KVM, 4.0 under qemu TCG):
+    /// time-based thresholds (`max_gap_ms`, wake latency) are multiplied by it.
+    pub time_scale: f64,
+    /// Work-type sweep: replaces the default `SpinWait` of every `Work` that keeps it.
+    pub work_type_override: Option<WorkType>,
 }
 
 impl Ctx {
-    /// A context with defaults (2 s, 2 workers, default thresholds, no scheduler PID).
+    /// A context with defaults (2 s, 2 workers, default thresholds, no scheduler PID,
+    /// cgroups under [`DEFAULT_CGROUP_ROOT`], the declared topology's CPU layout).
     pub fn new(topology: Topology) -> Self {
         Ctx {
             topology,
+            topo: TestTopology::from_topology(&topology),
+            cgroups: Arc::new(CgroupFs::lazy(DEFAULT_CGROUP_ROOT)),
             duration: Duration::from_secs(2),
+            settle: Duration::from_millis(500),
             workers_per_cgroup: 2,
             assert: Assert::default_checks(),
             sched_pid: None,
+            time_scale: 1.0,
+            work_type_override: None,
         }
     }
 
-    /// The context a case's body sees (before the guest fills in `sched_pid`).
+    /// A context over a given cgroup manager and CPU layout (unit tests use a fake manager).
+    pub fn builder(cgroups: Arc<dyn CgroupOps>, topo: TestTopology) -> Self {
+        let n = topo.cpus.len().max(1) as u32;
+        let mut c = Ctx::new(Topology {
+            numa_nodes: 1,
+            llcs: 1,
+            cores: n,
+            threads: 1,
+        });
+        c.cgroups = cgroups;
+        c.topo = topo;
+        c
+    }
+
+    /// The context a case's body sees (before the guest fills in `sched_pid`, `topo` and
+    /// `time_scale`).
     pub fn for_case(case: &CaseSpec) -> Self {
-        Ctx {
-            topology: case.topology,
-            duration: Duration::from_secs(case.test.duration_s as u64),
-            workers_per_cgroup: case.test.workers_per_cgroup,
-            assert: case.assert,
-            sched_pid: None,
-        }
+        let root = match case.scheduler.cgroup_parent {
+            Some(p) => format!("/sys/fs/cgroup/{}", p.trim_start_matches('/')),
+            None => DEFAULT_CGROUP_ROOT.to_string(),
+        };
+        let mut c = Ctx::new(case.topology);
+        c.cgroups = Arc::new(CgroupFs::lazy(root));
+        c.duration = Duration::from_secs(case.test.duration_s as u64);
+        c.workers_per_cgroup = case.test.workers_per_cgroup;
+        c.assert = case.assert;
+        c
+    }
+
+    /// Sets the duration.
+    pub fn with_duration(mut self, d: Duration) -> Self {
+        self.duration = d;
+        self
+    }
+    /// Sets the workers per cgroup.
+    pub fn with_workers_per_cgroup(mut self, n: u32) -> Self {
+        self.workers_per_cgroup = n;
+        self
+    }
+    /// Sets the thresholds.
+    pub fn with_assert(mut self, a: Assert) -> Self {
+        self.assert = a;
+        self
+    }
+    /// Sets the time scale.
+    pub fn with_time_scale(mut self, s: f64) -> Self {
+        self.time_scale = s;
+        self
+    }
+    /// Sets the work-type override.
+    pub fn with_work_type_override(mut self, w: Option<WorkType>) -> Self {
+        self.work_type_override = w;
+        self
+    }
+    /// Sets the scheduler PID.
+    pub fn with_sched_pid(mut self, pid: Option<i32>) -> Self {
+        self.sched_pid = pid;
+        self
     }
 }
 

@@ -43,6 +43,8 @@ fn run() -> Result<AssertResult, String> {
     }
     let scale = cf.time_scale.max(1.0);
     let mut ctx = Ctx::for_case(&case);
+    ctx.time_scale = scale;
+    ctx.topo = crate::scenario::TestTopology::detect(&case.topology);
     let mut scheduler = None;
     if let Some(path) = &cf.scheduler {
         let timeout = Duration::from_secs_f64(10.0 * scale);

@@ -11,6 +11,7 @@ use super::discover::discover_scheduler;
 use super::report::{judge, CaseVerdict};
 use crate::initramfs::{self, InitramfsSpec};
 use crate::registry::{CaseSpec, Ctx, SchedulerBinary};
+use crate::sidecar::{self, HostContext, Sidecar};
 use crate::vm::backend::HostVirt;
 use crate::vm::{self, BackendChoice, BackendKind, VmSpec};
 
@@ -136,7 +137,78 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
             format!(" (args: {})", cf.sched_argv.join(" "))
         }
     );
-    Ok(judge(&case.name, &diag, &out))
+    let verdict = judge(&case.name, &diag, &out);
+    write_sidecar(case, &cf, &out, verdict.passed);
+    Ok(verdict)
+}
+
+/// Writes the case's sidecar; a failure to write is reported, never fatal.
+fn write_sidecar(case: &CaseSpec, cf: &CaseFile, out: &vm::VmOutcome, passed: bool) {
+    use crate::shm::FrameType;
+    let result = super::report::result_of(out).ok().flatten();
+    let kernel_version = out
+        .frames
+        .iter()
+        .find(|f| f.kind == FrameType::Hello)
+        .and_then(|f| serde_json::from_slice::<serde_json::Value>(&f.payload).ok())
+        .and_then(|v| v["kernel_release"].as_str().map(str::to_string))
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    let commit = sidecar::project_commit(&std::env::current_dir().unwrap_or_default());
+    let ms = |d: Duration| d.as_millis() as u64;
+    let t = &out.times;
+    let stats = result.as_ref().and_then(|r| r.stats.clone());
+    let mut work_types: Vec<String> = stats
+        .iter()
+        .flat_map(|s| s.cgroups.iter())
+        .flat_map(|c| c.work_types.split(',').map(str::to_string))
+        .filter(|w| !w.is_empty())
+        .collect();
+    work_types.sort();
+    work_types.dedup();
+    let mut sc = Sidecar {
+        test_name: case.test.name.to_string(),
+        case_name: case.name.clone(),
+        scenario: case.scenario(),
+        topology: case.topology.label(),
+        scheduler: case.scheduler.name.to_string(),
+        active_flags: case.active_flags().map(|f| f.name.to_string()).collect(),
+        work_types,
+        passed,
+        expect_err: case.test.expect_err,
+        stats,
+        thresholds: case.assert,
+        sysctls: cf.sysctls.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        kargs: case.scheduler.kargs.iter().map(|s| s.to_string()).collect(),
+        kernel_version,
+        project_commit: commit.clone(),
+        timestamp: sidecar::rfc3339(std::time::SystemTime::now()),
+        run_id: sidecar::run_id(),
+        run_source: sidecar::run_source(),
+        cleanup_duration_ms: ms(t.teardown),
+        durations: sidecar::Durations {
+            boot_ms: ms(t.setup + t.boot_to_init.unwrap_or_default()),
+            run_ms: ms(t.init_to_exit.unwrap_or_default()),
+            teardown_ms: ms(t.teardown),
+            total_ms: ms(t.total),
+        },
+        host: Some(HostContext::collect()),
+        ..Default::default()
+    };
+    if let Some(r) = result {
+        sc.skipped = r.skipped;
+        sc.inconclusive = r.inconclusive;
+        sc.details = r.details;
+        sc.stimulus_events = r.events;
+    }
+    let dir = sidecar::run_dir(&sc.kernel_version, &commit);
+    if let Err(e) = sidecar::write_atomic(&dir, &sc) {
+        eprintln!(
+            "ktstr: could not write the sidecar of {} in {}: {e}",
+            case.name,
+            dir.display()
+        );
+    }
 }
 
 fn run_host_only(case: &CaseSpec) -> Result<CaseVerdict, String> {

@@ -58,6 +58,9 @@ pub struct WorkloadConfig {
     pub sched_policy: SchedPolicy,
     /// cgroup directory (absolute, under /sys/fs/cgroup) they are placed in before starting.
     pub cgroup: Option<PathBuf>,
+    /// Raw `set_mempolicy(2)` mode (with flags) and node mask each worker applies to itself
+    /// before its first iteration; a worker that cannot apply it exits with code 4.
+    pub mem_policy: Option<(i32, Vec<u64>)>,
 }
 
 /// Why workers could not be started.
@@ -236,6 +239,16 @@ impl WorkloadHandle {
         self.started = true;
     }
 
+    /// Asks every worker to stop (SIGUSR1) without waiting. Signal all handles first, then
+    /// collect each, so workers of different handles stop together and none runs on while
+    /// another handle is being collected.
+    pub fn signal_stop(&self) {
+        for w in &self.workers {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(w.pid, libc::SIGUSR1) };
+        }
+    }
+
     /// Stops every worker and collects its report. A worker that does not report within
     /// `grace` (e.g. because it never gets a CPU) is killed and reported with `exit_info`.
     pub fn stop_and_collect(mut self, grace: Duration) -> Vec<WorkerReport> {
@@ -335,14 +348,27 @@ fn fork_worker(
 ) -> Result<Worker, WorkloadError> {
     let (rel_r, rel_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
+    // SIGUSR1 stays blocked across the fork until the child has its handler: a stop that
+    // arrives that early must set the flag, not kill the worker by the default action.
+    // SAFETY: plain signal-mask manipulation with valid set pointers.
+    let old = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    };
     // SAFETY: the child runs only the worker loop and then _exits; it never returns into the
     // parent's code. glibc makes malloc usable after fork.
     let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        child(cfg, index, shared, pipes, rel_r, rep_w, &old);
+    }
+    // SAFETY: restoring the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     if pid < 0 {
         return Err(sys("fork of a worker"));
-    }
-    if pid == 0 {
-        child(cfg, index, shared, pipes, rel_r, rep_w);
     }
     // SAFETY: putting our own child in its own process group (also done by the child; the
     // double call closes the race either way).
@@ -364,6 +390,7 @@ fn child(
     pipes: Option<(i32, i32)>,
     release: OwnedFd,
     report: OwnedFd,
+    old_mask: &libc::sigset_t,
 ) -> ! {
     // SAFETY: async-signal-safe setup in the fresh child: own process group, die with the
     // parent, a SIGUSR1 handler that only stores an atomic.
@@ -373,6 +400,26 @@ fn child(
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigusr1 as *const () as usize;
         libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_SETMASK, old_mask, std::ptr::null_mut());
+    }
+    if let Some((mode, mask)) = &cfg.mem_policy {
+        // SAFETY: set_mempolicy reads `mask.len() * 64` bits from a live buffer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_set_mempolicy,
+                *mode,
+                if mask.is_empty() {
+                    std::ptr::null()
+                } else {
+                    mask.as_ptr()
+                },
+                (mask.len() * 64 + 1) as libc::c_ulong,
+            )
+        };
+        if rc != 0 {
+            // SAFETY: exit without running the parent's destructors.
+            unsafe { libc::_exit(4) };
+        }
     }
     let mut b = [0u8; 1];
     // SAFETY: blocking read of one byte: the release signal (EOF means the parent gave up).

@@ -4,6 +4,14 @@
 //! Thresholds come from three layers, merged last-`Some`-wins:
 //! [`Assert::default_checks`] → the scheduler's `assert` → the test's keys. Every field is an
 //! `Option`: `None` means "not checked" (or "inherit" while merging).
+//!
+//! **Slow backends.** Time-based thresholds (`max_gap_ms`, `max_p99_wake_latency_ns`) are
+//! multiplied by `Ctx::time_scale` when judged (1.0 on KVM, 4.0 under qemu TCG), because an
+//! emulated CPU stretches every gap and wake-up. Ratios (spread, starvation, migration ratio,
+//! CVs) and rates are judged unscaled. [`eval`] turns worker reports into statistics and
+//! findings.
+
+pub mod eval;
 
 use std::fmt;
 
@@ -253,6 +261,8 @@ pub struct AssertDetail {
     pub message: String,
 }
 
+pub use eval::{CgroupStats, ScenarioStats};
+
 /// Outcome of a test body or an assertion pass.
 ///
 /// `merge` folds results: fail > inconclusive > skip > pass; details accumulate.
@@ -267,6 +277,12 @@ pub struct AssertResult {
     pub inconclusive: bool,
     /// Reasons, failing ones first is not guaranteed.
     pub details: Vec<AssertDetail>,
+    /// What the scenario measured (set by `scenario::execute_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<ScenarioStats>,
+    /// Ops and step boundaries as they happened (sidecar `stimulus_events`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<crate::scenario::StimulusEvent>,
 }
 
 impl Default for AssertResult {
@@ -283,6 +299,8 @@ impl AssertResult {
             skipped: false,
             inconclusive: false,
             details: Vec::new(),
+            stats: None,
+            events: Vec::new(),
         }
     }
 
@@ -296,6 +314,8 @@ impl AssertResult {
                 kind,
                 message: message.into(),
             }],
+            stats: None,
+            events: Vec::new(),
         }
     }
 
@@ -309,6 +329,8 @@ impl AssertResult {
                 kind: DetailKind::Skip,
                 message: reason.into(),
             }],
+            stats: None,
+            events: Vec::new(),
         }
     }
 
@@ -322,6 +344,8 @@ impl AssertResult {
                 kind: DetailKind::Other,
                 message: reason.into(),
             }],
+            stats: None,
+            events: Vec::new(),
         }
     }
 
@@ -352,7 +376,16 @@ impl AssertResult {
             self.skipped = false;
         }
         self.details.extend(other.details);
+        if self.stats.is_none() {
+            self.stats = other.stats;
+        }
+        self.events.extend(other.events);
         self
+    }
+
+    /// Whether some detail has `kind` (negative tests use it to prove the failure's kind).
+    pub fn has_kind(&self, kind: DetailKind) -> bool {
+        self.details.iter().any(|d| d.kind == kind)
     }
 }
 

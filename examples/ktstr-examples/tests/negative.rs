@@ -1,0 +1,112 @@
+//! Negative suite: each case provokes a real scheduling failure and passes only if the
+//! assertions catch it with the right kind (`expect_err = true` inverts the verdict; the
+//! body turns "failed with another kind" or "did not fail" into a pass, which then fails).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ktstr::prelude::*;
+use ktstr::scenario::{
+    execute_defs, execute_scenario, AffinityKind, Backdrop, CgroupDef, CpusetSpec, HoldSpec, Op,
+    SchedPolicy, Step, Work, WorkType,
+};
+use ktstr::workload::report::Recorder;
+use ktstr::workload::WorkerReport;
+
+/// Fails (so `expect_err` passes) only when `r` has a detail of `kind`.
+fn expect_kind(r: AssertResult, kind: DetailKind) -> Result<AssertResult> {
+    if r.has_kind(kind) {
+        let first = r.details.iter().find(|d| d.kind == kind).unwrap();
+        eprintln!("caught as expected: {:?}: {}", first.kind, first.message);
+        Ok(AssertResult::fail(kind, first.message.clone()))
+    } else {
+        // A pass makes the expect_err case fail; the guest console shows what was found.
+        eprintln!("expected a {kind:?} finding, got: {:?}", r.details);
+        Ok(AssertResult::pass())
+    }
+}
+
+/// Keeps the harness itself (PID 1) off CPU 0 while CPU 0 is monopolised.
+fn pin_self_to(cpu: u32) {
+    let _ = ktstr::workload::spawn::set_affinity(0, &[cpu]);
+}
+
+/// A SCHED_FIFO spinner (priority 50) pinned on CPU 0 with RT throttling disabled starves a
+/// lower-priority SCHED_FIFO worker (priority 1) pinned on the same CPU. (A SCHED_OTHER victim
+/// is not starved on kernels since 6.12: the fair deadline server reserves it 50 ms/s, and
+/// only a SCHED_DEBUG kernel can switch that off.)
+#[ktstr_test(llcs = 1, cores = 2, expect_err = true)]
+fn starved_by_rt_spinner(ctx: &Ctx) -> Result<AssertResult> {
+    std::fs::write("/proc/sys/kernel/sched_rt_runtime_us", "-1")?;
+    pin_self_to(1);
+    let backdrop = Backdrop::new().with_op(Op::spawn_host(
+        Work::new(WorkType::SpinWait, 1)
+            .sched_policy(SchedPolicy::Fifo(50))
+            .affinity(AffinityKind::Exact(vec![0])),
+    ));
+    let r = execute_scenario(
+        ctx,
+        &backdrop,
+        vec![Step::with_defs(
+            vec![CgroupDef::named("victim")
+                .workers(1)
+                .sched_policy(SchedPolicy::Fifo(1))
+                .affinity(AffinityKind::Exact(vec![0]))],
+            HoldSpec::FULL,
+        )],
+    );
+    let _ = std::fs::write("/proc/sys/kernel/sched_rt_runtime_us", "950000");
+    expect_kind(r?, DetailKind::Starved)
+}
+
+/// A SCHED_IDLE and a SCHED_OTHER spinner share one CPU in one cgroup: their off-CPU
+/// shares differ by far more than the spread limit.
+#[ktstr_test(llcs = 1, cores = 2, expect_err = true)]
+fn unfair_idle_vs_normal(ctx: &Ctx) -> Result<AssertResult> {
+    pin_self_to(1);
+    let r = execute_defs(
+        ctx,
+        vec![CgroupDef::named("mixed")
+            .workers(1)
+            .affinity(AffinityKind::Exact(vec![0]))
+            .work(
+                Work::new(WorkType::SpinWait, 1)
+                    .sched_policy(SchedPolicy::Idle)
+                    .affinity(AffinityKind::Exact(vec![0])),
+            )],
+    )?;
+    expect_kind(r, DetailKind::Unfair)
+}
+
+/// Leaves its cgroup for the root cgroup (outside the cpuset) and pins itself to CPU 1.
+fn escape_cpuset(stop: &AtomicBool) -> WorkerReport {
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.procs", b"0");
+    let _ = ktstr::workload::spawn::set_affinity(0, &[1]);
+    let mut rec = Recorder::new();
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..1024 {
+            std::hint::black_box(0u64);
+        }
+        rec.tick(1);
+    }
+    rec.finish()
+}
+
+/// A worker of a cgroup whose cpuset is CPU 0 escapes it and runs on CPU 1.
+#[ktstr_test(llcs = 1, cores = 2, expect_err = true)]
+fn isolation_escape(ctx: &Ctx) -> Result<AssertResult> {
+    let r = execute_defs(
+        ctx,
+        vec![CgroupDef::named("fenced")
+            .with_cpuset(CpusetSpec::Exact(vec![0]))
+            .workers(1)
+            .work_type(WorkType::Custom {
+                name: "escape_cpuset",
+                run: escape_cpuset,
+            })],
+    )?;
+    expect_kind(r, DetailKind::Isolation)
+}
+
+fn main() {
+    ktstr_harness::main()
+}

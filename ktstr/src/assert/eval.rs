@@ -1,0 +1,597 @@
+//! Judging worker reports: per-cgroup statistics ([`CgroupStats`], [`ScenarioStats`]) and
+//! the findings of every enabled check ([`evaluate`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Assert, AssertResult, DetailKind};
+use crate::cgroup::cpulist;
+use crate::stats::{cv, percentile};
+use crate::workload::{ExitInfo, WorkerReport};
+
+/// One worker's report with what the judge needs to know about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRun {
+    /// What it measured.
+    pub report: WorkerReport,
+    /// Its work type's name.
+    pub work_type: String,
+    /// Whether the framework measured it (false for `Custom` bodies that may not).
+    pub telemetry: bool,
+    /// CPUs it was allowed by its cgroup's cpuset over its life; `None`: unconstrained at
+    /// some point, so isolation is not checked for it.
+    pub allowed: Option<Vec<u32>>,
+}
+
+/// The workers of one cgroup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CgroupRun {
+    /// cgroup name.
+    pub name: String,
+    /// CPUs available to it at the end.
+    pub cpus: usize,
+    /// Its workers.
+    pub workers: Vec<WorkerRun>,
+}
+
+/// What one cgroup's workers measured.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CgroupStats {
+    /// cgroup name.
+    pub name: String,
+    /// Workers.
+    pub workers: usize,
+    /// CPUs available to it.
+    pub cpus: usize,
+    /// Work types, comma separated.
+    pub work_types: String,
+    /// Mean off-CPU % over its workers.
+    pub avg_off_cpu_pct: f64,
+    /// Lowest off-CPU %.
+    pub min_off_cpu_pct: f64,
+    /// Highest off-CPU %.
+    pub max_off_cpu_pct: f64,
+    /// Worst max − min off-CPU % among workers of one work type.
+    pub spread: f64,
+    /// Longest gap of any worker, ms.
+    pub max_gap_ms: f64,
+    /// CPU that gap ended on.
+    pub max_gap_cpu: u32,
+    /// Sum of migrations.
+    pub total_migrations: u64,
+    /// Migrations per iteration (all workers).
+    pub migration_ratio: f64,
+    /// p99 wake latency, µs (workers that record wake-ups).
+    pub p99_wake_latency_us: Option<f64>,
+    /// Median wake latency, µs.
+    pub median_wake_latency_us: Option<f64>,
+    /// Wake latency coefficient of variation.
+    pub wake_latency_cv: Option<f64>,
+    /// p99 / median wake latency.
+    pub wake_latency_tail_ratio: Option<f64>,
+    /// Sum of iterations.
+    pub total_iterations: u64,
+    /// Fewest iterations of one worker.
+    pub min_iterations_per_worker: u64,
+    /// Mean schedstat run-queue delay per scheduling, µs.
+    pub mean_run_delay_us: f64,
+    /// Largest total run-queue delay of one worker, µs.
+    pub max_run_delay_us: f64,
+    /// CV of work rate across workers.
+    pub throughput_cv: Option<f64>,
+    /// CPUs its workers were seen on.
+    pub cpus_used: Vec<u32>,
+}
+
+/// What a whole scenario measured (sidecar `stats`).
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioStats {
+    /// Per cgroup.
+    pub cgroups: Vec<CgroupStats>,
+    /// Workers judged.
+    pub total_workers: usize,
+    /// CPUs in the topology.
+    pub total_cpus: usize,
+    /// Sum of migrations.
+    pub total_migrations: u64,
+    /// Sum of iterations.
+    pub total_iterations: u64,
+    /// Largest cgroup spread.
+    pub worst_spread: f64,
+    /// Longest gap, ms.
+    pub worst_gap_ms: f64,
+    /// CPU of the longest gap.
+    pub worst_gap_cpu: u32,
+    /// Largest migration ratio.
+    pub worst_migration_ratio: f64,
+    /// Largest p99 wake latency, µs.
+    pub worst_p99_wake_latency_us: Option<f64>,
+    /// Largest median wake latency, µs.
+    pub worst_median_wake_latency_us: Option<f64>,
+    /// Largest wake latency CV.
+    pub worst_wake_latency_cv: Option<f64>,
+    /// Largest p99/median ratio.
+    pub worst_wake_latency_tail_ratio: Option<f64>,
+    /// Fewest iterations of any worker.
+    pub worst_iterations_per_worker: u64,
+    /// Largest mean run delay, µs.
+    pub worst_mean_run_delay_us: f64,
+    /// Largest run delay of one worker, µs.
+    pub worst_run_delay_us: f64,
+    /// Lowest page locality (needs NUMA telemetry; null for now).
+    pub worst_page_locality: Option<f64>,
+    /// Largest cross-node migration ratio (null for now).
+    pub worst_cross_node_migration_ratio: Option<f64>,
+}
+
+fn fmax(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Statistics of one cgroup.
+pub fn cgroup_stats(run: &CgroupRun) -> CgroupStats {
+    let ws: Vec<&WorkerReport> = run.workers.iter().map(|w| &w.report).collect();
+    let off: Vec<f64> = ws.iter().map(|r| r.off_cpu_pct()).collect();
+    let mut types: Vec<&str> = run.workers.iter().map(|w| w.work_type.as_str()).collect();
+    types.dedup();
+    let lat: Vec<u64> = ws
+        .iter()
+        .flat_map(|r| r.resume_latencies_ns.iter().copied())
+        .collect();
+    let latf: Vec<f64> = lat.iter().map(|&x| x as f64).collect();
+    let p99 = percentile(&lat, 99.0).map(|x| x as f64 / 1e3);
+    let p50 = percentile(&lat, 50.0).map(|x| x as f64 / 1e3);
+    let iters: u64 = ws.iter().map(|r| r.iterations).sum();
+    let migr: u64 = ws.iter().map(|r| r.migration_count).sum();
+    let (gap, gap_cpu) = ws
+        .iter()
+        .map(|r| (r.max_gap_ms, r.max_gap_cpu))
+        .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a });
+    let delay: u64 = ws.iter().map(|r| r.schedstat_run_delay_ns).sum();
+    let count: u64 = ws.iter().map(|r| r.schedstat_run_count).sum();
+    let mut cpus_used: Vec<u32> = ws.iter().flat_map(|r| r.cpus_used.clone()).collect();
+    cpus_used.sort_unstable();
+    cpus_used.dedup();
+    let rates: Vec<f64> = run
+        .workers
+        .iter()
+        .filter(|w| w.telemetry)
+        .map(|w| w.report.work_rate())
+        .collect();
+    CgroupStats {
+        name: run.name.clone(),
+        workers: ws.len(),
+        cpus: run.cpus,
+        work_types: types.join(","),
+        avg_off_cpu_pct: crate::stats::mean(&off).unwrap_or(0.0),
+        min_off_cpu_pct: off.iter().cloned().fold(f64::INFINITY, f64::min).min(100.0),
+        max_off_cpu_pct: off.iter().cloned().fold(0.0, f64::max),
+        spread: spread_by_type(run).map_or(0.0, |s| s.0),
+        max_gap_ms: gap,
+        max_gap_cpu: gap_cpu,
+        total_migrations: migr,
+        migration_ratio: if iters == 0 {
+            0.0
+        } else {
+            migr as f64 / iters as f64
+        },
+        p99_wake_latency_us: p99,
+        median_wake_latency_us: p50,
+        wake_latency_cv: cv(&latf),
+        wake_latency_tail_ratio: match (p99, p50) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        },
+        total_iterations: iters,
+        min_iterations_per_worker: ws.iter().map(|r| r.iterations).min().unwrap_or(0),
+        mean_run_delay_us: if count == 0 {
+            0.0
+        } else {
+            delay as f64 / count as f64 / 1e3
+        },
+        max_run_delay_us: ws
+            .iter()
+            .map(|r| r.schedstat_run_delay_ns as f64 / 1e3)
+            .fold(0.0, f64::max),
+        throughput_cv: if rates.len() >= 2 { cv(&rates) } else { None },
+        cpus_used,
+    }
+}
+
+/// The worst off-CPU spread among workers of one work type within a cgroup (messengers of
+/// fan-out groups excluded: they do a different job than their receivers), with the
+/// (min, max) worker PIDs and percentages.
+/// (spread, (pid, off-CPU %) of the lowest, of the highest, work type).
+type Spread = (f64, (i32, f64), (i32, f64), String);
+
+fn spread_by_type(run: &CgroupRun) -> Option<Spread> {
+    let mut types: Vec<&str> = run.workers.iter().map(|w| w.work_type.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    let mut worst: Option<Spread> = None;
+    for t in types {
+        let ws: Vec<(i32, f64)> = run
+            .workers
+            .iter()
+            .filter(|w| w.work_type == t && w.telemetry && !w.report.is_messenger)
+            .filter(|w| w.report.exit_info.is_none())
+            .map(|w| (w.report.tid, w.report.off_cpu_pct()))
+            .collect();
+        if ws.len() < 2 {
+            continue;
+        }
+        let lo = *ws.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        let hi = *ws.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        let s = hi.1 - lo.1;
+        if worst.as_ref().is_none_or(|w| s > w.0) {
+            worst = Some((s, lo, hi, t.to_string()));
+        }
+    }
+    worst
+}
+
+/// Aggregates per-cgroup statistics.
+pub fn scenario_stats(runs: &[CgroupRun], total_cpus: usize) -> ScenarioStats {
+    let cgroups: Vec<CgroupStats> = runs.iter().map(cgroup_stats).collect();
+    let mut s = ScenarioStats {
+        total_workers: cgroups.iter().map(|c| c.workers).sum(),
+        total_cpus,
+        total_migrations: cgroups.iter().map(|c| c.total_migrations).sum(),
+        total_iterations: cgroups.iter().map(|c| c.total_iterations).sum(),
+        worst_iterations_per_worker: cgroups
+            .iter()
+            .filter(|c| c.workers > 0)
+            .map(|c| c.min_iterations_per_worker)
+            .min()
+            .unwrap_or(0),
+        ..Default::default()
+    };
+    for c in &cgroups {
+        s.worst_spread = s.worst_spread.max(c.spread);
+        if c.max_gap_ms > s.worst_gap_ms {
+            s.worst_gap_ms = c.max_gap_ms;
+            s.worst_gap_cpu = c.max_gap_cpu;
+        }
+        s.worst_migration_ratio = s.worst_migration_ratio.max(c.migration_ratio);
+        s.worst_p99_wake_latency_us = fmax(s.worst_p99_wake_latency_us, c.p99_wake_latency_us);
+        s.worst_median_wake_latency_us =
+            fmax(s.worst_median_wake_latency_us, c.median_wake_latency_us);
+        s.worst_wake_latency_cv = fmax(s.worst_wake_latency_cv, c.wake_latency_cv);
+        s.worst_wake_latency_tail_ratio =
+            fmax(s.worst_wake_latency_tail_ratio, c.wake_latency_tail_ratio);
+        s.worst_mean_run_delay_us = s.worst_mean_run_delay_us.max(c.mean_run_delay_us);
+        s.worst_run_delay_us = s.worst_run_delay_us.max(c.max_run_delay_us);
+    }
+    s.cgroups = cgroups;
+    s
+}
+
+fn secs(r: &WorkerReport) -> f64 {
+    r.wall_time_ns as f64 / 1e9
+}
+
+/// Judges `runs` against `a`; time-based limits are multiplied by `time_scale`. The result
+/// carries the [`ScenarioStats`] and one detail per failed check, each naming the cgroup,
+/// the worker and the numbers against the limit.
+pub fn evaluate(a: &Assert, runs: &[CgroupRun], time_scale: f64) -> AssertResult {
+    let scale = time_scale.max(1.0);
+    let total_cpus = runs.iter().map(|r| r.cpus).max().unwrap_or(0);
+    let mut res = AssertResult::pass();
+    let scaled = |limit: f64| {
+        if scale > 1.0 {
+            format!("{limit:.0} × time scale {scale}")
+        } else {
+            format!("{limit:.0}")
+        }
+    };
+    for run in runs {
+        let cg = &run.name;
+        for w in &run.workers {
+            let r = &w.report;
+            match &r.exit_info {
+                Some(ExitInfo::Code(c)) => res.push_failure(
+                    DetailKind::Other,
+                    format!(
+                        "cgroup {cg}: worker {} ({}) exited with code {c}",
+                        r.tid, w.work_type
+                    ),
+                ),
+                Some(ExitInfo::Signal(s)) => res.push_failure(
+                    DetailKind::Other,
+                    format!(
+                        "cgroup {cg}: worker {} ({}) was killed by signal {s}",
+                        r.tid, w.work_type
+                    ),
+                ),
+                _ => {}
+            }
+            if a.not_starved == Some(true) && w.telemetry && r.work_units == 0 {
+                let why = match &r.exit_info {
+                    Some(ExitInfo::NoReport(e)) => format!(" and did not report ({e})"),
+                    _ => String::new(),
+                };
+                res.push_failure(
+                    DetailKind::Starved,
+                    format!(
+                        "cgroup {cg}: worker {} ({}) made no progress in {:.1} s (0 work units, {:.1}% off-CPU){why}",
+                        r.tid,
+                        w.work_type,
+                        secs(r),
+                        r.off_cpu_pct()
+                    ),
+                );
+            }
+            if a.isolation == Some(true) {
+                if let Some(allowed) = &w.allowed {
+                    let out: Vec<u32> = r
+                        .cpus_used
+                        .iter()
+                        .copied()
+                        .filter(|c| !allowed.contains(c))
+                        .collect();
+                    if !out.is_empty() {
+                        res.push_failure(
+                            DetailKind::Isolation,
+                            format!(
+                                "cgroup {cg}: worker {} ({}) ran on CPU(s) {} outside its cpuset {} (seen on {})",
+                                r.tid,
+                                w.work_type,
+                                cpulist(&out),
+                                cpulist(allowed),
+                                cpulist(&r.cpus_used)
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(limit) = a.max_gap_ms {
+                let lim = limit as f64 * scale;
+                if w.telemetry && r.max_gap_ms > lim {
+                    res.push_failure(
+                        DetailKind::Stuck,
+                        format!(
+                            "cgroup {cg}: worker {} ({}) went {:.0} ms without progress (limit {} ms), resuming on CPU {} at {:.0} ms",
+                            r.tid,
+                            w.work_type,
+                            r.max_gap_ms,
+                            scaled(limit as f64),
+                            r.max_gap_cpu,
+                            r.max_gap_at_ms
+                        ),
+                    );
+                }
+            }
+            if let Some(min) = a.min_work_rate {
+                if w.telemetry && r.work_rate() < min {
+                    res.push_failure(
+                        DetailKind::Benchmark,
+                        format!(
+                            "cgroup {cg}: worker {} work rate {:.1}/s < {min}/s",
+                            r.tid,
+                            r.work_rate()
+                        ),
+                    );
+                }
+            }
+            if let Some(min) = a.min_iteration_rate {
+                let rate = if r.wall_time_ns == 0 {
+                    0.0
+                } else {
+                    r.iterations as f64 / secs(r)
+                };
+                if w.telemetry && rate < min {
+                    res.push_failure(
+                        DetailKind::Benchmark,
+                        format!(
+                            "cgroup {cg}: worker {} iteration rate {rate:.1}/s < {min}/s",
+                            r.tid
+                        ),
+                    );
+                }
+            }
+            if let Some(max) = a.max_migration_ratio {
+                if w.telemetry && r.migration_ratio() > max {
+                    res.push_failure(
+                        DetailKind::Migration,
+                        format!(
+                            "cgroup {cg}: worker {} migrated {} times in {} iterations (ratio {:.4} > {max})",
+                            r.tid,
+                            r.migration_count,
+                            r.iterations,
+                            r.migration_ratio()
+                        ),
+                    );
+                }
+            }
+        }
+        let st = cgroup_stats(run);
+        if let (Some(max), Some((s, lo, hi, t))) = (a.max_spread_pct, spread_by_type(run)) {
+            if s > max {
+                res.push_failure(
+                    DetailKind::Unfair,
+                    format!(
+                        "cgroup {cg} spread {s:.1}% > {max:.1}% ({t}: worker {} {:.1}% off-CPU, worker {} {:.1}% off-CPU)",
+                        lo.0, lo.1, hi.0, hi.1
+                    ),
+                );
+            }
+        }
+        if let (Some(max), Some(c)) = (a.max_throughput_cv, st.throughput_cv) {
+            if c > max {
+                res.push_failure(
+                    DetailKind::Benchmark,
+                    format!("cgroup {cg}: work-rate CV {c:.3} > {max}"),
+                );
+            }
+        }
+        if let (Some(max), Some(p99)) = (a.max_p99_wake_latency_ns, st.p99_wake_latency_us) {
+            let lim = max as f64 * scale / 1e3;
+            if p99 > lim {
+                res.push_failure(
+                    DetailKind::Benchmark,
+                    format!(
+                        "cgroup {cg}: p99 wake latency {p99:.1} µs > {} ns",
+                        scaled(max as f64)
+                    ),
+                );
+            }
+        }
+        if let (Some(max), Some(c)) = (a.max_wake_latency_cv, st.wake_latency_cv) {
+            if c > max {
+                res.push_failure(
+                    DetailKind::Benchmark,
+                    format!("cgroup {cg}: wake latency CV {c:.3} > {max}"),
+                );
+            }
+        }
+    }
+    res.stats = Some(scenario_stats(runs, total_cpus));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(tid: i32, units: u64, off_pct: f64, cpus: &[u32]) -> WorkerRun {
+        let wall = 2_000_000_000u64;
+        WorkerRun {
+            report: WorkerReport {
+                tid,
+                work_units: units,
+                iterations: units,
+                completed: true,
+                wall_time_ns: wall,
+                off_cpu_ns: (wall as f64 * off_pct / 100.0) as u64,
+                cpu_time_ns: wall - (wall as f64 * off_pct / 100.0) as u64,
+                cpus_used: cpus.to_vec(),
+                max_gap_ms: 10.0,
+                ..Default::default()
+            },
+            work_type: "SpinWait".into(),
+            telemetry: true,
+            allowed: None,
+        }
+    }
+
+    fn run(workers: Vec<WorkerRun>) -> Vec<CgroupRun> {
+        vec![CgroupRun {
+            name: "cg0".into(),
+            cpus: 2,
+            workers,
+        }]
+    }
+
+    #[test]
+    fn healthy_passes_with_stats() {
+        let r = evaluate(
+            &Assert::default_checks(),
+            &run(vec![w(1, 100, 50.0, &[0]), w(2, 90, 52.0, &[1])]),
+            1.0,
+        );
+        assert!(r.passed, "{r:?}");
+        let s = r.stats.unwrap();
+        assert_eq!(s.total_workers, 2);
+        assert!((s.worst_spread - 2.0).abs() < 1e-6, "{}", s.worst_spread);
+        assert_eq!(s.total_iterations, 190);
+        assert_eq!(s.worst_iterations_per_worker, 90);
+    }
+
+    #[test]
+    fn each_check_reports_its_kind() {
+        let a = Assert::NO_OVERRIDES
+            .not_starved(true)
+            .isolation(true)
+            .max_spread_pct(15.0)
+            .max_gap_ms(100);
+        let mut starved = w(1, 0, 100.0, &[]);
+        starved.report.exit_info = Some(ExitInfo::NoReport("late".into()));
+        let mut escaped = w(2, 50, 10.0, &[0, 3]);
+        escaped.allowed = Some(vec![0, 1]);
+        let mut stuck = w(3, 50, 60.0, &[1]);
+        stuck.report.max_gap_ms = 150.0;
+        let r = evaluate(&a, &run(vec![starved, escaped, stuck]), 1.0);
+        assert!(!r.passed);
+        for k in [
+            DetailKind::Starved,
+            DetailKind::Isolation,
+            DetailKind::Stuck,
+        ] {
+            assert!(r.has_kind(k), "{k:?} missing: {:?}", r.details);
+        }
+        // Spread among reporting workers: 60 − 10 = 50 > 15.
+        assert!(r.has_kind(DetailKind::Unfair), "{:?}", r.details);
+        let iso = r
+            .details
+            .iter()
+            .find(|d| d.kind == DetailKind::Isolation)
+            .unwrap();
+        assert!(
+            iso.message.contains("CPU(s) 3 outside its cpuset 0-1"),
+            "{}",
+            iso.message
+        );
+        let unfair = r
+            .details
+            .iter()
+            .find(|d| d.kind == DetailKind::Unfair)
+            .unwrap();
+        assert!(
+            unfair
+                .message
+                .starts_with("cgroup cg0 spread 50.0% > 15.0%"),
+            "{}",
+            unfair.message
+        );
+    }
+
+    #[test]
+    fn gap_limit_scales_with_time_scale() {
+        let a = Assert::NO_OVERRIDES.max_gap_ms(100);
+        let mut slow = w(1, 10, 0.0, &[0]);
+        slow.report.max_gap_ms = 300.0;
+        assert!(!evaluate(&a, &run(vec![slow.clone()]), 1.0).passed);
+        assert!(evaluate(&a, &run(vec![slow]), 4.0).passed);
+    }
+
+    #[test]
+    fn spread_is_unscaled_and_per_work_type() {
+        let a = Assert::NO_OVERRIDES.max_spread_pct(15.0);
+        let mut io = w(2, 10, 95.0, &[0]);
+        io.work_type = "IoSync".into();
+        // A spinner and an I/O worker differ by design: not a spread.
+        assert!(evaluate(&a, &run(vec![w(1, 10, 0.0, &[0]), io]), 4.0).passed);
+        let r = evaluate(
+            &a,
+            &run(vec![w(1, 10, 0.0, &[0]), w(2, 10, 20.0, &[0])]),
+            4.0,
+        );
+        assert!(r.has_kind(DetailKind::Unfair));
+    }
+
+    #[test]
+    fn wake_latency_and_migration() {
+        let a = Assert::NO_OVERRIDES
+            .max_p99_wake_latency_ns(1_000)
+            .max_migration_ratio(0.1);
+        let mut x = w(1, 100, 0.0, &[0, 1]);
+        x.report.resume_latencies_ns = (1..=100).map(|i| i * 100).collect();
+        x.report.migration_count = 50;
+        let r = evaluate(&a, &run(vec![x.clone()]), 1.0);
+        assert!(r.has_kind(DetailKind::Benchmark) && r.has_kind(DetailKind::Migration));
+        let s = r.stats.unwrap();
+        assert_eq!(s.worst_p99_wake_latency_us, Some(9.9));
+        assert_eq!(s.worst_median_wake_latency_us, Some(5.0));
+        // p99 9.9 µs is within 1 µs × 16.
+        let r = evaluate(
+            &Assert::NO_OVERRIDES.max_p99_wake_latency_ns(1_000),
+            &run(vec![x]),
+            16.0,
+        );
+        assert!(r.passed, "{:?}", r.details);
+    }
+}

@@ -1,0 +1,481 @@
+//! Sidecars: one JSON file per case, written by the host after the VM ends, under
+//! `{CARGO_TARGET_DIR or target}/ktstr/{kernel}-{project_commit}/` (or `KTSTR_SIDECAR_DIR`).
+//!
+//! Writes are atomic (temp file in the same directory, fsync, rename) and every case has its
+//! own file name (`{test}-{variant_hash:016x}.ktstr.json`), so concurrent cases never
+//! clobber each other.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::assert::{Assert, AssertDetail, ScenarioStats};
+use crate::scenario::StimulusEvent;
+
+/// The host a case ran on.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostContext {
+    /// `/proc/cpuinfo` model name.
+    pub cpu_model: Option<String>,
+    /// `/proc/cpuinfo` vendor_id.
+    pub cpu_vendor: Option<String>,
+    /// MemTotal.
+    pub total_memory_kb: Option<u64>,
+    /// HugePages_Total.
+    pub hugepages_total: Option<u64>,
+    /// HugePages_Free.
+    pub hugepages_free: Option<u64>,
+    /// Hugepagesize.
+    pub hugepages_size_kb: Option<u64>,
+    /// `transparent_hugepage/enabled` (the bracketed choice).
+    pub thp_enabled: Option<String>,
+    /// `transparent_hugepage/defrag`.
+    pub thp_defrag: Option<String>,
+    /// Every readable `/proc/sys/kernel/sched_*`.
+    pub sched_tunables: BTreeMap<String, String>,
+    /// `/sys/devices/system/cpu/online`.
+    pub online_cpus: Option<String>,
+    /// NUMA nodes.
+    pub numa_nodes: Option<u32>,
+    /// CPU 0's cpufreq governor.
+    pub cpufreq_governor: Option<String>,
+    /// uname sysname.
+    pub kernel_name: Option<String>,
+    /// uname release.
+    pub kernel_release: Option<String>,
+    /// uname machine.
+    pub arch: Option<String>,
+    /// `/proc/cmdline`.
+    pub kernel_cmdline: Option<String>,
+    /// Allocator statistics (not collected).
+    pub heap_state: Option<String>,
+}
+
+fn read(p: &str) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim())
+}
+
+fn kb(text: &str, key: &str) -> Option<u64> {
+    field(text, key)?.split_whitespace().next()?.parse().ok()
+}
+
+fn bracketed(s: Option<String>) -> Option<String> {
+    let s = s?;
+    Some(match (s.find('['), s.find(']')) {
+        (Some(a), Some(b)) if a < b => s[a + 1..b].to_string(),
+        _ => s,
+    })
+}
+
+fn uname() -> (Option<String>, Option<String>, Option<String>) {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return (None, None, None);
+    }
+    let s = |f: &[libc::c_char]| {
+        let b: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        Some(String::from_utf8_lossy(&b).into_owned())
+    };
+    (s(&u.sysname), s(&u.release), s(&u.machine))
+}
+
+impl HostContext {
+    /// Collects the running host's context (missing files leave fields null).
+    pub fn collect() -> Self {
+        let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = read("/proc/meminfo").unwrap_or_default();
+        let mut sched_tunables = BTreeMap::new();
+        if let Ok(rd) = std::fs::read_dir("/proc/sys/kernel") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("sched_") {
+                    if let Some(v) = read(&e.path().to_string_lossy()) {
+                        sched_tunables.insert(name, v);
+                    }
+                }
+            }
+        }
+        let numa_nodes = std::fs::read_dir("/sys/devices/system/node")
+            .ok()
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| {
+                        let n = e.file_name();
+                        let n = n.to_string_lossy();
+                        n.starts_with("node") && n[4..].parse::<u32>().is_ok()
+                    })
+                    .count() as u32
+            });
+        let (kernel_name, kernel_release, arch) = uname();
+        HostContext {
+            cpu_model: field(&cpuinfo, "model name").map(str::to_string),
+            cpu_vendor: field(&cpuinfo, "vendor_id").map(str::to_string),
+            total_memory_kb: kb(&meminfo, "MemTotal"),
+            hugepages_total: kb(&meminfo, "HugePages_Total"),
+            hugepages_free: kb(&meminfo, "HugePages_Free"),
+            hugepages_size_kb: kb(&meminfo, "Hugepagesize"),
+            thp_enabled: bracketed(read("/sys/kernel/mm/transparent_hugepage/enabled")),
+            thp_defrag: bracketed(read("/sys/kernel/mm/transparent_hugepage/defrag")),
+            sched_tunables,
+            online_cpus: read("/sys/devices/system/cpu/online"),
+            numa_nodes,
+            cpufreq_governor: read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+            kernel_name,
+            kernel_release,
+            arch,
+            kernel_cmdline: read("/proc/cmdline"),
+            heap_state: None,
+        }
+    }
+}
+
+/// Wall-clock phases of one case, in ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Durations {
+    /// VM setup plus kernel boot up to the guest init.
+    pub boot_ms: u64,
+    /// Guest init to the guest's end (scheduler start, body, result).
+    pub run_ms: u64,
+    /// Host teardown after the guest ended.
+    pub teardown_ms: u64,
+    /// Everything.
+    pub total_ms: u64,
+}
+
+/// One case's sidecar (library spec §6). Readers tolerate missing optional fields.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sidecar {
+    /// Bare test function name.
+    pub test_name: String,
+    /// Full case name.
+    pub case_name: String,
+    /// Scenario label (`eevdf`, `scx-demo+llc`).
+    pub scenario: String,
+    /// Topology label.
+    pub topology: String,
+    /// Scheduler name.
+    pub scheduler: String,
+    /// Active flags.
+    pub active_flags: Vec<String>,
+    /// Swept work type, if any.
+    pub work_type: Option<String>,
+    /// Payload, if any.
+    pub payload: Option<String>,
+    /// Work types the scenario's cgroups ran (from the stats).
+    pub work_types: Vec<String>,
+    /// Verdict (before `expect_err` inversion).
+    pub passed: bool,
+    /// Skipped.
+    pub skipped: bool,
+    /// Inconclusive.
+    pub inconclusive: bool,
+    /// Whether the test expects failure.
+    pub expect_err: bool,
+    /// Reasons.
+    pub details: Vec<AssertDetail>,
+    /// What the scenario measured.
+    pub stats: Option<ScenarioStats>,
+    /// Per-step metric sets (not yet collected: empty).
+    pub phases: Vec<serde_json::Value>,
+    /// Payload metrics (not yet collected: empty).
+    pub metrics: Vec<serde_json::Value>,
+    /// Ops and step boundaries.
+    pub stimulus_events: Vec<StimulusEvent>,
+    /// Monitor summary (later).
+    pub monitor: Option<serde_json::Value>,
+    /// Verifier statistics (later).
+    pub verifier_stats: Option<serde_json::Value>,
+    /// KVM statistics (later).
+    pub kvm_stats: Option<serde_json::Value>,
+    /// Thresholds the case was judged with.
+    pub thresholds: Assert,
+    /// Applied sysctls (`key=value`).
+    pub sysctls: Vec<String>,
+    /// Kernel command-line additions.
+    pub kargs: Vec<String>,
+    /// Guest kernel release.
+    pub kernel_version: String,
+    /// Kernel source commit, when known.
+    pub kernel_commit: Option<String>,
+    /// Project commit (7 hex, `-dirty`), or `unknown`.
+    pub project_commit: String,
+    /// Scheduler commit (null for now).
+    pub scheduler_commit: Option<String>,
+    /// RFC 3339 UTC.
+    pub timestamp: String,
+    /// Run marker.
+    pub run_id: String,
+    /// `local` or `ci`.
+    pub run_source: String,
+    /// Host teardown, ms.
+    pub cleanup_duration_ms: u64,
+    /// Phase durations.
+    pub durations: Durations,
+    /// The host.
+    pub host: Option<HostContext>,
+}
+
+/// The project commit of the repository containing `dir`: HEAD's 7-hex id, `-dirty` when
+/// tracked files differ from HEAD, `unknown` outside a repository.
+///
+/// HEAD comes from `gix`. The dirty check asks `git diff-index --quiet HEAD` when a `git`
+/// binary is present (gix's full status walk is a large dependency for one bit); without
+/// `git` the commit is reported clean.
+pub fn project_commit(dir: &Path) -> String {
+    let Ok(repo) = gix::discover(dir) else {
+        return "unknown".into();
+    };
+    let Ok(id) = repo.head_id() else {
+        return "unknown".into();
+    };
+    let hex = id.detach().to_hex_with_len(7).to_string();
+    let workdir = repo
+        .workdir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.to_path_buf());
+    let dirty = std::process::Command::new("git")
+        .args(["diff-index", "--quiet", "HEAD", "--"])
+        .current_dir(&workdir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.code() == Some(1));
+    if dirty {
+        format!("{hex}-dirty")
+    } else {
+        hex
+    }
+}
+
+/// `2026-11-28T06:42:18Z` for `t`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a proleptic Gregorian date (era-based conversion).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// SipHash-1-3 with zero keys: a fixed algorithm, so variant hashes stay stable across
+/// Rust releases (std's `DefaultHasher` makes no such promise).
+pub fn siphash13(data: &[u8]) -> u64 {
+    let mut v = [
+        0x736f_6d65_7073_6575u64,
+        0x646f_7261_6e64_6f6du64,
+        0x6c79_6765_6e65_7261u64,
+        0x7465_6462_7974_6573u64,
+    ];
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let m = u64::from_le_bytes(c.try_into().expect("8-byte chunk"));
+        v[3] ^= m;
+        round(&mut v);
+        v[0] ^= m;
+    }
+    let mut last = [0u8; 8];
+    let rest = chunks.remainder();
+    last[..rest.len()].copy_from_slice(rest);
+    last[7] = data.len() as u8;
+    let m = u64::from_le_bytes(last);
+    v[3] ^= m;
+    round(&mut v);
+    v[0] ^= m;
+    v[2] ^= 0xff;
+    for _ in 0..3 {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+impl Sidecar {
+    /// The stable hash of what distinguishes this case from its siblings.
+    pub fn variant_hash(&self) -> u64 {
+        let mut sysctls = self.sysctls.clone();
+        sysctls.sort();
+        let mut kargs = self.kargs.clone();
+        kargs.sort();
+        let key = [
+            self.scenario.clone(),
+            self.topology.clone(),
+            self.kernel_version.clone(),
+            self.scheduler.clone(),
+            self.payload.clone().unwrap_or_default(),
+            self.work_type.clone().unwrap_or_default(),
+            self.active_flags.join("+"),
+            sysctls.join(","),
+            kargs.join(","),
+        ]
+        .join("\u{1f}");
+        siphash13(key.as_bytes())
+    }
+
+    /// `{test}-{variant_hash:016x}.ktstr.json`.
+    pub fn file_name(&self) -> String {
+        let safe: String = self
+            .test_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{safe}-{:016x}.ktstr.json", self.variant_hash())
+    }
+}
+
+/// The runs root: `{CARGO_TARGET_DIR or target}/ktstr`.
+pub fn runs_root() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("ktstr")
+}
+
+/// The directory this sidecar goes to: `KTSTR_SIDECAR_DIR`, else
+/// `{runs_root}/{kernel}-{project_commit}`.
+pub fn run_dir(kernel: &str, commit: &str) -> PathBuf {
+    match std::env::var_os("KTSTR_SIDECAR_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let k: String = kernel
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || ".-_+".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            runs_root().join(format!(
+                "{}-{commit}",
+                if k.is_empty() { "unknown" } else { &k }
+            ))
+        }
+    }
+}
+
+/// `KTSTR_RUN_ID`, else `NEXTEST_RUN_ID`, else the parent PID (one `cargo test`).
+pub fn run_id() -> String {
+    std::env::var("KTSTR_RUN_ID")
+        .or_else(|_| std::env::var("NEXTEST_RUN_ID"))
+        .unwrap_or_else(|_| format!("ppid-{}", std::os::unix::process::parent_id()))
+}
+
+/// `ci` when `KTSTR_CI` is set, else `local`.
+pub fn run_source() -> String {
+    if std::env::var_os("KTSTR_CI").is_some_and(|v| !v.is_empty()) {
+        "ci".into()
+    } else {
+        "local".into()
+    }
+}
+
+/// Writes `s` into `dir` atomically (temp file, fsync, rename); returns the final path.
+pub fn write_atomic(dir: &Path, s: &Sidecar) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(s.file_name());
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer_pretty(&mut tmp, s)?;
+    tmp.write_all(b"\n")?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&path).map_err(|e| e.error)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn siphash13_reference_vectors() {
+        // Deterministic, length-sensitive, content-sensitive.
+        assert_eq!(siphash13(b"abc"), siphash13(b"abc"));
+        assert_ne!(siphash13(b"a"), siphash13(b"b"));
+        assert_ne!(siphash13(&[0; 8]), siphash13(&[0; 7]));
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_709_210_096);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn atomic_unique_files() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = Sidecar {
+            test_name: "t".into(),
+            topology: "1n1l2c1t".into(),
+            ..Default::default()
+        };
+        let b = Sidecar {
+            topology: "1n2l2c1t".into(),
+            ..a.clone()
+        };
+        let pa = write_atomic(d.path(), &a).unwrap();
+        let pb = write_atomic(d.path(), &b).unwrap();
+        assert_ne!(pa, pb);
+        a.passed = true;
+        assert_eq!(write_atomic(d.path(), &a).unwrap(), pa);
+        let back: Sidecar = serde_json::from_slice(&std::fs::read(&pa).unwrap()).unwrap();
+        assert!(back.passed);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn host_context_and_commit() {
+        let h = HostContext::collect();
+        assert!(h.kernel_name.is_some());
+        let c = project_commit(Path::new(env!("CARGO_MANIFEST_DIR")));
+        assert!(c == "unknown" || c.len() >= 7, "{c}");
+    }
+}
