@@ -72,7 +72,7 @@ struct Runner<'a> {
     payloads: Vec<RunningPayload>,
     failures: AssertResult,
     events: Vec<StimulusEvent>,
-    rng: u64,
+    rng: crate::workload::rng::XorShift64,
 }
 
 fn sys_err(at: &str, cgroup: &str, cause: crate::workload::WorkloadError) -> ScenarioError {
@@ -117,7 +117,7 @@ impl<'a> Runner<'a> {
             payloads: Vec::new(),
             failures: AssertResult::pass(),
             events: Vec::new(),
-            rng: 0x2545_F491_4F6C_DD1D,
+            rng: crate::workload::rng::XorShift64::new(0x2545_F491_4F6C_DD1D),
         }
     }
 
@@ -138,10 +138,7 @@ impl<'a> Runner<'a> {
     }
 
     fn next_rand(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        self.rng.next_u64()
     }
 
     /// The cpuset in force for `cgroup`: its own, else the nearest ancestor's.

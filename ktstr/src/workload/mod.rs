@@ -6,6 +6,7 @@
 //! its [`WorkerReport`] back over a second pipe.
 
 pub mod report;
+pub mod rng;
 pub mod spawn;
 pub mod types;
 pub mod worker;

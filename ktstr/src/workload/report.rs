@@ -98,7 +98,7 @@ pub struct Recorder {
     last_cpu: u32,
     cpus: u128,
     extra_cpus: Vec<u32>,
-    rng: u64,
+    rng: super::rng::XorShift64,
     /// The report being filled.
     pub report: WorkerReport,
 }
@@ -121,7 +121,7 @@ impl Recorder {
             last_cpu: cpu,
             cpus: 0,
             extra_cpus: Vec::new(),
-            rng: 0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64,
+            rng: super::rng::XorShift64::per_process(0x9E37_79B9_7F4A_7C15),
             report: WorkerReport {
                 // SAFETY: getpid has no preconditions.
                 tid: unsafe { libc::getpid() },
@@ -167,11 +167,7 @@ impl Recorder {
         if v.len() < MAX_LATENCY_SAMPLES {
             v.push(ns);
         } else {
-            // xorshift64: cheap, and good enough to pick a slot.
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            let j = self.rng % self.report.wake_sample_total;
+            let j = self.rng.below(self.report.wake_sample_total);
             if (j as usize) < MAX_LATENCY_SAMPLES {
                 v[j as usize] = ns;
             }
@@ -206,12 +202,17 @@ impl Default for Recorder {
 
 /// CPU time of this process.
 pub fn process_cpu_time_ns() -> u64 {
+    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// Reads `clock` in ns.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

@@ -159,13 +159,10 @@ pub fn set_policy(pid: i32, p: SchedPolicy) -> Result<(), WorkloadError> {
 
 fn pick_random(from: &[u32], count: usize, seed: u64) -> Vec<u32> {
     let mut pool = from.to_vec();
-    let mut rng = seed | 1;
+    let mut rng = super::rng::XorShift64::new(seed | 1);
     let mut out = Vec::new();
     while out.len() < count.min(from.len()) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let i = (rng % pool.len() as u64) as usize;
+        let i = rng.below(pool.len() as u64) as usize;
         out.push(pool.swap_remove(i));
     }
     out.sort_unstable();

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::report::{Recorder, WorkerReport};
+use super::report::{clock_ns, Recorder, WorkerReport};
+use super::rng::XorShift64;
 use super::types::{Phase, WorkType};
 
 /// Shared state of one worker group (pairs, fan-out groups, lock convoys), placed in a
@@ -37,13 +38,7 @@ pub struct WorkerCtx<'a> {
 
 /// CLOCK_MONOTONIC in ns (shared by all processes, unlike `Instant`'s opaque value).
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 fn spin(iters: u64) {
@@ -352,12 +347,9 @@ fn affinity_churn(rec: &mut Recorder, stop: &AtomicBool, spin_iters: u64) {
         // SAFETY: index within CPU_SETSIZE.
         .filter(|c| unsafe { libc::CPU_ISSET(*c, &allowed) })
         .collect();
-    let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ std::process::id() as u64;
+    let mut rng = XorShift64::per_process(0x2545_F491_4F6C_DD1D);
     while !stop.load(Ordering::Relaxed) && !cpus.is_empty() {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let cpu = cpus[(rng % cpus.len() as u64) as usize];
+        let cpu = cpus[rng.below(cpus.len() as u64) as usize];
         // SAFETY: zeroed cpu_set_t is valid; CPU_SET index < CPU_SETSIZE.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         unsafe {
@@ -394,13 +386,10 @@ fn page_fault_churn(
     // SAFETY: advice on our own mapping.
     unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
     let pages = len / 4096;
-    let mut rng = 0x9E37_79B9u64 ^ std::process::id() as u64;
+    let mut rng = XorShift64::per_process(0x9E37_79B9);
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..touches {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let page = (rng % pages as u64) as usize;
+            let page = rng.below(pages as u64) as usize;
             // SAFETY: page < pages, so the byte lies inside the mapping.
             unsafe { std::ptr::write_volatile((p as *mut u8).add(page * 4096), 1) };
         }
