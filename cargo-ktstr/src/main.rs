@@ -5,6 +5,7 @@
 //! as PID 1 it runs the guest side instead of the CLI.
 
 mod shell;
+mod verifier;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ struct Ktstr {
 enum Command {
     /// Boot a busybox VM with an interactive shell, or run one command with --exec.
     Shell(shell::ShellArgs),
+    /// BPF verifier statistics (verified instructions per program) for every declared
+    /// scheduler and flag profile.
+    Verifier(verifier::VerifierArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
     let Cargo::Ktstr(k) = Cargo::parse();
     let res = match k.command {
         Command::Shell(a) => shell::run(a),
+        Command::Verifier(a) => verifier::run(a),
     };
     match res {
         Ok(code) => code,

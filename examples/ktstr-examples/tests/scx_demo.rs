@@ -153,7 +153,7 @@ fn wake_latency(ctx: &Ctx) -> Result<AssertResult> {
 
 /// Default profile on the declared 1n2l2c1t topology.
 #[ktstr_test(scheduler = SCX_DEMO, duration_s = 3)]
-fn default_spinners(ctx: &Ctx) -> Result<AssertResult> {
+fn base_spinners(ctx: &Ctx) -> Result<AssertResult> {
     spinners(ctx)
 }
 

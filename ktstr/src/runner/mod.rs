@@ -14,4 +14,4 @@ pub use discover::{discover_scheduler, discover_scheduler_for, DiscoverError};
 pub use guest::guest_main;
 pub use host::run_case;
 pub use report::{sched_exit_of, CaseVerdict};
-pub use sched::{diagnose, SchedExit, SchedulerExit, SchedulerProcess};
+pub use sched::{diagnose, parse_kv, SchedExit, SchedulerExit, SchedulerProcess};
