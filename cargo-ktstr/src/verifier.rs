@@ -62,13 +62,16 @@ pub struct VerifierArgs {
     backend: Option<String>,
 }
 
+/// A declared flag: name, args, requires, excludes.
+type FlagSpec = (String, Vec<String>, Vec<String>, Vec<String>);
+
 /// A declared scheduler as a test binary describes it.
 #[derive(Debug, Clone)]
 struct Declared {
     name: String,
     binary: String,
     topology: Topology,
-    flags: Vec<(String, Vec<String>, Vec<String>, Vec<String>)>,
+    flags: Vec<FlagSpec>,
     sched_args: Vec<String>,
     kernels: Vec<String>,
     /// The test binary that declared it (discovery starts from its directory).

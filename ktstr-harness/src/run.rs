@@ -53,25 +53,6 @@ pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<(), String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::diagnosis_matches;
-
-    #[test]
-    fn diagnosis_patterns() {
-        let r = vec![
-            "SchedulerDied: stall detected: sh[1] failed to run for 4.1s".to_string(),
-            "Starved: worker 3 made no progress".to_string(),
-        ];
-        assert!(diagnosis_matches("SchedulerDied: stall detected", &r));
-        assert!(diagnosis_matches("Starved:", &r));
-        assert!(!diagnosis_matches("SchedulerDied: injected crash", &r));
-        assert!(!diagnosis_matches("Unfair: stall detected", &r));
-        assert!(diagnosis_matches("failed to run for", &r));
-        assert!(!diagnosis_matches("anything", &[]));
-    }
-}
-
 fn trial(case: CaseSpec) -> Trial {
     let ignored = case.ignored;
     let name = case.name.clone();
@@ -123,4 +104,23 @@ pub fn run(matrix: &Matrix, mut args: Arguments) -> i32 {
         }
     }
     i32::from(libtest_mimic::run(&args, trials).has_failed()) * 101
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diagnosis_matches;
+
+    #[test]
+    fn diagnosis_patterns() {
+        let r = vec![
+            "SchedulerDied: stall detected: sh[1] failed to run for 4.1s".to_string(),
+            "Starved: worker 3 made no progress".to_string(),
+        ];
+        assert!(diagnosis_matches("SchedulerDied: stall detected", &r));
+        assert!(diagnosis_matches("Starved:", &r));
+        assert!(!diagnosis_matches("SchedulerDied: injected crash", &r));
+        assert!(!diagnosis_matches("Unfair: stall detected", &r));
+        assert!(diagnosis_matches("failed to run for", &r));
+        assert!(!diagnosis_matches("anything", &[]));
+    }
 }

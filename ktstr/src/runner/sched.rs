@@ -189,7 +189,8 @@ pub fn sched_ext_kernel_lines(dmesg: &str) -> Vec<String> {
     let mut in_report = false;
     for line in dmesg.lines() {
         if line.contains("sched_ext") {
-            in_report = line.contains("disabled");
+            // The message line after "disabled (...)" keeps the report open for its backtrace.
+            in_report |= line.contains("disabled");
             out.push(line.to_string());
         } else if in_report && line.starts_with(' ') {
             out.push(line.to_string());
