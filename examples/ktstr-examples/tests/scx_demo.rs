@@ -207,8 +207,8 @@ fn fault_degrade(ctx: &Ctx) -> Result<AssertResult> {
     two_cgroups(ctx)
 }
 
-/// 10 ms of busy-waiting in every dispatch: the wake-latency check catches it.
-#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2, extra_sched_args = ["--slow-us", "10000"],
+/// 50 ms of busy-waiting in every dispatch: the wake-latency check catches it.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2, extra_sched_args = ["--slow-us", "50000"],
     expect_err = "Benchmark: wake latency")]
 fn fault_slow(ctx: &Ctx) -> Result<AssertResult> {
     wake_latency(ctx)
