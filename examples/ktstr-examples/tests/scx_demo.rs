@@ -221,6 +221,14 @@ fn fault_fail_verify(ctx: &Ctx) -> Result<AssertResult> {
     spinners(ctx)
 }
 
+/// Not a check: an ignored case (`demo_` prefix) that fails on purpose, to show what a
+/// failure report looks like (`--ignored --exact demo_stall_report/scx-demo/1n2l2c1t`).
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 20, watchdog_timeout_s = 1,
+    extra_sched_args = ["--stall-after", "1"])]
+fn demo_stall_report(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
 // ---- a scheduler whose binary does not exist ----
 
 declare_scheduler!(SCX_MISSING {
