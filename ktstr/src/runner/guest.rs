@@ -164,3 +164,15 @@ fn read_kmsg() -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::watchdog_ms;
+
+    #[test]
+    fn watchdog_scales_and_caps() {
+        assert_eq!(watchdog_ms(4, 1.0), 4000);
+        assert_eq!(watchdog_ms(1, 4.0), 4000);
+        assert_eq!(watchdog_ms(20, 4.0), 30_000);
+    }
+}

@@ -281,7 +281,10 @@ pub fn diagnose(exit: &SchedExit, log: &str, dmesg: &str) -> SchedulerExit {
                     "stall detected: {msg} (sched_ext watchdog ejected the scheduler: {reason}; {when}{})",
                     code_note(*code)
                 )
-            } else if d.kind.is_some_and(|k| k >= SCX_EXIT_ERROR) || !reason.is_empty() {
+            } else if d.kind.is_some_and(|k| k >= SCX_EXIT_ERROR)
+                || (d.kind.is_none() && !reason.is_empty())
+            {
+                // Without the loader's record, a kernel "disabled (REASON)" report is an error.
                 let name = d
                     .kind_name
                     .clone()
@@ -289,6 +292,13 @@ pub fn diagnose(exit: &SchedExit, log: &str, dmesg: &str) -> SchedulerExit {
                     .unwrap_or_else(|| "?".into());
                 format!(
                     "scheduler exited with error {name} ({reason}): {msg} ({when}{})",
+                    code_note(*code)
+                )
+            } else if !reason.is_empty() {
+                // A non-error exit while the test ran (unregistered, SysRq, ...).
+                let name = d.kind_name.clone().unwrap_or_default();
+                format!(
+                    "scheduler exited during the test: {name} ({reason}) ({when}{})",
                     code_note(*code)
                 )
             } else {
@@ -572,6 +582,21 @@ mod tests {
                 .starts_with("scheduler exited with error ? (scx_bpf_error): injected crash"),
             "{}",
             d.summary
+        );
+    }
+
+    #[test]
+    fn non_error_exit_is_not_called_an_error() {
+        let log = "x: exit kind=64 kind_name=UNREG code=0 reason=\"unregistered from user space\" msg=\"\"\n";
+        let e = SchedExit::Died {
+            code: Some(0),
+            state: "disabled".into(),
+            after: Duration::from_secs(2),
+        };
+        let d = diagnose(&e, log, "");
+        assert_eq!(
+            d.summary,
+            "scheduler exited during the test: UNREG (unregistered from user space) (2.0 s after it was enabled, exit code 0)"
         );
     }
 
