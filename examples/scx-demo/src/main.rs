@@ -319,6 +319,11 @@ fn run(args: &Args) -> ExitCode {
         bss.max_cgid
     );
     let uei = types::demo_exit_info { kind, ..uei };
+    // sched_ext's debug dump (error exits): one `scx_demo: dump: ` line per dump line,
+    // before the exit line so a reader of the exit line has it all.
+    for line in report::c_buf_to_string(&bss.uei_dump).lines() {
+        status!("dump: {line}");
+    }
     eprintln!("{}", exit_line_of(&uei));
     report::exit_code_for_kind(kind)
 }

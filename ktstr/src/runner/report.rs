@@ -169,6 +169,21 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
             ));
             dump.extend(x.verifier_tail.iter().map(|l| format!("  {l}")));
         }
+        if let Some(x) = sched_exit.as_ref().filter(|x| !x.dump.is_empty()) {
+            // The section keeps its last lines: put the head of a long dump before the
+            // kernel's exit lines so both stay visible.
+            const DUMP_HEAD: usize = 30;
+            let mut head = vec![format!("debug dump ({} lines):", x.dump.len())];
+            head.extend(x.dump.iter().take(DUMP_HEAD).map(|l| format!("  {l}")));
+            if x.dump.len() > DUMP_HEAD {
+                head.push(format!(
+                    "  ... {} more lines in the scheduler log",
+                    x.dump.len() - DUMP_HEAD
+                ));
+            }
+            head.append(&mut dump);
+            dump = head;
+        }
         section(&mut report, "sched_ext dump", &dump.join("\n"));
         section(&mut report, "console tail", &out.console_tail);
     }

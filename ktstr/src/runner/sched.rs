@@ -107,8 +107,11 @@ pub struct SchedulerExit {
     pub verifier_tail: Vec<String>,
     /// Milliseconds from "enabled" until the watcher saw it go.
     pub died_after_ms: Option<u64>,
-    /// The kernel's sched_ext lines (disable reason, message, backtrace, dump).
+    /// The kernel's sched_ext lines (disable reason, message, backtrace).
     pub kernel_lines: Vec<String>,
+    /// sched_ext's debug dump as the loader printed it (`NAME: dump: ` lines), if it did.
+    #[serde(default)]
+    pub dump: Vec<String>,
     /// The one-line diagnosis (the failure detail's message).
     pub summary: String,
 }
@@ -211,7 +214,9 @@ pub fn diagnose(exit: &SchedExit, log: &str, dmesg: &str) -> SchedulerExit {
     // The loader's own exit record (`NAME: exit kind=.. reason=".." msg=".."`).
     for line in log.lines() {
         let Some(i) = line.find(": exit kind=") else {
-            if let Some(i) = line.find(": load-failed ") {
+            if let Some(i) = line.find(": dump: ") {
+                d.dump.push(line[i + ": dump: ".len()..].to_string());
+            } else if let Some(i) = line.find(": load-failed ") {
                 let p = parse_kv(&line[i + ": load-failed ".len()..]);
                 d.failed_prog = kv(&p, "prog").map(str::to_string);
             } else if let Some(i) = line.find(": verifier: ") {
@@ -536,6 +541,7 @@ mod tests {
 
     const STALL_LOG: &str = "scx_demo: enabled load_ms=2318\n\
         scx_demo: stats runtime_ms=5000 enqueued=10\n\
+        scx_demo: dump: Dumping sched_ext state\n\
         scx_demo: exit kind=1026 kind_name=ERROR_STALL code=0 reason=\"runnable task stall\" msg=\"sh[235] failed to run for 3.599s\"\n";
 
     #[test]
@@ -562,6 +568,7 @@ mod tests {
             d.summary
         );
         assert!(d.summary.contains("5.3 s after"), "{}", d.summary);
+        assert_eq!(d.dump, ["Dumping sched_ext state"]);
     }
 
     #[test]
