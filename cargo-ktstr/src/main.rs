@@ -9,6 +9,7 @@ mod probe;
 mod shell;
 mod test_bins;
 mod thresholds;
+mod verifier;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,9 @@ enum Command {
         /// The bare #[ktstr_test] function name.
         test: String,
     },
+    /// BPF verifier statistics (verified instructions per program) for every declared
+    /// scheduler and flag profile.
+    Verifier(verifier::VerifierArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Probe(a) => probe::run(a),
         Command::Bench(a) => bench::run(a),
         Command::ShowThresholds { test } => thresholds::run(&test),
+        Command::Verifier(a) => verifier::run(a),
     };
     match res {
         Ok(code) => code,

@@ -7,9 +7,43 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::list::selected;
 
-/// Applies `expect_err` to a verdict: such a case passes only if the run failed.
+/// Whether a failure reason list carries the diagnosis `pattern`: `"Kind: text"` needs a
+/// reason `Kind: ...` whose message contains `text`; a pattern without a leading kind
+/// identifier needs any reason containing it.
+pub fn diagnosis_matches(pattern: &str, reasons: &[String]) -> bool {
+    let is_kind = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric());
+    match pattern.split_once(':') {
+        Some((kind, text)) if is_kind(kind.trim()) => reasons.iter().any(|r| {
+            r.split_once(": ")
+                .is_some_and(|(k, m)| k == kind.trim() && m.contains(text.trim()))
+        }),
+        _ => reasons.iter().any(|r| r.contains(pattern.trim())),
+    }
+}
+
+/// Applies `expect_err` to a verdict: such a case passes only if the run failed, with the
+/// declared diagnosis when the test names one (`expect_err = "Kind: text"`). A case that could
+/// not run at all never passes a plain `expect_err = true`.
 pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<(), String> {
+    if let (false, true, Some(pattern)) = (
+        verdict.passed,
+        case.test.expect_err,
+        case.test.expect_err_match,
+    ) {
+        return if diagnosis_matches(pattern, &verdict.reasons) {
+            Ok(())
+        } else {
+            Err(format!(
+                "ktstr case '{}' failed as expected, but not with the expected diagnosis {pattern:?}; it failed with:\n{}",
+                case.name, verdict.report
+            ))
+        };
+    }
     match (verdict.passed, case.test.expect_err) {
+        (false, true) if verdict.infra => Err(format!(
+            "ktstr case '{}' could not run (expect_err does not cover that)\n{}",
+            case.name, verdict.report
+        )),
         (true, false) | (false, true) => Ok(()),
         (false, false) => Err(verdict.report.clone()),
         (true, true) => Err(format!(
@@ -23,7 +57,18 @@ fn trial(case: CaseSpec) -> Trial {
     let ignored = case.ignored;
     let name = case.name.clone();
     Trial::test(name, move || match ktstr::runner::run_case(&case) {
-        Ok(v) => judge(&case, &v).map_err(Failed::from),
+        Ok(v) => {
+            let r = judge(&case, &v).map_err(Failed::from);
+            if r.is_ok() && case.test.expect_err {
+                // Show which diagnosis satisfied expect_err.
+                eprintln!(
+                    "ktstr case '{}' failed as expected: {}",
+                    case.name,
+                    v.reasons.join(" | ")
+                );
+            }
+            r
+        }
         // Infrastructure errors fail the case whatever `expect_err` says.
         Err(e) => Err(Failed::from(format!("ktstr case '{}': {e}", case.name))),
     })
@@ -59,4 +104,23 @@ pub fn run(matrix: &Matrix, mut args: Arguments) -> i32 {
         }
     }
     i32::from(libtest_mimic::run(&args, trials).has_failed()) * 101
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diagnosis_matches;
+
+    #[test]
+    fn diagnosis_patterns() {
+        let r = vec![
+            "SchedulerDied: stall detected: sh[1] failed to run for 4.1s".to_string(),
+            "Starved: worker 3 made no progress".to_string(),
+        ];
+        assert!(diagnosis_matches("SchedulerDied: stall detected", &r));
+        assert!(diagnosis_matches("Starved:", &r));
+        assert!(!diagnosis_matches("SchedulerDied: injected crash", &r));
+        assert!(!diagnosis_matches("Unfair: stall detected", &r));
+        assert!(diagnosis_matches("failed to run for", &r));
+        assert!(!diagnosis_matches("anything", &[]));
+    }
 }

@@ -24,6 +24,10 @@ mod test_attr;
 /// field's type); gates `min_llcs`, `max_llcs`, `min_cpus`, `max_cpus`, `min_numa_nodes`,
 /// `max_numa_nodes`, `requires_smt`; `performance_mode`, `expect_err`, `ignore`, `host_only`,
 /// `cleanup_budget_ms`.
+///
+/// `expect_err` takes a bool or a diagnosis string: `expect_err = "SchedulerDied: stall
+/// detected"` passes only when the case fails with a detail of that kind whose message
+/// contains the text (a string without a leading `Kind:` matches any failure reason).
 #[proc_macro_attribute]
 pub fn ktstr_test(attr: TokenStream, item: TokenStream) -> TokenStream {
     test_attr::expand(attr.into(), item.into())
@@ -39,8 +43,13 @@ pub fn ktstr_test(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///     flags: { llc: ["--llc"], steal: ["--steal"] requires [llc], spread: ["--spread"] excludes [steal] },
 ///     sched_args: ["--verbose"], sysctls: ["kernel.sched_x" = "1"], kargs: ["nohz_full=1-3"],
 ///     assert: Assert::NO_OVERRIDES.max_gap_ms(3000), constraints: { max_llcs: 8 },
+///     watchdog_arg: "--timeout-ms",
 /// });
 /// ```
+/// `watchdog_arg` names the scheduler's own option for the sched_ext watchdog timeout, in
+/// milliseconds; the guest appends it with the test's `watchdog_timeout_s` (stretched on slow
+/// backends such as TCG).
+///
 /// Generates `pub const SCX_DEMO: Scheduler` and a module `SCX_DEMO` holding one typed
 /// [`FlagRef`](../ktstr/registry/struct.FlagRef.html) const per flag (`SCX_DEMO::LLC`).
 #[proc_macro]

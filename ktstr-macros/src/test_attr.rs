@@ -249,6 +249,18 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
         } else if ASSERT_BOOL.contains(&k.as_str()) {
             let v = lits::boolean(&k, value)?;
             asserts.push(quote!(.#kid(#v)));
+        } else if k == "expect_err"
+            && matches!(value, Expr::Lit(l) if matches!(l.lit, syn::Lit::Str(_)))
+        {
+            // `expect_err = "Kind: text"`: fail expected, and with this diagnosis.
+            let v = lits::string(&k, value)?;
+            if v.value().trim().is_empty() {
+                return Err(Error::new(
+                    v.span(),
+                    "`expect_err` takes `true`/`false` or a non-empty `\"Kind: message substring\"`",
+                ));
+            }
+            setters.push(quote!(.expect_err(true).expect_err_match(#v)));
         } else if TEST_BOOL.contains(&k.as_str()) {
             let v = lits::boolean(&k, value)?;
             setters.push(quote!(.#kid(#v)));

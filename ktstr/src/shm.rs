@@ -60,6 +60,8 @@ pub enum FrameType {
     Telemetry = 8,
     /// A copy of the guest kernel log.
     Dmesg = 9,
+    /// Why the sched_ext scheduler went away (JSON `runner::SchedulerExit`).
+    SchedExit = 10,
 }
 
 impl FrameType {
@@ -76,6 +78,7 @@ impl FrameType {
             7 => Panic,
             8 => Telemetry,
             9 => Dmesg,
+            10 => SchedExit,
             _ => return None,
         })
     }

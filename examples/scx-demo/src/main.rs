@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject, PrintLevel};
+use std::os::fd::AsFd;
 
 use report::ExitCode;
 use topology::LlcMap;
@@ -112,6 +113,18 @@ pub struct Args {
     /// the verifier rejects (exit code 2, verifier log on stderr).
     #[arg(long)]
     pub fail_verify: bool,
+
+    /// Load (and so verify) every BPF program, print one
+    /// `scx_demo: verified prog="NAME" insns=N` line per program with the
+    /// kernel's verified-instruction count, then exit without attaching.
+    /// Exit code 0 when everything loaded, 2 as for a normal load failure.
+    #[arg(long)]
+    pub verify_only: bool,
+
+    /// With --verify-only: ask the verifier for its log (level 1 + stats) and
+    /// print each program's raw log to stdout.
+    #[arg(long, requires = "verify_only")]
+    pub verify_log: bool,
 
     /// Echo all of libbpf's messages to stderr.
     #[arg(short, long)]
@@ -201,7 +214,7 @@ fn run(args: &Args) -> ExitCode {
     libbpf_rs::set_print(Some((PrintLevel::Debug, libbpf_print)));
 
     let mut storage = MaybeUninit::<OpenObject>::uninit();
-    let open = match open_skel(args, &mut storage) {
+    let mut open = match open_skel(args, &mut storage) {
         Ok(s) => s,
         Err(e) => {
             status!("setup-failed err={}", report::quote(&format!("{e:#}")));
@@ -211,6 +224,13 @@ fn run(args: &Args) -> ExitCode {
     // SAFETY: demo_ops points into the open object's struct_ops map value,
     // which the skeleton set up and which lives as long as `open`.
     unsafe { (*open.struct_ops.demo_ops).timeout_ms = args.timeout_ms };
+    if args.verify_log {
+        for mut prog in open.open_object_mut().progs_mut() {
+            // BPF_LOG_LEVEL1 | BPF_LOG_STATS; libbpf allocates the buffer and
+            // hands the log to the print callback on success too.
+            prog.set_log_level(1 | 4);
+        }
+    }
 
     let mut skel = match open.load() {
         Ok(s) => s,
@@ -228,6 +248,10 @@ fn run(args: &Args) -> ExitCode {
             return ExitCode::LoadFailed;
         }
     };
+
+    if args.verify_only {
+        return verify_report(&skel, args.verify_log);
+    }
 
     let link: Link = match skel.maps.demo_ops.attach_struct_ops() {
         Ok(l) => l,
@@ -295,8 +319,56 @@ fn run(args: &Args) -> ExitCode {
         bss.max_cgid
     );
     let uei = types::demo_exit_info { kind, ..uei };
+    // sched_ext's debug dump (error exits): one `scx_demo: dump: ` line per dump line,
+    // before the exit line so a reader of the exit line has it all.
+    for line in report::c_buf_to_string(&bss.uei_dump).lines() {
+        status!("dump: {line}");
+    }
     eprintln!("{}", exit_line_of(&uei));
     report::exit_code_for_kind(kind)
+}
+
+/// `--verify-only`: prints each loaded program's verified-instruction count
+/// (and, with `--verify-log`, libbpf's copy of its verifier log on stdout).
+fn verify_report(skel: &ScxDemoSkel<'_>, with_log: bool) -> ExitCode {
+    use std::os::fd::AsRawFd;
+    let mut failed = false;
+    for prog in skel.object().progs() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let mut info = libbpf_sys::bpf_prog_info::default();
+        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+        // SAFETY: `info` is a properly sized, writable bpf_prog_info and the fd
+        // belongs to a loaded program that outlives the call.
+        let ret = unsafe {
+            libbpf_sys::bpf_obj_get_info_by_fd(
+                prog.as_fd().as_raw_fd(),
+                (&mut info as *mut libbpf_sys::bpf_prog_info).cast(),
+                &mut len,
+            )
+        };
+        if ret != 0 {
+            failed = true;
+            status!(
+                "verify-failed prog={} err={}",
+                report::quote(&name),
+                report::quote(&std::io::Error::from_raw_os_error(-ret).to_string())
+            );
+            continue;
+        }
+        status!(
+            "verified prog={} insns={}",
+            report::quote(&name),
+            info.verified_insns
+        );
+    }
+    if with_log {
+        print!("{}", report::prog_load_logs(&libbpf_output()));
+    }
+    if failed {
+        ExitCode::SetupFailed
+    } else {
+        ExitCode::Clean
+    }
 }
 
 /// The `scx_demo: exit ...` line for the BPF-side exit record.

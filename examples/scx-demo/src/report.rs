@@ -124,6 +124,32 @@ pub fn verifier_log_tail(libbpf_output: &str, max: usize) -> Vec<String> {
     last[skip..].iter().map(|s| s.to_string()).collect()
 }
 
+/// Every verifier log in libbpf's output, each under a `--- prog NAME ---`
+/// header line (for `--verify-only --verify-log`).
+pub fn prog_load_logs(libbpf_output: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in libbpf_output.lines() {
+        if line.contains("-- BEGIN PROG LOAD LOG --") {
+            inside = true;
+            let name = line
+                .find("prog '")
+                .and_then(|i| {
+                    let rest = &line[i + "prog '".len()..];
+                    rest.find('\'').map(|j| &rest[..j])
+                })
+                .unwrap_or("?");
+            out.push_str(&format!("--- prog {name} ---\n"));
+        } else if line.contains("-- END PROG LOAD LOG --") {
+            inside = false;
+        } else if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The program named in libbpf's `prog 'NAME': BPF program load failed`.
 pub fn failed_prog(libbpf_output: &str) -> Option<String> {
     libbpf_output
@@ -139,6 +165,15 @@ pub fn failed_prog(libbpf_output: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_logs_get_headers() {
+        let out = "libbpf: prog 'a': -- BEGIN PROG LOAD LOG --\n0: r0 = 0\nprocessed 2 insns\n-- END PROG LOAD LOG --\nother\n";
+        assert_eq!(
+            prog_load_logs(out),
+            "--- prog a ---\n0: r0 = 0\nprocessed 2 insns\n"
+        );
+    }
 
     #[test]
     fn exit_codes() {

@@ -222,6 +222,11 @@ pub struct Scheduler {
     pub assert: Assert,
     /// Scheduler-level gauntlet gates.
     pub constraints: Gates,
+    /// The scheduler's own option for the sched_ext watchdog timeout, taking milliseconds
+    /// (`--timeout-ms`). When set, the guest appends `ARG <ms>` from the test's
+    /// `watchdog_timeout_s` (scaled for slow backends); when unset the scheduler's own
+    /// default applies.
+    pub watchdog_arg: Option<&'static str>,
 }
 
 impl Scheduler {
@@ -249,7 +254,13 @@ impl Scheduler {
             kernels: &[],
             assert: Assert::NO_OVERRIDES,
             constraints: Gates::NONE,
+            watchdog_arg: None,
         }
+    }
+    /// Sets the watchdog-timeout option (its value is in milliseconds).
+    pub const fn watchdog_arg(mut self, arg: &'static str) -> Self {
+        self.watchdog_arg = Some(arg);
+        self
     }
     /// Sets the binary.
     pub const fn binary(mut self, b: SchedulerBinary) -> Self {
@@ -388,6 +399,10 @@ pub struct KtstrTest {
     pub performance_mode: bool,
     /// Invert the verdict: the case passes only if it fails.
     pub expect_err: bool,
+    /// With `expect_err`: the failure must carry this diagnosis, `"Kind: text"` (a detail of
+    /// kind `Kind` whose message contains `text`) or just `"text"` (any failure reason
+    /// containing it). Set by `expect_err = "..."`.
+    pub expect_err_match: Option<&'static str>,
     /// Listed as ignored in every cell.
     pub ignore: bool,
     /// Runs on the host with no VM: exactly one case `{test}/host`.
@@ -419,6 +434,7 @@ impl KtstrTest {
             gates: Gates::NONE,
             performance_mode: false,
             expect_err: false,
+            expect_err_match: None,
             ignore: false,
             host_only: false,
             cleanup_budget_ms: None,
@@ -470,7 +486,8 @@ test_setters! {
         llcs: u32,
         cores: u32,
         threads: u32,
-        cleanup_budget_ms: u64
+        cleanup_budget_ms: u64,
+        expect_err_match: &'static str
     }
 }
 

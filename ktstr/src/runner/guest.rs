@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use super::case_file::{CaseFile, CASE_FILE};
-use super::sched::{self, SchedulerProcess};
+use super::sched::{self, SchedExit, SchedulerExit, SchedulerProcess};
 use crate::assert::{AssertResult, DetailKind};
 use crate::guest::{self, EXIT_SETUP_FAILED};
 use crate::registry::matrix::{KernelSet, Matrix};
@@ -47,19 +47,32 @@ fn run() -> Result<AssertResult, String> {
     ctx.topo = crate::scenario::TestTopology::detect(&case.topology);
     let mut scheduler = None;
     if let Some(path) = &cf.scheduler {
-        let timeout = Duration::from_secs_f64(10.0 * scale);
-        match SchedulerProcess::start(path, &cf.sched_argv, timeout) {
+        let mut argv = cf.sched_argv.clone();
+        if let Some(arg) = case.scheduler.watchdog_arg {
+            argv.push(arg.to_string());
+            argv.push(watchdog_ms(case.test.watchdog_timeout_s, scale).to_string());
+        }
+        // Loading BPF under emulation takes seconds; the wait scales with the backend.
+        let timeout = Duration::from_secs_f64(20.0 * scale);
+        match SchedulerProcess::start(path, &argv, timeout) {
             Ok(p) => {
                 ctx.sched_pid = Some(p.pid());
                 let _ = guest::send(
                     FrameType::Log,
-                    format!("scheduler {} enabled (pid {})", p.ops, p.pid()).as_bytes(),
+                    format!(
+                        "ktstr guest: scheduler {} enabled after {} ms (pid {}, args: {})\n",
+                        p.ops,
+                        p.load_time.as_millis(),
+                        p.pid(),
+                        argv.join(" ")
+                    )
+                    .as_bytes(),
                 );
                 scheduler = Some(p);
             }
             Err(e) => {
-                send_sched_log();
-                return Ok(AssertResult::fail(DetailKind::SchedulerDied, e.describe()));
+                let d = report_exit(&e);
+                return Ok(AssertResult::fail(DetailKind::SchedulerDied, d.summary));
             }
         }
     }
@@ -78,21 +91,45 @@ fn run() -> Result<AssertResult, String> {
         }
     };
     if let Some(mut p) = scheduler {
-        if let Err(e) = p.check() {
-            result = result.merge(AssertResult::fail(DetailKind::SchedulerDied, e.describe()));
+        let died = p.check();
+        let code = p.stop(Duration::from_secs_f64(2.0 * scale));
+        match died {
+            Err(mut e) => {
+                if let SchedExit::Died { code: c @ None, .. } = &mut e {
+                    *c = code;
+                }
+                let d = report_exit(&e);
+                // The scheduler's death is the cause: put it first.
+                result = AssertResult::fail(DetailKind::SchedulerDied, d.summary).merge(result);
+            }
+            Ok(()) => send_sched_log(),
         }
-        let _ = p.stop(Duration::from_secs(2));
-        send_sched_log();
     }
     Ok(result)
 }
 
+/// The watchdog timeout handed to the scheduler: the test's seconds, stretched on slow
+/// backends (a healthy scheduler under TCG must not trip it), within sched_ext's 30 s cap.
+fn watchdog_ms(timeout_s: u32, scale: f64) -> u64 {
+    ((timeout_s as f64 * 1000.0 * scale) as u64).clamp(1, 30_000)
+}
+
+/// Diagnoses why the scheduler went away and sends the log, the diagnosis (`SchedExit`
+/// frame) to the host.
+fn report_exit(e: &SchedExit) -> SchedulerExit {
+    let log = sched::log_tail(256 * 1024);
+    let dmesg = String::from_utf8_lossy(&read_kmsg()).into_owned();
+    let d = sched::diagnose(e, &log, &dmesg);
+    send_sched_log();
+    if let Ok(json) = serde_json::to_vec(&d) {
+        let _ = guest::send(FrameType::SchedExit, &json);
+    }
+    d
+}
+
 fn send_sched_log() {
     let log = sched::log_tail(256 * 1024);
-    let _ = guest::send_chunked(
-        FrameType::Log,
-        format!("--- scheduler log ---\n{log}").as_bytes(),
-    );
+    let _ = guest::send_chunked(FrameType::Log, log.as_bytes());
 }
 
 /// The kernel log so far, from `/dev/kmsg` (non-blocking), as plain text lines.
@@ -117,10 +154,27 @@ fn read_kmsg() -> Vec<u8> {
             .iter()
             .position(|&b| b == b';')
             .map_or(line, |i| &line[i + 1..]);
+        // Only the message line: " KEY=value" dictionary lines may follow it.
+        let text = match text.iter().position(|&b| b == b'\n') {
+            Some(i) => &text[..=i],
+            None => text,
+        };
         out.extend_from_slice(text);
         if out.len() > 1 << 20 {
             break;
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watchdog_ms;
+
+    #[test]
+    fn watchdog_scales_and_caps() {
+        assert_eq!(watchdog_ms(4, 1.0), 4000);
+        assert_eq!(watchdog_ms(1, 4.0), 4000);
+        assert_eq!(watchdog_ms(20, 4.0), 30_000);
+    }
 }

@@ -47,6 +47,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
             return Ok(CaseVerdict {
                 passed: true,
                 report: format!("skipped: {e}"),
+                ..Default::default()
             });
         }
         Err(e) => return Err(e.to_string()),
@@ -58,9 +59,16 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
 
     let sched_host: Option<PathBuf> = match case.scheduler.binary {
         SchedulerBinary::Eevdf => None,
-        SchedulerBinary::Discover(name) => {
-            Some(discover_scheduler(name).map_err(|e| e.to_string())?)
-        }
+        SchedulerBinary::Discover(name) => match discover_scheduler(name) {
+            Ok(p) => Some(p),
+            // A verdict, not an infrastructure error, so the report names the fix.
+            Err(e) => {
+                return Ok(CaseVerdict::infra_failure(
+                    &case.name,
+                    format!("Other: {e}"),
+                ))
+            }
+        },
         SchedulerBinary::Path(p) => Some(PathBuf::from(p)),
         SchedulerBinary::KernelBuiltin { .. } => {
             return Err("kernel built-in schedulers are not supported yet".into())
@@ -225,5 +233,6 @@ fn run_host_only(case: &CaseSpec) -> Result<CaseVerdict, String> {
     Ok(CaseVerdict {
         passed: r.passed,
         report,
+        ..Default::default()
     })
 }

@@ -10,8 +10,8 @@ mod report;
 mod sched;
 
 pub use case_file::{CaseFile, CASE_FILE};
-pub use discover::{discover_scheduler, DiscoverError};
+pub use discover::{discover_scheduler, discover_scheduler_for, DiscoverError};
 pub use guest::guest_main;
 pub use host::run_case;
-pub use report::CaseVerdict;
-pub use sched::{SchedExit, SchedulerProcess};
+pub use report::{sched_exit_of, CaseVerdict};
+pub use sched::{diagnose, parse_kv, SchedExit, SchedulerExit, SchedulerProcess};

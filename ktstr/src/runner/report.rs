@@ -1,16 +1,47 @@
 //! The verdict of one case and the failure report a person reads.
 
+use super::sched::SchedulerExit;
 use crate::assert::AssertResult;
 use crate::shm::{Frame, FrameType};
 use crate::vm::{VmEnd, VmOutcome};
 
 /// What running one case concluded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CaseVerdict {
     /// Whether the case passed (before `expect_err` inversion, which the harness applies).
     pub passed: bool,
     /// Failure report or summary, printed by the harness.
     pub report: String,
+    /// One line per failure reason, `Kind: message` for the guest's failing details (what
+    /// `expect_err = "Kind: text"` matches against).
+    pub reasons: Vec<String>,
+    /// Why the scheduler went away, when it did.
+    pub sched_exit: Option<SchedulerExit>,
+    /// The case could not run at all (e.g. its scheduler binary is missing): a plain
+    /// `expect_err = true` must not turn this into a pass.
+    pub infra: bool,
+}
+
+impl CaseVerdict {
+    /// A case that could not run, failing with `reason` (`Kind: message`).
+    pub fn infra_failure(name: &str, reason: String) -> Self {
+        CaseVerdict {
+            passed: false,
+            report: format!("ktstr case '{name}' failed:\n  {reason}\n"),
+            reasons: vec![reason],
+            sched_exit: None,
+            infra: true,
+        }
+    }
+}
+
+/// The scheduler's exit diagnosis the guest sent, if any.
+pub fn sched_exit_of(out: &VmOutcome) -> Option<SchedulerExit> {
+    out.frames
+        .iter()
+        .rev()
+        .find(|f| f.kind == FrameType::SchedExit)
+        .and_then(|f| serde_json::from_slice(&f.payload).ok())
 }
 
 /// Lines kept per report section.
@@ -75,8 +106,9 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
         }
     };
     for p in out.frames.iter().filter(|f| f.kind == FrameType::Panic) {
-        reasons.push(p.text());
+        reasons.push(format!("guest panic: {}", p.text()));
     }
+    let sched_exit = sched_exit_of(out);
     if let Some(e) = &out.channel_error {
         reasons.push(format!("result channel: {e}"));
     }
@@ -95,8 +127,26 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
             &frames_text(&out.frames, FrameType::Log),
         );
         let t = &out.times;
+        let mut verdict_why = reasons.first().cloned().unwrap_or_default();
+        if let Some(x) = &sched_exit {
+            verdict_why.push_str(&format!(
+                "\nscheduler exit: phase {}, exit code {}, kind {}{}, reason {:?}, msg {:?}{}",
+                x.phase,
+                x.code.map_or("-".into(), |c| c.to_string()),
+                x.kind.map_or("-".into(), |k| k.to_string()),
+                x.kind_name
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                x.reason.as_deref().unwrap_or(""),
+                x.msg.as_deref().unwrap_or(""),
+                x.died_after_ms
+                    .map(|ms| format!(", noticed {ms} ms after enable"))
+                    .unwrap_or_default()
+            ));
+        }
         let diag = format!(
-            "{diagnostics}\nvm end: {}\nbackend: {}\ntimes: setup {:?}, boot to init {:?}, init to exit {:?}, teardown {:?}, total {:?}",
+            "verdict: {verdict_why}\n{diagnostics}\nvm end: {}\nbackend: {}\ntimes: setup {:?}, boot to init {:?}, init to exit {:?}, teardown {:?}, total {:?}",
             out.end.describe(),
             out.backend,
             t.setup,
@@ -106,10 +156,42 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
             t.total
         );
         section(&mut report, "diagnostics", &diag);
-        let dmesg = frames_text(&out.frames, FrameType::Dmesg);
-        let sched_ext: Vec<&str> = dmesg.lines().filter(|l| l.contains("sched_ext")).collect();
-        section(&mut report, "sched_ext dump", &sched_ext.join("\n"));
+        let mut dump = match &sched_exit {
+            Some(x) => x.kernel_lines.clone(),
+            None => {
+                super::sched::sched_ext_kernel_lines(&frames_text(&out.frames, FrameType::Dmesg))
+            }
+        };
+        if let Some(x) = sched_exit.as_ref().filter(|x| !x.verifier_tail.is_empty()) {
+            dump.push(format!(
+                "verifier log tail ({}):",
+                x.failed_prog.as_deref().unwrap_or("?")
+            ));
+            dump.extend(x.verifier_tail.iter().map(|l| format!("  {l}")));
+        }
+        if let Some(x) = sched_exit.as_ref().filter(|x| !x.dump.is_empty()) {
+            // The section keeps its last lines: put the head of a long dump before the
+            // kernel's exit lines so both stay visible.
+            const DUMP_HEAD: usize = 30;
+            let mut head = vec![format!("debug dump ({} lines):", x.dump.len())];
+            head.extend(x.dump.iter().take(DUMP_HEAD).map(|l| format!("  {l}")));
+            if x.dump.len() > DUMP_HEAD {
+                head.push(format!(
+                    "  ... {} more lines in the scheduler log",
+                    x.dump.len() - DUMP_HEAD
+                ));
+            }
+            head.append(&mut dump);
+            dump = head;
+        }
+        section(&mut report, "sched_ext dump", &dump.join("\n"));
         section(&mut report, "console tail", &out.console_tail);
     }
-    CaseVerdict { passed, report }
+    CaseVerdict {
+        passed,
+        report,
+        reasons,
+        sched_exit,
+        infra: false,
+    }
 }

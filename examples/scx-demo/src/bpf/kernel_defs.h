@@ -112,6 +112,8 @@ struct scx_exit_info {
 	s64 exit_code;
 	const char *reason;
 	char *msg;
+	/* sched_ext's debug dump (scx_dump_state), filled for error exits. */
+	char *dump;
 } __attribute__((preserve_access_index));
 
 /* Built-in DSQ ids (enum scx_dsq_id_flags). */
@@ -138,6 +140,7 @@ struct sched_ext_ops {
 	void (*exit)(struct scx_exit_info *ei);
 	u64 flags;
 	u32 timeout_ms;
+	u32 exit_dump_len;
 	char name[SCX_OPS_NAME_LEN];
 };
 

@@ -83,6 +83,10 @@ struct demo_exit_info {
 
 struct demo_exit_info uei;
 
+/* sched_ext's debug dump of an error exit (text, NUL-terminated, possibly cut). */
+#define DEMO_DUMP_LEN 16384
+char uei_dump[DEMO_DUMP_LEN];
+
 /* ---- state and counters (bss) ---- */
 u64 start_ns;
 /* pid parked in STALL_DSQ (0 = none yet); 64-bit for the BPF v1 atomics. */
@@ -331,6 +335,8 @@ void BPF_STRUCT_OPS(demo_exit, struct scx_exit_info *ei)
 	uei.exit_code = ei->exit_code;
 	bpf_probe_read_kernel_str(uei.reason, sizeof(uei.reason), ei->reason);
 	bpf_probe_read_kernel_str(uei.msg, sizeof(uei.msg), ei->msg);
+	if (ei->dump)
+		bpf_probe_read_kernel_str(uei_dump, sizeof(uei_dump), ei->dump);
 	/* Publish kind last: userspace polls it to learn the record is complete. */
 	barrier();
 	uei.kind = ei->kind;
@@ -345,5 +351,7 @@ struct sched_ext_ops demo_ops = {
 	.init = (void *)demo_init,
 	.exit = (void *)demo_exit,
 	.timeout_ms = 3000,
+	/* Must cover DEMO_DUMP_LEN: the kernel writes at most this much. */
+	.exit_dump_len = 16384,
 	.name = "scx_demo",
 };

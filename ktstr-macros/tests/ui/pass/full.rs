@@ -18,6 +18,7 @@ declare_scheduler!(SCX_DEMO {
     kernels: ["6.12"],
     assert: Assert::NO_OVERRIDES.max_gap_ms(3000),
     constraints: { max_llcs: 8, requires_smt: false },
+    watchdog_arg: "--timeout-ms",
 });
 
 #[ktstr_test(
@@ -37,6 +38,11 @@ declare_scheduler!(SCX_DEMO {
 )]
 fn everything(ctx: &Ctx) -> Result<AssertResult> {
     ensure!(ctx.workers_per_cgroup == 4);
+    Ok(AssertResult::pass())
+}
+
+#[ktstr_test(scheduler = SCX_DEMO, expect_err = "SchedulerDied: stall detected")]
+fn expects_a_stall(_: &Ctx) -> Result<AssertResult> {
     Ok(AssertResult::pass())
 }
 

@@ -1,0 +1,248 @@
+//! Example suite for a real sched_ext scheduler, `scx_demo` (examples/scx-demo).
+//!
+//! Build the scheduler first (`cargo build --release --bin scx_demo`); ktstr finds it in the
+//! target directory (or set `KTSTR_SCHEDULER`).
+//!
+//! - Healthy cases run the scheduler across its flag profiles (`scx-demo`, `+llc`,
+//!   `+llc+steal`) and three topologies (LLCs, SMT, 2 NUMA nodes); every other gauntlet cell
+//!   is listed as ignored.
+//! - `fault_*` cases switch on one of scx_demo's fault flags and are `expect_err = "Kind:
+//!   text"`: they pass only when the case fails *with that diagnosis*, so a fault that goes
+//!   unnoticed, or is noticed as something else, fails the case.
+//!
+//! Each fault case uses the same body as a healthy case, so the healthy suite is the
+//! false-alarm control for the fault matrix.
+
+use std::time::{Duration, Instant};
+
+use ktstr::cgroup::{CgroupFs, CgroupOps};
+use ktstr::guest::topo::SysTopology;
+use ktstr::prelude::*;
+use ktstr::workload::{WorkType, WorkerReport, WorkloadConfig, WorkloadHandle};
+
+declare_scheduler!(SCX_DEMO {
+    name: "scx-demo",
+    binary: "scx_demo",
+    topology: (1, 2, 2, 1),
+    flags: {
+        llc: ["--llc"],
+        steal: ["--steal"] requires [llc],
+    },
+    // scx_demo's own watchdog option (ms): the guest passes the test's watchdog_timeout_s.
+    watchdog_arg: "--timeout-ms",
+});
+
+/// Sleeps for `d`, returning early once sched_ext no longer has a scheduler enabled: a body
+/// has nothing left to measure after its scheduler was ejected.
+fn run_for(ctx: &Ctx, d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if ctx.sched_pid.is_some()
+            && std::fs::read_to_string("/sys/kernel/sched_ext/state")
+                .is_ok_and(|s| s.trim() != "enabled")
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn starved(r: &mut AssertResult, reports: &[WorkerReport], what: &str) {
+    for w in reports.iter().filter(|w| w.work_units == 0) {
+        r.push_failure(
+            DetailKind::Starved,
+            format!("{what} worker {} made no progress", w.tid),
+        );
+    }
+}
+
+/// Spinning workers, two per CPU, all make progress; the guest sees the declared topology.
+fn spinners(ctx: &Ctx) -> Result<AssertResult> {
+    let mut r = AssertResult::pass();
+    for m in SysTopology::current().mismatches(&ctx.topology) {
+        r.push_failure(DetailKind::Other, m);
+    }
+    let cfg = WorkloadConfig {
+        num_workers: 2 * ctx.topology.num_cpus(),
+        work_type: WorkType::Mixed,
+        ..Default::default()
+    };
+    let mut h = WorkloadHandle::spawn(&cfg)?;
+    h.start();
+    run_for(ctx, ctx.duration);
+    starved(
+        &mut r,
+        &h.stop_and_collect(Duration::from_secs(10)),
+        "spinning",
+    );
+    Ok(r)
+}
+
+/// Two cgroups of spinners, twice as many as CPUs: the later cgroup (highest cgroup id, the
+/// one `--degrade` picks) must get at least half the work of the other.
+fn two_cgroups(ctx: &Ctx) -> Result<AssertResult> {
+    let fs = CgroupFs::new("/sys/fs/cgroup/ktstr")?;
+    let mut handles = Vec::new();
+    for name in ["cg0", "cg1"] {
+        fs.create(name)?;
+        let cfg = WorkloadConfig {
+            num_workers: ctx.topology.num_cpus(),
+            work_type: WorkType::SpinWait,
+            cgroup: Some(fs.path(name)),
+            ..Default::default()
+        };
+        handles.push((name, WorkloadHandle::spawn(&cfg)?));
+    }
+    for (_, h) in &mut handles {
+        h.start();
+    }
+    run_for(ctx, ctx.duration);
+    let mut r = AssertResult::pass();
+    let mut work = Vec::new();
+    for (name, h) in handles {
+        let reports = h.stop_and_collect(Duration::from_secs(10));
+        starved(&mut r, &reports, name);
+        work.push((name, reports.iter().map(|w| w.work_units).sum::<u64>()));
+    }
+    let (a, b) = (work[0].1 as f64, work[1].1 as f64);
+    let ratio = b / a.max(1.0);
+    if ratio < 0.5 {
+        r.push_failure(
+            DetailKind::Unfair,
+            format!(
+                "cgroup {} got {:.0}% of the work of cgroup {} ({} vs {} units)",
+                work[1].0,
+                ratio * 100.0,
+                work[0].0,
+                work[1].1,
+                work[0].1
+            ),
+        );
+    }
+    Ok(r)
+}
+
+/// A thread that sleeps 2 ms at a time must be woken promptly: the median oversleep stays
+/// under 20 ms even under emulation (typically 1-3 ms).
+fn wake_latency(ctx: &Ctx) -> Result<AssertResult> {
+    const NAP: Duration = Duration::from_millis(2);
+    const LIMIT_MS: f64 = 20.0;
+    let end = Instant::now() + ctx.duration;
+    let mut over = Vec::new();
+    while Instant::now() < end && over.len() < 400 {
+        let t = Instant::now();
+        std::thread::sleep(NAP);
+        over.push((t.elapsed().saturating_sub(NAP)).as_secs_f64() * 1000.0);
+    }
+    over.sort_by(f64::total_cmp);
+    let median = over[over.len() / 2];
+    Ok(if median > LIMIT_MS {
+        AssertResult::fail(
+            DetailKind::Benchmark,
+            format!(
+                "wake latency: median oversleep {median:.1} ms > {LIMIT_MS} ms over {} naps",
+                over.len()
+            ),
+        )
+    } else {
+        AssertResult::pass()
+    })
+}
+
+// ---- healthy cases: three topologies, every flag profile among the base cases ----
+
+/// Default profile on the declared 1n2l2c1t topology.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 3)]
+fn base_spinners(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+/// Per-LLC queues on an SMT topology.
+#[ktstr_test(scheduler = SCX_DEMO, llcs = 2, cores = 2, threads = 2, duration_s = 3,
+    required_flags = [SCX_DEMO::LLC], excluded_flags = ["steal"])]
+fn smt_llc_spinners(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+/// Per-LLC queues with stealing across two NUMA nodes.
+#[ktstr_test(scheduler = SCX_DEMO, numa_nodes = 2, llcs = 2, cores = 2, threads = 1,
+    max_numa_nodes = 2, duration_s = 3, required_flags = [SCX_DEMO::LLC, SCX_DEMO::STEAL])]
+fn numa_steal_spinners(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+/// Two cgroups share the CPUs fairly (the control for `fault_degrade`).
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 3)]
+fn cgroup_fairness(ctx: &Ctx) -> Result<AssertResult> {
+    two_cgroups(ctx)
+}
+
+/// Sleepers are woken promptly (the control for `fault_slow`).
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2)]
+fn wakeup_latency(ctx: &Ctx) -> Result<AssertResult> {
+    wake_latency(ctx)
+}
+
+// ---- fault matrix: each passes only with the right diagnosis ----
+
+/// A parked task: sched_ext's watchdog ejects the scheduler, the verdict says stall.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 20, watchdog_timeout_s = 1,
+    extra_sched_args = ["--stall-after", "1"],
+    expect_err = "SchedulerDied: stall detected: ")]
+fn fault_stall(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+/// `scx_bpf_error()` mid-test: the verdict names the error exit and its message.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 10, extra_sched_args = ["--crash-after", "1"],
+    expect_err = "SchedulerDied: scheduler exited with error ERROR_BPF (scx_bpf_error): scx_demo: injected crash")]
+fn fault_crash(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+/// A shortchanged cgroup: the scheduler survives, the fairness check catches it.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 3, extra_sched_args = ["--degrade"],
+    expect_err = "Unfair: cgroup cg1 got")]
+fn fault_degrade(ctx: &Ctx) -> Result<AssertResult> {
+    two_cgroups(ctx)
+}
+
+/// 50 ms of busy-waiting in every dispatch: the wake-latency check catches it.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2, extra_sched_args = ["--slow-us", "50000"],
+    expect_err = "Benchmark: wake latency")]
+fn fault_slow(ctx: &Ctx) -> Result<AssertResult> {
+    wake_latency(ctx)
+}
+
+/// A program the verifier rejects: the verdict names the load failure and the program.
+#[ktstr_test(scheduler = SCX_DEMO, extra_sched_args = ["--fail-verify"],
+    expect_err = "SchedulerDied: scheduler failed to load: verifier rejected program demo_dispatch")]
+fn fault_fail_verify(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+/// Not a check: an ignored case (`demo_` prefix) that fails on purpose, to show what a
+/// failure report looks like (`--ignored --exact demo_stall_report/scx-demo/1n2l2c1t`).
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 20, watchdog_timeout_s = 1,
+    extra_sched_args = ["--stall-after", "1"])]
+fn demo_stall_report(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+// ---- a scheduler whose binary does not exist ----
+
+declare_scheduler!(SCX_MISSING {
+    name: "scx-missing",
+    binary: "scx_ktstr_missing_demo",
+});
+
+/// The case cannot run; its report must name the build command.
+#[ktstr_test(scheduler = SCX_MISSING,
+    expect_err = "Other: build it first: `cargo build --release --bin scx_ktstr_missing_demo`")]
+fn missing_scheduler_binary(_ctx: &Ctx) -> Result<AssertResult> {
+    Ok(AssertResult::pass())
+}
+
+fn main() {
+    ktstr_harness::main()
+}
