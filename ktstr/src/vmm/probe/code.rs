@@ -40,11 +40,14 @@ pub const PD_WRITE_OFF: u64 = PD + 0x20;
 pub const PD_SEQ: u64 = PD + 0x28;
 /// u32 zero: the Exit frame's payload.
 pub const PD_ZERO: u64 = PD + 0x2C;
+/// u32: non-zero when the MADT lists x2APIC (type 9) processors; the BSP sets it before
+/// starting the APs, and every vCPU then runs its LAPIC in x2APIC mode.
+pub const PD_X2APIC: u64 = PD + 0x30;
 /// u32 count, then up to [`MAX_SIGS`] u32 ACPI signatures found from the XSDT.
 pub const PD_SIGS: u64 = PD + 0x40;
 /// Signatures kept.
 pub const MAX_SIGS: u32 = 31;
-/// u32 count, then the APIC IDs of enabled MADT type-0 entries (u32 each).
+/// u32 count, then the APIC IDs of enabled MADT type-0 and type-9 entries (u32 each).
 pub const PD_MADT: u64 = PD + 0xC0;
 /// APIC IDs kept.
 pub const MAX_MADT: u32 = 256;
@@ -57,7 +60,7 @@ pub const RECORDS: u64 = 0x4_0000;
 /// Marker a vCPU writes at record offset 4 when its record is complete.
 pub const RECORD_DONE: u32 = 0x600D;
 /// The (leaf, subleaf) pairs each vCPU queries, in record order.
-pub const LEAVES: [(u32, u32); 19] = [
+pub const LEAVES: [(u32, u32); 20] = [
     (0, 0),
     (1, 0),
     (0xB, 0),
@@ -77,8 +80,10 @@ pub const LEAVES: [(u32, u32); 19] = [
     (0x8000_001D, 2),
     (0x8000_001D, 3),
     (0x8000_001E, 0),
+    (0x4000_0001, 0),
 ];
-/// Record: LAPIC ID u32, done marker u32, then eax/ebx/ecx/edx per leaf of [`LEAVES`].
+/// Record: LAPIC ID u32 (xAPIC: 0xFEE00020 bits 31:24; x2APIC: MSR 0x802), done marker u32,
+/// then eax/ebx/ecx/edx per leaf of [`LEAVES`].
 pub const RECORD_LEN: u32 = 8 + 16 * LEAVES.len() as u32;
 
 /// The CRC-32 table (polynomial 0xEDB88320), as the host writes it at [`CRC_TABLE`].
@@ -98,17 +103,43 @@ pub fn crc_table() -> Vec<u8> {
     out
 }
 
+/// IA32_APIC_BASE.
+const MSR_APIC_BASE: u32 = 0x1B;
+/// IA32_APIC_BASE bits 11 (enable) and 10 (x2APIC mode).
+const APIC_BASE_EN_EXTD: u32 = 0xC00;
+/// x2APIC ID register (MSR form of LAPIC offset 0x20).
+const MSR_X2APIC_ID: u32 = 0x802;
+/// x2APIC interrupt command register (64-bit: destination in the high half).
+const MSR_X2APIC_ICR: u32 = 0x830;
+
 /// Emits the per-vCPU routine (valid in 32- and 64-bit mode: only 32-bit registers and
 /// addressing): claim a record slot, store the LAPIC ID and the CPUID leaves, mark it done.
+/// If [`PD_X2APIC`] is set, the vCPU first switches its LAPIC to x2APIC mode and reads the
+/// 32-bit ID from MSR 0x802 (the xAPIC ID register holds only 8 bits).
 fn emit_record(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(eax, 1u32)?;
     a.mov(edi, PD_CLAIMED as u32)?;
     a.lock().xadd(dword_ptr(edi), eax)?;
     a.imul_3(edi, eax, RECORD_LEN as i32)?;
     a.add(edi, RECORDS as u32)?;
+    let mut xapic = a.create_label();
+    let mut have_id = a.create_label();
+    a.mov(esi, PD_X2APIC as u32)?;
+    a.cmp(dword_ptr(esi), 0)?;
+    a.je(xapic)?;
+    a.mov(ecx, MSR_APIC_BASE)?;
+    a.rdmsr()?;
+    a.or(eax, APIC_BASE_EN_EXTD)?;
+    a.wrmsr()?;
+    a.mov(ecx, MSR_X2APIC_ID)?;
+    a.rdmsr()?;
+    a.mov(esi, eax)?;
+    a.jmp(have_id)?;
+    a.set_label(&mut xapic)?;
     a.mov(esi, (LAPIC_GPA + 0x20) as u32)?;
     a.mov(esi, dword_ptr(esi))?;
     a.shr(esi, 24)?;
+    a.set_label(&mut have_id)?;
     a.mov(dword_ptr(edi), esi)?;
     for (k, (leaf, sub)) in LEAVES.iter().enumerate() {
         let at = 8 + 16 * k as i32;
@@ -171,6 +202,16 @@ fn sig(s: &[u8; 4]) -> u32 {
     u32::from_le_bytes(*s)
 }
 
+/// Sends one IPI to the APIC ID in R8D through the x2APIC ICR MSR (a single 64-bit write,
+/// no delivery-status bit to poll).
+fn emit_x2apic_ipi(a: &mut CodeAssembler, low: u32) -> Result<(), IcedError> {
+    a.mov(ecx, MSR_X2APIC_ICR)?;
+    a.mov(edx, r8d)?;
+    a.mov(eax, low)?;
+    a.wrmsr()?;
+    Ok(())
+}
+
 /// Sends one IPI to the APIC ID in EAX[31:24] (left intact) via the xAPIC ICR, then waits
 /// for the delivery-status bit to clear.
 fn emit_ipi(a: &mut CodeAssembler, low: u32) -> Result<(), IcedError> {
@@ -190,9 +231,11 @@ fn emit_ipi(a: &mut CodeAssembler, low: u32) -> Result<(), IcedError> {
 /// 1. Initialise the SHM header (as the guest side of `crate::shm` does).
 /// 2. Hello frame: the 4 KiB boot_params the guest received.
 /// 3. Walk RSDP → XSDT; keep each table's signature (and the FADT's DSDT); from the MADT keep
-///    every enabled type-0 APIC ID. Log frames: the signatures, the APIC IDs.
+///    every enabled type-0 and type-9 APIC ID (a type-9 entry selects x2APIC mode, see
+///    [`PD_X2APIC`]). Log frames: the signatures, the APIC IDs.
 /// 4. Its own record; then INIT assert, INIT deassert, SIPI, SIPI to every other MADT APIC ID
-///    through the LAPIC ICR (xAPIC), as Linux does.
+///    through the LAPIC ICR (xAPIC MMIO, or the x2APIC ICR MSR with a 32-bit destination),
+///    as Linux does.
 /// 5. Wait (bounded by the TSC) until every MADT CPU completed its record; a Telemetry frame
 ///    per completed record; an Exit frame; `out 0xF4` with status 0.
 pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
@@ -259,25 +302,45 @@ pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
     a.set_label(&mut not_facp)?;
     a.cmp(eax, sig(b"APIC"))?;
     a.jne(next_entry)?;
-    // MADT: rsi walks the entries from offset 44 to rdx = table end.
+    // MADT: rsi walks the entries from offset 44 to rdx = table end; each entry must fit.
+    // Type 0 (Local APIC, 8 bytes): flags at 4, APIC ID byte at 3. Type 9 (Local x2APIC, 16
+    // bytes): x2APIC ID at 4, flags at 8; any such entry switches the probe to x2APIC.
+    let mut try_x2 = a.create_label();
+    let mut madt_store = a.create_label();
     a.mov(ecx, dword_ptr(rbp + 4))?;
     a.lea(rdx, qword_ptr(rbp + rcx))?;
     a.lea(rsi, qword_ptr(rbp + 44))?;
     a.set_label(&mut madt_loop)?;
-    a.lea(rax, qword_ptr(rsi + 8))?;
+    a.lea(rax, qword_ptr(rsi + 2))?;
     a.cmp(rax, rdx)?;
     a.ja(next_entry)?;
     a.movzx(ecx, byte_ptr(rsi + 1))?;
     a.cmp(ecx, 2)?;
     a.jb(next_entry)?;
+    a.lea(rax, qword_ptr(rsi + rcx))?;
+    a.cmp(rax, rdx)?;
+    a.ja(next_entry)?;
     a.cmp(byte_ptr(rsi), 0)?;
-    a.jne(madt_next)?;
+    a.jne(try_x2)?;
+    a.cmp(ecx, 8)?;
+    a.jb(madt_next)?;
     a.test(byte_ptr(rsi + 4), 1)?;
     a.jz(madt_next)?;
+    a.movzx(edi, byte_ptr(rsi + 3))?;
+    a.jmp(madt_store)?;
+    a.set_label(&mut try_x2)?;
+    a.cmp(byte_ptr(rsi), 9)?;
+    a.jne(madt_next)?;
+    a.cmp(ecx, 16)?;
+    a.jb(madt_next)?;
+    a.test(byte_ptr(rsi + 8), 1)?;
+    a.jz(madt_next)?;
+    a.mov(edi, dword_ptr(rsi + 4))?;
+    a.mov(dword_ptr(PD_X2APIC), 1)?;
+    a.set_label(&mut madt_store)?;
     a.mov(eax, dword_ptr(PD_MADT))?;
     a.cmp(eax, MAX_MADT)?;
     a.jae(madt_next)?;
-    a.movzx(edi, byte_ptr(rsi + 3))?;
     a.mov(dword_ptr(rax * 4 + (PD_MADT + 4)), edi)?;
     a.inc(dword_ptr(PD_MADT))?;
     a.set_label(&mut madt_next)?;
@@ -298,14 +361,14 @@ pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
     a.lea(ecx, dword_ptr(rcx * 4 + 4))?;
     a.call(emit_frame)?;
 
-    // 4. Own record, then wake every other MADT CPU. r12d = own APIC ID, r13d = index.
+    // 4. Own record (the first one claimed, so its ID is at RECORDS), then wake every other
+    //    MADT CPU. r12d = own APIC ID, r13d = index.
     emit_record(&mut a)?;
     let mut sipi_loop = a.create_label();
     let mut sipi_next = a.create_label();
+    let mut sipi_x2 = a.create_label();
     let mut wait = a.create_label();
-    a.mov(esi, (LAPIC_GPA + 0x20) as u32)?;
-    a.mov(r12d, dword_ptr(esi))?;
-    a.shr(r12d, 24)?;
+    a.mov(r12d, dword_ptr(RECORDS))?;
     a.xor(r13d, r13d)?;
     a.set_label(&mut sipi_loop)?;
     a.cmp(r13d, dword_ptr(PD_MADT))?;
@@ -313,11 +376,22 @@ pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
     a.mov(eax, dword_ptr(r13 * 4 + (PD_MADT + 4)))?;
     a.cmp(eax, r12d)?;
     a.je(sipi_next)?;
+    a.cmp(dword_ptr(PD_X2APIC), 0)?;
+    a.jne(sipi_x2)?;
     a.shl(eax, 24)?;
     emit_ipi(&mut a, 0xC500)?; // INIT, level, assert
     emit_ipi(&mut a, 0x8500)?; // INIT, level, deassert
     emit_ipi(&mut a, 0x0600 | SIPI_VECTOR)?; // STARTUP
     emit_ipi(&mut a, 0x0600 | SIPI_VECTOR)?; // STARTUP again
+    a.jmp(sipi_next)?;
+    // x2APIC: the AP is still in xAPIC mode after INIT; KVM's 32-bit-ID API matches it by
+    // its full x2APIC ID anyway when the ID exceeds 0xFF.
+    a.set_label(&mut sipi_x2)?;
+    a.mov(r8d, eax)?;
+    emit_x2apic_ipi(&mut a, 0xC500)?;
+    emit_x2apic_ipi(&mut a, 0x8500)?;
+    emit_x2apic_ipi(&mut a, 0x0600 | SIPI_VECTOR)?;
+    emit_x2apic_ipi(&mut a, 0x0600 | SIPI_VECTOR)?;
     a.set_label(&mut sipi_next)?;
     a.inc(r13d)?;
     a.jmp(sipi_loop)?;

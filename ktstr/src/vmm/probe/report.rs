@@ -267,6 +267,19 @@ impl ProbeReport {
                 (p.llc_in_node << l.core_bits) | p.core,
             );
             expect("LLC id", d.llc_id, c.apic_id >> l.llc_shift());
+            if topo.needs_x2apic() {
+                // Linux needs the x2APIC bit, and the extended destination ID to address
+                // CPUs above 255 without interrupt remapping.
+                let bit = |leaf, sub, f: fn(&ProbeLeaf) -> u32, b: u32| {
+                    c.leaf(leaf, sub).map_or(0, |x| (f(x) >> b) & 1)
+                };
+                expect("leaf 0x1 ECX.x2APIC", bit(1, 0, |x| x.ecx, 21), 1);
+                expect(
+                    "leaf 0x40000001 EAX.MSI_EXT_DEST_ID",
+                    bit(0x4000_0001, 0, |x| x.eax, 15),
+                    1,
+                );
+            }
             expect("SMT shift", d.smt_shift, l.smt_shift());
             expect("threads per core", d.threads_per_core, topo.threads);
             *groups[0].entry((d.pkg_id, d.core_id)).or_default() += 1;
