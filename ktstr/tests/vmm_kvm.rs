@@ -303,6 +303,11 @@ fn probe_sees_x2apic_topologies() {
         assert_eq!(r.cpus.len() as u32, t.num_cpus(), "{s}");
         let bad = r.check(&t);
         assert!(bad.is_empty(), "{s}: {bad:#?}\n{}", r.render_table());
+        // COM1's IOAPIC pin reached the CPU with the largest APIC ID through the extended
+        // destination ID, and its EOI cleared remote IRR in the userspace IOAPIC.
+        let irq = r.irq.unwrap();
+        assert_eq!(irq.handled_by, Some(t.max_apic_id()), "{s}");
+        assert_eq!(irq.rte_low & (1 << 14), 0, "{s}");
     }
 }
 

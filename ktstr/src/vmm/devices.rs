@@ -260,8 +260,9 @@ mod tests {
     #[derive(Default)]
     struct Recorder(Mutex<Vec<Msi>>);
     impl MsiSink for Arc<Recorder> {
-        fn signal(&self, msi: Msi) {
+        fn signal(&self, msi: Msi) -> bool {
             self.0.lock().unwrap().push(msi);
+            true
         }
         fn set_routes(&self, _: &[(u32, Msi)]) {}
     }

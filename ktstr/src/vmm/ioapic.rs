@@ -118,8 +118,8 @@ impl Msi {
 /// Where the IOAPIC's messages go: KVM (`KVM_SIGNAL_MSI`, `KVM_SET_GSI_ROUTING`) or, in unit
 /// tests, a recorder.
 pub trait MsiSink: Send + Sync {
-    /// Injects one message now.
-    fn signal(&self, msi: Msi);
+    /// Injects one message now; returns whether a LAPIC accepted it.
+    fn signal(&self, msi: Msi) -> bool;
     /// Replaces the GSI routing table: `(gsi, message)` per unmasked pin.
     fn set_routes(&self, routes: &[(u32, Msi)]);
 }
@@ -275,11 +275,16 @@ impl Ioapic {
         }
     }
 
+    /// Delivers an asserted, unmasked level pin without pending EOI. Remote IRR is set only
+    /// if a LAPIC accepted the message (as KVM's in-kernel IOAPIC does): a message to a
+    /// disabled or absent APIC must not block the pin forever.
     fn service_level(&mut self, pin: usize, sink: &dyn MsiSink) {
         let e = self.rte[pin];
-        if self.lines & (1 << pin) != 0 && e & (RTE_MASKED | RTE_REMOTE_IRR) == 0 {
+        if self.lines & (1 << pin) != 0
+            && e & (RTE_MASKED | RTE_REMOTE_IRR) == 0
+            && sink.signal(Msi::from_rte(e))
+        {
             self.rte[pin] = e | RTE_REMOTE_IRR;
-            sink.signal(Msi::from_rte(e));
         }
     }
 

@@ -2,16 +2,18 @@ use std::sync::Mutex;
 
 use super::*;
 
-/// Records what the IOAPIC sends.
+/// Records what the IOAPIC sends; `refuse` makes every delivery fail (no LAPIC accepts).
 #[derive(Default)]
 struct Recorder {
     msis: Mutex<Vec<Msi>>,
     routes: Mutex<Vec<Vec<(u32, Msi)>>>,
+    refuse: std::sync::atomic::AtomicBool,
 }
 
 impl MsiSink for Recorder {
-    fn signal(&self, msi: Msi) {
+    fn signal(&self, msi: Msi) -> bool {
         self.msis.lock().unwrap().push(msi);
+        !self.refuse.load(std::sync::atomic::Ordering::SeqCst)
     }
     fn set_routes(&self, routes: &[(u32, Msi)]) {
         self.routes.lock().unwrap().push(routes.to_vec());
@@ -201,6 +203,17 @@ fn level_pins_hold_remote_irr_until_eoi() {
 }
 
 #[test]
+fn refused_level_messages_leave_remote_irr_clear() {
+    let sink = Recorder::default();
+    sink.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut io = Ioapic::new();
+    program(&mut io, &sink, 5, rte(0x45, 300, true, false));
+    io.set_line(5, true, &sink);
+    assert_eq!(sink.take().len(), 1);
+    assert_eq!(io.rte(5) & RTE_REMOTE_IRR, 0, "nobody accepted it: no EOI will come");
+}
+
+#[test]
 fn masked_level_pins_deliver_on_unmask() {
     let sink = Recorder::default();
     let mut io = Ioapic::new();
@@ -246,7 +259,7 @@ fn routes_follow_unmasked_entries() {
 fn device_maps_the_mmio_window() {
     struct Shared(Arc<Recorder>);
     impl MsiSink for Shared {
-        fn signal(&self, msi: Msi) {
+        fn signal(&self, msi: Msi) -> bool {
             self.0.signal(msi)
         }
         fn set_routes(&self, routes: &[(u32, Msi)]) {

@@ -173,7 +173,7 @@ fn debug_log(what: std::fmt::Arguments<'_>) {
 }
 
 impl MsiSink for KvmMsiSink {
-    fn signal(&self, m: Msi) {
+    fn signal(&self, m: Msi) -> bool {
         let msi = kvm_msi {
             address_lo: m.address_lo,
             address_hi: m.address_hi,
@@ -182,9 +182,15 @@ impl MsiSink for KvmMsiSink {
         };
         match self.0.signal_msi(msi) {
             // 0: the guest blocked it (no such destination, or the APIC is disabled).
-            Ok(0) => debug_log(format_args!("MSI {m:x?} not delivered")),
-            Ok(_) => {}
-            Err(e) => debug_log(format_args!("KVM_SIGNAL_MSI {m:x?}: {e}")),
+            Ok(0) => {
+                debug_log(format_args!("MSI {m:x?} not delivered"));
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                debug_log(format_args!("KVM_SIGNAL_MSI {m:x?}: {e}"));
+                false
+            }
         }
     }
 

@@ -43,6 +43,18 @@ pub const PD_ZERO: u64 = PD + 0x2C;
 /// u32: non-zero when the MADT lists x2APIC (type 9) processors; the BSP sets it before
 /// starting the APs, and every vCPU then runs its LAPIC in x2APIC mode.
 pub const PD_X2APIC: u64 = PD + 0x30;
+/// IOAPIC interrupt test, reported as one Log frame of three u32: the APIC ID (+1) of the
+/// vCPU whose handler ran (0: none), then RTE 4's low half read back after that handler's
+/// EOI, then the destination APIC ID the BSP programmed.
+pub const PD_IRQ: u64 = PD + 0x34;
+/// u32: the handler's APIC ID + 1.
+pub const PD_IRQ_SEEN: u64 = PD_IRQ;
+/// u32: RTE 4 low half after the EOI.
+pub const PD_IRQ_RTE: u64 = PD_IRQ + 4;
+/// u32: the destination the BSP programmed.
+pub const PD_IRQ_DEST: u64 = PD_IRQ + 8;
+/// u32: AP stacks handed out (lock xadd).
+pub const PD_STACKS: u64 = PD + 0x600;
 /// u32 count, then up to [`MAX_SIGS`] u32 ACPI signatures found from the XSDT.
 pub const PD_SIGS: u64 = PD + 0x40;
 /// Signatures kept.
@@ -57,6 +69,20 @@ pub const TRAMPOLINE: u64 = 0x1_0000;
 pub const SIPI_VECTOR: u32 = (TRAMPOLINE >> 12) as u32;
 /// Per-vCPU records.
 pub const RECORDS: u64 = 0x4_0000;
+/// AP stacks: [`AP_STACK_LEN`] bytes each, growing down from the end of the AP's slot.
+pub const AP_STACKS: u64 = 0x8_0000;
+/// Bytes of one AP stack (the interrupt frame needs 12).
+pub const AP_STACK_LEN: u32 = 64;
+/// Vector of the IOAPIC test interrupt (COM1, IOAPIC pin 4).
+pub const IRQ_VECTOR: u8 = 0x40;
+/// IOAPIC pin the test drives: COM1's.
+pub const IRQ_PIN: u32 = 4;
+/// RTE bits the BSP programs: level-triggered, active high, fixed, physical, unmasked.
+pub const IRQ_RTE_LOW: u32 = 0x8000 | IRQ_VECTOR as u32;
+/// Spurious-vector register value: APIC enabled, spurious vector [`IRQ_VECTOR`].
+const SVR_ENABLE: u32 = 0x100 | IRQ_VECTOR as u32;
+/// IOAPIC MMIO base.
+const IOAPIC: u32 = 0xFEC0_0000;
 /// Marker a vCPU writes at record offset 4 when its record is complete.
 pub const RECORD_DONE: u32 = 0x600D;
 /// The (leaf, subleaf) pairs each vCPU queries, in record order.
@@ -157,11 +183,66 @@ fn emit_record(a: &mut CodeAssembler) -> Result<(), IcedError> {
     Ok(())
 }
 
+/// Trampoline offset of the GDT pointer.
+const GDTR_OFF: u64 = 0x80;
+/// Trampoline offset of the IDT pointer.
+const IDTR_OFF: u64 = 0x88;
+/// Trampoline offset of the protected-mode code.
+const PM32_OFF: u64 = 0x100;
+/// Trampoline offset of the 32-bit IDT (gates 0..=[`IRQ_VECTOR`], only that one present).
+const IDT_OFF: u64 = 0x800;
+/// Trampoline offset of the interrupt handler.
+const HANDLER_OFF: u64 = 0xC00;
+
+/// The AP's interrupt handler (32-bit): EOI first (with a split irqchip, KVM reports it to
+/// the VMM's IOAPIC before the next instruction), then record its APIC ID + 1 and halt for
+/// good with interrupts off.
+fn handler() -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(32)?;
+    let mut xapic = a.create_label();
+    let mut store = a.create_label();
+    a.mov(esi, PD_X2APIC as u32)?;
+    a.cmp(dword_ptr(esi), 0)?;
+    a.je(xapic)?;
+    a.mov(ecx, 0x80Bu32)?; // x2APIC EOI
+    a.xor(eax, eax)?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.mov(ecx, MSR_X2APIC_ID)?;
+    a.rdmsr()?;
+    a.jmp(store)?;
+    a.set_label(&mut xapic)?;
+    a.mov(esi, (LAPIC_GPA + 0xB0) as u32)?; // xAPIC EOI
+    a.mov(dword_ptr(esi), 0)?;
+    a.mov(esi, (LAPIC_GPA + 0x20) as u32)?;
+    a.mov(eax, dword_ptr(esi))?;
+    a.shr(eax, 24)?;
+    a.set_label(&mut store)?;
+    // A port write exits to the VMM, so the vCPU re-enters KVM_RUN, where KVM raises the
+    // pending KVM_EXIT_IOAPIC_EOI. (On the software KVM this was written on, an emulated
+    // guest that halts right after its EOI would keep that exit pending until it next woke;
+    // hardware KVM exits on the EOI write itself.)
+    a.mov(esi, eax)?;
+    a.out(0x80u32, al)?;
+    a.mov(eax, esi)?;
+    a.inc(eax)?;
+    a.mov(esi, PD_IRQ_SEEN as u32)?;
+    a.mov(dword_ptr(esi), eax)?;
+    // No iret: the software KVM this was written on cannot emulate it, and the AP has
+    // nothing left to do.
+    let mut halt = a.create_label();
+    a.set_label(&mut halt)?;
+    a.cli()?;
+    a.hlt()?;
+    a.jmp(halt)?;
+    a.assemble(TRAMPOLINE + HANDLER_OFF)
+}
+
 /// The AP trampoline, assembled for [`TRAMPOLINE`]: real mode → lgdt → protected mode (flat
-/// 32-bit segments of the boot GDT) → the per-vCPU routine → `hlt` forever.
+/// 32-bit segments of the boot GDT, its own stack, an IDT with the test vector) → the
+/// per-vCPU routine → `sti; hlt` forever, taking the IOAPIC test interrupt if it is the
+/// target.
 pub fn trampoline() -> Result<Vec<u8>, IcedError> {
-    const GDTR_OFF: u64 = 0x80;
-    const PM32_OFF: u64 = 0x100;
     let mut a = CodeAssembler::new(16)?;
     a.cli()?;
     a.mov(ax, cs)?;
@@ -181,6 +262,10 @@ pub fn trampoline() -> Result<Vec<u8>, IcedError> {
     let limit = (crate::vmm::boot::gdt().len() * 8 - 1) as u16;
     out.extend_from_slice(&limit.to_le_bytes());
     out.extend_from_slice(&(GDT_GPA as u32).to_le_bytes());
+    out.resize(IDTR_OFF as usize, 0);
+    let idt_len = (IRQ_VECTOR as u16 + 1) * 8;
+    out.extend_from_slice(&(idt_len - 1).to_le_bytes());
+    out.extend_from_slice(&((TRAMPOLINE + IDT_OFF) as u32).to_le_bytes());
     out.resize(PM32_OFF as usize, 0);
 
     let mut a = CodeAssembler::new(32)?;
@@ -188,13 +273,50 @@ pub fn trampoline() -> Result<Vec<u8>, IcedError> {
     a.mov(ds, ax)?;
     a.mov(es, ax)?;
     a.mov(ss, ax)?;
+    // A stack of its own: slot n ends at AP_STACKS + (n + 1) * AP_STACK_LEN.
+    a.mov(eax, 1u32)?;
+    a.mov(edi, PD_STACKS as u32)?;
+    a.lock().xadd(dword_ptr(edi), eax)?;
+    a.inc(eax)?;
+    a.imul_3(esp, eax, AP_STACK_LEN as i32)?;
+    a.add(esp, AP_STACKS as u32)?;
+    a.mov(edi, (TRAMPOLINE + IDTR_OFF) as u32)?;
+    a.lidt(ptr(edi))?;
     emit_record(&mut a)?;
+    // Software-enable the LAPIC (SVR bit 8; spurious vector = the test vector, whose
+    // handler tolerates it): after INIT it accepts no fixed interrupts.
+    let mut xapic = a.create_label();
     let mut halt = a.create_label();
+    a.mov(esi, PD_X2APIC as u32)?;
+    a.cmp(dword_ptr(esi), 0)?;
+    a.je(xapic)?;
+    a.mov(ecx, 0x80Fu32)?; // x2APIC SVR
+    a.mov(eax, SVR_ENABLE)?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.jmp(halt)?;
+    a.set_label(&mut xapic)?;
+    a.mov(esi, (LAPIC_GPA + 0xF0) as u32)?;
+    a.mov(dword_ptr(esi), SVR_ENABLE)?;
     a.set_label(&mut halt)?;
-    a.cli()?;
+    a.sti()?;
     a.hlt()?;
     a.jmp(halt)?;
     out.extend(a.assemble(TRAMPOLINE + PM32_OFF)?);
+    assert!(out.len() <= IDT_OFF as usize, "32-bit trampoline too long");
+    out.resize(IDT_OFF as usize, 0);
+    // Only the test vector's gate is present: 32-bit interrupt gate, DPL 0.
+    let h = (TRAMPOLINE + HANDLER_OFF) as u32;
+    let mut gate = Vec::with_capacity(8);
+    gate.extend_from_slice(&(h as u16).to_le_bytes());
+    gate.extend_from_slice(&selector::CODE32.to_le_bytes());
+    gate.extend_from_slice(&0x8E00u16.to_le_bytes());
+    gate.extend_from_slice(&((h >> 16) as u16).to_le_bytes());
+    out.resize((IDT_OFF + IRQ_VECTOR as u64 * 8) as usize, 0);
+    out.extend_from_slice(&gate);
+    out.resize(HANDLER_OFF as usize, 0);
+    out.extend(handler()?);
+    assert!(out.len() <= 4096, "trampoline page overflows");
     Ok(out)
 }
 
@@ -226,6 +348,70 @@ fn emit_ipi(a: &mut CodeAssembler, low: u32) -> Result<(), IcedError> {
     Ok(())
 }
 
+/// The IOAPIC test (BSP, 64-bit, after the APs reported; R14 = TSC deadline): route pin 4
+/// (COM1) level-triggered to [`IRQ_VECTOR`] on the last MADT CPU (with an x2APIC MADT, the
+/// largest APIC ID: destination bits 14:8 go in RTE bits 55:49, the extended destination
+/// ID), make the UART raise THRE (IER = 2, then a byte), wait for that CPU's handler, and
+/// poll RTE 4 until its remote IRR is clear again after the EOI (the report holds the last
+/// value read). Skipped on one CPU (the BSP never enables interrupts).
+fn emit_irq_test(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut skip = a.create_label();
+    let mut wait = a.create_label();
+    let mut done = a.create_label();
+    a.mov(eax, dword_ptr(PD_MADT))?;
+    a.cmp(eax, 2)?;
+    a.jb(skip)?;
+    a.mov(r8d, dword_ptr(rax * 4 + PD_MADT))?; // the last entry
+    a.mov(dword_ptr(PD_IRQ_DEST), r8d)?;
+    a.mov(edi, IOAPIC)?;
+    a.mov(dword_ptr(edi), 0x11 + 2 * IRQ_PIN)?;
+    a.mov(eax, r8d)?;
+    a.shl(eax, 24)?;
+    a.mov(edx, r8d)?;
+    a.shr(edx, 8)?;
+    a.and(edx, 0x7F)?;
+    a.shl(edx, 17)?;
+    a.or(eax, edx)?;
+    a.mov(dword_ptr(edi + 0x10), eax)?;
+    a.mov(dword_ptr(edi), 0x10 + 2 * IRQ_PIN)?;
+    a.mov(dword_ptr(edi + 0x10), IRQ_RTE_LOW)?;
+    a.mov(dx, 0x3F9u32)?;
+    a.mov(al, 2u32)?;
+    a.out(dx, al)?;
+    a.mov(dx, 0x3F8u32)?;
+    a.mov(al, b'!' as u32)?;
+    a.out(dx, al)?;
+    a.set_label(&mut wait)?;
+    a.cmp(dword_ptr(PD_IRQ_SEEN), 0)?;
+    a.jne(done)?;
+    a.pause()?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.cmp(rax, r14)?;
+    a.jb(wait)?;
+    // Read RTE 4 until its remote IRR clears (the EOI reached the IOAPIC) or the deadline.
+    let mut poll = a.create_label();
+    let mut read_done = a.create_label();
+    a.set_label(&mut done)?;
+    a.mov(edi, IOAPIC)?;
+    a.set_label(&mut poll)?;
+    a.mov(dword_ptr(edi), 0x10 + 2 * IRQ_PIN)?;
+    a.mov(esi, dword_ptr(edi + 0x10))?;
+    a.test(esi, 1 << 14)?;
+    a.jz(read_done)?;
+    a.pause()?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.cmp(rax, r14)?;
+    a.jb(poll)?;
+    a.set_label(&mut read_done)?;
+    a.mov(dword_ptr(PD_IRQ_RTE), esi)?;
+    a.set_label(&mut skip)?;
+    Ok(())
+}
+
 /// The BSP's program, assembled for `ip` and entered in 64-bit mode with RSI = boot_params.
 ///
 /// 1. Initialise the SHM header (as the guest side of `crate::shm` does).
@@ -236,8 +422,9 @@ fn emit_ipi(a: &mut CodeAssembler, low: u32) -> Result<(), IcedError> {
 /// 4. Its own record; then INIT assert, INIT deassert, SIPI, SIPI to every other MADT APIC ID
 ///    through the LAPIC ICR (xAPIC MMIO, or the x2APIC ICR MSR with a 32-bit destination),
 ///    as Linux does.
-/// 5. Wait (bounded by the TSC) until every MADT CPU completed its record; a Telemetry frame
-///    per completed record; an Exit frame; `out 0xF4` with status 0.
+/// 5. Wait (bounded by the TSC) until every MADT CPU completed its record; the IOAPIC test
+///    ([`PD_IRQ`]); a Telemetry frame per completed record; a Log frame with the IOAPIC test;
+///    an Exit frame; `out 0xF4` with status 0.
 pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut emit_frame = a.create_label();
@@ -417,6 +604,7 @@ pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
     a.cmp(rax, r14)?;
     a.jb(wait_loop)?;
     a.set_label(&mut report)?;
+    emit_irq_test(&mut a)?;
     let mut rec_loop = a.create_label();
     let mut rec_next = a.create_label();
     let mut finish = a.create_label();
@@ -435,6 +623,10 @@ pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
     a.inc(r13d)?;
     a.jmp(rec_loop)?;
     a.set_label(&mut finish)?;
+    a.mov(eax, FrameType::Log as u32)?;
+    a.mov(esi, PD_IRQ as u32)?;
+    a.mov(ecx, 12u32)?;
+    a.call(emit_frame)?;
     a.mov(eax, FrameType::Exit as u32)?;
     a.mov(esi, PD_ZERO as u32)?;
     a.mov(ecx, 4u32)?;
@@ -546,7 +738,18 @@ mod tests {
         assert_eq!(&t[0x82..0x86], &0x500u32.to_le_bytes());
         let b = bsp_program(0x100000).unwrap();
         assert!(b.len() < 8192, "{}", b.len());
-        assert!((RECORDS + 252 * RECORD_LEN as u64) < 0x9_FC00);
+        assert!((RECORDS + 252 * RECORD_LEN as u64) < AP_STACKS);
+        assert!(AP_STACKS + 253 * AP_STACK_LEN as u64 <= 0x9_FC00);
+        // The IDT gate of the test vector points at the handler, a 32-bit interrupt gate.
+        let gate = &t[(IDT_OFF + IRQ_VECTOR as u64 * 8) as usize..][..8];
+        let h = (TRAMPOLINE + HANDLER_OFF) as u32;
+        assert_eq!(&gate[0..2], &(h as u16).to_le_bytes());
+        assert_eq!(&gate[2..4], &selector::CODE32.to_le_bytes());
+        assert_eq!(&gate[4..6], &0x8E00u16.to_le_bytes());
+        assert_eq!(&gate[6..8], &((h >> 16) as u16).to_le_bytes());
+        assert_eq!(&t[0x88..0x8A], &(IRQ_VECTOR as u16 * 8 + 7).to_le_bytes());
+        assert!(PD_IRQ + 12 <= PD_SIGS && PD_X2APIC + 4 <= PD_IRQ);
+        assert!(PD_STACKS >= PD_MADT + 4 + 4 * MAX_MADT as u64);
         assert!(PD_MADT + 4 + 4 * MAX_MADT as u64 <= 0x7000);
     }
 }

@@ -16,7 +16,7 @@ use crate::topology::Topology;
 use crate::vm::{ConsoleMode, VmEnd, VmOutcome};
 mod report;
 
-pub use report::{ProbeCpu, ProbeLeaf, ProbeReport};
+pub use report::{ProbeCpu, ProbeIrq, ProbeLeaf, ProbeReport};
 
 /// Where probe code is loaded and entered (in 64-bit mode, like a kernel).
 pub const PROBE_ENTRY: u64 = HIGH_MEM_START;

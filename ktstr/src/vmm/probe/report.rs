@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use kvm_bindings::kvm_cpuid_entry2;
 use serde::Serialize;
 
-use super::code::{LEAVES, MAX_SIGS, RECORD_DONE, RECORD_LEN};
+use super::code::{IRQ_PIN, IRQ_RTE_LOW, LEAVES, MAX_SIGS, RECORD_DONE, RECORD_LEN};
 use crate::shm::FrameType;
 use crate::topology::Topology;
 use crate::vm::{PhaseTimes, VmOutcome};
@@ -68,6 +68,17 @@ impl ProbeCpu {
     }
 }
 
+/// The probe's IOAPIC interrupt test: COM1's pin, level-triggered, to the last MADT CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProbeIrq {
+    /// The destination APIC ID the BSP programmed into RTE 4.
+    pub dest: u32,
+    /// The APIC ID of the vCPU whose handler ran, if one did.
+    pub handled_by: Option<u32>,
+    /// RTE 4's low half read back after the handler's EOI.
+    pub rte_low: u32,
+}
+
 /// Everything the probe guest saw.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeReport {
@@ -78,6 +89,8 @@ pub struct ProbeReport {
     pub acpi_signatures: Vec<String>,
     /// APIC IDs of enabled MADT processor entries, in MADT order.
     pub madt_apic_ids: Vec<u32>,
+    /// The IOAPIC interrupt test (`None` with one CPU: the BSP never takes interrupts).
+    pub irq: Option<ProbeIrq>,
     /// The e820 map from boot_params: (addr, size, type).
     pub e820: Vec<(u64, u64, u32)>,
     /// boot_params.cmd_line_ptr.
@@ -139,9 +152,15 @@ impl ProbeReport {
             .filter(|f| f.kind == FrameType::Log)
             .map(|f| f.payload.as_slice())
             .collect();
-        if logs.len() != 2 {
-            return Err(format!("expected 2 Log frames, got {kinds:?}"));
+        if logs.len() != 3 || logs[2].len() != 12 {
+            return Err(format!("expected 3 Log frames, got {kinds:?}"));
         }
+        let word = |i: usize| le32(logs[2], 4 * i).unwrap_or(0);
+        let irq = (word(2) != 0 || word(0) != 0).then(|| ProbeIrq {
+            dest: word(2),
+            handled_by: word(0).checked_sub(1),
+            rte_low: word(1),
+        });
         let acpi_signatures = counted(logs[0], MAX_SIGS)?
             .into_iter()
             .map(|s| String::from_utf8_lossy(&s.to_le_bytes()).into_owned())
@@ -182,6 +201,7 @@ impl ProbeReport {
             cpus,
             acpi_signatures,
             madt_apic_ids,
+            irq,
             e820,
             cmdline_ptr: le32(bp, BP_CMD_LINE_PTR).unwrap_or(0),
             rsdp: le64(bp, BP_ACPI_RSDP_ADDR).unwrap_or(0),
@@ -221,6 +241,28 @@ impl ProbeReport {
         }
         if self.cmdline_ptr != crate::vmm::layout::CMDLINE_GPA as u32 {
             bad.push(format!("cmd_line_ptr {:#x}", self.cmdline_ptr));
+        }
+        match (&self.irq, want.len()) {
+            (None, 1) => {}
+            (None, _) => bad.push("the IOAPIC interrupt test did not run".into()),
+            (Some(irq), _) => {
+                let last = want.last().copied().unwrap_or(0);
+                if irq.dest != last {
+                    bad.push(format!("IOAPIC test aimed at APIC {}, expected {last}", irq.dest));
+                }
+                if irq.handled_by != Some(irq.dest) {
+                    bad.push(format!(
+                        "IOAPIC pin {IRQ_PIN} to APIC {} was handled by {:?}",
+                        irq.dest, irq.handled_by
+                    ));
+                }
+                if irq.rte_low & 0x1_FFFF != IRQ_RTE_LOW {
+                    bad.push(format!(
+                        "RTE {IRQ_PIN} reads {:#x} after the EOI, expected {IRQ_RTE_LOW:#x} (remote IRR clear)",
+                        irq.rte_low
+                    ));
+                }
+            }
         }
         let seen: BTreeSet<u32> = self.cpus.iter().map(|c| c.apic_id).collect();
         if seen.len() != self.cpus.len() {
@@ -345,6 +387,16 @@ impl ProbeReport {
         }
         let _ = writeln!(s, "ACPI: {}", self.acpi_signatures.join(" "));
         let _ = writeln!(s, "MADT APIC IDs: {:?}", self.madt_apic_ids);
+        if let Some(irq) = &self.irq {
+            let _ = writeln!(
+                s,
+                "IOAPIC pin {IRQ_PIN} -> APIC {}: handled by {}, RTE after EOI {:#x}",
+                irq.dest,
+                irq.handled_by
+                    .map_or("nobody".to_string(), |a| format!("APIC {a}")),
+                irq.rte_low
+            );
+        }
         for (a, len, t) in &self.e820 {
             let _ = writeln!(s, "e820: {a:#014x}-{:#014x} type {t}", a + len);
         }
