@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::boot::{self, gdt_bytes, page_tables};
 use super::devices::{ConsoleWriter, Devices, IrqLine, COM1_GSI};
 use super::ioapic::{IoapicDevice, Msi, MsiSink, IOAPIC_PINS};
-use super::layout::{MemoryLayout, ACPI_GPA, GDT_GPA, IDENTITY_MAP_GPA, TSS_GPA};
+use super::layout::{MemoryLayout, ACPI_GPA, GDT_GPA, IDENTITY_MAP_GPA, LAPIC_GPA, TSS_GPA};
 use super::vcpu::{self, Shared, VcpuContext};
 use super::{acpi, cpuid, VmmError};
 use crate::shm::{Frame, FrameReader, FrameType};
@@ -295,8 +295,9 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmmError> {
         .to_vec())
 }
 
-/// Creates vCPU `cpu` of `topo` (vcpu_id = its APIC ID) with its CPUID table, the boot MSRs
-/// and the LAPIC's virtual-wire LINT0/LINT1. Returns the fd and the table that was set.
+/// Creates vCPU `cpu` of `topo` (vcpu_id = its APIC ID) with its CPUID table, the boot MSRs,
+/// x2APIC mode for x2APIC shapes, and the LAPIC's virtual-wire LINT0/LINT1. Returns the fd
+/// and the table that was set.
 pub fn create_vcpu(
     vm: &VmFd,
     supported: &[kvm_cpuid_entry2],
@@ -334,11 +335,51 @@ pub fn create_vcpu(
             msrs.as_slice()[written].index
         );
     }
+    if topo.needs_x2apic() {
+        enable_x2apic(&vcpu, cpu == 0)?;
+    }
     let mut lapic = vcpu.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
     set_lapic_reg(&mut lapic.regs, 0x350, 0x700); // LVT0: ExtINT
     set_lapic_reg(&mut lapic.regs, 0x360, 0x400); // LVT1: NMI
     vcpu.set_lapic(&lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
     Ok((vcpu, entries))
+}
+
+/// IA32_APIC_BASE.
+pub const MSR_IA32_APICBASE: u32 = 0x1B;
+/// IA32_APIC_BASE bits: BSP (8), x2APIC mode (10), global enable (11).
+const APICBASE_BSP: u64 = 1 << 8;
+const APICBASE_EXTD: u64 = 1 << 10;
+const APICBASE_EN: u64 = 1 << 11;
+
+/// The IA32_APIC_BASE value of an x2APIC-shape vCPU: enabled, in x2APIC mode.
+pub fn x2apic_base(bsp: bool) -> u64 {
+    LAPIC_GPA | APICBASE_EN | APICBASE_EXTD | if bsp { APICBASE_BSP } else { 0 }
+}
+
+/// Starts the LAPIC in x2APIC mode, as firmware does when APIC IDs exceed 0xFF (SeaBIOS
+/// switches every CPU above 255 CPUs). Linux 6.12 picks its APIC driver before parsing the
+/// MADT: in xAPIC mode that driver accepts IDs up to 0xFE only and drops every larger MADT
+/// type-9 entry ("x2apic entry ignored"). INIT keeps APIC_BASE, so the APs stay in x2APIC
+/// mode too. Needs the x2APIC CPUID bit, hence after KVM_SET_CPUID2.
+fn enable_x2apic(vcpu: &VcpuFd, bsp: bool) -> Result<(), VmmError> {
+    let msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_IA32_APICBASE,
+        data: x2apic_base(bsp),
+        ..Default::default()
+    }])
+    .map_err(|e| VmmError::GuestMemory {
+        what: "building the APIC_BASE MSR list",
+        detail: format!("{e:?}"),
+    })?;
+    match vcpu.set_msrs(&msrs) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(VmmError::Ioctl {
+            ioctl: "KVM_SET_MSRS(IA32_APIC_BASE x2APIC)",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        }),
+        Err(e) => Err(ioctl("KVM_SET_MSRS(IA32_APIC_BASE x2APIC)")(e)),
+    }
 }
 
 fn set_lapic_reg(regs: &mut [libc::c_char; 1024], off: usize, v: u32) {

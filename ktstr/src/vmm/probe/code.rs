@@ -108,9 +108,11 @@ pub const LEAVES: [(u32, u32); 20] = [
     (0x8000_001E, 0),
     (0x4000_0001, 0),
 ];
-/// Record: LAPIC ID u32 (xAPIC: 0xFEE00020 bits 31:24; x2APIC: MSR 0x802), done marker u32,
-/// then eax/ebx/ecx/edx per leaf of [`LEAVES`].
-pub const RECORD_LEN: u32 = 8 + 16 * LEAVES.len() as u32;
+/// Record header: LAPIC ID u32 (xAPIC: 0xFEE00020 bits 31:24; x2APIC: MSR 0x802), done
+/// marker u32, IA32_APIC_BASE (low half) as the vCPU found it u32, reserved u32.
+pub const RECORD_HEADER: u32 = 16;
+/// Record: the header, then eax/ebx/ecx/edx per leaf of [`LEAVES`].
+pub const RECORD_LEN: u32 = RECORD_HEADER + 16 * LEAVES.len() as u32;
 
 /// The CRC-32 table (polynomial 0xEDB88320), as the host writes it at [`CRC_TABLE`].
 pub fn crc_table() -> Vec<u8> {
@@ -150,6 +152,9 @@ fn emit_record(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.add(edi, RECORDS as u32)?;
     let mut xapic = a.create_label();
     let mut have_id = a.create_label();
+    a.mov(ecx, MSR_APIC_BASE)?;
+    a.rdmsr()?;
+    a.mov(dword_ptr(edi + 8), eax)?;
     a.mov(esi, PD_X2APIC as u32)?;
     a.cmp(dword_ptr(esi), 0)?;
     a.je(xapic)?;
@@ -168,7 +173,7 @@ fn emit_record(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.set_label(&mut have_id)?;
     a.mov(dword_ptr(edi), esi)?;
     for (k, (leaf, sub)) in LEAVES.iter().enumerate() {
-        let at = 8 + 16 * k as i32;
+        let at = (RECORD_HEADER + 16 * k as u32) as i32;
         a.mov(eax, *leaf)?;
         a.mov(ecx, *sub)?;
         a.cpuid()?;

@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use kvm_bindings::kvm_cpuid_entry2;
 use serde::Serialize;
 
-use super::code::{IRQ_PIN, IRQ_RTE_LOW, LEAVES, MAX_SIGS, RECORD_DONE, RECORD_LEN};
+use super::code::{
+    IRQ_PIN, IRQ_RTE_LOW, LEAVES, MAX_SIGS, RECORD_DONE, RECORD_HEADER, RECORD_LEN,
+};
 use crate::shm::FrameType;
 use crate::topology::Topology;
 use crate::vm::{PhaseTimes, VmOutcome};
@@ -37,8 +39,10 @@ pub struct ProbeLeaf {
 /// What one vCPU reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbeCpu {
-    /// The LAPIC ID register (0xFEE00020 bits 31:24).
+    /// The LAPIC ID register (xAPIC: 0xFEE00020 bits 31:24; x2APIC: MSR 0x802).
     pub apic_id: u32,
+    /// IA32_APIC_BASE bits 31:0 as the vCPU found it (BSP: at entry; APs: after INIT/SIPI).
+    pub apic_base: u32,
     /// The CPUID leaves of [`LEAVES`], in that order.
     pub leaves: Vec<ProbeLeaf>,
 }
@@ -176,7 +180,7 @@ impl ProbeReport {
                 .iter()
                 .enumerate()
                 .map(|(k, (leaf, subleaf))| {
-                    let at = 8 + 16 * k;
+                    let at = RECORD_HEADER as usize + 16 * k;
                     ProbeLeaf {
                         leaf: *leaf,
                         subleaf: *subleaf,
@@ -189,6 +193,7 @@ impl ProbeReport {
                 .collect();
             cpus.push(ProbeCpu {
                 apic_id: le32(p, 0).unwrap_or(u32::MAX),
+                apic_base: le32(p, 8).unwrap_or(0),
                 leaves,
             });
         }
@@ -309,6 +314,12 @@ impl ProbeReport {
                 (p.llc_in_node << l.core_bits) | p.core,
             );
             expect("LLC id", d.llc_id, c.apic_id >> l.llc_shift());
+            // Enabled at 0xFEE00000, BSP flag on APIC 0 only, x2APIC mode iff the shape
+            // needs it (the VMM starts x2APIC shapes in x2APIC mode, as firmware would).
+            let base = 0xFEE0_0800
+                | if c.apic_id == 0 { 0x100 } else { 0 }
+                | if topo.needs_x2apic() { 0x400 } else { 0 };
+            expect("IA32_APIC_BASE", c.apic_base, base);
             if topo.needs_x2apic() {
                 // Linux needs the x2APIC bit, and the extended destination ID to address
                 // CPUs above 255 without interrupt remapping.
