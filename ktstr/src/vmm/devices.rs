@@ -27,6 +27,14 @@ pub const I8042_DATA: u16 = 0x60;
 pub const I8042_CMD: u16 = 0x64;
 /// i8042 command that pulses the CPU reset line.
 pub const I8042_RESET: u8 = 0xFE;
+/// 8259 master command port.
+pub const PIC_MASTER: u16 = 0x20;
+/// 8259 master data port (IMR).
+pub const PIC_MASTER_IMR: u16 = 0x21;
+/// 8259 slave command port.
+pub const PIC_SLAVE: u16 = 0xA0;
+/// 8259 slave data port (IMR).
+pub const PIC_SLAVE_IMR: u16 = 0xA1;
 /// The console line that marks a kernel panic.
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
 
@@ -223,6 +231,13 @@ impl Devices {
             }
             // Reads as "no data, input buffer empty", so kb_wait() on the reboot path returns.
             I8042_DATA | I8042_CMD => data.fill(0),
+            // Split irqchip: there is no 8259. An IMR that does not read back the 0xFF Linux
+            // wrote makes probe_8259A() pick the NULL legacy PIC, so no ISA IRQ is routed or
+            // acked through a PIC that is not there (all 0xFF would look like a PIC with
+            // every IRQ pending).
+            PIC_MASTER..=PIC_MASTER_IMR | PIC_SLAVE..=PIC_SLAVE_IMR if self.ioapic.is_some() => {
+                data.fill(0)
+            }
             _ => data.fill(0xFF),
         }
     }
@@ -304,6 +319,13 @@ mod tests {
         let mut b = [0u8; 4];
         devices().mmio_read(IOAPIC_GPA, &mut b);
         assert_eq!(b, [0xFF; 4]);
+        // No PIC with the split irqchip: the IMR does not read back 0xFF.
+        for port in [PIC_MASTER_IMR, PIC_SLAVE_IMR, PIC_MASTER] {
+            d.io_out(port, &[0xFF]);
+            let mut v = [7u8];
+            d.io_in(port, &mut v);
+            assert_eq!(v, [0], "port {port:#x}");
+        }
     }
 
     #[test]
