@@ -452,3 +452,32 @@ fn linux_early_boot_on_software_kvm() {
         );
     }
 }
+
+/// The same probe (BSP program, AP trampoline) boots under `qemu -accel kvm` as a multiboot
+/// image, through the qemu backend's shared-memory result channel: the bench's comparison.
+/// Two shapes: a small xAPIC one and a 252-CPU x2APIC preset (SeaBIOS enables x2APIC).
+#[test]
+fn probe_boots_under_qemu_kvm() {
+    if !kvm_available("probe_boots_under_qemu_kvm") {
+        return;
+    }
+    if !ktstr::vm::qemu::qemu_available() {
+        eprintln!("\n!!!!!!!! NOTE: probe_boots_under_qemu_kvm SKIPPED: no qemu-system-x86_64 !!!!!!!!\n");
+        return;
+    }
+    for s in ["2,2,2,2", "1,14,9,2"] {
+        let t = Topology::parse(s).unwrap();
+        let started = Instant::now();
+        let r = probe::run_probe_qemu(&t, Duration::from_secs(180))
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
+        eprintln!(
+            "qemu {s}: {} vCPUs in {:?}; IOAPIC test {:?}",
+            r.cpus.len(),
+            started.elapsed(),
+            r.irq
+        );
+        let bad = r.check_apic_ids(&t);
+        assert!(bad.is_empty(), "{s}: {bad:#?}\n{}", r.render_table());
+        assert!(r.acpi_signatures.iter().any(|x| x == "APIC"), "{s}");
+    }
+}

@@ -353,7 +353,7 @@ fn emit_ipi(a: &mut CodeAssembler, low: u32) -> Result<(), IcedError> {
     Ok(())
 }
 
-/// The IOAPIC test (BSP, 64-bit, after the APs reported; R14 = TSC deadline): route pin 4
+/// The IOAPIC test (BSP, 64-bit, after the APs reported; clobbers R14): route pin 4
 /// (COM1) level-triggered to [`IRQ_VECTOR`] on the last MADT CPU (with an x2APIC MADT, the
 /// largest APIC ID: destination bits 14:8 go in RTE bits 55:49, the extended destination
 /// ID), make the UART raise THRE (IER = 2, then a byte), wait for that CPU's handler, and
@@ -380,6 +380,15 @@ fn emit_irq_test(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(dword_ptr(edi + 0x10), eax)?;
     a.mov(dword_ptr(edi), 0x10 + 2 * IRQ_PIN)?;
     a.mov(dword_ptr(edi + 0x10), IRQ_RTE_LOW)?;
+    // Its own, shorter bound (1/16 of the records' wait, from now): under qemu, whose
+    // IOAPIC is not ours, an EOI that never clears remote IRR must not eat the watchdog.
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.mov(rdx, qword_ptr(PD_WAIT_CYCLES))?;
+    a.shr(rdx, 4)?;
+    a.add(rax, rdx)?;
+    a.mov(r14, rax)?;
     a.mov(dx, 0x3F9u32)?;
     a.mov(al, 2u32)?;
     a.out(dx, al)?;
@@ -421,7 +430,7 @@ fn emit_irq_test(a: &mut CodeAssembler) -> Result<(), IcedError> {
 ///
 /// 1. Initialise the SHM header (as the guest side of `crate::shm` does).
 /// 2. Hello frame: the 4 KiB boot_params the guest received.
-/// 3. Walk RSDP → XSDT; keep each table's signature (and the FADT's DSDT); from the MADT keep
+/// 3. Walk RSDP → XSDT (or RSDT); keep each table's signature (and the FADT's DSDT); from the MADT keep
 ///    every enabled type-0 and type-9 APIC ID (a type-9 entry selects x2APIC mode, see
 ///    [`PD_X2APIC`]). Log frames: the signatures, the APIC IDs.
 /// 4. Its own record; then INIT assert, INIT deassert, SIPI, SIPI to every other MADT APIC ID
@@ -462,20 +471,39 @@ pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
     let mut have_dsdt = a.create_label();
     let mut madt_loop = a.create_label();
     let mut madt_next = a.create_label();
+    // The root is the XSDT (8-byte entries) from an ACPI 2.0+ RSDP, else the RSDT (4-byte
+    // entries; qemu's firmware may offer only that). r9d = entry size.
+    let mut have_xsdt = a.create_label();
+    let mut have_root = a.create_label();
+    let mut wide_entry = a.create_label();
     a.mov(rax, qword_ptr(r15 + 0x70))?;
     a.test(rax, rax)?;
     a.jz(walk_done)?;
-    a.mov(r12, qword_ptr(rax + 24))?;
+    a.mov(r9d, 8u32)?;
+    a.cmp(byte_ptr(rax + 15), 2)?; // RSDP revision
+    a.jae(have_xsdt)?;
+    a.mov(r9d, 4u32)?;
+    a.mov(r12d, dword_ptr(rax + 16))?; // RsdtAddress
+    a.jmp(have_root)?;
+    a.set_label(&mut have_xsdt)?;
+    a.mov(r12, qword_ptr(rax + 24))?; // XsdtAddress
+    a.set_label(&mut have_root)?;
     a.mov(eax, dword_ptr(r12))?;
     a.call(add_sig)?;
-    a.mov(r13d, dword_ptr(r12 + 4))?;
-    a.sub(r13d, 36)?;
-    a.shr(r13d, 3)?;
+    a.mov(eax, dword_ptr(r12 + 4))?;
+    a.sub(eax, 36)?;
+    a.xor(edx, edx)?;
+    a.div(r9d)?;
+    a.mov(r13d, eax)?;
     a.lea(r14, qword_ptr(r12 + 36))?;
     a.set_label(&mut entry_loop)?;
     a.test(r13d, r13d)?;
     a.jz(walk_done)?;
     a.mov(rbp, qword_ptr(r14))?;
+    a.cmp(r9d, 8)?;
+    a.je(wide_entry)?;
+    a.mov(ebp, ebp)?; // 4-byte entry: zero-extend
+    a.set_label(&mut wide_entry)?;
     a.mov(eax, dword_ptr(rbp))?;
     a.call(add_sig)?;
     a.mov(eax, dword_ptr(rbp))?;
@@ -539,7 +567,7 @@ pub fn bsp_program(ip: u64) -> Result<Vec<u8>, IcedError> {
     a.add(rsi, rcx)?;
     a.jmp(madt_loop)?;
     a.set_label(&mut next_entry)?;
-    a.add(r14, 8)?;
+    a.add(r14, r9)?;
     a.dec(r13d)?;
     a.jmp(entry_loop)?;
     a.set_label(&mut walk_done)?;

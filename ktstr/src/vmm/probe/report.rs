@@ -214,6 +214,30 @@ impl ProbeReport {
         })
     }
 
+    /// The checks that hold under any hypervisor and firmware (the probe under qemu): the
+    /// MADT lists exactly the topology's APIC IDs in canonical order, and every one of those
+    /// vCPUs started and reported its own LAPIC ID once. One line per mismatch.
+    pub fn check_apic_ids(&self, topo: &Topology) -> Vec<String> {
+        let mut bad = Vec::new();
+        let want: Vec<u32> = (0..topo.num_cpus()).map(|c| topo.apic_id(c)).collect();
+        if self.madt_apic_ids != want {
+            bad.push(format!(
+                "MADT APIC IDs {:?}, expected {want:?} in canonical order",
+                self.madt_apic_ids
+            ));
+        }
+        let seen: BTreeSet<u32> = self.cpus.iter().map(|c| c.apic_id).collect();
+        if seen.len() != self.cpus.len() {
+            bad.push("two vCPUs report the same LAPIC ID".into());
+        }
+        if seen != want.iter().copied().collect() {
+            bad.push(format!(
+                "vCPUs that reported have LAPIC IDs {seen:?}, expected {want:?}"
+            ));
+        }
+        bad
+    }
+
     /// Compares what the guest saw with `topo`: one line per mismatch, empty when it all
     /// matches. CPUID is decoded the way Linux 6.12 does (`cpuid::decode_linux_view`).
     pub fn check(&self, topo: &Topology) -> Vec<String> {
