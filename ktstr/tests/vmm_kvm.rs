@@ -462,7 +462,9 @@ fn probe_boots_under_qemu_kvm() {
         return;
     }
     if !ktstr::vm::qemu::qemu_available() {
-        eprintln!("\n!!!!!!!! NOTE: probe_boots_under_qemu_kvm SKIPPED: no qemu-system-x86_64 !!!!!!!!\n");
+        eprintln!(
+            "\n!!!!!!!! NOTE: probe_boots_under_qemu_kvm SKIPPED: no qemu-system-x86_64 !!!!!!!!\n"
+        );
         return;
     }
     for s in ["2,2,2,2", "1,14,9,2"] {

@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(u32::from_le_bytes(v), 0x24);
         // IER = THRE interrupt, then a byte: vm-superio raises THRE.
         d.io_out(COM1_PORT + 1, &[0x02]);
-        d.io_out(COM1_PORT, &[b'x']);
+        d.io_out(COM1_PORT, b"x");
         let got = rec.0.lock().unwrap().clone();
         assert!(!got.is_empty());
         assert!(got.iter().all(|m| m.dest() == 433 && m.vector() == 0x24));

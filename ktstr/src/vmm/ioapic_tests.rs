@@ -45,9 +45,7 @@ fn read(io: &Ioapic, index: u32) -> u32 {
 
 /// An RTE as Linux writes it in x2APIC physical mode with the extended destination ID.
 fn rte(vector: u8, dest: u32, level: bool, masked: bool) -> u64 {
-    let mut e = vector as u64
-        | ((dest as u64 & 0xFF) << 56)
-        | (((dest as u64 >> 8) & 0x7F) << 49);
+    let mut e = vector as u64 | ((dest as u64 & 0xFF) << 56) | (((dest as u64 >> 8) & 0x7F) << 49);
     if level {
         e |= RTE_LEVEL | RTE_ACTIVE_LOW;
     }
@@ -210,7 +208,11 @@ fn refused_level_messages_leave_remote_irr_clear() {
     program(&mut io, &sink, 5, rte(0x45, 300, true, false));
     io.set_line(5, true, &sink);
     assert_eq!(sink.take().len(), 1);
-    assert_eq!(io.rte(5) & RTE_REMOTE_IRR, 0, "nobody accepted it: no EOI will come");
+    assert_eq!(
+        io.rte(5) & RTE_REMOTE_IRR,
+        0,
+        "nobody accepted it: no EOI will come"
+    );
 }
 
 #[test]

@@ -121,8 +121,8 @@ pub fn create_vm(kvm: &Kvm, vcpus: u32, chip: IrqChip) -> Result<VmFd, VmmError>
             .map_err(ioctl("KVM_CREATE_PIT2"))?;
         }
         IrqChip::Split => {
-            let x2_flags = (KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK)
-                as i32;
+            let x2_flags =
+                (KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK) as i32;
             if vm.check_extension_raw(KVM_CAP_SPLIT_IRQCHIP as u64) <= 0 {
                 return Err(VmmError::MissingCapability(
                     "KVM_CAP_SPLIT_IRQCHIP (needed for x2APIC shapes)",

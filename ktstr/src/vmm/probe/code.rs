@@ -781,7 +781,7 @@ mod tests {
         assert_eq!(&gate[4..6], &0x8E00u16.to_le_bytes());
         assert_eq!(&gate[6..8], &((h >> 16) as u16).to_le_bytes());
         assert_eq!(&t[0x88..0x8A], &(IRQ_VECTOR as u16 * 8 + 7).to_le_bytes());
-        assert!(PD_IRQ + 12 <= PD_SIGS && PD_X2APIC + 4 <= PD_IRQ);
+        const { assert!(PD_IRQ + 12 <= PD_SIGS && PD_X2APIC + 4 <= PD_IRQ) };
         assert!(PD_STACKS >= PD_MADT + 4 + 4 * MAX_MADT as u64);
         assert!(PD_MADT + 4 + 4 * MAX_MADT as u64 <= 0x7000);
     }

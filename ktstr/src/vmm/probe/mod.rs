@@ -147,8 +147,8 @@ pub fn run_probe_qemu(topo: &Topology, timeout: Duration) -> Result<ProbeReport,
     spec.memory_mib = 256 * topo.numa_nodes as u64;
     spec.shm_size = 1 << 20;
     spec.timeout = timeout;
-    let out = crate::vm::qemu::run(spec, crate::vm::qemu::Accel::Kvm)
-        .map_err(|e| err("qemu", &e))?;
+    let out =
+        crate::vm::qemu::run(spec, crate::vm::qemu::Accel::Kvm).map_err(|e| err("qemu", &e))?;
     if out.end != (VmEnd::GuestExit { status: 0 }) {
         return Err(VmmError::Probe(format!(
             "under qemu: {} ({} frames, channel error: {:?}, console: {:?})",

@@ -251,7 +251,11 @@ pub fn image(wait_cycles: u64) -> Result<Vec<u8>, IcedError> {
         put(&mut img, LOW_OFF + gpa, &page);
     }
     put(&mut img, LOW_OFF + TRAMPOLINE, &code::trampoline()?);
-    assert_eq!(img.len() as u64, len, "a low-memory piece ends past LOW_END");
+    assert_eq!(
+        img.len() as u64,
+        len,
+        "a low-memory piece ends past LOW_END"
+    );
     Ok(img)
 }
 
@@ -279,7 +283,11 @@ mod tests {
             &img[(LOW_OFF + PD + 0x10) as usize..][..8],
             &1000u64.to_le_bytes()
         );
-        let pml4 = u64::from_le_bytes(img[(LOW_OFF + PML4_GPA) as usize..][..8].try_into().unwrap());
+        let pml4 = u64::from_le_bytes(
+            img[(LOW_OFF + PML4_GPA) as usize..][..8]
+                .try_into()
+                .unwrap(),
+        );
         assert_eq!(pml4 & !0xFFF, PML4_GPA + 0x1000);
     }
 }

@@ -7,9 +7,7 @@ use std::fmt::Write as _;
 use kvm_bindings::kvm_cpuid_entry2;
 use serde::Serialize;
 
-use super::code::{
-    IRQ_PIN, IRQ_RTE_LOW, LEAVES, MAX_SIGS, RECORD_DONE, RECORD_HEADER, RECORD_LEN,
-};
+use super::code::{IRQ_PIN, IRQ_RTE_LOW, LEAVES, MAX_SIGS, RECORD_DONE, RECORD_HEADER, RECORD_LEN};
 use crate::shm::FrameType;
 use crate::topology::Topology;
 use crate::vm::{PhaseTimes, VmOutcome};
@@ -277,7 +275,10 @@ impl ProbeReport {
             (Some(irq), _) => {
                 let last = want.last().copied().unwrap_or(0);
                 if irq.dest != last {
-                    bad.push(format!("IOAPIC test aimed at APIC {}, expected {last}", irq.dest));
+                    bad.push(format!(
+                        "IOAPIC test aimed at APIC {}, expected {last}",
+                        irq.dest
+                    ));
                 }
                 if irq.handled_by != Some(irq.dest) {
                     bad.push(format!(
