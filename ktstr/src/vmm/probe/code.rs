@@ -11,7 +11,11 @@
 //! - [`CRC_TABLE`]: the CRC-32 table the host supplies (the frame checksum of `crate::shm`);
 //! - [`PD`]: parameters from the host and state shared between vCPUs (offsets `PD_*`);
 //! - [`TRAMPOLINE`]: AP start-up code (SIPI vector [`SIPI_VECTOR`]);
-//! - [`RECORDS`]: one [`RECORD_LEN`]-byte record per vCPU, written by that vCPU.
+//! - [`RECORDS`]: one [`RECORD_LEN`]-byte record per vCPU, written by that vCPU;
+//! - [`AP_STACKS`]: one small stack per AP (the trampoline page also holds the APs' IDT and
+//!   the IOAPIC test's interrupt handler).
+//!
+//! The same code also boots under qemu as a multiboot image ([`super::multiboot`]).
 
 use iced_x86::code_asm::*;
 use iced_x86::{Code, IcedError, Instruction};

@@ -89,7 +89,9 @@ pub mod multiboot;
 
 /// Boots the probe guest on a VM of `topo` and returns what it saw. The probe reports its
 /// boot_params, the ACPI signatures reachable from the XSDT, the MADT's APIC IDs and, after
-/// starting every AP with INIT/SIPI/SIPI, each vCPU's LAPIC ID and topology CPUID leaves.
+/// starting every AP with INIT/SIPI/SIPI (through the x2APIC ICR MSR when the MADT has
+/// x2APIC entries), each vCPU's LAPIC ID, IA32_APIC_BASE and topology CPUID leaves, and the
+/// outcome of an IOAPIC interrupt from COM1's pin to the CPU with the largest APIC ID.
 /// Any end other than the probe's deliberate exit with status 0 is an error that carries the
 /// end and the frames seen.
 pub fn run_probe(topo: &Topology, timeout: Duration) -> Result<ProbeReport, VmmError> {
