@@ -1,6 +1,8 @@
-//! Port-I/O devices (vmm.md §5, §7): the COM1 16550 (vm-superio, IRQ through an irqfd on GSI
-//! 4), the exit port 0xF4, the i8042 reset line, and the all-ones answer for everything else.
-//! The console is kept (its tail) for failure reports and scanned for kernel panics.
+//! Port-I/O devices (vmm.md §5, §7): the COM1 16550 (vm-superio; its IRQ goes through an irqfd
+//! on GSI 4 with the in-kernel irqchip, or to pin 4 of the userspace IOAPIC with a split
+//! irqchip), the exit port 0xF4, the i8042 reset line, and the all-ones answer for everything
+//! else. With a split irqchip the IOAPIC's MMIO window is served here too. The console is kept
+//! (its tail) for failure reports and scanned for kernel panics.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -10,6 +12,7 @@ use std::time::Instant;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::ioapic::IoapicDevice;
 use crate::vm::{ConsoleMode, VmEnd, CONSOLE_TAIL_BYTES};
 
 /// COM1 base port.
@@ -24,17 +27,42 @@ pub const I8042_DATA: u16 = 0x60;
 pub const I8042_CMD: u16 = 0x64;
 /// i8042 command that pulses the CPU reset line.
 pub const I8042_RESET: u8 = 0xFE;
+/// 8259 master command port.
+pub const PIC_MASTER: u16 = 0x20;
+/// 8259 master data port (IMR).
+pub const PIC_MASTER_IMR: u16 = 0x21;
+/// 8259 slave command port.
+pub const PIC_SLAVE: u16 = 0xA0;
+/// 8259 slave data port (IMR).
+pub const PIC_SLAVE_IMR: u16 = 0xA1;
 /// The console line that marks a kernel panic.
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
 
-/// An eventfd as vm-superio's interrupt trigger.
+/// How a device raises its (edge-triggered ISA) interrupt.
 #[derive(Debug)]
-pub struct EventFdTrigger(pub EventFd);
+pub enum IrqLine {
+    /// An eventfd registered with KVM_IRQFD (in-kernel irqchip).
+    Irqfd(EventFd),
+    /// A pin of the userspace IOAPIC (split irqchip): an irqfd cannot reach it, so the
+    /// device's own code path pulses the pin.
+    Ioapic {
+        /// The IOAPIC.
+        ioapic: Arc<IoapicDevice>,
+        /// Its input pin (= GSI).
+        pin: usize,
+    },
+}
 
-impl Trigger for EventFdTrigger {
+impl Trigger for IrqLine {
     type E = io::Error;
     fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
+        match self {
+            IrqLine::Irqfd(fd) => fd.write(1),
+            IrqLine::Ioapic { ioapic, pin } => {
+                ioapic.pulse(*pin);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -134,21 +162,49 @@ impl Write for ConsoleWriter {
 }
 
 /// The 16550 type used for COM1.
-pub type Com1 = Serial<EventFdTrigger, vm_superio::serial::NoEvents, ConsoleWriter>;
+pub type Com1 = Serial<IrqLine, vm_superio::serial::NoEvents, ConsoleWriter>;
 
-/// All port-I/O devices of a VM, shared by the vCPU threads.
+/// All emulated devices of a VM, shared by the vCPU threads.
 #[derive(Debug)]
 pub struct Devices {
     serial: Mutex<Com1>,
     console: ConsoleWriter,
+    ioapic: Option<Arc<IoapicDevice>>,
 }
 
 impl Devices {
-    /// COM1 raising `irq` (an eventfd registered as an irqfd) and writing to `console`.
-    pub fn new(irq: EventFd, console: ConsoleWriter) -> Self {
+    /// COM1 raising `irq` and writing to `console`; `ioapic` is the userspace IOAPIC of a
+    /// split-irqchip VM (`None` with the in-kernel irqchip).
+    pub fn new(irq: IrqLine, console: ConsoleWriter, ioapic: Option<Arc<IoapicDevice>>) -> Self {
         Devices {
-            serial: Mutex::new(Serial::new(EventFdTrigger(irq), console.clone())),
+            serial: Mutex::new(Serial::new(irq, console.clone())),
             console,
+            ioapic,
+        }
+    }
+
+    /// Handles an MMIO read exit: the IOAPIC window if there is a userspace IOAPIC, else
+    /// all ones (nothing is there).
+    pub fn mmio_read(&self, gpa: u64, data: &mut [u8]) {
+        match &self.ioapic {
+            Some(io) if IoapicDevice::contains(gpa) => io.mmio_read(gpa, data),
+            _ => data.fill(0xFF),
+        }
+    }
+
+    /// Handles an MMIO write exit (dropped outside the IOAPIC window).
+    pub fn mmio_write(&self, gpa: u64, data: &[u8]) {
+        if let Some(io) = &self.ioapic {
+            if IoapicDevice::contains(gpa) {
+                io.mmio_write(gpa, data);
+            }
+        }
+    }
+
+    /// Handles `KVM_EXIT_IOAPIC_EOI` (split irqchip only).
+    pub fn ioapic_eoi(&self, vector: u8) {
+        if let Some(io) = &self.ioapic {
+            io.eoi(vector);
         }
     }
 
@@ -175,6 +231,13 @@ impl Devices {
             }
             // Reads as "no data, input buffer empty", so kb_wait() on the reboot path returns.
             I8042_DATA | I8042_CMD => data.fill(0),
+            // Split irqchip: there is no 8259. An IMR that does not read back the 0xFF Linux
+            // wrote makes probe_8259A() pick the NULL legacy PIC, so no ISA IRQ is routed or
+            // acked through a PIC that is not there (all 0xFF would look like a PIC with
+            // every IRQ pending).
+            PIC_MASTER..=PIC_MASTER_IMR | PIC_SLAVE..=PIC_SLAVE_IMR if self.ioapic.is_some() => {
+                data.fill(0)
+            }
             _ => data.fill(0xFF),
         }
     }
@@ -199,12 +262,70 @@ impl Devices {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::ioapic::{Msi, MsiSink, IOAPIC_GPA, IOWIN};
 
     fn devices() -> Devices {
         Devices::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            IrqLine::Irqfd(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             ConsoleWriter::new(ConsoleMode::Capture),
+            None,
         )
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Msi>>);
+    impl MsiSink for Arc<Recorder> {
+        fn signal(&self, msi: Msi) -> bool {
+            self.0.lock().unwrap().push(msi);
+            true
+        }
+        fn set_routes(&self, _: &[(u32, Msi)]) {}
+    }
+
+    #[test]
+    fn serial_interrupts_reach_the_userspace_ioapic() {
+        let rec = Arc::new(Recorder::default());
+        let io = IoapicDevice::new(Box::new(rec.clone()));
+        let d = Devices::new(
+            IrqLine::Ioapic {
+                ioapic: io.clone(),
+                pin: COM1_GSI as usize,
+            },
+            ConsoleWriter::new(ConsoleMode::Capture),
+            Some(io.clone()),
+        );
+        // Pin 4 -> vector 0x24 on APIC 433, as Linux programs it (destination bits 14:8 in
+        // RTE bits 55:49), through the MMIO window.
+        let rte: u64 = 0x24 | (0xB1 << 56) | (1 << 49);
+        for (index, value) in [(0x19u32, (rte >> 32) as u32), (0x18, rte as u32)] {
+            d.mmio_write(IOAPIC_GPA, &index.to_le_bytes());
+            d.mmio_write(IOAPIC_GPA + IOWIN, &value.to_le_bytes());
+        }
+        let mut v = [0u8; 4];
+        d.mmio_read(IOAPIC_GPA + IOWIN, &mut v);
+        assert_eq!(u32::from_le_bytes(v), 0x24);
+        // IER = THRE interrupt, then a byte: vm-superio raises THRE.
+        d.io_out(COM1_PORT + 1, &[0x02]);
+        d.io_out(COM1_PORT, b"x");
+        let got = rec.0.lock().unwrap().clone();
+        assert!(!got.is_empty());
+        assert!(got.iter().all(|m| m.dest() == 433 && m.vector() == 0x24));
+        // Outside the window: all ones, writes dropped.
+        let mut b = [0u8; 2];
+        d.mmio_read(0xC000_0000, &mut b);
+        assert_eq!(b, [0xFF; 2]);
+        d.ioapic_eoi(0x24);
+        // Without an IOAPIC, its window reads all ones too.
+        let mut b = [0u8; 4];
+        devices().mmio_read(IOAPIC_GPA, &mut b);
+        assert_eq!(b, [0xFF; 4]);
+        // No PIC with the split irqchip: the IMR does not read back 0xFF.
+        for port in [PIC_MASTER_IMR, PIC_SLAVE_IMR, PIC_MASTER] {
+            d.io_out(port, &[0xFF]);
+            let mut v = [7u8];
+            d.io_in(port, &mut v);
+            assert_eq!(v, [0], "port {port:#x}");
+        }
     }
 
     #[test]

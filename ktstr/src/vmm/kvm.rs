@@ -1,5 +1,6 @@
-//! The linear boot recipe (vmm.md §1.5): open KVM, create the VM and its in-kernel irqchip and
-//! PIT, back guest memory per NUMA range, write the boot structures, create one vCPU per CPU
+//! The linear boot recipe (vmm.md §1.5): open KVM, create the VM and its interrupt controllers
+//! (in-kernel irqchip and PIT for xAPIC shapes; split irqchip, x2APIC API and a userspace IOAPIC
+//! for x2APIC shapes, see [`IrqChip`]), back guest memory per NUMA range, write the boot structures, create one vCPU per CPU
 //! with vcpu_id = APIC ID and its own CPUID, set the BSP's long-mode state, wire COM1's irqfd,
 //! start the vCPU threads, then watch the run (watchdog, cancel flag, result channel) and tear
 //! everything down in order: vCPU fds, VM fd, memory.
@@ -10,16 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_enable_cap, kvm_msr_entry, kvm_pit_config, CpuId, Msrs,
-    KVM_CAP_HALT_POLL, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, kvm_msr_entry,
+    kvm_pit_config, CpuId, KvmIrqRouting, Msrs, KVM_CAP_HALT_POLL, KVM_CAP_SIGNAL_MSI,
+    KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY, KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::boot::{self, gdt_bytes, page_tables};
-use super::devices::{ConsoleWriter, Devices, COM1_GSI};
-use super::layout::{MemoryLayout, ACPI_GPA, GDT_GPA, IDENTITY_MAP_GPA, TSS_GPA};
+use super::devices::{ConsoleWriter, Devices, IrqLine, COM1_GSI};
+use super::ioapic::{IoapicDevice, Msi, MsiSink, IOAPIC_PINS};
+use super::layout::{MemoryLayout, ACPI_GPA, GDT_GPA, IDENTITY_MAP_GPA, LAPIC_GPA, TSS_GPA};
 use super::vcpu::{self, Shared, VcpuContext};
 use super::{acpi, cpuid, VmmError};
 use crate::shm::{Frame, FrameReader, FrameType};
@@ -62,8 +66,41 @@ pub fn open_kvm() -> Result<Kvm, VmmError> {
     Ok(kvm)
 }
 
-/// Creates the VM with its in-kernel irqchip and PIT (both before any vCPU).
-pub fn create_vm(kvm: &Kvm, vcpus: u32) -> Result<VmFd, VmmError> {
+/// How the VM's interrupt controllers are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqChip {
+    /// xAPIC shapes (APIC IDs up to 0xFE): KVM_CREATE_IRQCHIP (PIC, IOAPIC, LAPICs) and
+    /// KVM_CREATE_PIT2; COM1 through an irqfd.
+    InKernel,
+    /// x2APIC shapes: LAPICs in KVM (`KVM_CAP_SPLIT_IRQCHIP`, 24 IOAPIC routes reserved),
+    /// 32-bit x2APIC IDs in MSIs and IPIs (`KVM_CAP_X2APIC_API`), the IOAPIC in userspace
+    /// ([`super::ioapic`]). No PIC and no PIT: KVM refuses KVM_CREATE_PIT2 without an
+    /// in-kernel PIC, and Linux does not need one with kvmclock and the TSC-deadline timer.
+    Split,
+}
+
+impl IrqChip {
+    /// In-kernel for xAPIC shapes, split for shapes whose APIC IDs exceed 0xFE.
+    pub fn for_topology(topo: &Topology) -> Self {
+        if topo.needs_x2apic() {
+            IrqChip::Split
+        } else {
+            IrqChip::InKernel
+        }
+    }
+}
+
+fn enable_cap(vm: &VmFd, cap: u32, arg0: u64, name: &'static str) -> Result<(), VmmError> {
+    let mut c = kvm_enable_cap {
+        cap,
+        ..Default::default()
+    };
+    c.args[0] = arg0;
+    vm.enable_cap(&c).map_err(ioctl(name))
+}
+
+/// Creates the VM with its interrupt controllers (all before any vCPU, as KVM requires).
+pub fn create_vm(kvm: &Kvm, vcpus: u32, chip: IrqChip) -> Result<VmFd, VmmError> {
     let vm = loop {
         match kvm.create_vm() {
             Err(e) if e.errno() == libc::EINTR => continue,
@@ -74,24 +111,111 @@ pub fn create_vm(kvm: &Kvm, vcpus: u32) -> Result<VmFd, VmmError> {
         .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
     vm.set_identity_map_address(IDENTITY_MAP_GPA)
         .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
-    vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-    vm.create_pit2(kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    })
-    .map_err(ioctl("KVM_CREATE_PIT2"))?;
+    match chip {
+        IrqChip::InKernel => {
+            vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+            vm.create_pit2(kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            })
+            .map_err(ioctl("KVM_CREATE_PIT2"))?;
+        }
+        IrqChip::Split => {
+            let x2_flags =
+                (KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK) as i32;
+            if vm.check_extension_raw(KVM_CAP_SPLIT_IRQCHIP as u64) <= 0 {
+                return Err(VmmError::MissingCapability(
+                    "KVM_CAP_SPLIT_IRQCHIP (needed for x2APIC shapes)",
+                ));
+            }
+            // KVM answers with the flags it supports.
+            if vm.check_extension_raw(KVM_CAP_X2APIC_API as u64) & x2_flags != x2_flags {
+                return Err(VmmError::MissingCapability(
+                    "KVM_CAP_X2APIC_API with 32-bit IDs (needed for x2APIC shapes)",
+                ));
+            }
+            if vm.check_extension_raw(KVM_CAP_SIGNAL_MSI as u64) <= 0 {
+                return Err(VmmError::MissingCapability(
+                    "KVM_CAP_SIGNAL_MSI (needed for x2APIC shapes)",
+                ));
+            }
+            enable_cap(
+                &vm,
+                KVM_CAP_SPLIT_IRQCHIP,
+                IOAPIC_PINS as u64,
+                "KVM_ENABLE_CAP(SPLIT_IRQCHIP)",
+            )?;
+            enable_cap(
+                &vm,
+                KVM_CAP_X2APIC_API,
+                x2_flags as u64,
+                "KVM_ENABLE_CAP(X2APIC_API)",
+            )?;
+        }
+    }
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     if vcpus > host_cpus && vm.check_extension_raw(KVM_CAP_HALT_POLL as u64) > 0 {
         // Overcommitted: polling 200 µs per halt would steal the host cores from busy vCPUs.
-        let mut cap = kvm_enable_cap {
-            cap: KVM_CAP_HALT_POLL,
-            ..Default::default()
-        };
-        cap.args[0] = 0;
-        vm.enable_cap(&cap)
-            .map_err(ioctl("KVM_ENABLE_CAP(HALT_POLL)"))?;
+        enable_cap(&vm, KVM_CAP_HALT_POLL, 0, "KVM_ENABLE_CAP(HALT_POLL)")?;
     }
     Ok(vm)
+}
+
+/// The userspace IOAPIC's way into KVM: `KVM_SIGNAL_MSI` to deliver, `KVM_SET_GSI_ROUTING`
+/// so KVM knows which vectors need `KVM_EXIT_IOAPIC_EOI`. Both run on vCPU threads, where a
+/// failure can only be reported (with `KTSTR_VMM_DEBUG`): the guest sees a lost interrupt.
+pub struct KvmMsiSink(pub Arc<VmFd>);
+
+fn debug_log(what: std::fmt::Arguments<'_>) {
+    if std::env::var_os("KTSTR_VMM_DEBUG").is_some() {
+        eprintln!("ktstr vmm: {what}");
+    }
+}
+
+impl MsiSink for KvmMsiSink {
+    fn signal(&self, m: Msi) -> bool {
+        let msi = kvm_msi {
+            address_lo: m.address_lo,
+            address_hi: m.address_hi,
+            data: m.data,
+            ..Default::default()
+        };
+        match self.0.signal_msi(msi) {
+            // 0: the guest blocked it (no such destination, or the APIC is disabled).
+            Ok(0) => {
+                debug_log(format_args!("MSI {m:x?} not delivered"));
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                debug_log(format_args!("KVM_SIGNAL_MSI {m:x?}: {e}"));
+                false
+            }
+        }
+    }
+
+    fn set_routes(&self, routes: &[(u32, Msi)]) {
+        let entries: Vec<kvm_irq_routing_entry> = routes
+            .iter()
+            .map(|(gsi, m)| {
+                let mut e = kvm_irq_routing_entry {
+                    gsi: *gsi,
+                    type_: KVM_IRQ_ROUTING_MSI,
+                    ..Default::default()
+                };
+                e.u.msi.address_lo = m.address_lo;
+                e.u.msi.address_hi = m.address_hi;
+                e.u.msi.data = m.data;
+                e
+            })
+            .collect();
+        let r = KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|t| self.0.set_gsi_routing(&t).map_err(|e| e.to_string()));
+        if let Err(e) = r {
+            debug_log(format_args!("KVM_SET_GSI_ROUTING: {e}"));
+        }
+    }
 }
 
 /// Maps guest memory (one anonymous, unpopulated mapping per range) and registers a memslot
@@ -171,8 +295,9 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmmError> {
         .to_vec())
 }
 
-/// Creates vCPU `cpu` of `topo` (vcpu_id = its APIC ID) with its CPUID table, the boot MSRs
-/// and the LAPIC's virtual-wire LINT0/LINT1. Returns the fd and the table that was set.
+/// Creates vCPU `cpu` of `topo` (vcpu_id = its APIC ID) with its CPUID table, the boot MSRs,
+/// x2APIC mode for x2APIC shapes, and the LAPIC's virtual-wire LINT0/LINT1. Returns the fd
+/// and the table that was set.
 pub fn create_vcpu(
     vm: &VmFd,
     supported: &[kvm_cpuid_entry2],
@@ -210,11 +335,51 @@ pub fn create_vcpu(
             msrs.as_slice()[written].index
         );
     }
+    if topo.needs_x2apic() {
+        enable_x2apic(&vcpu, cpu == 0)?;
+    }
     let mut lapic = vcpu.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
     set_lapic_reg(&mut lapic.regs, 0x350, 0x700); // LVT0: ExtINT
     set_lapic_reg(&mut lapic.regs, 0x360, 0x400); // LVT1: NMI
     vcpu.set_lapic(&lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
     Ok((vcpu, entries))
+}
+
+/// IA32_APIC_BASE.
+pub const MSR_IA32_APICBASE: u32 = 0x1B;
+/// IA32_APIC_BASE bits: BSP (8), x2APIC mode (10), global enable (11).
+const APICBASE_BSP: u64 = 1 << 8;
+const APICBASE_EXTD: u64 = 1 << 10;
+const APICBASE_EN: u64 = 1 << 11;
+
+/// The IA32_APIC_BASE value of an x2APIC-shape vCPU: enabled, in x2APIC mode.
+pub fn x2apic_base(bsp: bool) -> u64 {
+    LAPIC_GPA | APICBASE_EN | APICBASE_EXTD | if bsp { APICBASE_BSP } else { 0 }
+}
+
+/// Starts the LAPIC in x2APIC mode, as firmware does when APIC IDs exceed 0xFF (SeaBIOS
+/// switches every CPU above 255 CPUs). Linux 6.12 picks its APIC driver before parsing the
+/// MADT: in xAPIC mode that driver accepts IDs up to 0xFE only and drops every larger MADT
+/// type-9 entry ("x2apic entry ignored"). INIT keeps APIC_BASE, so the APs stay in x2APIC
+/// mode too. Needs the x2APIC CPUID bit, hence after KVM_SET_CPUID2.
+fn enable_x2apic(vcpu: &VcpuFd, bsp: bool) -> Result<(), VmmError> {
+    let msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_IA32_APICBASE,
+        data: x2apic_base(bsp),
+        ..Default::default()
+    }])
+    .map_err(|e| VmmError::GuestMemory {
+        what: "building the APIC_BASE MSR list",
+        detail: format!("{e:?}"),
+    })?;
+    match vcpu.set_msrs(&msrs) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(VmmError::Ioctl {
+            ioctl: "KVM_SET_MSRS(IA32_APIC_BASE x2APIC)",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        }),
+        Err(e) => Err(ioctl("KVM_SET_MSRS(IA32_APIC_BASE x2APIC)")(e)),
+    }
 }
 
 fn set_lapic_reg(regs: &mut [libc::c_char; 1024], off: usize, v: u32) {
@@ -261,14 +426,9 @@ pub struct MachineSpec<'a> {
 pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     let t0 = Instant::now();
     let topo = spec.topology;
-    if topo.needs_x2apic() {
-        return Err(VmmError::X2apicUnsupported {
-            topology: topo.label(),
-            max_apic_id: topo.max_apic_id(),
-        });
-    }
+    let chip = IrqChip::for_topology(&topo);
     let kvm = open_kvm()?;
-    let vm = create_vm(&kvm, topo.num_cpus())?;
+    let vm = Arc::new(create_vm(&kvm, topo.num_cpus(), chip)?);
     let mem = create_memory(&vm, &spec.layout)?;
     let rsdp = write_common(&mem, &spec.layout, &topo)?;
     let entry = (spec.load)(&mem, &spec.layout, rsdp)?;
@@ -278,14 +438,27 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
         vcpus.push(create_vcpu(&vm, &supported, &topo, cpu)?.0);
     }
     setup_bsp(&vcpus[0], entry)?;
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host {
-        what: "creating the serial eventfd",
-        source,
-    })?;
-    vm.register_irqfd(&irq, COM1_GSI)
-        .map_err(ioctl("KVM_IRQFD"))?;
+    let (irq, ioapic) = match chip {
+        IrqChip::InKernel => {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host {
+                what: "creating the serial eventfd",
+                source,
+            })?;
+            vm.register_irqfd(&fd, COM1_GSI)
+                .map_err(ioctl("KVM_IRQFD"))?;
+            (IrqLine::Irqfd(fd), None)
+        }
+        IrqChip::Split => {
+            let io = IoapicDevice::new(Box::new(KvmMsiSink(vm.clone())));
+            let line = IrqLine::Ioapic {
+                ioapic: io.clone(),
+                pin: COM1_GSI as usize,
+            };
+            (line, Some(io))
+        }
+    };
     let console = ConsoleWriter::new(spec.console);
-    let devices = Arc::new(Devices::new(irq, console.clone()));
+    let devices = Arc::new(Devices::new(irq, console.clone(), ioapic));
     let shared = Arc::new(Shared::default());
 
     // From here on the guest runs: the watchdog starts now, not before setup.
@@ -345,6 +518,8 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     monitor.poll(&mem, &spec.layout);
     let (end, end_at) = shared.end().unwrap_or((VmEnd::Cancelled, ended));
     drop(fds);
+    // The userspace IOAPIC holds the last reference to the VM fd (split irqchip): both go
+    // before the memory.
     drop(vm);
     drop(devices);
     drop(mem);
@@ -476,7 +651,7 @@ pub fn cpuid_roundtrip(
     topo: &Topology,
 ) -> Result<Vec<(Vec<kvm_cpuid_entry2>, Vec<kvm_cpuid_entry2>)>, VmmError> {
     let kvm = open_kvm()?;
-    let vm = create_vm(&kvm, topo.num_cpus())?;
+    let vm = create_vm(&kvm, topo.num_cpus(), IrqChip::for_topology(topo))?;
     let supported = supported_cpuid(&kvm)?;
     let mut out = Vec::new();
     for cpu in 0..topo.num_cpus() {

@@ -9,15 +9,18 @@
 //! Code map: [`layout`] (GPAs, per-node RAM, SHM, e820, initrd placement), [`boot`] (kernel
 //! formats, boot_params, command line, page tables, GDT, BSP registers), [`kvm`] (the linear
 //! setup recipe and the run monitor), [`vcpu`] (threads, kicks, teardown), [`devices`] (COM1,
-//! exit port, i8042), [`acpi`] and [`cpuid`] (topology tables), [`probe`] (the probe guest).
+//! exit port, i8042, MMIO), [`ioapic`] (the userspace IOAPIC of x2APIC shapes), [`acpi`] and
+//! [`cpuid`] (topology tables), [`probe`] (the probe guest).
 //!
-//! Limits: x2APIC shapes (APIC IDs above 254) are refused with
-//! [`VmmError::X2apicUnsupported`]: they need a split irqchip with a userspace IOAPIC.
+//! Interrupt controllers: shapes whose APIC IDs fit xAPIC (up to 0xFE) use KVM's in-kernel
+//! irqchip and PIT; larger (x2APIC) shapes use a split irqchip with 32-bit x2APIC IDs, a
+//! userspace IOAPIC and KVM's extended destination ID feature ([`kvm::IrqChip`]).
 
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod devices;
+pub mod ioapic;
 pub mod kvm;
 pub mod layout;
 pub mod probe;
@@ -95,15 +98,6 @@ pub enum VmmError {
         what: &'static str,
         /// The OS error.
         source: std::io::Error,
-    },
-    /// The topology needs x2APIC (APIC IDs above 254), which the KVM backend does not set up
-    /// yet (split irqchip + X2APIC_API).
-    #[error("topology {topology} needs x2APIC (largest APIC ID {max_apic_id} > 254), which the KVM backend does not support yet; use --backend qemu or a smaller shape")]
-    X2apicUnsupported {
-        /// The topology label.
-        topology: String,
-        /// Its largest APIC ID.
-        max_apic_id: u32,
     },
     /// The probe guest did not deliver its report.
     #[error("probe guest failed: {0}")]

@@ -137,12 +137,21 @@ fn run_loop(vcpu: &mut VcpuFd, ctx: &VcpuContext) {
                     Some(end) => Step::End(end),
                     None => Step::Go,
                 },
-                // No MMIO devices: all-ones reads, dropped writes.
-                VcpuExit::MmioRead(_, data) => {
-                    data.fill(0xFF);
+                // The userspace IOAPIC (split irqchip), else all-ones reads and dropped writes.
+                VcpuExit::MmioRead(addr, data) => {
+                    ctx.devices.mmio_read(addr, data);
                     Step::Go
                 }
-                VcpuExit::MmioWrite(..) | VcpuExit::Intr | VcpuExit::Hlt => Step::Go,
+                VcpuExit::MmioWrite(addr, data) => {
+                    ctx.devices.mmio_write(addr, data);
+                    Step::Go
+                }
+                // Split irqchip: the guest EOIed a level-triggered IOAPIC vector.
+                VcpuExit::IoapicEoi(vector) => {
+                    ctx.devices.ioapic_eoi(vector);
+                    Step::Go
+                }
+                VcpuExit::Intr | VcpuExit::Hlt => Step::Go,
                 VcpuExit::Shutdown => Step::End(VmEnd::Reboot),
                 // Reset, shutdown or crash: the guest is done without a deliberate exit.
                 VcpuExit::SystemEvent(..) => Step::End(VmEnd::Reboot),

@@ -164,6 +164,11 @@ const E1_ECX_TOPOEXT: u32 = 1 << 22;
 /// 0x40000001 EDX bit 0: the vCPUs never get preempted. Wrong whenever vCPUs are overcommitted,
 /// which a pure function cannot rule out, so it is always cleared.
 const KVM_HINTS_REALTIME: u32 = 1 << 0;
+/// 0x40000001 EAX bit 15 (KVM_FEATURE_MSI_EXT_DEST_ID): IOAPIC RTEs and MSIs may carry
+/// destination bits 14:8 in address bits 11:5, so Linux runs x2APIC without interrupt
+/// remapping for APIC IDs above 255. The VMM's userspace IOAPIC implements it; KVM never
+/// reports it, since its in-kernel IOAPIC does not.
+pub const KVM_FEATURE_MSI_EXT_DEST_ID: u32 = 1 << 15;
 /// Leaf 0xB/0x1F ECX\[15:8\] level types.
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
@@ -225,10 +230,12 @@ fn cache_level(eax: u32) -> u32 {
 /// - 0x8000_001D (AMD/Hygon): sharing as for leaf 4 (the host value gives wrong LLCs), sizes kept.
 /// - 0x8000_001E (AMD/Hygon): EAX = APIC ID, EBX = core id (low 8 bits; Linux does not use it on
 ///   family >= 0x17) | (threads - 1) << 8, ECX = node (one node per package); inserted if absent.
-/// - 0xA: zeroed (no PMU). 0x4000_0000/1: kept, except KVM_HINTS_REALTIME is cleared.
+/// - 0xA: zeroed (no PMU). 0x4000_0000/1: kept, except KVM_HINTS_REALTIME is cleared; for
+///   x2APIC shapes 0x4000_0001 EAX gets [`KVM_FEATURE_MSI_EXT_DEST_ID`] (the split-irqchip
+///   VM's userspace IOAPIC decodes it).
 ///
 /// Errors: the CPU is out of range; the host lacks a leaf or an L3 the topology needs; the shape
-/// needs x2APIC and the host lacks it; on Zen1/Hygon the hard-coded `apic >> 3` LLC rule would
+/// needs x2APIC and the host lacks it (or lacks leaf 0x4000_0001); on Zen1/Hygon the hard-coded `apic >> 3` LLC rule would
 /// give different LLCs than the topology (see [`CpuidError::HardcodedLlc`]); the result exceeds
 /// [`MAX_CPUID_ENTRIES`].
 pub fn vcpu_cpuid(
@@ -269,6 +276,10 @@ pub fn vcpu_cpuid(
     if !supported.iter().any(|e| e.function == 1) {
         return Err(CpuidError::MissingLeaf { leaf: 1 });
     }
+    if topo.needs_x2apic() && !supported.iter().any(|e| e.function == 0x4000_0001) {
+        // Without KVM_FEATURE_MSI_EXT_DEST_ID Linux keeps APIC IDs above 255 offline.
+        return Err(CpuidError::MissingLeaf { leaf: 0x4000_0001 });
+    }
 
     let mut out: Vec<kvm_cpuid_entry2> = supported
         .iter()
@@ -298,7 +309,12 @@ pub fn vcpu_cpuid(
                 e.eax = (set_cache_sharing(e.eax, bits) & !(0x3f << 26)) | (cores << 26);
             }
             0xA | 0x1F | 0x8000_0026 => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0),
-            0x4000_0001 => e.edx &= !KVM_HINTS_REALTIME,
+            0x4000_0001 => {
+                e.edx &= !KVM_HINTS_REALTIME;
+                if topo.needs_x2apic() {
+                    e.eax |= KVM_FEATURE_MSI_EXT_DEST_ID;
+                }
+            }
             0x8000_0001 if flavor.amd_like() => e.ecx |= E1_ECX_TOPOEXT | E1_ECX_CMP_LEGACY,
             0x8000_0008 => e.ecx = (e.ecx & !0xf0ff) | (pkg_shift << 12) | (per_pkg - 1),
             0x8000_001D if flavor.amd_like() && cache_type(e.eax) != 0 => {

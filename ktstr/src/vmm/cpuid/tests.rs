@@ -218,6 +218,44 @@ fn x2apic_shapes_put_full_ids_in_0xb_and_0x8000001e() {
     assert_eq!(lookup(&t, 0x8000_001E, 0).eax, apic);
     assert_eq!(lookup(&t, 1, 0).ebx >> 24, apic & 0xff);
     assert_eq!((lookup(&t, 1, 0).ebx >> 16) & 0xff, 255);
+    assert_ne!(lookup(&t, 1, 0).ecx & L1_ECX_X2APIC, 0);
+}
+
+#[test]
+fn msi_ext_dest_id_only_for_x2apic_shapes() {
+    for vendor in [CpuVendor::Amd, CpuVendor::Intel] {
+        let sup = synthetic_supported(vendor);
+        assert_eq!(
+            lookup(&sup, 0x4000_0001, 0).eax & KVM_FEATURE_MSI_EXT_DEST_ID,
+            0
+        );
+        let big = Topology::parse("1n14l9c2t").unwrap();
+        let t = vcpu_cpuid(&sup, &big, 5).unwrap();
+        let kvm = lookup(&t, 0x4000_0001, 0);
+        assert_ne!(kvm.eax & KVM_FEATURE_MSI_EXT_DEST_ID, 0);
+        // The other PV features are kept.
+        assert_eq!(
+            kvm.eax & !KVM_FEATURE_MSI_EXT_DEST_ID,
+            lookup(&sup, 0x4000_0001, 0).eax
+        );
+        let small = Topology::parse("2n2l2c2t").unwrap();
+        let t = vcpu_cpuid(&sup, &small, 5).unwrap();
+        assert_eq!(
+            lookup(&t, 0x4000_0001, 0).eax & KVM_FEATURE_MSI_EXT_DEST_ID,
+            0
+        );
+        // Without the KVM leaf an x2APIC shape cannot work.
+        let no_kvm: Vec<_> = sup
+            .iter()
+            .copied()
+            .filter(|e| e.function != 0x4000_0001)
+            .collect();
+        assert_eq!(
+            vcpu_cpuid(&no_kvm, &big, 0),
+            Err(CpuidError::MissingLeaf { leaf: 0x4000_0001 })
+        );
+        vcpu_cpuid(&no_kvm, &small, 0).unwrap();
+    }
 }
 
 #[test]

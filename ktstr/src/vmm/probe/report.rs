@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use kvm_bindings::kvm_cpuid_entry2;
 use serde::Serialize;
 
-use super::code::{LEAVES, MAX_SIGS, RECORD_DONE, RECORD_LEN};
+use super::code::{IRQ_PIN, IRQ_RTE_LOW, LEAVES, MAX_SIGS, RECORD_DONE, RECORD_HEADER, RECORD_LEN};
 use crate::shm::FrameType;
 use crate::topology::Topology;
 use crate::vm::{PhaseTimes, VmOutcome};
@@ -37,8 +37,10 @@ pub struct ProbeLeaf {
 /// What one vCPU reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbeCpu {
-    /// The LAPIC ID register (0xFEE00020 bits 31:24).
+    /// The LAPIC ID register (xAPIC: 0xFEE00020 bits 31:24; x2APIC: MSR 0x802).
     pub apic_id: u32,
+    /// IA32_APIC_BASE bits 31:0 as the vCPU found it (BSP: at entry; APs: after INIT/SIPI).
+    pub apic_base: u32,
     /// The CPUID leaves of [`LEAVES`], in that order.
     pub leaves: Vec<ProbeLeaf>,
 }
@@ -68,6 +70,17 @@ impl ProbeCpu {
     }
 }
 
+/// The probe's IOAPIC interrupt test: COM1's pin, level-triggered, to the last MADT CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProbeIrq {
+    /// The destination APIC ID the BSP programmed into RTE 4.
+    pub dest: u32,
+    /// The APIC ID of the vCPU whose handler ran, if one did.
+    pub handled_by: Option<u32>,
+    /// RTE 4's low half read back after the handler's EOI.
+    pub rte_low: u32,
+}
+
 /// Everything the probe guest saw.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeReport {
@@ -78,6 +91,8 @@ pub struct ProbeReport {
     pub acpi_signatures: Vec<String>,
     /// APIC IDs of enabled MADT processor entries, in MADT order.
     pub madt_apic_ids: Vec<u32>,
+    /// The IOAPIC interrupt test (`None` with one CPU: the BSP never takes interrupts).
+    pub irq: Option<ProbeIrq>,
     /// The e820 map from boot_params: (addr, size, type).
     pub e820: Vec<(u64, u64, u32)>,
     /// boot_params.cmd_line_ptr.
@@ -139,9 +154,15 @@ impl ProbeReport {
             .filter(|f| f.kind == FrameType::Log)
             .map(|f| f.payload.as_slice())
             .collect();
-        if logs.len() != 2 {
-            return Err(format!("expected 2 Log frames, got {kinds:?}"));
+        if logs.len() != 3 || logs[2].len() != 12 {
+            return Err(format!("expected 3 Log frames, got {kinds:?}"));
         }
+        let word = |i: usize| le32(logs[2], 4 * i).unwrap_or(0);
+        let irq = (word(2) != 0 || word(0) != 0).then(|| ProbeIrq {
+            dest: word(2),
+            handled_by: word(0).checked_sub(1),
+            rte_low: word(1),
+        });
         let acpi_signatures = counted(logs[0], MAX_SIGS)?
             .into_iter()
             .map(|s| String::from_utf8_lossy(&s.to_le_bytes()).into_owned())
@@ -157,7 +178,7 @@ impl ProbeReport {
                 .iter()
                 .enumerate()
                 .map(|(k, (leaf, subleaf))| {
-                    let at = 8 + 16 * k;
+                    let at = RECORD_HEADER as usize + 16 * k;
                     ProbeLeaf {
                         leaf: *leaf,
                         subleaf: *subleaf,
@@ -170,6 +191,7 @@ impl ProbeReport {
                 .collect();
             cpus.push(ProbeCpu {
                 apic_id: le32(p, 0).unwrap_or(u32::MAX),
+                apic_base: le32(p, 8).unwrap_or(0),
                 leaves,
             });
         }
@@ -182,11 +204,36 @@ impl ProbeReport {
             cpus,
             acpi_signatures,
             madt_apic_ids,
+            irq,
             e820,
             cmdline_ptr: le32(bp, BP_CMD_LINE_PTR).unwrap_or(0),
             rsdp: le64(bp, BP_ACPI_RSDP_ADDR).unwrap_or(0),
             times: out.times,
         })
+    }
+
+    /// The checks that hold under any hypervisor and firmware (the probe under qemu): the
+    /// MADT lists exactly the topology's APIC IDs in canonical order, and every one of those
+    /// vCPUs started and reported its own LAPIC ID once. One line per mismatch.
+    pub fn check_apic_ids(&self, topo: &Topology) -> Vec<String> {
+        let mut bad = Vec::new();
+        let want: Vec<u32> = (0..topo.num_cpus()).map(|c| topo.apic_id(c)).collect();
+        if self.madt_apic_ids != want {
+            bad.push(format!(
+                "MADT APIC IDs {:?}, expected {want:?} in canonical order",
+                self.madt_apic_ids
+            ));
+        }
+        let seen: BTreeSet<u32> = self.cpus.iter().map(|c| c.apic_id).collect();
+        if seen.len() != self.cpus.len() {
+            bad.push("two vCPUs report the same LAPIC ID".into());
+        }
+        if seen != want.iter().copied().collect() {
+            bad.push(format!(
+                "vCPUs that reported have LAPIC IDs {seen:?}, expected {want:?}"
+            ));
+        }
+        bad
     }
 
     /// Compares what the guest saw with `topo`: one line per mismatch, empty when it all
@@ -221,6 +268,31 @@ impl ProbeReport {
         }
         if self.cmdline_ptr != crate::vmm::layout::CMDLINE_GPA as u32 {
             bad.push(format!("cmd_line_ptr {:#x}", self.cmdline_ptr));
+        }
+        match (&self.irq, want.len()) {
+            (None, 1) => {}
+            (None, _) => bad.push("the IOAPIC interrupt test did not run".into()),
+            (Some(irq), _) => {
+                let last = want.last().copied().unwrap_or(0);
+                if irq.dest != last {
+                    bad.push(format!(
+                        "IOAPIC test aimed at APIC {}, expected {last}",
+                        irq.dest
+                    ));
+                }
+                if irq.handled_by != Some(irq.dest) {
+                    bad.push(format!(
+                        "IOAPIC pin {IRQ_PIN} to APIC {} was handled by {:?}",
+                        irq.dest, irq.handled_by
+                    ));
+                }
+                if irq.rte_low & 0x1_FFFF != IRQ_RTE_LOW {
+                    bad.push(format!(
+                        "RTE {IRQ_PIN} reads {:#x} after the EOI, expected {IRQ_RTE_LOW:#x} (remote IRR clear)",
+                        irq.rte_low
+                    ));
+                }
+            }
         }
         let seen: BTreeSet<u32> = self.cpus.iter().map(|c| c.apic_id).collect();
         if seen.len() != self.cpus.len() {
@@ -267,6 +339,25 @@ impl ProbeReport {
                 (p.llc_in_node << l.core_bits) | p.core,
             );
             expect("LLC id", d.llc_id, c.apic_id >> l.llc_shift());
+            // Enabled at 0xFEE00000, BSP flag on APIC 0 only, x2APIC mode iff the shape
+            // needs it (the VMM starts x2APIC shapes in x2APIC mode, as firmware would).
+            let base = 0xFEE0_0800
+                | if c.apic_id == 0 { 0x100 } else { 0 }
+                | if topo.needs_x2apic() { 0x400 } else { 0 };
+            expect("IA32_APIC_BASE", c.apic_base, base);
+            if topo.needs_x2apic() {
+                // Linux needs the x2APIC bit, and the extended destination ID to address
+                // CPUs above 255 without interrupt remapping.
+                let bit = |leaf, sub, f: fn(&ProbeLeaf) -> u32, b: u32| {
+                    c.leaf(leaf, sub).map_or(0, |x| (f(x) >> b) & 1)
+                };
+                expect("leaf 0x1 ECX.x2APIC", bit(1, 0, |x| x.ecx, 21), 1);
+                expect(
+                    "leaf 0x40000001 EAX.MSI_EXT_DEST_ID",
+                    bit(0x4000_0001, 0, |x| x.eax, 15),
+                    1,
+                );
+            }
             expect("SMT shift", d.smt_shift, l.smt_shift());
             expect("threads per core", d.threads_per_core, topo.threads);
             *groups[0].entry((d.pkg_id, d.core_id)).or_default() += 1;
@@ -332,6 +423,16 @@ impl ProbeReport {
         }
         let _ = writeln!(s, "ACPI: {}", self.acpi_signatures.join(" "));
         let _ = writeln!(s, "MADT APIC IDs: {:?}", self.madt_apic_ids);
+        if let Some(irq) = &self.irq {
+            let _ = writeln!(
+                s,
+                "IOAPIC pin {IRQ_PIN} -> APIC {}: handled by {}, RTE after EOI {:#x}",
+                irq.dest,
+                irq.handled_by
+                    .map_or("nobody".to_string(), |a| format!("APIC {a}")),
+                irq.rte_low
+            );
+        }
         for (a, len, t) in &self.e820 {
             let _ = writeln!(s, "e820: {a:#014x}-{:#014x} type {t}", a + len);
         }
