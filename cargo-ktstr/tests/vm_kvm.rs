@@ -24,6 +24,7 @@ fn probe_matches_every_shape() {
     }
     for t in [
         "1,1,1,1", "1,1,2,1", "1,3,3,1", "1,2,4,2", "2,2,2,2", "2,4,4,2", "1,8,4,2",
+        "1,14,9,2", // 252 vCPUs, x2APIC (APIC ids up to 433)
     ] {
         let o = ktstr(
             &["probe", "--backend", "kvm", "--topology", t, "--json"],
