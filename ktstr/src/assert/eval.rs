@@ -580,18 +580,17 @@ mod tests {
     }
 
     #[test]
-    fn spread_is_unscaled_and_per_work_type() {
+    fn spread_is_per_work_type_and_doubles_under_emulation() {
         let a = Assert::NO_OVERRIDES.max_spread_pct(15.0);
         let mut io = w(2, 10, 95.0, &[0]);
         io.work_type = "IoSync".into();
         // A spinner and an I/O worker differ by design: not a spread.
         assert!(evaluate(&a, &run(vec![w(1, 10, 0.0, &[0]), io]), 4.0).passed);
-        let r = evaluate(
-            &a,
-            &run(vec![w(1, 10, 0.0, &[0]), w(2, 10, 20.0, &[0])]),
-            4.0,
-        );
-        assert!(r.has_kind(DetailKind::Unfair));
+        let pair = |off: f64| run(vec![w(1, 10, 0.0, &[0]), w(2, 10, off, &[0])]);
+        assert!(evaluate(&a, &pair(20.0), 1.0).has_kind(DetailKind::Unfair));
+        // Under an emulator 20% is within the doubled 30% limit; 31% is not.
+        assert!(evaluate(&a, &pair(20.0), 4.0).passed);
+        assert!(evaluate(&a, &pair(31.0), 4.0).has_kind(DetailKind::Unfair));
     }
 
     #[test]
