@@ -48,7 +48,15 @@ fn cpuid_read_back_equals_what_was_set() {
         (e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
     };
     let mut feature_diffs = std::collections::BTreeSet::new();
-    for s in SHAPES {
+    // The shapes and every gauntlet preset (the 252-vCPU ones on a split irqchip).
+    let presets = ktstr::registry::matrix::PRESETS.map(|(_, t)| t.label());
+    let labels: Vec<String> = SHAPES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(presets)
+        .collect();
+    for s in &labels {
+        let s = s.as_str();
         let t = Topology::parse(s).unwrap();
         let pairs = vmm::kvm::cpuid_roundtrip(&t).unwrap();
         assert_eq!(pairs.len() as u32, t.num_cpus());
