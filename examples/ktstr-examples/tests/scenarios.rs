@@ -229,6 +229,38 @@ fn work_types_wake(ctx: &Ctx) -> Result<AssertResult> {
     )
 }
 
+// The same coverage at a second topology each.
+
+/// `every_op` on SMT siblings.
+#[ktstr_test(llcs = 2, cores = 2, threads = 2, duration_s = 3)]
+fn every_op_smt(ctx: &Ctx) -> Result<AssertResult> {
+    every_op(ctx)
+}
+
+/// `every_cpuset_spec` with two LLCs per node.
+#[ktstr_test(
+    numa_nodes = 2,
+    llcs = 4,
+    cores = 1,
+    max_numa_nodes = 2,
+    workers_per_cgroup = 1
+)]
+fn every_cpuset_spec_4llc(ctx: &Ctx) -> Result<AssertResult> {
+    every_cpuset_spec(ctx)
+}
+
+/// `work_types_cpu` across two LLCs.
+#[ktstr_test(llcs = 2, cores = 2, max_spread_pct = 100.0)]
+fn work_types_cpu_2l(ctx: &Ctx) -> Result<AssertResult> {
+    work_types_cpu(ctx)
+}
+
+/// `work_types_wake` in one LLC of four cores.
+#[ktstr_test(llcs = 1, cores = 4, max_spread_pct = 100.0)]
+fn work_types_wake_1l(ctx: &Ctx) -> Result<AssertResult> {
+    work_types_wake(ctx)
+}
+
 fn main() {
     ktstr_harness::main()
 }
