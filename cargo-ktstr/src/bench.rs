@@ -75,7 +75,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             let mut result = "ok".to_string();
             for _ in 0..a.runs.max(1) {
                 let mut vmb =
-                    BusyboxVm::prepare(a.kernel.as_deref(), backend, topo, &[], None, &req)?;
+                    BusyboxVm::prepare(a.kernel.as_deref(), backend, topo, &[], None, &req, &[])?;
                 vmb.spec.timeout = Duration::from_secs(a.timeout_s);
                 match vm::run(backend, vmb.spec) {
                     Ok(out) if out.end == (VmEnd::GuestExit { status: 0 }) => times.push(out.times),

@@ -67,8 +67,15 @@ pub fn run(a: ProbeArgs) -> Result<ExitCode> {
                 exec: None,
                 report_topology: true,
             };
-            let mut vmb =
-                BusyboxVm::prepare(a.kernel.as_deref(), backend, a.topology, &[], None, &req)?;
+            let mut vmb = BusyboxVm::prepare(
+                a.kernel.as_deref(),
+                backend,
+                a.topology,
+                &[],
+                None,
+                &req,
+                &[],
+            )?;
             vmb.spec.timeout = Duration::from_secs(300);
             let out = vm::run(backend, vmb.spec).context("running the VM")?;
             let Some(f) = out.frames.iter().find(|f| f.kind == FrameType::Result) else {

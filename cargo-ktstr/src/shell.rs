@@ -55,10 +55,12 @@ pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
 }
 
 /// Guest RAM when --memory-mib is absent: room for the kernel and the unpacked initramfs
-/// (twice its size) plus 64 MiB per 2 vCPUs, never below 256 MiB per node.
+/// (twice its size) plus 64 MiB per 2 vCPUs, never below 256 MiB per node, in whole 128 MiB
+/// blocks per node.
 fn estimate_memory_mib(topo: &Topology, initramfs_bytes: u64) -> u64 {
+    let nodes = topo.numa_nodes as u64;
     let mib = 256 + 2 * (initramfs_bytes >> 20) + 32 * topo.num_cpus() as u64;
-    mib.max(256 * topo.numa_nodes as u64).div_ceil(128) * 128
+    mib.max(256 * nodes).div_ceil(128 * nodes) * 128 * nodes
 }
 
 /// A busybox VM with `cargo-ktstr` itself as its init: what `shell`, `probe --backend qemu`
@@ -77,12 +79,13 @@ impl BusyboxVm {
         include_files: &[PathBuf],
         memory_mib: Option<u32>,
         req: &ShellRequest,
+        binaries: &[PathBuf],
     ) -> Result<Self> {
         let kernel = ktstr::kernel::resolve(kernel).context("resolving the kernel")?;
         let exe = std::env::current_exe().context("locating the cargo-ktstr binary")?;
         let spec = InitramfsSpec {
             init: exe,
-            binaries: Vec::new(),
+            binaries: binaries.to_vec(),
             include_files: include_files.to_vec(),
             busybox: true,
             files: vec![(
@@ -96,12 +99,7 @@ impl BusyboxVm {
         let memory_mib = memory_mib
             .map(u64::from)
             .unwrap_or_else(|| estimate_memory_mib(&topology, built.uncompressed_bytes));
-        let image = match (backend, &kernel.vmlinux) {
-            // The in-process VMM boots the ELF vmlinux directly: no decompressor.
-            (BackendKind::Kvm, Some(v)) => v.clone(),
-            _ => kernel.image.clone(),
-        };
-        let mut spec = VmSpec::new(image, built.path.clone(), topology);
+        let mut spec = VmSpec::new(kernel.boot_image(backend), built.path.clone(), topology);
         spec.memory_mib = memory_mib;
         Ok(BusyboxVm { spec })
     }
@@ -145,6 +143,7 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
         &a.include_files,
         a.memory_mib,
         &req,
+        &[],
     )?;
     spec.console = match (&a.exec, a.dmesg) {
         (None, _) => ConsoleMode::Interactive,

@@ -26,12 +26,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::shell::BusyboxVm;
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
-use ktstr::guest::shell::{ShellRequest, REQUEST_PATH};
-use ktstr::initramfs::{self, InitramfsSpec};
+use ktstr::guest::shell::ShellRequest;
 use ktstr::shm::FrameType;
-use ktstr::vm::{self, BackendChoice, BackendKind, ConsoleMode, VmEnd, VmSpec};
+use ktstr::vm::{self, BackendChoice, ConsoleMode, VmEnd};
 use ktstr::Topology;
 use serde_json::Value;
 
@@ -348,7 +348,6 @@ fn run_vm(
     profiles: &[(String, Vec<String>)],
     a: &VerifierArgs,
 ) -> Result<String> {
-    let kernel = ktstr::kernel::resolve(kernel_spec).context("resolving the kernel")?;
     let choice = match &a.backend {
         Some(b) => b
             .parse()
@@ -365,31 +364,15 @@ fn run_vm(
         exec: Some(guest_script(&bin_name, profiles, a.raw)),
         report_topology: false,
     };
-    let spec = InitramfsSpec {
-        init: std::env::current_exe().context("locating the cargo-ktstr binary")?,
-        binaries: vec![sched_bin.to_path_buf()],
-        include_files: Vec::new(),
-        busybox: true,
-        files: vec![(
-            REQUEST_PATH.trim_start_matches('/').to_string(),
-            serde_json::to_vec(&req)?,
-            0o644,
-        )],
-    };
-    let built = initramfs::build(&spec, &ktstr::cache::initramfs_dir())
-        .context("building the initramfs")?;
-    let topo = d.topology;
-    let memory_mib = (256 + 2 * (built.uncompressed_bytes >> 20) + 32 * topo.num_cpus() as u64)
-        .max(256 * topo.numa_nodes as u64)
-        .div_ceil(128 * topo.numa_nodes as u64)
-        * 128
-        * topo.numa_nodes as u64;
-    let image = match (backend, &kernel.vmlinux) {
-        (BackendKind::Kvm, Some(v)) => v.clone(),
-        _ => kernel.image.clone(),
-    };
-    let mut spec = VmSpec::new(image, built.path.clone(), topo);
-    spec.memory_mib = memory_mib;
+    let BusyboxVm { mut spec } = BusyboxVm::prepare(
+        kernel_spec,
+        backend,
+        d.topology,
+        &[],
+        None,
+        &req,
+        &[sched_bin.to_path_buf()],
+    )?;
     spec.console = ConsoleMode::Capture;
     spec.timeout = Duration::from_secs(120 + 60 * profiles.len() as u64);
     spec.cancel = Arc::new(AtomicBool::new(false));

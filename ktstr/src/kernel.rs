@@ -17,6 +17,17 @@ pub struct Kernel {
     pub label: String,
 }
 
+impl Kernel {
+    /// The image to boot on `backend`: the in-process VMM boots the ELF vmlinux directly when
+    /// there is one (no decompressor); qemu boots the image.
+    pub fn boot_image(&self, backend: crate::vm::BackendKind) -> PathBuf {
+        match (backend, &self.vmlinux) {
+            (crate::vm::BackendKind::Kvm, Some(v)) => v.clone(),
+            _ => self.image.clone(),
+        }
+    }
+}
+
 /// Why no kernel could be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {

@@ -122,11 +122,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         .div_ceil(128 * topo.numa_nodes as u64)
         * 128
         * topo.numa_nodes as u64;
-    let image = match (backend, &kernel.vmlinux) {
-        (BackendKind::Kvm, Some(v)) => v.clone(),
-        _ => kernel.image.clone(),
-    };
-    let mut spec = VmSpec::new(image, built.path.clone(), topo);
+    let mut spec = VmSpec::new(kernel.boot_image(backend), built.path.clone(), topo);
     spec.memory_mib = memory_mib;
     spec.cmdline_extra = case.scheduler.kargs.iter().map(|s| s.to_string()).collect();
     let run_s = case.test.duration_s as f64 + 30.0;
