@@ -176,3 +176,30 @@ fn x2apic_shapes_are_refused_under_tcg_with_a_reason() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("APIC ids above 255"), "{err}");
 }
+
+/// `cargo ktstr verifier` boots a VM per scheduler and prints verified instruction counts per
+/// program for every flag profile of scx-demo.
+#[test]
+fn verifier_prints_counts_for_every_profile() {
+    let (Some(k), true) = (kernel(), qemu()) else {
+        return;
+    };
+    let o = ktstr(
+        &["verifier", "-p", "ktstr-examples", "--backend", "qemu"],
+        &[("KTSTR_KERNEL", k.to_str().unwrap())],
+    );
+    let (out, err) = text(&o);
+    if err.contains("skipping scheduler scx-demo") && !common::under_ci() {
+        eprintln!("\n!!! SKIPPED: build the example scheduler first (cargo build --release -p scx-demo)\n");
+        return;
+    }
+    assert!(o.status.success(), "{out}\n{err}");
+    for want in [
+        "demo_dispatch",
+        "demo_enqueue",
+        "scx-demo+llc+steal",
+        "total",
+    ] {
+        assert!(out.contains(want), "missing {want}: {out}");
+    }
+}
