@@ -177,13 +177,57 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
         _ => {}
     }));
 
+    // qemu puts the terminal in raw mode itself; for the in-process VMM we do it.
+    let _tty = (spec.console == ConsoleMode::Interactive && backend == BackendKind::Kvm)
+        .then(TerminalMode::cbreak)
+        .flatten();
     let out = vm::run(backend, spec).context("running the VM")?;
+    drop(_tty);
     if let Some(code) = vm::qemu::exit_code(&out.frames) {
         if matches!(out.end, VmEnd::GuestExit { .. }) {
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
     }
     bail!(failure_message(backend, &out))
+}
+
+/// The host terminal switched to character-at-a-time input without local echo (the guest's
+/// shell echoes), restored on drop. ISIG stays on, so ^C still reaches ktstr and tears the VM
+/// down: the escape hatch from a hung guest.
+struct TerminalMode {
+    saved: libc::termios,
+}
+
+impl TerminalMode {
+    fn cbreak() -> Option<TerminalMode> {
+        // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a valid termios buffer; failures
+        // (not a terminal) leave the terminal untouched.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return None;
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            t.c_lflag &= !(libc::ICANON | libc::ECHO);
+            t.c_iflag &= !libc::ICRNL;
+            t.c_cc[libc::VMIN] = 1;
+            t.c_cc[libc::VTIME] = 0;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return None;
+            }
+            Some(TerminalMode { saved })
+        }
+    }
+}
+
+impl Drop for TerminalMode {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes read in `cbreak` on the same fd.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.saved) };
+    }
 }
 
 /// Explains a VM that did not end with the guest's exit code, with the console tail and, on
