@@ -226,6 +226,9 @@ pub struct Sidecar {
     pub run_id: String,
     /// `local` or `ci`.
     pub run_source: String,
+    /// The VM backend that ran the case (`kvm` or `qemu`), and qemu's accelerator.
+    #[serde(default)]
+    pub backend: String,
     /// Host teardown, ms.
     pub cleanup_duration_ms: u64,
     /// Phase durations.

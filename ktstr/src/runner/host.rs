@@ -189,6 +189,10 @@ fn write_sidecar(case: &CaseSpec, cf: &CaseFile, out: &vm::VmOutcome, passed: bo
         timestamp: sidecar::rfc3339(std::time::SystemTime::now()),
         run_id: sidecar::run_id(),
         run_source: sidecar::run_source(),
+        backend: match (out.backend, cf.time_scale > 1.0) {
+            (vm::BackendKind::Qemu, true) => "qemu-tcg".into(),
+            (b, _) => b.to_string(),
+        },
         cleanup_duration_ms: ms(t.teardown),
         durations: sidecar::Durations {
             boot_ms: ms(t.setup + t.boot_to_init.unwrap_or_default()),
