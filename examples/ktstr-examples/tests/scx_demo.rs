@@ -207,9 +207,12 @@ fn fault_degrade(ctx: &Ctx) -> Result<AssertResult> {
     two_cgroups(ctx)
 }
 
-/// 50 ms of busy-waiting in every dispatch: the wake-latency check catches it.
-#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2, extra_sched_args = ["--slow-us", "50000"],
-    expect_err = "Benchmark: wake latency")]
+/// 25 ms of busy-waiting in every dispatch: the wake-latency check catches it (10 ms went
+/// unnoticed). The sched_ext watchdog gets its longest timeout (8 s × time scale, capped at
+/// 30 s): with 50 ms and a 16 s watchdog it sometimes ejected the crawling scheduler first,
+/// EEVDF then woke the sleepers promptly, and the diagnosis was a stall instead.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2, watchdog_timeout_s = 8,
+    extra_sched_args = ["--slow-us", "25000"], expect_err = "Benchmark: wake latency")]
 fn fault_slow(ctx: &Ctx) -> Result<AssertResult> {
     wake_latency(ctx)
 }
