@@ -351,10 +351,24 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    fn find_payload(&self, name: &str, cgroup: &Option<String>) -> Option<usize> {
-        self.payloads
+    /// Removes the running payload `name` (in `cgroup`, if given) for `op` to wait on or kill.
+    fn take_payload(
+        &mut self,
+        at: &str,
+        op: &Op,
+        name: &str,
+        cgroup: &Option<String>,
+    ) -> Result<RunningPayload, ScenarioError> {
+        let idx = self
+            .payloads
             .iter()
             .position(|p| p.name == name && (cgroup.is_none() || p.cgroup == *cgroup))
+            .ok_or_else(|| ScenarioError::UnknownPayload {
+                at: at.into(),
+                op: op.kind(),
+                name: name.to_string(),
+            })?;
+        Ok(self.payloads.remove(idx))
     }
 
     fn start_payload(
@@ -504,14 +518,7 @@ impl<'a> Runner<'a> {
                 payload.name.to_string()
             }
             Op::WaitPayload { name, cgroup } => {
-                let Some(idx) = self.find_payload(name, cgroup) else {
-                    return Err(ScenarioError::UnknownPayload {
-                        at: at.into(),
-                        op: op.kind(),
-                        name: name.clone(),
-                    });
-                };
-                let mut p = self.payloads.remove(idx);
+                let mut p = self.take_payload(at, op, name, cgroup)?;
                 let limit = self.ctx.duration.mul_f64(self.ctx.time_scale.max(1.0))
                     + Duration::from_secs(30);
                 let deadline = Instant::now() + limit;
@@ -547,14 +554,7 @@ impl<'a> Runner<'a> {
                 }
             }
             Op::KillPayload { name, cgroup } => {
-                let Some(idx) = self.find_payload(name, cgroup) else {
-                    return Err(ScenarioError::UnknownPayload {
-                        at: at.into(),
-                        op: op.kind(),
-                        name: name.clone(),
-                    });
-                };
-                let mut p = self.payloads.remove(idx);
+                let mut p = self.take_payload(at, op, name, cgroup)?;
                 let still_running = matches!(p.child.try_wait(), Ok(None));
                 let _ = p.child.kill();
                 let _ = p.child.wait();
