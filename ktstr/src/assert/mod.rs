@@ -7,10 +7,10 @@
 //!
 //! **Slow backends.** Time-based thresholds (`max_gap_ms`, `max_p99_wake_latency_ns`) are
 //! multiplied by `Ctx::time_scale` when judged (1.0 on KVM, 4.0 under qemu TCG), because an
-//! emulated CPU stretches every gap and wake-up. The fairness spread limit doubles (capped at
-//! 100%) under an emulator, whose round-robin vCPU execution skews off-CPU time
-//! ([`eval::spread_limit`]). Other ratios (starvation, migration ratio, CVs) and rates are
-//! judged unscaled. [`eval`] turns worker reports into statistics and findings.
+//! emulated CPU stretches every gap and wake-up. Ratios (spread, starvation, migration ratio,
+//! CVs) and rates are judged unscaled: doubling the spread limit under TCG (tried) let an
+//! idle-policy worker's unfairness through. [`eval`] turns worker reports into statistics and
+//! findings.
 
 pub mod eval;
 
