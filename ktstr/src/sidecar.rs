@@ -373,12 +373,30 @@ impl Sidecar {
     }
 }
 
-/// The runs root: `{CARGO_TARGET_DIR or target}/ktstr`.
+/// The runs root: `{CARGO_TARGET_DIR or target}/ktstr`. Without `CARGO_TARGET_DIR`, the
+/// target directory is the one the running test binary was built in
+/// (`<target>/<profile>/deps/<binary>`), because cargo and nextest run a package's tests from
+/// the package's directory, where a relative `target` would be the wrong place.
 pub fn runs_root() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
+        return PathBuf::from(t).join("ktstr");
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    target_of_exe(&exe)
         .unwrap_or_else(|| PathBuf::from("target"))
         .join("ktstr")
+}
+
+/// `<target>` for an executable at `<target>/<profile>/deps/<name>` or
+/// `<target>/<profile>/<name>`.
+fn target_of_exe(exe: &Path) -> Option<PathBuf> {
+    let mut dir = exe.parent()?;
+    if dir.file_name()? == "deps" {
+        dir = dir.parent()?;
+    }
+    let target = dir.parent()?;
+    (target.join("CACHEDIR.TAG").is_file() || target.file_name()? == "target")
+        .then(|| target.to_path_buf())
 }
 
 /// The directory this sidecar goes to: `KTSTR_SIDECAR_DIR`, else
@@ -436,6 +454,19 @@ pub fn write_atomic(dir: &Path, s: &Sidecar) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_dir_comes_from_the_test_binary() {
+        assert_eq!(
+            target_of_exe(Path::new("/w/target/debug/deps/suite-123")),
+            Some(PathBuf::from("/w/target"))
+        );
+        assert_eq!(
+            target_of_exe(Path::new("/w/target/release/cargo-ktstr")),
+            Some(PathBuf::from("/w/target"))
+        );
+        assert_eq!(target_of_exe(Path::new("/usr/bin/x")), None);
+    }
 
     #[test]
     fn siphash13_reference_vectors() {
