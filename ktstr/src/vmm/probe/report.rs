@@ -239,14 +239,9 @@ impl ProbeReport {
     /// Compares what the guest saw with `topo`: one line per mismatch, empty when it all
     /// matches. CPUID is decoded the way Linux 6.12 does (`cpuid::decode_linux_view`).
     pub fn check(&self, topo: &Topology) -> Vec<String> {
-        let mut bad = Vec::new();
+        // MADT order and the set of reported LAPIC IDs.
+        let mut bad = self.check_apic_ids(topo);
         let want: Vec<u32> = (0..topo.num_cpus()).map(|c| topo.apic_id(c)).collect();
-        if self.madt_apic_ids != want {
-            bad.push(format!(
-                "MADT APIC IDs {:?}, expected {want:?} in canonical order",
-                self.madt_apic_ids
-            ));
-        }
         for sig in ["XSDT", "FACP", "DSDT", "APIC", "SRAT"] {
             if !self.acpi_signatures.iter().any(|s| s == sig) {
                 bad.push(format!(
@@ -293,15 +288,6 @@ impl ProbeReport {
                     ));
                 }
             }
-        }
-        let seen: BTreeSet<u32> = self.cpus.iter().map(|c| c.apic_id).collect();
-        if seen.len() != self.cpus.len() {
-            bad.push("two vCPUs report the same LAPIC ID".into());
-        }
-        if seen != want.iter().copied().collect() {
-            bad.push(format!(
-                "vCPUs that reported have LAPIC IDs {seen:?}, expected {want:?}"
-            ));
         }
         let l = topo.apic_layout();
         let mut groups: [BTreeMap<(u32, u32), u32>; 3] = Default::default();
