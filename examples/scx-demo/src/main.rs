@@ -103,8 +103,8 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub degrade_cgroup: Option<PathBuf>,
 
-    /// FAULT: busy-wait US microseconds in every dispatch, adding latency
-    /// to each scheduling decision.
+    /// FAULT: hold every wakeup of a user task for at least US microseconds
+    /// before it may run (kernel threads are not delayed).
     #[arg(long, value_name = "US",
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub slow_us: Option<u64>,
@@ -305,7 +305,7 @@ fn run(args: &Args) -> ExitCode {
     let kind = if uei.kind == 0 { 64 } else { uei.kind };
     status!(
         "stats runtime_ms={} enqueued={} direct={} dispatch={} kicked={} stolen={} stalled={} \
-         stall_victim={} degraded={} degraded_run={} max_cgid={}",
+         stall_victim={} degraded={} degraded_run={} max_cgid={} slowed={}",
         started.elapsed().as_millis(),
         bss.nr_enqueued,
         bss.nr_direct,
@@ -316,7 +316,8 @@ fn run(args: &Args) -> ExitCode {
         bss.stall_victim,
         bss.nr_degraded,
         bss.nr_degraded_run,
-        bss.max_cgid
+        bss.max_cgid,
+        bss.nr_slowed
     );
     let uei = types::demo_exit_info { kind, ..uei };
     // sched_ext's debug dump (error exits): one `scx_demo: dump: ` line per dump line,

@@ -48,6 +48,10 @@ enum {
 	BPF_ANY = 0,
 };
 
+struct bpf_timer {
+	u64 __opaque[2];
+} __attribute__((aligned(8)));
+
 /* From include/linux/sched.h. */
 #define PF_KTHREAD 0x00200000
 
@@ -124,6 +128,12 @@ struct scx_exit_info {
 /* enum scx_kick_flags */
 #define SCX_KICK_IDLE 1
 
+/* enum scx_enq_flags */
+#define SCX_ENQ_WAKEUP 1ULL
+
+/* include/uapi/linux/time.h */
+#define CLOCK_MONOTONIC 1
+
 #define SCX_OPS_NAME_LEN 128
 #define SCX_EXIT_MSG_LEN 1024
 
@@ -156,7 +166,29 @@ extern s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym;
 extern s32 scx_bpf_pick_idle_cpu(const struct cpumask *cpus_allowed,
 				 u64 flags) __ksym;
 extern void scx_bpf_kick_cpu(s32 cpu, u64 flags) __ksym;
+extern const struct cpumask *scx_bpf_get_online_cpumask(void) __ksym;
+extern void scx_bpf_put_cpumask(const struct cpumask *cpumask) __ksym;
 extern void scx_bpf_error_bstr(char *fmt, unsigned long long *data,
 			       u32 data__sz) __ksym;
+extern void scx_bpf_dispatch_vtime(struct task_struct *p, u64 dsq_id,
+				   u64 slice, u64 vtime, u64 enq_flags) __ksym;
+
+/*
+ * Open-coded DSQ iterator (bpf_for_each(scx_dsq, ...)). The kernel's struct is
+ * opaque storage of this size; libbpf checks it against the kernel BTF.
+ */
+struct bpf_iter_scx_dsq {
+	u64 __opaque[6];
+} __attribute__((aligned(8)));
+extern int bpf_iter_scx_dsq_new(struct bpf_iter_scx_dsq *it, u64 dsq_id,
+				u64 flags) __ksym;
+extern struct task_struct *
+bpf_iter_scx_dsq_next(struct bpf_iter_scx_dsq *it) __ksym;
+extern void bpf_iter_scx_dsq_destroy(struct bpf_iter_scx_dsq *it) __ksym;
+/* The iterator that libbpf's bpf_for_each() declares, for kfuncs that take it. */
+#define BPF_FOR_EACH_ITER (&___it)
+extern bool scx_bpf_dispatch_from_dsq(struct bpf_iter_scx_dsq *it__iter,
+				      struct task_struct *p, u64 dsq_id,
+				      u64 enq_flags) __ksym;
 
 #endif /* SCX_DEMO_KERNEL_DEFS_H */

@@ -14,7 +14,11 @@
  *  - crash:  after crash_after_ns, scx_bpf_error() from tick/dispatch.
  *  - degrade: tasks of one cgroup get a tiny slice and are consumed only on
  *            every DEGRADE_EVERY-th dispatch (or when nothing else waits).
- *  - slow:   every dispatch busy-waits slow_ns before picking a task.
+ *  - slow:   every wakeup of a user task waits at least slow_ns in a queue
+ *            ordered by release time before it may run. Kernel threads are
+ *            never delayed, so the fault shows as wake latency rather than
+ *            as a stall of the kernel's own workers (sched_ext's watchdog
+ *            runs in one). No CPU busy-waits: the delay is queueing.
  *  - fail_verify: makes a reachable out-of-bounds map access, which the
  *            verifier rejects at load time.
  *
@@ -29,6 +33,10 @@ char _license[] SEC("license") = "GPL";
 /* DSQ ids 0..MAX_LLCS-1 are the per-LLC queues. */
 #define STALL_DSQ 0x1000
 #define DEGRADE_DSQ 0x1001
+/* Delayed wakeups, ordered by the time they may run (dsq_vtime). */
+#define SLOW_DSQ 0x1002
+/* How often the slow fault's timer looks for due wakeups on idle CPUs. */
+#define SLOW_POLL_NS 1000000ULL
 #define DEGRADE_EVERY 8
 
 #define BPF_STRUCT_OPS(name, args...) \
@@ -94,7 +102,7 @@ s64 stall_victim;
 /* Highest cgroup id seen at enqueue, the default degrade target. */
 u64 max_cgid;
 u64 nr_enqueued, nr_direct, nr_dispatch, nr_stolen, nr_stalled,
-	nr_degraded, nr_degraded_run, nr_kicked;
+	nr_degraded, nr_degraded_run, nr_kicked, nr_slowed;
 /* Written only by the --fail-verify branch. */
 u64 verify_sink;
 
@@ -104,6 +112,18 @@ struct {
 	__type(key, u32);
 	__type(value, u64);
 } demo_scratch SEC(".maps");
+
+/* The slow fault's poll timer (armed in init only when slow_ns is set). */
+struct slow_timer {
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct slow_timer);
+} demo_slow_timer SEC(".maps");
 
 static u32 cpu_to_llc(s32 cpu)
 {
@@ -176,19 +196,52 @@ static void maybe_crash(void)
 			   elapsed / 1000000);
 }
 
-static long slow_cb(u64 idx, void *ctx)
+/* A wakeup of a user task the slow fault delays. */
+static bool is_slowed(struct task_struct *p, u64 enq_flags)
 {
-	u64 *deadline = ctx;
-
-	return bpf_ktime_get_ns() >= *deadline;
+	return slow_ns && (enq_flags & SCX_ENQ_WAKEUP) && !is_kthread(p) &&
+	       p->tgid != self_tgid;
 }
 
-/* Busy-waits slow_ns; bpf_loop keeps the verifier from unrolling it. */
-static void slow_down(void)
+/*
+ * Moves the delayed wakeups whose time has come to this CPU's local DSQ (or,
+ * where the task may not run here, the kernel falls back to the global DSQ).
+ * Returns whether one was moved. The queue is ordered by release time, so
+ * the first one not yet due ends the walk.
+ */
+static bool release_slowed(void)
 {
-	u64 deadline = bpf_ktime_get_ns() + slow_ns;
+	struct task_struct *p;
+	u64 now = bpf_ktime_get_ns();
 
-	bpf_loop(1 << 23, slow_cb, &deadline, 0);
+	bpf_for_each(scx_dsq, p, SLOW_DSQ, 0) {
+		if (p->scx.dsq_vtime > now)
+			break;
+		if (scx_bpf_dispatch_from_dsq(BPF_FOR_EACH_ITER, p,
+					      SCX_DSQ_LOCAL, 0))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Idle CPUs do not run ops.dispatch on their own, so while delayed wakeups
+ * wait, wake one idle CPU per poll to release those that are due.
+ */
+static int slow_timer_fn(void *map, int *key, struct bpf_timer *timer)
+{
+	const struct cpumask *online;
+	s32 cpu;
+
+	if (scx_bpf_dsq_nr_queued(SLOW_DSQ) > 0) {
+		online = scx_bpf_get_online_cpumask();
+		cpu = scx_bpf_pick_idle_cpu(online, 0);
+		scx_bpf_put_cpumask(online);
+		if (cpu >= 0)
+			scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+	}
+	bpf_timer_start(timer, SLOW_POLL_NS, 0);
+	return 0;
 }
 
 /*
@@ -222,7 +275,8 @@ s32 BPF_STRUCT_OPS(demo_select_cpu, struct task_struct *p, s32 prev_cpu,
 	 * Faulted tasks must go through enqueue, where they are diverted, so
 	 * only take the direct-dispatch shortcut when no fault can apply.
 	 */
-	if (is_idle && !stall_armed() && !is_degraded(p)) {
+	if (is_idle && !stall_armed() && !is_degraded(p) &&
+	    !is_slowed(p, SCX_ENQ_WAKEUP)) {
 		__sync_fetch_and_add(&nr_direct, 1);
 		scx_bpf_dispatch(p, SCX_DSQ_LOCAL, slice_ns, 0);
 	}
@@ -247,6 +301,12 @@ void BPF_STRUCT_OPS(demo_enqueue, struct task_struct *p, u64 enq_flags)
 		scx_bpf_dispatch(p, STALL_DSQ, slice_ns, enq_flags);
 		return;
 	}
+	if (is_slowed(p, enq_flags)) {
+		__sync_fetch_and_add(&nr_slowed, 1);
+		scx_bpf_dispatch_vtime(p, SLOW_DSQ, slice_ns,
+				       bpf_ktime_get_ns() + slow_ns, enq_flags);
+		return;
+	}
 	if (is_degraded(p)) {
 		__sync_fetch_and_add(&nr_degraded, 1);
 		scx_bpf_dispatch(p, DEGRADE_DSQ, degrade_slice_ns, enq_flags);
@@ -264,8 +324,8 @@ void BPF_STRUCT_OPS(demo_dispatch, s32 cpu, struct task_struct *prev)
 	u32 i;
 
 	maybe_crash();
-	if (slow_ns)
-		slow_down();
+	if (slow_ns && release_slowed())
+		return;
 
 	if (fail_verify) {
 		u32 zero = 0;
@@ -327,7 +387,26 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(demo_init)
 	ret = scx_bpf_create_dsq(STALL_DSQ, -1);
 	if (ret)
 		return ret;
-	return scx_bpf_create_dsq(DEGRADE_DSQ, -1);
+	ret = scx_bpf_create_dsq(DEGRADE_DSQ, -1);
+	if (ret)
+		return ret;
+	if (slow_ns) {
+		u32 zero = 0;
+		struct slow_timer *st;
+
+		ret = scx_bpf_create_dsq(SLOW_DSQ, -1);
+		if (ret)
+			return ret;
+		st = bpf_map_lookup_elem(&demo_slow_timer, &zero);
+		if (!st)
+			return -2; /* -ENOENT: cannot happen for an array map */
+		bpf_timer_init(&st->timer, &demo_slow_timer, CLOCK_MONOTONIC);
+		bpf_timer_set_callback(&st->timer, slow_timer_fn);
+		ret = bpf_timer_start(&st->timer, SLOW_POLL_NS, 0);
+		if (ret)
+			return ret;
+	}
+	return 0;
 }
 
 void BPF_STRUCT_OPS(demo_exit, struct scx_exit_info *ei)
