@@ -3,7 +3,7 @@
 use ktstr::registry::matrix::{Matrix, ResolveError};
 use ktstr::registry::CaseSpec;
 use ktstr::runner::CaseVerdict;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 use crate::list::selected;
 
@@ -24,14 +24,18 @@ pub fn diagnosis_matches(pattern: &str, reasons: &[String]) -> bool {
 /// Applies `expect_err` to a verdict: such a case passes only if the run failed, with the
 /// declared diagnosis when the test names one (`expect_err = "Kind: text"`). A case that could
 /// not run at all never passes a plain `expect_err = true`.
-pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<(), String> {
+pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<Completion, String> {
+    if let Some(why) = &verdict.skipped {
+        // Neither pass nor fail: an expect_err case that did not run proved nothing.
+        return Ok(Completion::ignored_with(format!("skipped: {why}")));
+    }
     if let (false, true, Some(pattern)) = (
         verdict.passed,
         case.test.expect_err,
         case.test.expect_err_match,
     ) {
         return if diagnosis_matches(pattern, &verdict.reasons) {
-            Ok(())
+            Ok(Completion::Completed)
         } else {
             Err(format!(
                 "ktstr case '{}' failed as expected, but not with the expected diagnosis {pattern:?}; it failed with:\n{}",
@@ -44,7 +48,7 @@ pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<(), String> {
             "ktstr case '{}' could not run (expect_err does not cover that)\n{}",
             case.name, verdict.report
         )),
-        (true, false) | (false, true) => Ok(()),
+        (true, false) | (false, true) => Ok(Completion::Completed),
         (false, false) => Err(verdict.report.clone()),
         (true, true) => Err(format!(
             "ktstr case '{}' passed, but the test is declared expect_err = true\n{}",
@@ -56,10 +60,10 @@ pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<(), String> {
 fn trial(case: CaseSpec) -> Trial {
     let ignored = case.ignored;
     let name = case.name.clone();
-    Trial::test(name, move || match ktstr::runner::run_case(&case) {
+    Trial::ignorable_test(name, move || match ktstr::runner::run_case(&case) {
         Ok(v) => {
             let r = judge(&case, &v).map_err(Failed::from);
-            if r.is_ok() && case.test.expect_err {
+            if matches!(r, Ok(Completion::Completed)) && case.test.expect_err {
                 // Show which diagnosis satisfied expect_err.
                 eprintln!(
                     "ktstr case '{}' failed as expected: {}",

@@ -73,3 +73,34 @@ fn a_kernel_panic_fails_the_case_and_is_named() {
         "the console tail shows the cause: {out}"
     );
 }
+
+/// Without a kernel (and outside CI) a case is skipped: libtest reports it as ignored with
+/// the reason, and an `expect_err` case is not turned into a pass by the failure to run.
+/// Under CI the same case fails instead. Needs no VM, so it runs everywhere.
+#[test]
+fn a_case_without_a_kernel_is_skipped_outside_ci_and_fails_under_ci() {
+    let run = |ci: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"));
+        cmd.args(["--exact", "expected_failure/eevdf/1n1l1c1t"])
+            .env_remove("KTSTR_KERNEL")
+            .env_remove("CI");
+        if ci {
+            cmd.env("CI", "true");
+        }
+        let o = cmd.output().expect("running the fixture binary");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text)
+    };
+    let (code, out) = run(false);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 ignored"), "not reported as ignored:\n{out}");
+    assert!(out.contains("no kernel given"), "no reason given:\n{out}");
+    assert!(!out.contains("failed as expected"), "{out}");
+    let (code, out) = run(true);
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains("KTSTR_KERNEL"), "{out}");
+}

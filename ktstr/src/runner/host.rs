@@ -47,6 +47,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
             return Ok(CaseVerdict {
                 passed: true,
                 report: format!("skipped: {e}"),
+                skipped: Some(e.to_string()),
                 ..Default::default()
             });
         }

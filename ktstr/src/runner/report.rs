@@ -20,6 +20,9 @@ pub struct CaseVerdict {
     /// The case could not run at all (e.g. its scheduler binary is missing): a plain
     /// `expect_err = true` must not turn this into a pass.
     pub infra: bool,
+    /// The case did not run, and why (no kernel outside CI). Neither a pass nor a failure:
+    /// the harness reports it as ignored at run time, and `expect_err` is not applied.
+    pub skipped: Option<String>,
 }
 
 impl CaseVerdict {
@@ -31,6 +34,7 @@ impl CaseVerdict {
             reasons: vec![reason],
             sched_exit: None,
             infra: true,
+            skipped: None,
         }
     }
 }
@@ -193,5 +197,6 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
         reasons,
         sched_exit,
         infra: false,
+        skipped: None,
     }
 }
