@@ -54,6 +54,22 @@ pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     s.parse().map_err(|e: vm::BackendSelectError| e.to_string())
 }
 
+/// One line that spells out a topology, so nobody has to guess whether the LLC count is per
+/// node or in total (it is in total, as in cli.md §6 and the gauntlet labels).
+pub fn describe_topology(t: &Topology) -> String {
+    let plural = |n: u32, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "topology {}: {} = {} × {} per node × {} per LLC × {} per core (LLCs count in total); node0 = CPUs {}",
+        t.label(),
+        plural(t.num_cpus(), "CPU"),
+        plural(t.numa_nodes, "node"),
+        plural(t.llcs_per_node(), "LLC"),
+        plural(t.cores, "core"),
+        plural(t.threads, "thread"),
+        t.node_cpulist(0),
+    )
+}
+
 /// Guest RAM when --memory-mib is absent: room for the kernel and the unpacked initramfs
 /// (twice its size) plus 64 MiB per 2 vCPUs, never below 256 MiB per node, in whole 128 MiB
 /// blocks per node.
@@ -132,6 +148,7 @@ fn emulated_kvm(backend: BackendKind) -> bool {
 /// Runs the shell; returns the process exit code.
 pub fn run(a: ShellArgs) -> Result<ExitCode> {
     let backend = choose_backend(a.backend)?;
+    eprintln!("ktstr: {}", describe_topology(&a.topology));
     let req = ShellRequest {
         exec: a.exec.clone(),
         report_topology: false,
@@ -249,6 +266,15 @@ pub fn failure_message(backend: BackendKind, out: &vm::VmOutcome) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn topology_description_spells_out_the_llc_count() {
+        let t = ktstr::Topology::parse("2,2,2,2").unwrap();
+        assert_eq!(
+            super::describe_topology(&t),
+            "topology 2n2l2c2t: 8 CPUs = 2 nodes × 1 LLC per node × 2 cores per LLC × 2 threads per core (LLCs count in total); node0 = CPUs 0-3"
+        );
+    }
+
     use super::*;
 
     #[test]

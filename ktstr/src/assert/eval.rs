@@ -20,6 +20,23 @@ pub struct WorkerRun {
     /// CPUs it was allowed by its cgroup's cpuset over its life; `None`: unconstrained at
     /// some point, so isolation is not checked for it.
     pub allowed: Option<Vec<u32>>,
+    /// Its own CPU affinity over its life: only workers with the same affinity are
+    /// compared for the fairness spread.
+    pub affinity: WorkerAffinity,
+}
+
+/// A worker's own CPU affinity (sched_setaffinity) over its life, as far as the fairness
+/// spread cares: workers confined to different CPUs face different competition, so their
+/// off-CPU shares say nothing about the scheduler's fairness.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WorkerAffinity {
+    /// Never set: every CPU its cgroup allows.
+    #[default]
+    Inherited,
+    /// Set once at spawn and never changed.
+    Fixed(Vec<u32>),
+    /// Changed while it ran (e.g. `Op::SetAffinity`): not compared with anyone.
+    Changed,
 }
 
 /// The workers of one cgroup.
@@ -202,22 +219,29 @@ pub fn cgroup_stats(run: &CgroupRun) -> CgroupStats {
     }
 }
 
-/// The worst off-CPU spread among workers of one work type within a cgroup (messengers of
-/// fan-out groups excluded: they do a different job than their receivers), with the
-/// (min, max) worker PIDs and percentages.
+/// The worst off-CPU spread among workers of one work type and one affinity within a cgroup
+/// (messengers of fan-out groups excluded: they do a different job than their receivers;
+/// workers whose affinity changed mid-run excluded: they have no peers), with the (min, max)
+/// worker PIDs and percentages.
 /// (spread, (pid, off-CPU %) of the lowest, of the highest, work type).
 type Spread = (f64, (i32, f64), (i32, f64), String);
 
 fn spread_by_type(run: &CgroupRun) -> Option<Spread> {
-    let mut types: Vec<&str> = run.workers.iter().map(|w| w.work_type.as_str()).collect();
-    types.sort_unstable();
-    types.dedup();
+    let mut peers: Vec<(&str, &WorkerAffinity)> = run
+        .workers
+        .iter()
+        .filter(|w| w.affinity != WorkerAffinity::Changed)
+        .map(|w| (w.work_type.as_str(), &w.affinity))
+        .collect();
+    peers.sort_unstable();
+    peers.dedup();
     let mut worst: Option<Spread> = None;
-    for t in types {
+    for (t, aff) in peers {
         let ws: Vec<(i32, f64)> = run
             .workers
             .iter()
-            .filter(|w| w.work_type == t && w.telemetry && !w.report.is_messenger)
+            .filter(|w| w.work_type == t && w.affinity == *aff)
+            .filter(|w| w.telemetry && !w.report.is_messenger)
             .filter(|w| w.report.exit_info.is_none())
             .map(|w| (w.report.tid, w.report.off_cpu_pct()))
             .collect();
@@ -475,6 +499,7 @@ mod tests {
             work_type: "SpinWait".into(),
             telemetry: true,
             allowed: None,
+            affinity: WorkerAffinity::Inherited,
         }
     }
 
@@ -569,6 +594,36 @@ mod tests {
         // The same limit on every backend: an emulator does not excuse unfairness.
         assert!(evaluate(&a, &pair(20.0), 1.0).has_kind(DetailKind::Unfair));
         assert!(evaluate(&a, &pair(20.0), 4.0).has_kind(DetailKind::Unfair));
+    }
+
+    #[test]
+    fn spread_compares_only_workers_with_the_same_affinity() {
+        let a = Assert::NO_OVERRIDES.max_spread_pct(15.0);
+        let with = |tid, off, aff: WorkerAffinity| WorkerRun {
+            affinity: aff,
+            ..w(tid, 10, off, &[0])
+        };
+        let fixed = |cpus: &[u32]| WorkerAffinity::Fixed(cpus.to_vec());
+        // Pinned to different CPUs: different competition, not a fairness question.
+        let r = run(vec![with(1, 0.0, fixed(&[0])), with(2, 60.0, fixed(&[1]))]);
+        assert!(evaluate(&a, &r, 1.0).passed);
+        // Re-pinned mid-run: no peers at all.
+        let r = run(vec![
+            with(1, 0.0, WorkerAffinity::Changed),
+            with(2, 60.0, WorkerAffinity::Changed),
+        ]);
+        assert!(evaluate(&a, &r, 1.0).passed);
+        // The same pin (the SCHED_IDLE-vs-normal negative case) is still judged, and so
+        // are peers beside a differently pinned worker.
+        let r = run(vec![with(1, 0.0, fixed(&[0])), with(2, 99.0, fixed(&[0]))]);
+        assert!(evaluate(&a, &r, 1.0).has_kind(DetailKind::Unfair));
+        let r = run(vec![
+            with(1, 0.0, WorkerAffinity::Inherited),
+            with(2, 40.0, WorkerAffinity::Inherited),
+            with(3, 0.0, fixed(&[1])),
+        ]);
+        let v = evaluate(&a, &r, 1.0);
+        assert!(v.has_kind(DetailKind::Unfair), "{v:?}");
     }
 
     #[test]

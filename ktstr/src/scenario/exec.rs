@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::cpuset::resolve_cpuset;
 use super::validate::{validate, ScenarioError};
 use super::{AffinityKind, Backdrop, CgroupDef, HoldSpec, MemPolicy, Op, Payload, Step, Work};
-use crate::assert::eval::{evaluate, CgroupRun, WorkerRun};
+use crate::assert::eval::{evaluate, CgroupRun, WorkerAffinity, WorkerRun};
 use crate::assert::{Assert, AssertResult, DetailKind};
 use crate::registry::Ctx;
 use crate::workload::spawn::set_affinity;
@@ -73,6 +73,8 @@ struct Runner<'a> {
     failures: AssertResult,
     events: Vec<StimulusEvent>,
     rng: crate::workload::rng::XorShift64,
+    /// Each pinned worker's affinity history (absent: never pinned).
+    affinities: BTreeMap<i32, WorkerAffinity>,
 }
 
 fn sys_err(at: &str, cgroup: &str, cause: crate::workload::WorkloadError) -> ScenarioError {
@@ -118,6 +120,7 @@ impl<'a> Runner<'a> {
             failures: AssertResult::pass(),
             events: Vec::new(),
             rng: crate::workload::rng::XorShift64::new(0x2545_F491_4F6C_DD1D),
+            affinities: BTreeMap::new(),
         }
     }
 
@@ -258,14 +261,31 @@ impl<'a> Runner<'a> {
         cgroup: &str,
         kind: &AffinityKind,
         pids: &[i32],
+        initial: bool,
     ) -> Result<(), ScenarioError> {
         let masks = self.masks(cgroup, kind, pids.len());
         for (pid, m) in pids.iter().zip(masks) {
             // Inherit on a re-pin widens back to every CPU (the cpuset still bounds it).
             let m = m.unwrap_or_else(|| self.ctx.topo.cpus.clone());
             set_affinity(*pid, &m).map_err(|e| sys_err(at, cgroup, e))?;
+            self.record_affinity(*pid, m, initial);
         }
         Ok(())
+    }
+
+    /// Tracks a worker's affinity: the spread compares only workers pinned alike.
+    fn record_affinity(&mut self, pid: i32, mask: Vec<u32>, initial: bool) {
+        let all = mask == self.ctx.topo.cpus;
+        let next = match self.affinities.get(&pid) {
+            None if initial && all => WorkerAffinity::Inherited,
+            None if initial => WorkerAffinity::Fixed(mask),
+            // A first pin after the worker started: it ran on every CPU until now.
+            None if all => WorkerAffinity::Inherited,
+            Some(WorkerAffinity::Fixed(old)) if *old == mask => return,
+            Some(WorkerAffinity::Inherited) if all => return,
+            _ => WorkerAffinity::Changed,
+        };
+        self.affinities.insert(pid, next);
     }
 
     fn spawn(&mut self, at: &str, cgroup: &str, work: &Work) -> Result<(), ScenarioError> {
@@ -281,7 +301,7 @@ impl<'a> Runner<'a> {
         let mut handle = WorkloadHandle::spawn(&cfg).map_err(|e| sys_err(at, cgroup, e))?;
         if work.affinity != AffinityKind::Inherit {
             let pids = handle.worker_pids();
-            self.pin(at, cgroup, &work.affinity, &pids)?;
+            self.pin(at, cgroup, &work.affinity, &pids, true)?;
         }
         handle.start();
         let allowed = if cgroup.is_empty() {
@@ -472,7 +492,7 @@ impl<'a> Runner<'a> {
                     .filter(|g| g.cgroup == *cgroup)
                     .flat_map(|g| g.handle.worker_pids())
                     .collect();
-                self.pin(at, cgroup, kind, &pids)?;
+                self.pin(at, cgroup, kind, &pids, false)?;
                 format!("{cgroup}: {kind:?} on {} workers", pids.len())
             }
             Op::SpawnHost { work } => {
@@ -668,6 +688,7 @@ impl<'a> Runner<'a> {
                     work_type: f.work_type.name().to_string(),
                     telemetry: f.work_type.has_telemetry(),
                     allowed: f.allowed.as_ref().map(|a| a.iter().copied().collect()),
+                    affinity: self.affinities.get(&r.tid).cloned().unwrap_or_default(),
                 });
             }
         }
