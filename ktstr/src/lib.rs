@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod kernel_config;
 pub mod prelude;
 pub mod registry;
 pub mod runner;

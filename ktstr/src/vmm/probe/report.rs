@@ -14,7 +14,7 @@ use crate::vm::{PhaseTimes, VmOutcome};
 use crate::vmm::boot::{
     BP_ACPI_RSDP_ADDR, BP_CMD_LINE_PTR, BP_E820_ENTRIES, BP_E820_TABLE, E820_MAX,
 };
-use crate::vmm::cpuid::decode_linux_view;
+use crate::vmm::cpuid::{decode_linux_view, CpuVendor};
 use crate::vmm::layout::{HOLE_END, HOLE_START};
 
 /// One CPUID result as a vCPU saw it.
@@ -324,7 +324,15 @@ impl ProbeReport {
                 d.core_id,
                 (p.llc_in_node << l.core_bits) | p.core,
             );
-            expect("LLC id", d.llc_id, c.apic_id >> l.llc_shift());
+            // Linux forms cpu_llc_id per vendor (arch/x86/kernel/cpu/cacheinfo.c): Intel masks
+            // the APIC id, AMD (family >= 0x17) shifts it. Either way the shift must be ours.
+            let llc_mask = !((1u32 << l.llc_shift()) - 1);
+            let llc_exp = match d.vendor {
+                CpuVendor::Intel | CpuVendor::Other => c.apic_id & llc_mask,
+                CpuVendor::Amd => c.apic_id >> l.llc_shift(),
+            };
+            expect("LLC id", d.llc_id, llc_exp);
+            expect("LLC shift", d.llc_shift, l.llc_shift());
             // Enabled at 0xFEE00000, BSP flag on APIC 0 only, x2APIC mode iff the shape
             // needs it (the VMM starts x2APIC shapes in x2APIC mode, as firmware would).
             let base = 0xFEE0_0800
