@@ -35,10 +35,12 @@ pub struct ShellArgs {
     /// Run CMD in the guest instead of an interactive shell; its exit code becomes ours.
     #[arg(long, value_name = "CMD")]
     exec: Option<String>,
-    /// Turn off performance-mode features (pinning, hugepages, RT threads).
+    /// Turn off performance-mode features (pinning, hugepages, RT threads): the VM gets a
+    /// capped plan of host CPUs instead (see --cpu-cap).
     #[arg(long)]
     no_perf_mode: bool,
-    /// Reserve only N host CPUs for the VM (needs --no-perf-mode; KTSTR_NO_PERF_MODE does not count).
+    /// Reserve only N host CPUs for the VM, whole host LLCs first (default: KTSTR_CPU_CAP, else
+    /// 30% of the allowed CPUs). Needs --no-perf-mode; KTSTR_NO_PERF_MODE does not count.
     #[arg(long, requires = "no_perf_mode")]
     cpu_cap: Option<usize>,
     /// VM backend: kvm (in-process VMM), qemu, or auto (default: KTSTR_BACKEND, else auto).
@@ -52,6 +54,22 @@ pub fn parse_topology(s: &str) -> Result<Topology, String> {
 
 pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     s.parse().map_err(|e: vm::BackendSelectError| e.to_string())
+}
+
+/// The capped tier (library spec §9): `--cpu-cap`, else `KTSTR_CPU_CAP`, else 30% of the
+/// allowed host CPUs, as whole host LLCs where possible, with shared locks on those LLCs.
+fn capped_plan(flag: Option<usize>) -> Result<ktstr::host_cpus::Reservation> {
+    use ktstr::host_cpus::{cap_from_env, default_cap, HostCpus};
+    let cap = match flag {
+        Some(n) => Some(n),
+        None => cap_from_env()?,
+    };
+    if cap.is_some() && std::env::var("KTSTR_BYPASS_LLC_LOCKS").as_deref() == Ok("1") {
+        bail!("--cpu-cap/KTSTR_CPU_CAP cannot be combined with KTSTR_BYPASS_LLC_LOCKS=1 (the cap is a reservation of LLC locks); unset one of them");
+    }
+    let host = HostCpus::probe()?;
+    let plan = host.plan(cap.unwrap_or_else(|| default_cap(host.len())))?;
+    Ok(plan.reserve()?)
 }
 
 /// One line that spells out a topology, so nobody has to guess whether the LLC count is per
@@ -147,8 +165,20 @@ fn emulated_kvm(backend: BackendKind) -> bool {
 
 /// Runs the shell; returns the process exit code.
 pub fn run(a: ShellArgs) -> Result<ExitCode> {
+    if a.no_perf_mode {
+        // cli.md §2.0: the flag is exported to child processes. Single-threaded here.
+        std::env::set_var("KTSTR_NO_PERF_MODE", "1");
+    }
     let backend = choose_backend(a.backend)?;
     eprintln!("ktstr: {}", describe_topology(&a.topology));
+    // Checked before anything is built; held until the VM is gone.
+    let reservation = if ktstr::host_cpus::no_perf_mode() {
+        let r = capped_plan(a.cpu_cap)?;
+        eprintln!("ktstr: no perf mode: {}", r.plan.describe());
+        Some(r)
+    } else {
+        None
+    };
     let req = ShellRequest {
         exec: a.exec.clone(),
         report_topology: false,
@@ -162,6 +192,7 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
         &req,
         &[],
     )?;
+    spec.host_cpus = reservation.as_ref().map(|r| r.plan.cpus.clone());
     spec.console = match (&a.exec, a.dmesg) {
         (None, _) => ConsoleMode::Interactive,
         (Some(_), true) => ConsoleMode::Stderr,

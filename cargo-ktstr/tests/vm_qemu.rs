@@ -203,3 +203,41 @@ fn verifier_prints_counts_for_every_profile() {
         assert!(out.contains(want), "missing {want}: {out}");
     }
 }
+
+/// `--no-perf-mode --cpu-cap 1`: the VM runs on a plan of one host CPU, with a shared lock on
+/// its host LLC for as long as it runs (the confinement itself is unit-tested in
+/// `ktstr::host_cpus`).
+#[test]
+fn a_capped_shell_reserves_its_host_llc() {
+    let (Some(k), true) = (kernel(), qemu()) else {
+        return;
+    };
+    let locks = tempfile::tempdir().unwrap();
+    let o = ktstr(
+        &[
+            "shell",
+            "--backend",
+            "qemu",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--no-perf-mode",
+            "--cpu-cap",
+            "1",
+            "--exec",
+            "nproc",
+        ],
+        &[("KTSTR_LOCK_DIR", locks.path().to_str().unwrap())],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stderr: {err}");
+    assert_eq!(out.trim(), "1", "stderr: {err}");
+    assert!(err.contains("no perf mode: capped to 1 host CPU "), "{err}");
+    let names: Vec<String> = std::fs::read_dir(locks.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.len() == 1 && names[0].starts_with("ktstr-llc-"),
+        "{names:?}"
+    );
+}

@@ -33,6 +33,14 @@ fn under_ci() -> bool {
 
 static BACKEND_NOTE: Once = Once::new();
 
+/// The capped tier's plan for a test case: `KTSTR_CPU_CAP`, else 30% of the allowed CPUs.
+fn capped_reservation() -> Result<crate::host_cpus::Reservation, crate::host_cpus::CapError> {
+    use crate::host_cpus::{cap_from_env, default_cap, HostCpus};
+    let host = HostCpus::probe()?;
+    let cap = cap_from_env()?.unwrap_or_else(|| default_cap(host.len()));
+    host.plan(cap)?.reserve()
+}
+
 /// Runs one case (boots its VM, or runs a `host_only` body on the host).
 pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     if case.host_only() {
@@ -129,6 +137,14 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     let run_s = case.test.duration_s as f64 + 30.0;
     spec.timeout = Duration::from_secs_f64(60.0 * scale + run_s * scale);
     spec.cancel = Arc::new(AtomicBool::new(false));
+    // KTSTR_NO_PERF_MODE: the capped tier, held until the VM is gone.
+    let _reservation = if crate::host_cpus::no_perf_mode() {
+        let r = capped_reservation().map_err(|e| e.to_string())?;
+        spec.host_cpus = Some(r.plan.cpus.clone());
+        Some(r)
+    } else {
+        None
+    };
     let out = vm::run(backend, spec).map_err(|e| e.to_string())?;
     let diag = format!(
         "kernel: {}\ntopology: {} ({} vCPUs), memory {memory_mib} MiB\nscheduler: {}{}",

@@ -63,6 +63,8 @@ pub struct VmSpec {
     pub frame_sink: Option<FrameSink>,
     /// Set by the host (e.g. on SIGINT/SIGTERM) to tear the VM down promptly.
     pub cancel: Arc<AtomicBool>,
+    /// Host CPUs the VM's threads are confined to (a capped run); `None`: no constraint.
+    pub host_cpus: Option<Vec<u32>>,
 }
 
 impl VmSpec {
@@ -79,6 +81,7 @@ impl VmSpec {
             shm_size: DEFAULT_SHM_SIZE,
             frame_sink: None,
             cancel: Arc::new(AtomicBool::new(false)),
+            host_cpus: None,
         }
     }
 }
@@ -196,6 +199,9 @@ pub enum VmError {
     /// The KVM backend failed.
     #[error("KVM backend: {0}")]
     Kvm(#[from] crate::vmm::VmmError),
+    /// The VM could not be confined to its host CPUs.
+    #[error(transparent)]
+    HostCpus(#[from] crate::host_cpus::CapError),
     /// The topology needs x2APIC (APIC ids above 254) and the kernel was built without it: such
     /// a kernel disables its APIC when it finds x2APIC on, and hangs silently.
     #[error("topology {topology} needs x2APIC (APIC ids up to {max_apic_id}), but {kernel} was built without CONFIG_X86_X2APIC (per {config}); rebuild the kernel with CONFIG_X86_X2APIC=y or pick a topology with at most 255 APIC ids")]
@@ -241,7 +247,31 @@ pub fn run(backend: BackendKind, spec: VmSpec) -> Result<VmOutcome, VmError> {
             };
             Ok(qemu::run(spec, accel)?)
         }
-        BackendKind::Kvm => Ok(crate::vmm::run(spec)?),
+        BackendKind::Kvm => {
+            // vCPU and device threads inherit the calling thread's mask; put it back after.
+            let _restore = match &spec.host_cpus {
+                Some(cpus) => Some(AffinityRestore::confine(cpus)?),
+                None => None,
+            };
+            Ok(crate::vmm::run(spec)?)
+        }
+    }
+}
+
+/// Confines the calling thread to some CPUs and restores its previous mask when dropped.
+struct AffinityRestore(Vec<u32>);
+
+impl AffinityRestore {
+    fn confine(cpus: &[u32]) -> Result<Self, crate::host_cpus::CapError> {
+        let old = crate::host_cpus::allowed_cpus().map_err(crate::host_cpus::CapError::Affinity)?;
+        crate::host_cpus::confine_current_thread(cpus)?;
+        Ok(AffinityRestore(old))
+    }
+}
+
+impl Drop for AffinityRestore {
+    fn drop(&mut self) {
+        let _ = crate::host_cpus::confine_current_thread(&self.0);
     }
 }
 

@@ -305,6 +305,9 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
             .stdout(Stdio::piped());
     }
     cmd.stderr(Stdio::piped());
+    if let Some(cpus) = &spec.host_cpus {
+        crate::host_cpus::confine_command(&mut cmd, cpus);
+    }
     let mut child = cmd.spawn().map_err(io_err("starting qemu-system-x86_64"))?;
     let started = Instant::now();
     let setup = started - t0;
