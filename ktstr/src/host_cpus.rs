@@ -12,6 +12,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::cgroup::{cpulist, parse_cpulist};
+
 /// Why no plan or reservation could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CapError {
@@ -127,7 +129,7 @@ impl HostCpus {
                     continue;
                 };
                 let list = std::fs::read_to_string(e.path().join("cpulist")).unwrap_or_default();
-                for c in parse_cpulist(&list) {
+                for c in parse_cpulist(&list).unwrap_or_default() {
                     node_of.insert(c, n);
                 }
             }
@@ -138,7 +140,7 @@ impl HostCpus {
                 let shared = root.join(format!("cpu/cpu{cpu}/cache/index3/shared_cpu_list"));
                 let llc = std::fs::read_to_string(shared)
                     .ok()
-                    .and_then(|l| parse_cpulist(&l).into_iter().min())
+                    .and_then(|l| parse_cpulist(&l)?.into_iter().min())
                     .unwrap_or(cpu);
                 HostCpu {
                     cpu,
@@ -273,9 +275,9 @@ impl CpuPlan {
             "capped to {} host CPU{} {} (host LLC{} {})",
             self.cpus.len(),
             if self.cpus.len() == 1 { "" } else { "s" },
-            format_cpulist(&self.cpus),
+            cpulist(&self.cpus),
             if self.llcs.len() == 1 { "" } else { "s" },
-            format_cpulist(&self.llcs),
+            cpulist(&self.llcs),
         )
     }
 }
@@ -347,44 +349,6 @@ pub fn confine_command(cmd: &mut std::process::Command, cpus: &[u32]) {
     }
 }
 
-/// Parses a sysfs CPU list (`0-3,8,10-11`); malformed pieces are skipped.
-pub fn parse_cpulist(s: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-                    out.extend(a..=b);
-                }
-            }
-            None => out.extend(part.parse::<u32>().ok()),
-        }
-    }
-    out
-}
-
-/// Formats CPUs as a sysfs-style list (`0-3,8`).
-pub fn format_cpulist(cpus: &[u32]) -> String {
-    let mut v = cpus.to_vec();
-    v.sort_unstable();
-    v.dedup();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < v.len() {
-        let mut j = i;
-        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
-            j += 1;
-        }
-        out.push(if i == j {
-            v[i].to_string()
-        } else {
-            format!("{}-{}", v[i], v[j])
-        });
-        i = j + 1;
-    }
-    out.join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,13 +414,6 @@ mod tests {
         let h = HostCpus::from_sysfs(d.path(), &[1, 2, 3]);
         let p = h.plan(2).unwrap();
         assert_eq!((p.cpus, p.llcs), (vec![2, 3], vec![2]));
-    }
-
-    #[test]
-    fn cpulists_round_trip() {
-        assert_eq!(parse_cpulist("0-3,8,10-11\n"), vec![0, 1, 2, 3, 8, 10, 11]);
-        assert_eq!(format_cpulist(&[11, 0, 1, 2, 3, 8, 10]), "0-3,8,10-11");
-        assert_eq!(parse_cpulist("garbage,5"), vec![5]);
     }
 
     #[test]
