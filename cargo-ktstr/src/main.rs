@@ -51,6 +51,9 @@ enum Command {
         /// The bare #[ktstr_test] function name.
         test: String,
     },
+    /// Print the live host context (CPU, memory, hugepages, THP, kernel, sched tunables), the
+    /// same record every sidecar keeps.
+    ShowHost,
     /// BPF verifier statistics (verified instructions per program) for every declared
     /// scheduler and flag profile.
     Verifier(verifier::VerifierArgs),
@@ -66,6 +69,10 @@ fn main() -> ExitCode {
         Command::Probe(a) => probe::run(a),
         Command::Bench(a) => bench::run(a),
         Command::ShowThresholds { test } => thresholds::run(&test),
+        Command::ShowHost => {
+            print!("{}", ktstr::host_context::HostContext::collect());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verifier(a) => verifier::run(a),
     };
     match res {

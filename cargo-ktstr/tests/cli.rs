@@ -51,3 +51,19 @@ fn impossible_cpu_caps_are_refused_up_front() {
         "{err}"
     );
 }
+
+#[test]
+fn show_host_prints_the_live_host_context() {
+    let o = ktstr(&["show-host"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for key in [
+        "cpu: ",
+        "memory: ",
+        "transparent hugepages: ",
+        "kernel: Linux ",
+        "sched tunables (",
+    ] {
+        assert!(out.contains(key), "no {key:?} in:\n{out}");
+    }
+}

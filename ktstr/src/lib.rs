@@ -7,6 +7,7 @@ pub mod assert;
 pub mod cache;
 pub mod cgroup;
 pub mod guest;
+pub mod host_context;
 pub mod host_cpus;
 pub mod initramfs;
 pub mod kernel;

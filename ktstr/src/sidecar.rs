@@ -5,7 +5,6 @@
 //! own file name (`{test}-{variant_hash:016x}.ktstr.json`), so concurrent cases never
 //! clobber each other.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,137 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::assert::{Assert, AssertDetail, ScenarioStats};
 use crate::scenario::StimulusEvent;
 
-/// The host a case ran on.
-#[non_exhaustive]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HostContext {
-    /// `/proc/cpuinfo` model name.
-    pub cpu_model: Option<String>,
-    /// `/proc/cpuinfo` vendor_id.
-    pub cpu_vendor: Option<String>,
-    /// MemTotal.
-    pub total_memory_kb: Option<u64>,
-    /// HugePages_Total.
-    pub hugepages_total: Option<u64>,
-    /// HugePages_Free.
-    pub hugepages_free: Option<u64>,
-    /// Hugepagesize.
-    pub hugepages_size_kb: Option<u64>,
-    /// `transparent_hugepage/enabled` (the bracketed choice).
-    pub thp_enabled: Option<String>,
-    /// `transparent_hugepage/defrag`.
-    pub thp_defrag: Option<String>,
-    /// Every readable `/proc/sys/kernel/sched_*`.
-    pub sched_tunables: BTreeMap<String, String>,
-    /// `/sys/devices/system/cpu/online`.
-    pub online_cpus: Option<String>,
-    /// NUMA nodes.
-    pub numa_nodes: Option<u32>,
-    /// CPU 0's cpufreq governor.
-    pub cpufreq_governor: Option<String>,
-    /// uname sysname.
-    pub kernel_name: Option<String>,
-    /// uname release.
-    pub kernel_release: Option<String>,
-    /// uname machine.
-    pub arch: Option<String>,
-    /// `/proc/cmdline`.
-    pub kernel_cmdline: Option<String>,
-    /// Allocator statistics (not collected).
-    pub heap_state: Option<String>,
-}
-
-fn read(p: &str) -> Option<String> {
-    std::fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim())
-}
-
-fn kb(text: &str, key: &str) -> Option<u64> {
-    field(text, key)?.split_whitespace().next()?.parse().ok()
-}
-
-fn bracketed(s: Option<String>) -> Option<String> {
-    let s = s?;
-    Some(match (s.find('['), s.find(']')) {
-        (Some(a), Some(b)) if a < b => s[a + 1..b].to_string(),
-        _ => s,
-    })
-}
-
-fn uname() -> (Option<String>, Option<String>, Option<String>) {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return (None, None, None);
-    }
-    let s = |f: &[libc::c_char]| {
-        let b: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        Some(String::from_utf8_lossy(&b).into_owned())
-    };
-    (s(&u.sysname), s(&u.release), s(&u.machine))
-}
-
-impl HostContext {
-    /// Collects the running host's context (missing files leave fields null).
-    pub fn collect() -> Self {
-        let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
-        let meminfo = read("/proc/meminfo").unwrap_or_default();
-        let mut sched_tunables = BTreeMap::new();
-        if let Ok(rd) = std::fs::read_dir("/proc/sys/kernel") {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("sched_") {
-                    if let Some(v) = read(&e.path().to_string_lossy()) {
-                        sched_tunables.insert(name, v);
-                    }
-                }
-            }
-        }
-        let numa_nodes = std::fs::read_dir("/sys/devices/system/node")
-            .ok()
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| {
-                        let n = e.file_name();
-                        let n = n.to_string_lossy();
-                        n.starts_with("node") && n[4..].parse::<u32>().is_ok()
-                    })
-                    .count() as u32
-            });
-        let (kernel_name, kernel_release, arch) = uname();
-        HostContext {
-            cpu_model: field(&cpuinfo, "model name").map(str::to_string),
-            cpu_vendor: field(&cpuinfo, "vendor_id").map(str::to_string),
-            total_memory_kb: kb(&meminfo, "MemTotal"),
-            hugepages_total: kb(&meminfo, "HugePages_Total"),
-            hugepages_free: kb(&meminfo, "HugePages_Free"),
-            hugepages_size_kb: kb(&meminfo, "Hugepagesize"),
-            thp_enabled: bracketed(read("/sys/kernel/mm/transparent_hugepage/enabled")),
-            thp_defrag: bracketed(read("/sys/kernel/mm/transparent_hugepage/defrag")),
-            sched_tunables,
-            online_cpus: read("/sys/devices/system/cpu/online"),
-            numa_nodes,
-            cpufreq_governor: read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-            kernel_name,
-            kernel_release,
-            arch,
-            kernel_cmdline: read("/proc/cmdline"),
-            heap_state: None,
-        }
-    }
-}
+pub use crate::host_context::HostContext;
 
 /// Wall-clock phases of one case, in ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
