@@ -19,9 +19,14 @@ fn expect_kind(r: AssertResult, kind: DetailKind) -> Result<AssertResult> {
         eprintln!("caught as expected: {:?}: {}", first.kind, first.message);
         Ok(AssertResult::fail(kind, first.message.clone()))
     } else {
-        // A pass makes the expect_err case fail; the guest console shows what was found.
+        // A pass makes the expect_err case fail; keep what was measured (the sidecar's stats
+        // and details) so the miss can be explained.
         eprintln!("expected a {kind:?} finding, got: {:?}", r.details);
-        Ok(AssertResult::pass())
+        let mut miss = AssertResult::pass();
+        miss.stats = r.stats;
+        miss.details = r.details;
+        miss.events = r.events;
+        Ok(miss)
     }
 }
 

@@ -113,7 +113,12 @@ pub fn current_cpu() -> u32 {
 impl Recorder {
     /// Starts measuring now.
     pub fn new() -> Self {
-        let now = Instant::now();
+        Self::starting_at(Instant::now())
+    }
+
+    /// Starts measuring from `now` (e.g. the moment the worker was released, which may be
+    /// before it first got a CPU: that wait counts as off-CPU time and as a gap).
+    pub fn starting_at(now: Instant) -> Self {
         let cpu = current_cpu();
         let mut r = Recorder {
             start: now,
@@ -229,6 +234,19 @@ fn parse_schedstat(s: &str) -> Option<(u64, u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker released 300 ms before it first ran (starved by a higher-priority task)
+    /// reports that wait as off-CPU time and as a gap, not as a shorter life.
+    #[test]
+    fn the_wait_before_the_first_run_is_off_cpu() {
+        let released = Instant::now() - std::time::Duration::from_millis(300);
+        let mut r = Recorder::starting_at(released);
+        r.tick(1);
+        let rep = r.finish();
+        assert!(rep.wall_time_ns >= 300_000_000, "{}", rep.wall_time_ns);
+        assert!(rep.off_cpu_pct() > 50.0, "{}", rep.off_cpu_pct());
+        assert!(rep.max_gap_ms >= 300.0, "{}", rep.max_gap_ms);
+    }
 
     #[test]
     fn recorder_counts_and_gaps() {

@@ -227,10 +227,14 @@ impl WorkloadHandle {
 
     /// Releases every worker at once.
     pub fn start(&mut self) {
+        // The release time goes with the release: a worker's wall clock starts here, not when
+        // it first gets a CPU, so one that never runs before it is stopped counts as 100%
+        // off-CPU rather than as 0 s of wall time.
+        let at = super::worker::mono_ns().to_ne_bytes();
         for w in &mut self.workers {
             if let Some(fd) = w.release.take() {
-                // SAFETY: one byte from a valid buffer to our pipe end.
-                unsafe { libc::write(fd.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+                // SAFETY: 8 bytes from a valid buffer to our pipe end (atomic: < PIPE_BUF).
+                unsafe { libc::write(fd.as_raw_fd(), at.as_ptr().cast(), at.len()) };
             }
         }
         self.started = true;
@@ -418,16 +422,21 @@ fn child(
             unsafe { libc::_exit(4) };
         }
     }
-    let mut b = [0u8; 1];
-    // SAFETY: blocking read of one byte: the release signal (EOF means the parent gave up).
-    let n = unsafe { libc::read(release.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-    if n != 1 {
+    let mut b = [0u8; 8];
+    // SAFETY: blocking read of the release time (8 bytes, written atomically); EOF means the
+    // parent gave up.
+    let n = unsafe { libc::read(release.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+    if n != b.len() as isize {
         // SAFETY: exit without running the parent's destructors.
         unsafe { libc::_exit(3) };
     }
+    let waited = super::worker::mono_ns().saturating_sub(u64::from_ne_bytes(b));
+    let now = std::time::Instant::now();
+    let released_at = now.checked_sub(Duration::from_nanos(waited)).unwrap_or(now);
     // SAFETY: `shared` is the group's live MAP_SHARED mapping, inherited across fork.
     let group = unsafe { shared.as_ref() };
     let ctx = WorkerCtx {
+        released_at,
         stop: &STOP,
         index,
         group,

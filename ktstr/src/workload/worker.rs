@@ -26,6 +26,8 @@ pub type PairPipes = (i32, i32);
 
 /// Everything a worker loop needs besides its work type.
 pub struct WorkerCtx<'a> {
+    /// When the parent released the workers: the start of the worker's wall clock.
+    pub released_at: Instant,
     /// Set by SIGUSR1.
     pub stop: &'a AtomicBool,
     /// Index within its group.
@@ -96,7 +98,7 @@ pub fn run(work: &WorkType, ctx: &WorkerCtx) -> WorkerReport {
     if let WorkType::Custom { run, .. } = work {
         return run(ctx.stop);
     }
-    let mut rec = Recorder::new();
+    let mut rec = Recorder::starting_at(ctx.released_at);
     let stop = || ctx.stop.load(Ordering::Relaxed);
     match *work {
         WorkType::SpinWait => {
