@@ -56,22 +56,6 @@ pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     s.parse().map_err(|e: vm::BackendSelectError| e.to_string())
 }
 
-/// The capped tier (library spec §9): `--cpu-cap`, else `KTSTR_CPU_CAP`, else 30% of the
-/// allowed host CPUs, as whole host LLCs where possible, with shared locks on those LLCs.
-fn capped_plan(flag: Option<usize>) -> Result<ktstr::host_cpus::Reservation> {
-    use ktstr::host_cpus::{cap_from_env, default_cap, HostCpus};
-    let cap = match flag {
-        Some(n) => Some(n),
-        None => cap_from_env()?,
-    };
-    if cap.is_some() && std::env::var("KTSTR_BYPASS_LLC_LOCKS").as_deref() == Ok("1") {
-        bail!("--cpu-cap/KTSTR_CPU_CAP cannot be combined with KTSTR_BYPASS_LLC_LOCKS=1 (the cap is a reservation of LLC locks); unset one of them");
-    }
-    let host = HostCpus::probe()?;
-    let plan = host.plan(cap.unwrap_or_else(|| default_cap(host.len())))?;
-    Ok(plan.reserve()?)
-}
-
 /// One line that spells out a topology, so nobody has to guess whether the LLC count is per
 /// node or in total (it is in total, as in cli.md §6 and the gauntlet labels).
 pub fn describe_topology(t: &Topology) -> String {
@@ -173,7 +157,7 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
     eprintln!("ktstr: {}", describe_topology(&a.topology));
     // Checked before anything is built; held until the VM is gone.
     let reservation = if ktstr::host_cpus::no_perf_mode() {
-        let r = capped_plan(a.cpu_cap)?;
+        let r = ktstr::host_cpus::reserve_capped(a.cpu_cap)?;
         eprintln!("ktstr: no perf mode: {}", r.plan.describe());
         Some(r)
     } else {

@@ -27,6 +27,9 @@ pub enum CapError {
         /// How many CPUs this process may use.
         allowed: usize,
     },
+    /// A cap together with `KTSTR_BYPASS_LLC_LOCKS=1`.
+    #[error("--cpu-cap/KTSTR_CPU_CAP cannot be combined with KTSTR_BYPASS_LLC_LOCKS=1 (the cap is a reservation of LLC locks); unset one of them")]
+    BypassedLocks,
     /// `KTSTR_CPU_CAP` is not a number.
     #[error("KTSTR_CPU_CAP={0:?} is not a CPU count; set it to a whole number ≥ 1, or unset it")]
     BadEnv(String),
@@ -288,6 +291,22 @@ pub struct Reservation {
     /// The plan the locks cover.
     pub plan: CpuPlan,
     _locks: Vec<File>,
+}
+
+/// The capped tier's reservation (library spec §9): `flag` (`--cpu-cap`), else
+/// `KTSTR_CPU_CAP`, else 30% of the allowed host CPUs, planned and locked. A cap cannot be
+/// combined with `KTSTR_BYPASS_LLC_LOCKS=1`, since the cap is a reservation of LLC locks.
+pub fn reserve_capped(flag: Option<usize>) -> Result<Reservation, CapError> {
+    let cap = match flag {
+        Some(n) => Some(n),
+        None => cap_from_env()?,
+    };
+    if cap.is_some() && std::env::var("KTSTR_BYPASS_LLC_LOCKS").as_deref() == Ok("1") {
+        return Err(CapError::BypassedLocks);
+    }
+    let host = HostCpus::probe()?;
+    host.plan(cap.unwrap_or_else(|| default_cap(host.len())))?
+        .reserve()
 }
 
 /// The CPUs the calling thread may run on.

@@ -33,14 +33,6 @@ fn under_ci() -> bool {
 
 static BACKEND_NOTE: Once = Once::new();
 
-/// The capped tier's plan for a test case: `KTSTR_CPU_CAP`, else 30% of the allowed CPUs.
-fn capped_reservation() -> Result<crate::host_cpus::Reservation, crate::host_cpus::CapError> {
-    use crate::host_cpus::{cap_from_env, default_cap, HostCpus};
-    let host = HostCpus::probe()?;
-    let cap = cap_from_env()?.unwrap_or_else(|| default_cap(host.len()));
-    host.plan(cap)?.reserve()
-}
-
 /// Runs one case (boots its VM, or runs a `host_only` body on the host).
 pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     if case.host_only() {
@@ -139,7 +131,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     spec.cancel = Arc::new(AtomicBool::new(false));
     // KTSTR_NO_PERF_MODE: the capped tier, held until the VM is gone.
     let _reservation = if crate::host_cpus::no_perf_mode() {
-        let r = capped_reservation().map_err(|e| e.to_string())?;
+        let r = crate::host_cpus::reserve_capped(None).map_err(|e| e.to_string())?;
         spec.host_cpus = Some(r.plan.cpus.clone());
         Some(r)
     } else {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::report::{ExitInfo, WorkerReport};
 use super::types::{check_group_size, GroupSizeError, WorkType};
 use super::worker::{self, GroupShared, WorkerCtx};
+use crate::host_cpus::cpu_set;
 
 /// Where a worker may run.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -114,18 +115,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), WorkloadError> {
     }
     // SAFETY: both fds were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn cpu_set(cpus: &[u32]) -> libc::cpu_set_t {
-    // SAFETY: zeroed cpu_set_t is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        if (c as usize) < libc::CPU_SETSIZE as usize {
-            // SAFETY: index checked against CPU_SETSIZE.
-            unsafe { libc::CPU_SET(c as usize, &mut set) };
-        }
-    }
-    set
 }
 
 /// Pins `pid` to `cpus`.
