@@ -281,16 +281,16 @@ pub fn failure_message(backend: BackendKind, out: &vm::VmOutcome) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn topology_description_spells_out_the_llc_count() {
         let t = ktstr::Topology::parse("2,2,2,2").unwrap();
         assert_eq!(
-            super::describe_topology(&t),
+            describe_topology(&t),
             "topology 2n2l2c2t: 8 CPUs = 2 nodes × 1 LLC per node × 2 cores per LLC × 2 threads per core (LLCs count in total); node0 = CPUs 0-3"
         );
     }
-
-    use super::*;
 
     #[test]
     fn memory_estimate_scales_with_cpus_and_nodes() {

@@ -277,10 +277,9 @@ impl<'a> Runner<'a> {
     fn record_affinity(&mut self, pid: i32, mask: Vec<u32>, initial: bool) {
         let all = mask == self.ctx.topo.cpus;
         let next = match self.affinities.get(&pid) {
-            None if initial && all => WorkerAffinity::Inherited,
-            None if initial => WorkerAffinity::Fixed(mask),
-            // A first pin after the worker started: it ran on every CPU until now.
+            // Every CPU, at spawn or later (until then it ran on every CPU anyway).
             None if all => WorkerAffinity::Inherited,
+            None if initial => WorkerAffinity::Fixed(mask),
             Some(WorkerAffinity::Fixed(old)) if *old == mask => return,
             Some(WorkerAffinity::Inherited) if all => return,
             _ => WorkerAffinity::Changed,

@@ -204,7 +204,7 @@ pub enum VmError {
     HostCpus(#[from] crate::host_cpus::CapError),
     /// The topology needs x2APIC (APIC ids above 254) and the kernel was built without it: such
     /// a kernel disables its APIC when it finds x2APIC on, and hangs silently.
-    #[error("topology {topology} needs x2APIC (APIC ids up to {max_apic_id}), but {kernel} was built without CONFIG_X86_X2APIC (per {config}); rebuild the kernel with CONFIG_X86_X2APIC=y or pick a topology with at most 255 APIC ids")]
+    #[error("topology {topology} needs x2APIC (APIC ids up to {max_apic_id}), but {kernel} was built without CONFIG_X86_X2APIC (per {config}); rebuild the kernel with CONFIG_X86_X2APIC=y or pick a topology whose APIC ids stay at or below 254")]
     KernelLacksX2apic {
         /// The topology label.
         topology: String,
