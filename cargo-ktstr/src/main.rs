@@ -5,7 +5,9 @@
 //! as PID 1 it runs the guest side instead of the CLI.
 
 mod bench;
+mod locks;
 mod probe;
+mod run_tests;
 mod shell;
 mod test_bins;
 mod thresholds;
@@ -13,7 +15,7 @@ mod verifier;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// The top-level command as cargo invokes it.
 #[derive(Debug, Parser)]
@@ -40,6 +42,10 @@ struct Ktstr {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the workspace's tests with `cargo nextest run`, each ktstr case in its own VM, on
+    /// the --kernel(s) given (several: one case per kernel).
+    #[command(visible_alias = "nextest")]
+    Test(run_tests::TestArgs),
     /// Boot a busybox VM with an interactive shell, or run one command with --exec.
     Shell(shell::ShellArgs),
     /// Boot a VM of a topology and print what the guest sees per vCPU (exit 0 if it matches).
@@ -57,6 +63,17 @@ enum Command {
     /// BPF verifier statistics (verified instructions per program) for every declared
     /// scheduler and flag profile.
     Verifier(verifier::VerifierArgs),
+    /// List every ktstr lock file on this host (LLC, CPU and cache locks) with its holders'
+    /// PIDs, modes and command lines; never takes a lock. For --cpu-cap contention.
+    Locks(locks::LocksArgs),
+    /// Write a shell completion script for `cargo ktstr` to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+        /// The command name the completions are for.
+        #[arg(long, default_value = "cargo")]
+        binary: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +82,7 @@ fn main() -> ExitCode {
     }
     let Cargo::Ktstr(k) = Cargo::parse();
     let res = match k.command {
+        Command::Test(a) => run_tests::run(a),
         Command::Shell(a) => shell::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Bench(a) => bench::run(a),
@@ -74,6 +92,11 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verifier(a) => verifier::run(a),
+        Command::Locks(a) => locks::run(a),
+        Command::Completions { shell, binary } => {
+            clap_complete::generate(shell, &mut Cargo::command(), binary, &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match res {
         Ok(code) => code,

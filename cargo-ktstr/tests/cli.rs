@@ -67,3 +67,104 @@ fn show_host_prints_the_live_host_context() {
         assert!(out.contains(key), "no {key:?} in:\n{out}");
     }
 }
+
+/// A lock a process holds in `KTSTR_LOCK_DIR` is listed with that holder, in text and JSON,
+/// and `locks` itself takes nothing (the exclusive lock stays ours throughout).
+#[test]
+fn locks_lists_holders_without_taking_locks() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let f = std::fs::File::create(dir.path().join("ktstr-llc-7.lock")).unwrap();
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(r, 0);
+    let lock_dir = dir.path().to_str().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let envs = [("KTSTR_LOCK_DIR", lock_dir), ("KTSTR_CACHE_DIR", cache_dir)];
+    let o = ktstr(&["locks", "--json"], &envs);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let e = &v[0];
+    assert_eq!(e["kind"], "llc", "{out}");
+    assert_eq!(e["index"], 7, "{out}");
+    assert_eq!(e["holders"][0]["pid"], std::process::id(), "{out}");
+    assert_eq!(e["holders"][0]["mode"], "exclusive", "{out}");
+    let o = ktstr(&["locks"], &envs);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("exclusive") && out.contains("1 of 1 lock files held"),
+        "{out}"
+    );
+    let o = ktstr(&["locks", "--watch", "soon"], &envs);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("such as 100ms"));
+}
+
+#[test]
+fn completions_cover_the_subcommands() {
+    let o = ktstr(&["completions", "bash"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for sub in ["shell", "verifier", "locks", "show-thresholds"] {
+        assert!(out.contains(sub), "no {sub} in the bash completions");
+    }
+    let o = ktstr(&["completions", "tcsh"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// `test` hands its trailing arguments to `cargo nextest run` unchanged, exports the kernel,
+/// and exits with nextest's status (128 + signal when it is killed). `CARGO` points at a
+/// stand-in that reports what it was given.
+#[test]
+fn test_runs_nextest_with_the_kernel_and_passes_its_status_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let kdir = d.path().join("linux");
+    std::fs::create_dir(&kdir).unwrap();
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    std::fs::write(kdir.join("vmlinux"), &elf).unwrap();
+    let fake = d.path().join("cargo");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho \"args: $*\"\necho \"kernel: $KTSTR_KERNEL perf-off: $KTSTR_NO_PERF_MODE\"\n\
+         [ \"$FAKE_SIGNAL\" ] && kill -TERM $$\nexit 7\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kd = kdir.to_str().unwrap();
+    let args = [
+        "test",
+        "--kernel",
+        kd,
+        "--no-perf-mode",
+        "--workspace",
+        "--release",
+    ];
+    let o = ktstr(&args, &[("CARGO", fake.to_str().unwrap())]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(7), "{out}{err}");
+    assert!(
+        out.contains("args: nextest run --workspace --release\n"),
+        "{out}"
+    );
+    let canon = kdir.canonicalize().unwrap();
+    assert!(
+        out.contains(&format!("kernel: {} perf-off: 1", canon.display())),
+        "{out}"
+    );
+    let o = ktstr(
+        &["nextest"],
+        &[("CARGO", fake.to_str().unwrap()), ("FAKE_SIGNAL", "1")],
+    );
+    assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o).1);
+    let o = ktstr(&["test", "--kernel", "6.12"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("needs the kernel cache"),
+        "{}",
+        text(&o).1
+    );
+}

@@ -219,10 +219,7 @@ impl CpuPlan {
     /// `ktstr-llc-{N}.lock`), waiting up to 30 s for an exclusive holder to finish. The
     /// locks are held until the returned [`Reservation`] is dropped.
     pub fn reserve(&self) -> Result<Reservation, CapError> {
-        let dir = std::env::var_os("KTSTR_LOCK_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
-        self.reserve_in(&dir, Duration::from_secs(30))
+        self.reserve_in(&crate::locks::lock_dir(), Duration::from_secs(30))
     }
 
     /// [`CpuPlan::reserve`] with an explicit lock directory and wait.

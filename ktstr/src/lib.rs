@@ -12,6 +12,7 @@ pub mod host_cpus;
 pub mod initramfs;
 pub mod kernel;
 pub mod kernel_config;
+pub mod locks;
 pub mod prelude;
 pub mod registry;
 pub mod runner;

@@ -1,0 +1,305 @@
+//! `cargo ktstr test` (alias `nextest`): resolve the kernels, export them and the run modes
+//! to the environment, and hand everything else to `cargo nextest run`.
+//!
+//! The CLI stays thin (cli.md §1): test discovery, VM boot and verdicts belong to the
+//! harness. This module only turns `--kernel` selectors into `KTSTR_KERNEL` (one kernel) or
+//! `KTSTR_KERNEL_LIST` (several, one nextest case per test × kernel) and runs nextest with
+//! the trailing arguments unchanged.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ktstr::kernel::{image_kind, ImageKind};
+
+/// Arguments of `cargo ktstr test`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Thresholds are stricter with --release (longest gap 2000 ms instead of 3000, spread 15% \
+instead of 35%): a test that barely passes in debug can fail in release.
+
+ktstr's own flags must come first: from the first argument ktstr does not know (or after \
+`--`), everything goes to nextest unchanged, so `cargo ktstr test --workspace --release` \
+passes --release to nextest, not to ktstr.")]
+pub struct TestArgs {
+    /// A kernel to run every case on: a kernel build tree or a directory holding a kernel
+    /// and its vmlinux (e.g. ../shared/kernel). Repeat it to run each case once per kernel.
+    #[arg(long, value_name = "SPEC")]
+    kernel: Vec<String>,
+    /// Turn off performance-mode features (exports KTSTR_NO_PERF_MODE=1).
+    #[arg(long)]
+    no_perf_mode: bool,
+    /// Make hardware-driven skips (resource contention, a host too small) fail
+    /// (exports KTSTR_NO_SKIP_MODE=1).
+    #[arg(long)]
+    no_skip_mode: bool,
+    /// Build and run with the release profile (stricter thresholds, see below).
+    #[arg(long)]
+    release: bool,
+    /// Everything else, passed verbatim to `cargo nextest run`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "NEXTEST_ARGS"
+    )]
+    args: Vec<String>,
+}
+
+/// A kernel selected for the run: its label in case names and the path the harness boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedKernel {
+    /// `[a-z0-9_]` label, unique within the run.
+    pub label: String,
+    /// The directory or image path exported to the harness.
+    pub path: PathBuf,
+}
+
+/// Resolves the `--kernel` selectors: directories only (build trees or prebuilt directories),
+/// deduplicated by the image they resolve to. Raw images, versions, cache keys, ranges and
+/// `git+` sources get an error that says what to pass instead.
+pub fn select_kernels(specs: &[String]) -> Result<Vec<SelectedKernel>> {
+    let mut out: Vec<SelectedKernel> = Vec::new();
+    let mut images: Vec<PathBuf> = Vec::new();
+    for spec in specs {
+        let path = Path::new(spec);
+        if !path.exists() {
+            bail!("{}", not_a_path(spec));
+        }
+        if path.is_file() {
+            if image_kind(path).is_ok() {
+                bail!(
+                    "--kernel {spec}: a raw kernel image is not enough for `test`: its cases need \
+                     the matching vmlinux (BTF, probes) and the kernel's .config beside it\n\
+                     hint: pass the directory that holds the image, its vmlinux and .config \
+                     (e.g. --kernel {}), or the kernel build tree",
+                    path.parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."))
+                        .display()
+                );
+            }
+            bail!("--kernel {spec}: not a kernel image or a directory holding one");
+        }
+        let k = ktstr::kernel::resolve_path(path).with_context(|| format!("--kernel {spec}"))?;
+        if k.vmlinux.is_none() && image_kind(&k.image).ok() != Some(ImageKind::Elf) {
+            bail!(
+                "--kernel {spec}: {} has no vmlinux beside it; sched_ext tests need the kernel's \
+                 BTF (build the kernel tree fully: make, not only make bzImage)",
+                k.image.display()
+            );
+        }
+        if images.contains(&k.image) {
+            continue; // two specs for one kernel: run it once
+        }
+        images.push(k.image.clone());
+        let dir = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let base = dir
+            .file_name()
+            .map(|s| ktstr::kernel::sanitize(&s.to_string_lossy()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "kernel".into());
+        let mut label = base.clone();
+        let mut n = 2;
+        while out.iter().any(|k| k.label == label) {
+            label = format!("{base}_{n}");
+            n += 1;
+        }
+        out.push(SelectedKernel { label, path: dir });
+    }
+    Ok(out)
+}
+
+/// Why a selector that is not an existing path cannot be used yet.
+fn not_a_path(spec: &str) -> String {
+    let what = if spec.starts_with("git+") {
+        "a git source"
+    } else if spec.contains("..") {
+        "a version range"
+    } else if spec.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        "a kernel version or cache key"
+    } else {
+        return format!(
+            "--kernel {spec}: no such file or directory\n\
+             hint: pass a kernel build tree or a directory with bzImage and vmlinux \
+             (e.g. --kernel ../shared/kernel)"
+        );
+    };
+    format!(
+        "--kernel {spec}: {what} needs the kernel cache (`cargo ktstr kernel`), which this \
+         version of ktstr does not have yet\n\
+         hint: build the kernel yourself and pass its build tree (--kernel ../linux), or a \
+         directory with bzImage and vmlinux (e.g. --kernel ../shared/kernel)"
+    )
+}
+
+/// The `cargo nextest run` command for `a` with `kernels` (not yet spawned).
+pub fn nextest_command(a: &TestArgs, kernels: &[SelectedKernel]) -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["nextest", "run"]);
+    if a.release {
+        cmd.args(["--cargo-profile", "release"]);
+    }
+    cmd.args(&a.args);
+    match kernels {
+        [] => {}
+        [one] => {
+            cmd.env("KTSTR_KERNEL", &one.path)
+                .env_remove("KTSTR_KERNEL_LIST");
+        }
+        many => {
+            let list = many
+                .iter()
+                .map(|k| format!("{}={}", k.label, k.path.display()))
+                .collect::<Vec<_>>()
+                .join(";");
+            cmd.env("KTSTR_KERNEL_LIST", list)
+                .env_remove("KTSTR_KERNEL");
+        }
+    }
+    if a.no_perf_mode {
+        cmd.env("KTSTR_NO_PERF_MODE", "1");
+    }
+    if a.no_skip_mode {
+        cmd.env("KTSTR_NO_SKIP_MODE", "1");
+    }
+    cmd
+}
+
+/// Runs `test`: exits with nextest's status (128 + signal when it was killed).
+pub fn run(a: TestArgs) -> Result<ExitCode> {
+    let kernels = select_kernels(&a.kernel)?;
+    for k in &kernels {
+        eprintln!("ktstr: kernel {} (label {})", k.path.display(), k.label);
+    }
+    let mut cmd = nextest_command(&a, &kernels);
+    let st = cmd
+        .status()
+        .context("running `cargo nextest run` (install it: cargo install cargo-nextest)")?;
+    Ok(ExitCode::from(exit_byte(st)))
+}
+
+/// The exit code of a finished child as a shell reports it.
+pub fn exit_byte(st: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => (128 + sig) as u8,
+        (None, None) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: TestArgs,
+    }
+
+    fn parse(args: &[&str]) -> TestArgs {
+        T::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+            .unwrap()
+            .a
+    }
+
+    fn argv(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn env(c: &Command, key: &str) -> Option<Option<String>> {
+        c.get_envs()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    #[test]
+    fn own_flags_first_then_everything_to_nextest() {
+        let a = parse(&[
+            "--release",
+            "--workspace",
+            "--release",
+            "-E",
+            "test(/fault/)",
+        ]);
+        assert!(a.release);
+        let c = nextest_command(&a, &[]);
+        assert_eq!(
+            argv(&c),
+            [
+                "nextest",
+                "run",
+                "--cargo-profile",
+                "release",
+                "--workspace",
+                "--release",
+                "-E",
+                "test(/fault/)"
+            ]
+        );
+        let a = parse(&["--", "--no-perf-mode"]);
+        assert!(!a.no_perf_mode);
+        assert_eq!(a.args, ["--no-perf-mode"]);
+    }
+
+    #[test]
+    fn modes_and_kernels_reach_the_environment() {
+        let a = parse(&["--no-perf-mode", "--no-skip-mode"]);
+        let one = [SelectedKernel {
+            label: "kernel".into(),
+            path: "/k".into(),
+        }];
+        let c = nextest_command(&a, &one);
+        assert_eq!(env(&c, "KTSTR_NO_PERF_MODE"), Some(Some("1".into())));
+        assert_eq!(env(&c, "KTSTR_NO_SKIP_MODE"), Some(Some("1".into())));
+        assert_eq!(env(&c, "KTSTR_KERNEL"), Some(Some("/k".into())));
+        assert_eq!(env(&c, "KTSTR_KERNEL_LIST"), Some(None));
+        let two = [
+            one[0].clone(),
+            SelectedKernel {
+                label: "next".into(),
+                path: "/n".into(),
+            },
+        ];
+        let c = nextest_command(&parse(&[]), &two);
+        assert_eq!(
+            env(&c, "KTSTR_KERNEL_LIST"),
+            Some(Some("kernel=/k;next=/n".into()))
+        );
+        assert_eq!(env(&c, "KTSTR_KERNEL"), Some(None));
+        assert_eq!(env(&c, "KTSTR_NO_PERF_MODE"), None);
+    }
+
+    /// Directories resolve and deduplicate; raw images, versions, ranges, git sources and
+    /// missing paths are refused with what to pass instead.
+    #[test]
+    fn kernel_selectors() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("k");
+        std::fs::create_dir(&k).unwrap();
+        // A minimal ELF header is enough for image detection.
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        std::fs::write(k.join("vmlinux"), &elf).unwrap();
+        let ks = select_kernels(&[k.display().to_string(), format!("{}/.", k.display())]).unwrap();
+        assert_eq!(ks.len(), 1, "{ks:?}");
+        assert_eq!(ks[0].label, "k");
+        let err = |s: &str| format!("{:#}", select_kernels(&[s.to_string()]).unwrap_err());
+        let raw = err(&k.join("vmlinux").display().to_string());
+        assert!(raw.contains("raw kernel image is not enough"), "{raw}");
+        assert!(raw.contains(&format!("--kernel {}", k.display())), "{raw}");
+        assert!(err("6.14.2").contains("a kernel version or cache key needs the kernel cache"));
+        assert!(err("6.12..6.14").contains("a version range needs"));
+        assert!(err("git+https://x/linux#v6.12").contains("a git source needs"));
+        assert!(err("/no/such/dir").contains("no such file or directory"));
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(err(&empty.display().to_string()).contains("holds no kernel image"));
+    }
+}
