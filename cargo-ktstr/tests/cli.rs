@@ -168,3 +168,28 @@ fn test_runs_nextest_with_the_kernel_and_passes_its_status_back() {
         text(&o).1
     );
 }
+
+/// `--watch` writes one compact JSON document per interval and stops cleanly on SIGINT.
+#[test]
+fn locks_watch_emits_ndjson_until_interrupted() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::File::create(dir.path().join("ktstr-cpu-3.lock")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-ktstr"))
+        .args(["ktstr", "locks", "--json", "--watch", "50ms"])
+        .env("KTSTR_LOCK_DIR", dir.path())
+        .env("KTSTR_CACHE_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..2 {
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v[0]["kind"], "cpu", "{line}");
+        assert_eq!(v[0]["index"], 3, "{line}");
+    }
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+}
