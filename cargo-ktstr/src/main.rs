@@ -9,6 +9,7 @@ mod locks;
 mod probe;
 mod run_tests;
 mod shell;
+mod stats;
 mod test_bins;
 mod thresholds;
 mod verifier;
@@ -57,6 +58,8 @@ enum Command {
         /// The bare #[ktstr_test] function name.
         test: String,
     },
+    /// What recorded runs hold: the newest run's summary, or browse all runs.
+    Stats(stats::StatsArgs),
     /// Print the live host context (CPU, memory, hugepages, THP, kernel, sched tunables), the
     /// same record every sidecar keeps.
     ShowHost,
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         }
         Command::Verifier(a) => verifier::run(a),
         Command::Locks(a) => locks::run(a),
+        Command::Stats(a) => stats::run(a),
         Command::Completions { shell, binary } => {
             clap_complete::generate(shell, &mut Cargo::command(), binary, &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

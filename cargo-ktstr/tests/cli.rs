@@ -193,3 +193,111 @@ fn locks_watch_emits_ndjson_until_interrupted() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert!(child.wait().unwrap().success());
 }
+
+/// Writes a sidecar for `stats` tests into `{root}/{key}/`.
+fn record(root: &std::path::Path, key: &str, test: &str, topo: &str, passed: bool, host: bool) {
+    let mut s = ktstr::sidecar::Sidecar::default();
+    s.test_name = test.into();
+    s.case_name = format!("{test}/eevdf/{topo}");
+    s.topology = topo.into();
+    s.scheduler = "eevdf".into();
+    s.passed = passed;
+    s.kernel_version = "6.12.117".into();
+    s.project_commit = key.rsplit('-').next().unwrap().into();
+    s.run_source = "local".into();
+    if !passed {
+        s.details = vec![ktstr::assert::AssertDetail {
+            kind: ktstr::assert::DetailKind::Starved,
+            message: "worker 1 starved for 2500 ms".into(),
+        }];
+    }
+    s.host = host.then(ktstr::host_context::HostContext::collect);
+    ktstr::sidecar::write_atomic(&root.join(key), &s).unwrap();
+}
+
+/// `stats` summarises the newest run (verdict counts, per topology, why cases failed),
+/// `stats list` shows every run, `list-values` the distinct values (archived with --dir),
+/// `show-host` a run's host; a bad sidecar is a warning, a missing run or root an error.
+#[test]
+fn stats_reads_recorded_runs() {
+    let target = tempfile::tempdir().unwrap();
+    let root = target.path().join("ktstr");
+    let t = target.path().to_str().unwrap();
+    let env = [("CARGO_TARGET_DIR", t)];
+    let o = ktstr(&["stats"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("run the tests first"), "{}", text(&o).1);
+
+    record(
+        &root,
+        "6.12.117-aaaaaaa",
+        "old_test",
+        "1n1l2c1t",
+        true,
+        false,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    record(&root, "6.12.117-bbbbbbb", "spin", "1n1l2c1t", true, true);
+    record(&root, "6.12.117-bbbbbbb", "starve", "2n2l2c1t", false, true);
+    std::fs::write(
+        root.join("6.12.117-bbbbbbb/cut.ktstr.json"),
+        "{\"test_name\":",
+    )
+    .unwrap();
+
+    let o = ktstr(&["stats"], &env);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("run 6.12.117-bbbbbbb (2 cases"), "{out}");
+    assert!(out.contains("pass 1  fail 1  skip 0"), "{out}");
+    assert!(
+        out.contains("starve/eevdf/2n2l2c1t: worker 1 starved for 2500 ms"),
+        "{out}"
+    );
+    assert!(
+        err.contains("cut.ktstr.json is not a readable sidecar"),
+        "{err}"
+    );
+
+    let o = ktstr(&["stats", "list"], &env);
+    let out = text(&o).0;
+    let (new, old) = (
+        out.find("6.12.117-bbbbbbb").unwrap(),
+        out.find("6.12.117-aaaaaaa").unwrap(),
+    );
+    assert!(new < old, "newest first: {out}");
+    assert!(out.contains("old_test"), "{out}");
+
+    let o = ktstr(&["stats", "list-values", "--json"], &env);
+    let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(v["commit"], serde_json::json!(["aaaaaaa", "bbbbbbb"]));
+    assert_eq!(v["kernel_commit"], serde_json::json!([null]));
+    assert_eq!(v["source"], serde_json::json!(["local"]));
+    assert_eq!(v["topology"], serde_json::json!(["1n1l2c1t", "2n2l2c1t"]));
+    let o = ktstr(
+        &[
+            "stats",
+            "list-values",
+            "--json",
+            "--dir",
+            root.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(v["source"], serde_json::json!(["archive"]));
+
+    let o = ktstr(&["stats", "show-host", "--run", "6.12.117-bbbbbbb"], &env);
+    assert!(o.status.success());
+    assert!(text(&o).0.contains("kernel: Linux "), "{}", text(&o).0);
+    let o = ktstr(&["stats", "show-host", "--run", "6.12.117-aaaaaaa"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("predates host capture"),
+        "{}",
+        text(&o).1
+    );
+    let o = ktstr(&["stats", "show-host", "--run", "nope"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("stats list"), "{}", text(&o).1);
+}

@@ -16,6 +16,7 @@ pub mod locks;
 pub mod prelude;
 pub mod registry;
 pub mod runner;
+pub mod runs;
 pub mod scenario;
 pub use scenario::canned as scenarios;
 pub mod shm;

@@ -29,9 +29,11 @@ pub struct Durations {
     pub total_ms: u64,
 }
 
-/// One case's sidecar (library spec §6). Readers tolerate missing optional fields.
+/// One case's sidecar (library spec §6). Readers tolerate missing fields (they take their
+/// defaults), so sidecars written before a field existed still load.
 #[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Sidecar {
     /// Bare test function name.
     pub test_name: String,

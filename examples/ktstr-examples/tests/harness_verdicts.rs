@@ -15,8 +15,14 @@ fn kernel_available() -> bool {
 
 /// Runs one fixture case; returns (exit code, stdout + stderr).
 fn case(name: &str) -> (Option<i32>, String) {
+    case_with(name, &[])
+}
+
+/// [`case`] with extra environment variables.
+fn case_with(name: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"))
         .args(["--exact", name, "--nocapture"])
+        .envs(envs.iter().copied())
         .output()
         .expect("running the fixture binary");
     let text = format!(
@@ -65,12 +71,29 @@ fn a_kernel_panic_fails_the_case_and_is_named() {
     if !kernel_available() {
         return;
     }
-    let (code, out) = case("kernel_panics/eevdf/1n1l1c1t");
+    let dir = std::env::temp_dir().join(format!("ktstr-panic-sidecar-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (code, out) = case_with(
+        "kernel_panics/eevdf/1n1l1c1t",
+        &[("KTSTR_SIDECAR_DIR", dir.to_str().unwrap())],
+    );
     assert_eq!(code, Some(101), "{out}");
     assert!(out.contains("guest kernel panic"), "{out}");
     assert!(
         out.contains("sysrq"),
         "the console tail shows the cause: {out}"
+    );
+    // The guest judged nothing, so the sidecar keeps the host's reason.
+    let run = ktstr::runs::load_run(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, sc) = &run.sidecars[0];
+    assert_eq!(ktstr::runs::verdict(sc), "fail");
+    assert!(
+        sc.details
+            .iter()
+            .any(|d| d.message.contains("guest kernel panic")),
+        "{:?}",
+        sc.details
     );
 }
 

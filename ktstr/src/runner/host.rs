@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::case_file::{CaseFile, CASE_FILE};
 use super::discover::discover_scheduler;
 use super::report::{judge, CaseVerdict};
+use crate::assert::{AssertDetail, DetailKind};
 use crate::initramfs::{self, InitramfsSpec};
 use crate::registry::{CaseSpec, Ctx, SchedulerBinary};
 use crate::sidecar::{self, HostContext, Sidecar};
@@ -151,12 +152,13 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         }
     );
     let verdict = judge(&case.name, &diag, &out);
-    write_sidecar(case, &cf, &out, verdict.passed);
+    write_sidecar(case, &cf, &out, &verdict);
     Ok(verdict)
 }
 
 /// Writes the case's sidecar; a failure to write is reported, never fatal.
-fn write_sidecar(case: &CaseSpec, cf: &CaseFile, out: &vm::VmOutcome, passed: bool) {
+fn write_sidecar(case: &CaseSpec, cf: &CaseFile, out: &vm::VmOutcome, verdict: &CaseVerdict) {
+    let passed = verdict.passed;
     use crate::shm::FrameType;
     let result = super::report::result_of(out).ok().flatten();
     let kernel_version = out
@@ -217,6 +219,23 @@ fn write_sidecar(case: &CaseSpec, cf: &CaseFile, out: &vm::VmOutcome, passed: bo
         sc.inconclusive = r.inconclusive;
         sc.details = r.details;
         sc.stimulus_events = r.events;
+    }
+    if !passed && sc.details.is_empty() {
+        // The guest judged nothing (it died, or the VM never got that far): keep the host's
+        // reasons, so the sidecar says why the case failed.
+        let kind = if verdict.sched_exit.is_some() {
+            DetailKind::SchedulerDied
+        } else {
+            DetailKind::Other
+        };
+        sc.details = verdict
+            .reasons
+            .iter()
+            .map(|m| AssertDetail {
+                kind,
+                message: m.clone(),
+            })
+            .collect();
     }
     let dir = sidecar::run_dir(&sc.kernel_version, &commit);
     if let Err(e) = sidecar::write_atomic(&dir, &sc) {

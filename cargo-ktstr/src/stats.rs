@@ -1,0 +1,288 @@
+//! `cargo ktstr stats`: what recorded runs hold. No subcommand summarises the newest run;
+//! `list`, `list-values` and `show-host` browse all of them.
+//!
+//! Not built yet (cli.md §2.6, §2.9, §2.10): `list-metrics`, `explain-sidecar`, `compare`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use ktstr::runs::{self, LoadedRun, RunsError};
+use ktstr::sidecar::Sidecar;
+
+/// Arguments of `cargo ktstr stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(subcommand)]
+    sub: Option<StatsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum StatsCommand {
+    /// List the recorded runs, newest first: per run, one row per case with its topology,
+    /// test, scheduler and verdict.
+    List,
+    /// The distinct values of each dimension `compare` can filter on, over every run.
+    ListValues {
+        /// Print one JSON object keyed by dimension.
+        #[arg(long)]
+        json: bool,
+        /// Another runs root (e.g. one archived from CI); rows read from it count as
+        /// run source `archive`.
+        #[arg(long, value_name = "PATH")]
+        dir: Option<PathBuf>,
+    },
+    /// Print the host context recorded with one run.
+    ShowHost {
+        /// The run key, as `stats list` shows it.
+        #[arg(long, value_name = "KEY")]
+        run: String,
+        /// Another runs root.
+        #[arg(long, value_name = "PATH")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Runs `stats`.
+pub fn run(a: StatsArgs) -> Result<ExitCode> {
+    match a.sub {
+        None => summary(),
+        Some(StatsCommand::List) => list(),
+        Some(StatsCommand::ListValues { json, dir }) => list_values(json, dir),
+        Some(StatsCommand::ShowHost { run, dir }) => show_host(&run, dir),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `{CARGO_TARGET_DIR}/ktstr`, else the nearest `target/ktstr` above the current directory
+/// (so it works from any directory of the workspace), else `target/ktstr`.
+fn runs_root() -> PathBuf {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
+        return PathBuf::from(t).join("ktstr");
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    cwd.ancestors()
+        .map(|d| d.join("target/ktstr"))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| PathBuf::from("target/ktstr"))
+}
+
+fn no_runs(e: RunsError) -> anyhow::Error {
+    match e {
+        RunsError::NoRuns(root) => anyhow::anyhow!(
+            "no ktstr runs under {}\nhint: run the tests first (cargo ktstr test, or cargo \
+             nextest run); set CARGO_TARGET_DIR if your target directory is elsewhere",
+            root.display()
+        ),
+        e => e.into(),
+    }
+}
+
+/// The newest run's directory and key: `KTSTR_SIDECAR_DIR` names it directly.
+fn newest() -> Result<(String, PathBuf)> {
+    if let Some(d) = std::env::var_os("KTSTR_SIDECAR_DIR").filter(|d| !d.is_empty()) {
+        let d = PathBuf::from(d);
+        if !d.is_dir() {
+            bail!("KTSTR_SIDECAR_DIR={} is not a directory", d.display());
+        }
+        let key = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok((key, d));
+    }
+    let run = runs::list_runs(&runs_root()).map_err(no_runs)?.remove(0);
+    Ok((run.key, run.path))
+}
+
+/// Loads a run and warns (stderr) about sidecars that did not parse.
+fn load(dir: &Path) -> Result<LoadedRun> {
+    let run = runs::load_run(dir)?;
+    for (p, e) in &run.corrupt {
+        eprintln!("warning: {} is not a readable sidecar: {e}", p.display());
+    }
+    Ok(run)
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    t
+}
+
+/// `stats`: the newest run's cases by verdict, and per topology.
+fn summary() -> Result<()> {
+    let (key, dir) = newest()?;
+    let run = load(&dir)?;
+    let cases = &run.sidecars;
+    println!("run {key} ({} cases, {})", cases.len(), dir.display());
+    let count = |v: &str| cases.iter().filter(|(_, s)| runs::verdict(s) == v).count();
+    println!(
+        "pass {}  fail {}  skip {}  inconclusive {}",
+        count("pass"),
+        count("fail"),
+        count("skip"),
+        count("inconclusive")
+    );
+    println!("\ngauntlet (cases per topology):");
+    let mut by_topo: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
+    for (_, s) in cases {
+        let slot = match runs::verdict(s) {
+            "pass" => 0,
+            "skip" => 2,
+            _ => 1,
+        };
+        by_topo.entry(&s.topology).or_default()[slot] += 1;
+    }
+    let mut t = table(&["topology", "pass", "fail", "skip"]);
+    for (topo, [p, f, s]) in &by_topo {
+        t.add_row([
+            topo.to_string(),
+            p.to_string(),
+            f.to_string(),
+            s.to_string(),
+        ]);
+    }
+    println!("{t}");
+    let failed: Vec<&Sidecar> = cases
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| matches!(runs::verdict(s), "fail" | "inconclusive"))
+        .collect();
+    if !failed.is_empty() {
+        println!("\nfailed cases:");
+        for s in failed {
+            let why = s
+                .details
+                .first()
+                .map(|d| d.message.as_str())
+                .unwrap_or("(no details recorded)");
+            println!("  {}: {why}", s.case_name);
+        }
+    }
+    for (name, has) in [
+        (
+            "BPF verifier stats",
+            cases.iter().any(|(_, s)| s.verifier_stats.is_some()),
+        ),
+        (
+            "callback profile",
+            cases.iter().any(|(_, s)| s.monitor.is_some()),
+        ),
+        (
+            "KVM stats",
+            cases.iter().any(|(_, s)| s.kvm_stats.is_some()),
+        ),
+    ] {
+        if !has {
+            println!("\n{name}: none recorded in this run");
+        }
+    }
+    Ok(())
+}
+
+/// `stats list`.
+fn list() -> Result<()> {
+    let runs = runs::list_runs(&runs_root()).map_err(no_runs)?;
+    for r in runs {
+        let run = load(&r.path)?;
+        println!("{} ({} cases)", r.key, run.sidecars.len());
+        let mut t = table(&["topology", "test", "scheduler", "verdict"]);
+        for (_, s) in &run.sidecars {
+            t.add_row([
+                s.topology.as_str(),
+                s.test_name.as_str(),
+                s.scheduler.as_str(),
+                runs::verdict(s),
+            ]);
+        }
+        println!("{t}\n");
+    }
+    Ok(())
+}
+
+/// The seven filterable dimensions of one sidecar, in cli.md §2.7's order; `None` for an
+/// optional value that was not recorded.
+fn dimensions(s: &Sidecar, archive: bool) -> [(&'static str, Option<String>); 7] {
+    let known = |v: &str| (!v.is_empty() && v != "unknown").then(|| v.to_owned());
+    [
+        ("kernel", known(&s.kernel_version)),
+        ("commit", known(&s.project_commit)),
+        ("kernel_commit", s.kernel_commit.clone()),
+        (
+            "source",
+            if archive {
+                Some("archive".into())
+            } else {
+                known(&s.run_source)
+            },
+        ),
+        ("scheduler", Some(s.scheduler.clone())),
+        ("topology", Some(s.topology.clone())),
+        (
+            "work_type",
+            Some(s.work_type.clone().unwrap_or_else(|| "none".into())),
+        ),
+    ]
+}
+
+/// `stats list-values`.
+fn list_values(json: bool, dir: Option<PathBuf>) -> Result<()> {
+    let default = runs_root();
+    let root = dir.clone().unwrap_or_else(|| default.clone());
+    // Rows from another root are archived runs, unless --dir names the default root.
+    let archive = dir.is_some_and(|d| {
+        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        canon(&d) != canon(&default)
+    });
+    let mut values: BTreeMap<usize, (&str, BTreeSet<Option<String>>)> = BTreeMap::new();
+    for r in runs::list_runs(&root).map_err(no_runs)? {
+        for (_, s) in load(&r.path)?.sidecars {
+            for (i, (name, v)) in dimensions(&s, archive).into_iter().enumerate() {
+                values
+                    .entry(i)
+                    .or_insert((name, BTreeSet::new()))
+                    .1
+                    .insert(v);
+            }
+        }
+    }
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = values
+            .values()
+            .map(|(name, vs)| ((*name).to_owned(), serde_json::json!(vs)))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+        return Ok(());
+    }
+    for (name, vs) in values.values() {
+        println!("{name}:");
+        for v in vs {
+            println!("  {}", v.as_deref().unwrap_or("unknown"));
+        }
+    }
+    Ok(())
+}
+
+/// `stats show-host --run KEY`.
+fn show_host(key: &str, dir: Option<PathBuf>) -> Result<()> {
+    let root = dir.unwrap_or_else(runs_root);
+    let run = runs::find_run(&root, key).map_err(|e| {
+        anyhow::anyhow!("{e}\nhint: `cargo ktstr stats list` shows the recorded run keys")
+    })?;
+    let loaded = load(&run.path).with_context(|| format!("reading run {key}"))?;
+    match loaded.sidecars.iter().find_map(|(_, s)| s.host.as_ref()) {
+        Some(h) => {
+            print!("{h}");
+            Ok(())
+        }
+        None => bail!(
+            "no sidecar of run {key} records its host ({} sidecars read); the run probably \
+             predates host capture",
+            loaded.sidecars.len()
+        ),
+    }
+}
