@@ -5,8 +5,10 @@
 //! as PID 1 it runs the guest side instead of the CLI.
 
 mod bench;
+mod explain;
 mod locks;
 mod probe;
+mod replay;
 mod run_tests;
 mod shell;
 mod stats;
@@ -60,6 +62,9 @@ enum Command {
     },
     /// What recorded runs hold: the newest run's summary, or browse all runs.
     Stats(stats::StatsArgs),
+    /// Print (or with --exec run) a nextest filterset for the tests that failed in the
+    /// recorded runs.
+    Replay(replay::ReplayArgs),
     /// Print the live host context (CPU, memory, hugepages, THP, kernel, sched tunables), the
     /// same record every sidecar keeps.
     ShowHost,
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
         Command::Verifier(a) => verifier::run(a),
         Command::Locks(a) => locks::run(a),
         Command::Stats(a) => stats::run(a),
+        Command::Replay(a) => replay::run(a),
         Command::Completions { shell, binary } => {
             clap_complete::generate(shell, &mut Cargo::command(), binary, &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

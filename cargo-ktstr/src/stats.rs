@@ -1,7 +1,7 @@
 //! `cargo ktstr stats`: what recorded runs hold. No subcommand summarises the newest run;
 //! `list`, `list-values` and `show-host` browse all of them.
 //!
-//! Not built yet (cli.md §2.6, §2.9, §2.10): `list-metrics`, `explain-sidecar`, `compare`.
+//! Not built yet (cli.md §2.10): `compare`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,12 @@ enum StatsCommand {
     /// List the recorded runs, newest first: per run, one row per case with its topology,
     /// test, scheduler and verdict.
     List,
+    /// The metrics runs are compared on: polarity, default significance gates, unit.
+    ListMetrics {
+        /// Print a JSON array (name, polarity, default_abs, default_rel, unit, description).
+        #[arg(long)]
+        json: bool,
+    },
     /// The distinct values of each dimension `compare` can filter on, over every run.
     ListValues {
         /// Print one JSON object keyed by dimension.
@@ -34,6 +40,18 @@ enum StatsCommand {
         /// run source `archive`.
         #[arg(long, value_name = "PATH")]
         dir: Option<PathBuf>,
+    },
+    /// For each sidecar of a run, which optional fields are null and why.
+    ExplainSidecar {
+        /// The run key, as `stats list` shows it.
+        #[arg(long, value_name = "KEY")]
+        run: String,
+        /// Another runs root.
+        #[arg(long, value_name = "PATH")]
+        dir: Option<PathBuf>,
+        /// One JSON object over the whole run.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the host context recorded with one run.
     ShowHost {
@@ -51,15 +69,19 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
     match a.sub {
         None => summary(),
         Some(StatsCommand::List) => list(),
+        Some(StatsCommand::ListMetrics { json }) => list_metrics(json),
         Some(StatsCommand::ListValues { json, dir }) => list_values(json, dir),
         Some(StatsCommand::ShowHost { run, dir }) => show_host(&run, dir),
+        Some(StatsCommand::ExplainSidecar { run, dir, json }) => {
+            crate::explain::run(&run, &find_run(dir, &run)?.path, json)
+        }
     }?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `{CARGO_TARGET_DIR}/ktstr`, else the nearest `target/ktstr` above the current directory
 /// (so it works from any directory of the workspace), else `target/ktstr`.
-fn runs_root() -> PathBuf {
+pub(crate) fn runs_root() -> PathBuf {
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
         return PathBuf::from(t).join("ktstr");
     }
@@ -70,7 +92,7 @@ fn runs_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/ktstr"))
 }
 
-fn no_runs(e: RunsError) -> anyhow::Error {
+pub(crate) fn no_runs(e: RunsError) -> anyhow::Error {
     match e {
         RunsError::NoRuns(root) => anyhow::anyhow!(
             "no ktstr runs under {}\nhint: run the tests first (cargo ktstr test, or cargo \
@@ -98,8 +120,16 @@ fn newest() -> Result<(String, PathBuf)> {
     Ok((run.key, run.path))
 }
 
+/// The run `key` under `dir` (default: the runs root), or an error pointing at `stats list`.
+fn find_run(dir: Option<PathBuf>, key: &str) -> Result<runs::RunDir> {
+    let root = dir.unwrap_or_else(runs_root);
+    runs::find_run(&root, key).map_err(|e| {
+        anyhow::anyhow!("{e}\nhint: `cargo ktstr stats list` shows the recorded run keys")
+    })
+}
+
 /// Loads a run and warns (stderr) about sidecars that did not parse.
-fn load(dir: &Path) -> Result<LoadedRun> {
+pub(crate) fn load(dir: &Path) -> Result<LoadedRun> {
     let run = runs::load_run(dir)?;
     for (p, e) in &run.corrupt {
         eprintln!("warning: {} is not a readable sidecar: {e}", p.display());
@@ -269,10 +299,7 @@ fn list_values(json: bool, dir: Option<PathBuf>) -> Result<()> {
 
 /// `stats show-host --run KEY`.
 fn show_host(key: &str, dir: Option<PathBuf>) -> Result<()> {
-    let root = dir.unwrap_or_else(runs_root);
-    let run = runs::find_run(&root, key).map_err(|e| {
-        anyhow::anyhow!("{e}\nhint: `cargo ktstr stats list` shows the recorded run keys")
-    })?;
+    let run = find_run(dir, key)?;
     let loaded = load(&run.path).with_context(|| format!("reading run {key}"))?;
     match loaded.sidecars.iter().find_map(|(_, s)| s.host.as_ref()) {
         Some(h) => {
@@ -285,4 +312,30 @@ fn show_host(key: &str, dir: Option<PathBuf>) -> Result<()> {
             loaded.sidecars.len()
         ),
     }
+}
+
+/// `stats list-metrics`.
+fn list_metrics(json: bool) -> Result<()> {
+    use ktstr::metrics::{Polarity, METRICS};
+    if json {
+        println!("{}", serde_json::to_string_pretty(METRICS)?);
+        return Ok(());
+    }
+    let mut t = table(&["metric", "better", "abs", "rel", "unit", "description"]);
+    for m in METRICS {
+        t.add_row([
+            m.name.to_string(),
+            match m.polarity {
+                Polarity::HigherIsBetter => "higher",
+                Polarity::LowerIsBetter => "lower",
+            }
+            .into(),
+            m.default_abs.to_string(),
+            m.default_rel.to_string(),
+            m.unit.into(),
+            m.description.into(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
 }

@@ -301,3 +301,128 @@ fn stats_reads_recorded_runs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("stats list"), "{}", text(&o).1);
 }
+
+/// `replay` prints one anchored regex per failed test (deduplicated over runs, `-E` narrows
+/// by substring), runs nextest with it under `--exec`, and never starts nextest when nothing
+/// failed.
+#[test]
+fn replay_selects_exactly_the_failed_tests() {
+    use std::os::unix::fs::PermissionsExt;
+    let target = tempfile::tempdir().unwrap();
+    let root = target.path().join("ktstr");
+    let env = [("CARGO_TARGET_DIR", target.path().to_str().unwrap())];
+    record(
+        &root,
+        "6.12.117-aaaaaaa",
+        "starve",
+        "1n1l2c1t",
+        false,
+        false,
+    );
+    record(
+        &root,
+        "6.12.117-bbbbbbb",
+        "starve",
+        "2n2l2c1t",
+        false,
+        false,
+    );
+    record(&root, "6.12.117-bbbbbbb", "spin", "1n1l2c1t", true, false);
+    record(
+        &root,
+        "6.12.117-bbbbbbb",
+        "fault_stall",
+        "1n1l2c1t",
+        false,
+        false,
+    );
+    let o = ktstr(&["replay"], &env);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(out, "test(/^fault_stall\\//) | test(/^starve\\//)\n");
+    let o = ktstr(&["replay", "-E", "fault"], &env);
+    assert_eq!(text(&o).0, "test(/^fault_stall\\//)\n");
+
+    let fake = target.path().join("cargo");
+    std::fs::write(&fake, "#!/bin/sh\necho \"args: $*\"\nexit 3\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut env_exec = env.to_vec();
+    env_exec.push(("CARGO", fake.to_str().unwrap()));
+    let o = ktstr(&["replay", "--exec", "-E", "starve"], &env_exec);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(text(&o).0, "args: nextest run -E test(/^starve\\//)\n");
+    let o = ktstr(&["replay", "--exec", "-E", "Starve"], &env_exec);
+    assert!(o.status.success());
+    assert_eq!(text(&o).0, "", "case-sensitive, and nextest is not started");
+    assert!(text(&o).1.contains("nothing to replay"), "{}", text(&o).1);
+}
+
+#[test]
+fn list_metrics_prints_the_registry() {
+    let o = ktstr(&["stats", "list-metrics", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    let gap = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "worst_gap_ms")
+        .unwrap();
+    assert_eq!(gap["polarity"], "lower_is_better");
+    assert_eq!(gap["default_abs"], 500.0);
+    assert_eq!(gap["default_rel"], 0.5);
+    assert_eq!(gap["unit"], "ms");
+    let o = ktstr(&["stats", "list-metrics"], &[]);
+    assert!(text(&o).0.contains("total_iterations"));
+}
+
+/// `explain-sidecar` names each null optional field with its classification, counts them in
+/// JSON, lists unreadable files with a remedy, and fails only without sidecars.
+#[test]
+fn explain_sidecar_says_why_fields_are_null() {
+    let target = tempfile::tempdir().unwrap();
+    let root = target.path().join("ktstr");
+    let env = [("CARGO_TARGET_DIR", target.path().to_str().unwrap())];
+    record(&root, "6.12.117-aaaaaaa", "spin", "1n1l2c1t", true, true);
+    record(&root, "6.12.117-aaaaaaa", "old", "1n1l2c1t", true, false);
+    std::fs::write(
+        root.join("6.12.117-aaaaaaa/cut.ktstr.json"),
+        "{\"test_name\":",
+    )
+    .unwrap();
+    let o = ktstr(
+        &["stats", "explain-sidecar", "--run", "6.12.117-aaaaaaa"],
+        &env,
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("walked 3 sidecar files, parsed 2"), "{out}");
+    assert!(out.contains("host: null (actionable)"), "{out}");
+    assert!(out.contains("corrupt sidecars (1):"), "{out}");
+    assert!(out.contains("enriched: the file is cut short"), "{out}");
+    let o = ktstr(
+        &[
+            "stats",
+            "explain-sidecar",
+            "--run",
+            "6.12.117-aaaaaaa",
+            "--json",
+        ],
+        &env,
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(v["_schema_version"], "1");
+    assert_eq!(v["_walk"]["walked"], 3);
+    assert_eq!(v["_walk"]["valid"], 2);
+    assert_eq!(v["fields"]["host"]["none_count"], 1);
+    assert_eq!(v["fields"]["host"]["some_count"], 1);
+    assert_eq!(v["fields"]["host"]["classification"], "actionable");
+    assert_eq!(v["fields"]["monitor"]["none_count"], 2);
+    std::fs::create_dir(root.join("empty")).unwrap();
+    let o = ktstr(&["stats", "explain-sidecar", "--run", "empty"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("holds no .ktstr.json files"),
+        "{}",
+        text(&o).1
+    );
+}

@@ -13,6 +13,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod kernel_config;
 pub mod locks;
+pub mod metrics;
 pub mod prelude;
 pub mod registry;
 pub mod runner;

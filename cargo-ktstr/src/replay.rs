@@ -1,0 +1,89 @@
+//! `cargo ktstr replay`: a nextest filterset for the tests that failed in the recorded runs,
+//! printed (dry run) or run with `--exec`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ktstr::runs;
+
+/// Arguments of `cargo ktstr replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The runs root to read (default: {CARGO_TARGET_DIR or target}/ktstr).
+    #[arg(long, value_name = "PATH")]
+    dir: Option<PathBuf>,
+    /// Keep only failed tests whose name contains STR (case-sensitive).
+    #[arg(short = 'E', long = "filter", value_name = "STR")]
+    filter: Option<String>,
+    /// Run `cargo nextest run -E <expression>` instead of printing the expression.
+    #[arg(long)]
+    exec: bool,
+}
+
+/// The filterset selecting every case of `tests` (all scenarios, topologies and kernels)
+/// and nothing else: case names are `{test}/…`, so `^{test}/` matches exactly a test's
+/// cases. Test names are Rust identifiers, so they need no regex escaping.
+pub fn filterset<'a>(tests: impl IntoIterator<Item = &'a str>) -> String {
+    tests
+        .into_iter()
+        .map(|t| format!("test(/^{t}\\//)"))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Runs `replay`.
+pub fn run(a: ReplayArgs) -> Result<ExitCode> {
+    let root = a.dir.unwrap_or_else(crate::stats::runs_root);
+    let mut failed = BTreeSet::new();
+    for r in runs::list_runs(&root).map_err(crate::stats::no_runs)? {
+        for (_, s) in crate::stats::load(&r.path)?.sidecars {
+            // `passed` is recorded before `expect_err` is applied; a test that failed as it
+            // declared it would is not a failure to replay.
+            let bad = matches!(runs::verdict(&s), "fail" | "inconclusive");
+            let wanted = a.filter.as_deref().is_none_or(|f| s.test_name.contains(f));
+            if bad && wanted && !s.test_name.is_empty() {
+                failed.insert(s.test_name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        eprintln!(
+            "ktstr: no failed tests recorded under {}{}; nothing to replay",
+            root.display(),
+            a.filter
+                .as_deref()
+                .map(|f| format!(" matching {f:?}"))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let expr = filterset(failed.iter().map(String::as_str));
+    if !a.exec {
+        println!("{expr}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("ktstr: replaying {} failed test(s): {expr}", failed.len());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let st = Command::new(cargo)
+        .args(["nextest", "run", "-E", &expr])
+        .status()
+        .context("running `cargo nextest run`")?;
+    Ok(ExitCode::from(crate::run_tests::exit_byte(st)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_regex_per_test_anchored_at_the_name() {
+        assert_eq!(filterset(["a"]), "test(/^a\\//)");
+        assert_eq!(
+            filterset(["fault_stall", "spin"]),
+            "test(/^fault_stall\\//) | test(/^spin\\//)"
+        );
+    }
+}
