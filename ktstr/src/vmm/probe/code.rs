@@ -203,13 +203,18 @@ const IDT_OFF: u64 = 0x800;
 /// Trampoline offset of the interrupt handler.
 const HANDLER_OFF: u64 = 0xC00;
 
-/// The AP's interrupt handler (32-bit): EOI first (with a split irqchip, KVM reports it to
-/// the VMM's IOAPIC before the next instruction), then record its APIC ID + 1 and halt for
-/// good with interrupts off.
+/// The AP's interrupt handler (32-bit): read the UART's IIR (acknowledging it), EOI (with a
+/// split irqchip, KVM reports it to the VMM's IOAPIC before the next instruction), then record its APIC ID + 1 and halt with
+/// interrupts on (a re-delivered interrupt runs the handler again).
 fn handler() -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(32)?;
     let mut xapic = a.create_label();
     let mut store = a.create_label();
+    // Acknowledge the UART first (reading IIR clears its THRE condition): qemu's 16550
+    // holds its level line high until then, and an EOI with the line still high makes the
+    // IOAPIC deliver again, endlessly once this handler waits with interrupts on.
+    a.mov(dx, 0x3FAu32)?;
+    a.in_(al, dx)?;
     a.mov(esi, PD_X2APIC as u32)?;
     a.cmp(dword_ptr(esi), 0)?;
     a.je(xapic)?;
@@ -238,10 +243,14 @@ fn handler() -> Result<Vec<u8>, IcedError> {
     a.mov(esi, PD_IRQ_SEEN as u32)?;
     a.mov(dword_ptr(esi), eax)?;
     // No iret: the software KVM this was written on cannot emulate it, and the AP has
-    // nothing left to do.
+    // nothing left to do. It waits with interrupts on: with the in-kernel irqchip, an
+    // irqfd raises and lowers the line from a host worker, and an EOI that lands between
+    // the two delivers the interrupt again (the level-triggered line is still high). Taking
+    // it again (nested, a few bytes of stack each) EOIs it again, so remote IRR clears;
+    // halting with interrupts off left it set for good (seen once in CI).
     let mut halt = a.create_label();
     a.set_label(&mut halt)?;
-    a.cli()?;
+    a.sti()?;
     a.hlt()?;
     a.jmp(halt)?;
     a.assemble(TRAMPOLINE + HANDLER_OFF)
