@@ -5,6 +5,7 @@
 //! as PID 1 it runs the guest side instead of the CLI.
 
 mod bench;
+mod compare;
 mod explain;
 mod locks;
 mod probe;

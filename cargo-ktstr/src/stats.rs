@@ -1,7 +1,6 @@
 //! `cargo ktstr stats`: what recorded runs hold. No subcommand summarises the newest run;
 //! `list`, `list-values` and `show-host` browse all of them.
 //!
-//! Not built yet (cli.md §2.10): `compare`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -41,6 +40,9 @@ enum StatsCommand {
         #[arg(long, value_name = "PATH")]
         dir: Option<PathBuf>,
     },
+    /// Compare two slices of the recorded runs (e.g. --a-kernel 6.12 --b-kernel 6.13),
+    /// paired by test, scenario, scheduler, topology and work type; exit 1 on a regression.
+    Compare(Box<crate::compare::CompareArgs>),
     /// For each sidecar of a run, which optional fields are null and why.
     ExplainSidecar {
         /// The run key, as `stats list` shows it.
@@ -67,6 +69,7 @@ enum StatsCommand {
 /// Runs `stats`.
 pub fn run(a: StatsArgs) -> Result<ExitCode> {
     match a.sub {
+        Some(StatsCommand::Compare(c)) => return crate::compare::run(*c),
         None => summary(),
         Some(StatsCommand::List) => list(),
         Some(StatsCommand::ListMetrics { json }) => list_metrics(json),

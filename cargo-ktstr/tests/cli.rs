@@ -426,3 +426,86 @@ fn explain_sidecar_says_why_fields_are_null() {
         text(&o).1
     );
 }
+
+/// Writes a passing sidecar with a kernel version and a longest gap.
+fn record_gap(root: &std::path::Path, key: &str, kernel: &str, gap: f64) {
+    let mut s = ktstr::sidecar::Sidecar::default();
+    s.test_name = "spin".into();
+    s.scenario = "eevdf".into();
+    s.case_name = "spin/eevdf/1n1l2c1t".into();
+    s.topology = "1n1l2c1t".into();
+    s.scheduler = "eevdf".into();
+    s.passed = true;
+    s.kernel_version = kernel.into();
+    s.project_commit = "abc1234".into();
+    s.run_source = "local".into();
+    let mut st = ktstr::assert::ScenarioStats::default();
+    st.worst_gap_ms = gap;
+    st.total_iterations = 1000;
+    s.stats = Some(st);
+    s.host = Some(ktstr::host_context::HostContext::collect());
+    ktstr::sidecar::write_atomic(&root.join(key), &s).unwrap();
+}
+
+/// `stats compare` pairs the kernel slices, marks a worse gap as a REGRESSION and exits 1;
+/// the other direction is an improvement (exit 0); identical sides, empty sides and a
+/// policy with a misspelt metric are errors that say what to do; conflicting flags are usage
+/// errors.
+#[test]
+fn stats_compare_flags_regressions() {
+    let target = tempfile::tempdir().unwrap();
+    let root = target.path().join("ktstr");
+    let env = [("CARGO_TARGET_DIR", target.path().to_str().unwrap())];
+    record_gap(&root, "6.12.5-abc1234", "6.12.5", 100.0);
+    record_gap(&root, "6.13.0-abc1234", "6.13.0", 1500.0);
+    let cmp = |extra: &[&str]| {
+        let mut args = vec!["stats", "compare"];
+        args.extend_from_slice(extra);
+        let o = ktstr(&args, &env);
+        let (out, err) = text(&o);
+        (o.status.code(), out, err)
+    };
+    let (code, out, err) = cmp(&["--a-kernel", "6.12", "--b-kernel", "6.13"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("slicing: kernel"), "{out}");
+    assert!(out.contains("REGRESSION"), "{out}");
+    assert!(out.contains("1 pairs compared: 1 regressions"), "{out}");
+    assert!(out.contains("host: the same on both sides"), "{out}");
+    assert!(err.contains("1 metric regression(s)"), "{err}");
+    let (code, out, _) = cmp(&["--a-kernel", "6.13", "--b-kernel", "6.12"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("improvement"), "{out}");
+    let (code, _, err) = cmp(&["--kernel", "6.12"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nothing to compare"), "{err}");
+    let (code, _, err) = cmp(&["--a-kernel", "6.12", "--b-kernel", "6.14"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no rows match filter B"), "{err}");
+    let policy = target.path().join("p.json");
+    std::fs::write(&policy, r#"{"per_metric_percent": {"wrost_spread": 5}}"#).unwrap();
+    let p = policy.to_str().unwrap();
+    let (code, _, err) = cmp(&["--a-kernel", "6.12", "--b-kernel", "6.13", "--policy", p]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("did you mean worst_spread"), "{err}");
+    let (code, _, _) = cmp(&[
+        "--a-kernel",
+        "6.12",
+        "--b-kernel",
+        "6.13",
+        "--threshold",
+        "5",
+        "--policy",
+        p,
+    ]);
+    assert_eq!(code, Some(2));
+    let (code, _, _) = cmp(&[
+        "--a-kernel",
+        "6.12",
+        "--b-kernel",
+        "6.13",
+        "--no-phases",
+        "--phase",
+        "1",
+    ]);
+    assert_eq!(code, Some(2));
+}

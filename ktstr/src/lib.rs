@@ -6,6 +6,7 @@
 pub mod assert;
 pub mod cache;
 pub mod cgroup;
+pub mod compare;
 pub mod guest;
 pub mod host_context;
 pub mod host_cpus;
