@@ -5,7 +5,7 @@
 //! literally) and per-phase tables (sidecars do not record phases yet; the flags parse and
 //! the report says so).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -169,19 +169,7 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
         (_, Some(p)) => Policy::load(p)?,
         _ => Policy::default(),
     };
-    let default_root = crate::stats::runs_root();
-    let root = a.dir.clone().unwrap_or_else(|| default_root.clone());
-    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-    let archive = a.dir.is_some() && canon(&root) != canon(&default_root);
-    let mut pool = Vec::new();
-    for r in ktstr::runs::list_runs(&root).map_err(crate::stats::no_runs)? {
-        for (p, mut s) in crate::stats::load(&r.path)?.sidecars {
-            if archive {
-                s.run_source = "archive".into();
-            }
-            pool.push((p, s));
-        }
-    }
+    let pool = crate::stats::load_pool(a.dir.clone())?;
     for w in a
         .work_type
         .iter()

@@ -237,62 +237,54 @@ fn list() -> Result<()> {
     Ok(())
 }
 
-/// The seven filterable dimensions of one sidecar, in cli.md §2.7's order; `None` for an
-/// optional value that was not recorded.
-fn dimensions(s: &Sidecar, archive: bool) -> [(&'static str, Option<String>); 7] {
-    let known = |v: &str| (!v.is_empty() && v != "unknown").then(|| v.to_owned());
-    [
-        ("kernel", known(&s.kernel_version)),
-        ("commit", known(&s.project_commit)),
-        ("kernel_commit", s.kernel_commit.clone()),
-        (
-            "source",
-            if archive {
-                Some("archive".into())
-            } else {
-                known(&s.run_source)
-            },
-        ),
-        ("scheduler", Some(s.scheduler.clone())),
-        ("topology", Some(s.topology.clone())),
-        (
-            "work_type",
-            Some(s.work_type.clone().unwrap_or_else(|| "none".into())),
-        ),
-    ]
-}
-
-/// `stats list-values`.
-fn list_values(json: bool, dir: Option<PathBuf>) -> Result<()> {
+/// Every sidecar of every run under `dir` (default: the runs root). Rows from a root other
+/// than the default are archived runs: their run source reads `archive`.
+pub(crate) fn load_pool(dir: Option<PathBuf>) -> Result<Vec<(PathBuf, Sidecar)>> {
     let default = runs_root();
     let root = dir.clone().unwrap_or_else(|| default.clone());
-    // Rows from another root are archived runs, unless --dir names the default root.
-    let archive = dir.is_some_and(|d| {
-        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        canon(&d) != canon(&default)
-    });
-    let mut values: BTreeMap<usize, (&str, BTreeSet<Option<String>>)> = BTreeMap::new();
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let archive = dir.is_some_and(|d| canon(&d) != canon(&default));
+    let mut pool = Vec::new();
     for r in runs::list_runs(&root).map_err(no_runs)? {
-        for (_, s) in load(&r.path)?.sidecars {
-            for (i, (name, v)) in dimensions(&s, archive).into_iter().enumerate() {
-                values
-                    .entry(i)
-                    .or_insert((name, BTreeSet::new()))
-                    .1
-                    .insert(v);
+        for (p, mut s) in load(&r.path)?.sidecars {
+            if archive {
+                s.run_source = "archive".into();
             }
+            pool.push((p, s));
+        }
+    }
+    Ok(pool)
+}
+
+/// `stats list-values`: the distinct values of each dimension `compare` filters on, under
+/// the JSON keys of cli.md §2.7.
+fn list_values(json: bool, dir: Option<PathBuf>) -> Result<()> {
+    use ktstr::compare::Dim;
+    let key = |d: Dim| match d {
+        Dim::Kernel => "kernel",
+        Dim::ProjectCommit => "commit",
+        Dim::KernelCommit => "kernel_commit",
+        Dim::RunSource => "source",
+        Dim::Scheduler => "scheduler",
+        Dim::Topology => "topology",
+        Dim::WorkType => "work_type",
+    };
+    let mut values: BTreeMap<Dim, BTreeSet<Option<String>>> = BTreeMap::new();
+    for (_, s) in load_pool(dir)? {
+        for d in Dim::ALL {
+            values.entry(d).or_default().insert(d.value(&s));
         }
     }
     if json {
         let obj: serde_json::Map<String, serde_json::Value> = values
-            .values()
-            .map(|(name, vs)| ((*name).to_owned(), serde_json::json!(vs)))
+            .iter()
+            .map(|(d, vs)| (key(*d).to_owned(), serde_json::json!(vs)))
             .collect();
         println!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
     }
-    for (name, vs) in values.values() {
-        println!("{name}:");
+    for (d, vs) in &values {
+        println!("{}:", key(*d));
         for v in vs {
             println!("  {}", v.as_deref().unwrap_or("unknown"));
         }
