@@ -36,17 +36,15 @@ pub fn filterset<'a>(tests: impl IntoIterator<Item = &'a str>) -> String {
 
 /// Runs `replay`.
 pub fn run(a: ReplayArgs) -> Result<ExitCode> {
-    let root = a.dir.unwrap_or_else(crate::stats::runs_root);
+    let root = a.dir.clone().unwrap_or_else(crate::stats::runs_root);
     let mut failed = BTreeSet::new();
-    for r in runs::list_runs(&root).map_err(crate::stats::no_runs)? {
-        for (_, s) in crate::stats::load(&r.path)?.sidecars {
-            // `passed` is recorded before `expect_err` is applied; a test that failed as it
-            // declared it would is not a failure to replay.
-            let bad = matches!(runs::verdict(&s), "fail" | "inconclusive");
-            let wanted = a.filter.as_deref().is_none_or(|f| s.test_name.contains(f));
-            if bad && wanted && !s.test_name.is_empty() {
-                failed.insert(s.test_name);
-            }
+    for (_, s) in crate::stats::load_pool(a.dir)? {
+        // `passed` is recorded before `expect_err` is applied; a test that failed as it
+        // declared it would is not a failure to replay.
+        let bad = runs::verdict(&s).is_failure();
+        let wanted = a.filter.as_deref().is_none_or(|f| s.test_name.contains(f));
+        if bad && wanted && !s.test_name.is_empty() {
+            failed.insert(s.test_name);
         }
     }
     if failed.is_empty() {

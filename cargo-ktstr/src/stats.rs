@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use ktstr::runs::{self, LoadedRun, RunsError};
+use ktstr::runs::{self, LoadedRun, RunsError, Verdict};
 use ktstr::sidecar::Sidecar;
 
 /// Arguments of `cargo ktstr stats`.
@@ -152,20 +152,20 @@ fn summary() -> Result<()> {
     let run = load(&dir)?;
     let cases = &run.sidecars;
     println!("run {key} ({} cases, {})", cases.len(), dir.display());
-    let count = |v: &str| cases.iter().filter(|(_, s)| runs::verdict(s) == v).count();
+    let count = |v: Verdict| cases.iter().filter(|(_, s)| runs::verdict(s) == v).count();
     println!(
         "pass {}  fail {}  skip {}  inconclusive {}",
-        count("pass"),
-        count("fail"),
-        count("skip"),
-        count("inconclusive")
+        count(Verdict::Pass),
+        count(Verdict::Fail),
+        count(Verdict::Skip),
+        count(Verdict::Inconclusive)
     );
     println!("\ngauntlet (cases per topology):");
     let mut by_topo: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
     for (_, s) in cases {
         let slot = match runs::verdict(s) {
-            "pass" => 0,
-            "skip" => 2,
+            Verdict::Pass => 0,
+            Verdict::Skip => 2,
             _ => 1,
         };
         by_topo.entry(&s.topology).or_default()[slot] += 1;
@@ -183,7 +183,7 @@ fn summary() -> Result<()> {
     let failed: Vec<&Sidecar> = cases
         .iter()
         .map(|(_, s)| s)
-        .filter(|s| matches!(runs::verdict(s), "fail" | "inconclusive"))
+        .filter(|s| runs::verdict(s).is_failure())
         .collect();
     if !failed.is_empty() {
         println!("\nfailed cases:");
@@ -229,7 +229,7 @@ fn list() -> Result<()> {
                 s.topology.as_str(),
                 s.test_name.as_str(),
                 s.scheduler.as_str(),
-                runs::verdict(s),
+                runs::verdict(s).as_str(),
             ]);
         }
         println!("{t}\n");

@@ -160,36 +160,15 @@ impl std::fmt::Display for Filters {
     }
 }
 
-/// A case's outcome, as folded over a cohort.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every contributor passed.
-    Pass,
-    /// Some contributor failed.
-    Fail,
-    /// None failed, some were inconclusive.
-    Inconclusive,
-    /// None failed or were inconclusive, some were skipped.
-    Skip,
-}
+pub use crate::runs::Verdict;
 
-impl Verdict {
-    fn of(s: &Sidecar) -> Verdict {
-        match crate::runs::verdict(s) {
-            "pass" => Verdict::Pass,
-            "skip" => Verdict::Skip,
-            "inconclusive" => Verdict::Inconclusive,
-            _ => Verdict::Fail,
-        }
-    }
-
-    fn fold(vs: impl IntoIterator<Item = Verdict>) -> Verdict {
-        let vs: Vec<Verdict> = vs.into_iter().collect();
-        [Verdict::Fail, Verdict::Inconclusive, Verdict::Skip]
-            .into_iter()
-            .find(|v| vs.contains(v))
-            .unwrap_or(Verdict::Pass)
-    }
+/// Folds a cohort's verdicts: any Fail, else any Inconclusive, else any Skip, else Pass.
+fn fold_verdicts(vs: impl IntoIterator<Item = Verdict>) -> Verdict {
+    let vs: Vec<Verdict> = vs.into_iter().collect();
+    [Verdict::Fail, Verdict::Inconclusive, Verdict::Skip]
+        .into_iter()
+        .find(|v| vs.contains(v))
+        .unwrap_or(Verdict::Pass)
 }
 
 /// The comparison policy (`--policy FILE`): relative gates in percent.
@@ -516,11 +495,11 @@ pub fn compare(req: &Request) -> Result<Comparison, CompareError> {
 
 /// Folds the sidecars of one key into one row.
 fn fold(key: String, members: &[&(PathBuf, Sidecar)]) -> Row {
-    let verdict = Verdict::fold(members.iter().map(|(_, s)| Verdict::of(s)));
+    let verdict = fold_verdicts(members.iter().map(|(_, s)| crate::runs::verdict(s)));
     let passing: Vec<&Sidecar> = members
         .iter()
         .map(|(_, s)| s)
-        .filter(|s| Verdict::of(s) == Verdict::Pass)
+        .filter(|s| crate::runs::verdict(s) == Verdict::Pass)
         .collect();
     let metrics = METRICS
         .iter()

@@ -130,17 +130,46 @@ pub fn load_run(dir: &Path) -> Result<LoadedRun, RunsError> {
     Ok(run)
 }
 
-/// A case's outcome as one word: `skip`, `pass`, `fail`, or `inconclusive`, with
-/// `expect_err` applied (an expected failure that failed is `pass`).
-pub fn verdict(s: &Sidecar) -> &'static str {
+/// A case's outcome, with `expect_err` applied (an expected failure that failed passes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It passed.
+    Pass,
+    /// It failed.
+    Fail,
+    /// It reached no verdict.
+    Inconclusive,
+    /// It did not run.
+    Skip,
+}
+
+impl Verdict {
+    /// One word: `pass`, `fail`, `inconclusive`, `skip`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Skip => "skip",
+        }
+    }
+
+    /// Not a pass and not a skip: something to look at or replay.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Verdict::Fail | Verdict::Inconclusive)
+    }
+}
+
+/// The verdict a sidecar records.
+pub fn verdict(s: &Sidecar) -> Verdict {
     if s.skipped {
-        "skip"
+        Verdict::Skip
     } else if s.inconclusive {
-        "inconclusive"
+        Verdict::Inconclusive
     } else if s.passed != s.expect_err {
-        "pass"
+        Verdict::Pass
     } else {
-        "fail"
+        Verdict::Fail
     }
 }
 
@@ -198,16 +227,16 @@ mod tests {
     #[test]
     fn verdict_words() {
         let mut s = sidecar("t", true);
-        assert_eq!(verdict(&s), "pass");
+        assert_eq!(verdict(&s), Verdict::Pass);
         s.expect_err = true;
-        assert_eq!(verdict(&s), "fail");
+        assert_eq!(verdict(&s), Verdict::Fail);
         s.passed = false;
-        assert_eq!(verdict(&s), "pass");
+        assert_eq!(verdict(&s), Verdict::Pass);
         s.expect_err = false;
-        assert_eq!(verdict(&s), "fail");
+        assert_eq!(verdict(&s), Verdict::Fail);
         s.inconclusive = true;
-        assert_eq!(verdict(&s), "inconclusive");
+        assert_eq!(verdict(&s), Verdict::Inconclusive);
         s.skipped = true;
-        assert_eq!(verdict(&s), "skip");
+        assert_eq!(verdict(&s), Verdict::Skip);
     }
 }

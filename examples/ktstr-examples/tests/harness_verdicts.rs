@@ -87,7 +87,7 @@ fn a_kernel_panic_fails_the_case_and_is_named() {
     let run = ktstr::runs::load_run(&dir).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let (_, sc) = &run.sidecars[0];
-    assert_eq!(ktstr::runs::verdict(sc), "fail");
+    assert_eq!(ktstr::runs::verdict(sc), ktstr::runs::Verdict::Fail);
     assert!(
         sc.details
             .iter()
