@@ -58,6 +58,8 @@ pub fn open_kvm() -> Result<Kvm, VmmError> {
         (Cap::Irqfd, "KVM_CAP_IRQFD"),
         (Cap::Pit2, "KVM_CAP_PIT2"),
         (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        // The vCPUs' CPUID advertises the TSC-deadline timer (cpuid::L1_ECX_TSC_DEADLINE).
+        (Cap::TscDeadlineTimer, "KVM_CAP_TSC_DEADLINE_TIMER"),
     ] {
         if !kvm.check_extension(cap) {
             return Err(VmmError::MissingCapability(name));

@@ -158,6 +158,14 @@ pub enum CpuidError {
 // Bits this module reads or writes.
 const L1_EBX_APIC_SHIFT: u32 = 24;
 const L1_ECX_X2APIC: u32 = 1 << 21;
+/// Leaf 1 ECX bit 24: the LAPIC timer has TSC-deadline mode. KVM emulates it in its in-kernel
+/// LAPIC (both [`super::kvm::IrqChip`] modes have one) but never reports it in
+/// KVM_GET_SUPPORTED_CPUID: the VMM must set it, as qemu does.
+pub const L1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// Leaf 1 ECX bit 31: running under a hypervisor. KVM_GET_SUPPORTED_CPUID leaves it clear;
+/// without it Linux never reads leaf 0x4000_0000, so it finds neither kvmclock nor any other KVM
+/// feature, cannot learn the TSC frequency (no PIT/HPET reference either) and runs on jiffies.
+pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
 const L1_EDX_HTT: u32 = 1 << 28;
 const E1_ECX_CMP_LEGACY: u32 = 1 << 1;
 const E1_ECX_TOPOEXT: u32 = 1 << 22;
@@ -218,7 +226,8 @@ fn cache_level(eax: u32) -> u32 {
 /// `topo`, following spec §2.3:
 ///
 /// - 0x1: EBX\[31:24\] = APIC ID (low byte), EBX\[23:16\] = min(255, 1 << pkg_shift), EDX.HTT iff a
-///   package has > 1 CPU. Everything else (TSC-deadline, hypervisor, x2APIC) is kept.
+///   package has > 1 CPU; ECX gets [`L1_ECX_HYPERVISOR`] and [`L1_ECX_TSC_DEADLINE`], which KVM
+///   supports but does not report. Everything else (x2APIC included) is kept.
 /// - 0x4 (Intel and other non-AMD vendors): L1/L2 shared by the core's threads, L3 by the LLC;
 ///   EAX\[31:26\] = (1 << (pkg_shift - smt_shift)) - 1, capped at 63.
 /// - 0xB: replaced by subleaves 0 (SMT), 1 (core = package level) and 2 (invalid), all with
@@ -293,6 +302,7 @@ pub fn vcpu_cpuid(
             1 => {
                 let nproc = (1u32 << pkg_shift).min(255);
                 e.ebx = (e.ebx & 0xffff) | (nproc << 16) | ((apic & 0xff) << L1_EBX_APIC_SHIFT);
+                e.ecx |= L1_ECX_HYPERVISOR | L1_ECX_TSC_DEADLINE;
                 if per_pkg > 1 {
                     e.edx |= L1_EDX_HTT;
                 } else {

@@ -452,3 +452,30 @@ fn other_vendors_use_the_legacy_leaves() {
         }
     }
 }
+
+/// KVM reports neither bit; without HYPERVISOR Linux never looks for kvmclock (it ran on
+/// jiffies, and lost interrupts and clock ticks under nested KVM), without TSC-deadline it
+/// calibrates the LAPIC timer against a reference it does not have.
+#[test]
+fn hypervisor_and_tsc_deadline_bits_are_set() {
+    for vendor in [CpuVendor::Amd, CpuVendor::Intel] {
+        let mut sup = synthetic_supported(vendor);
+        for e in sup.iter_mut().filter(|e| e.function == 1) {
+            e.ecx &= !(L1_ECX_HYPERVISOR | L1_ECX_TSC_DEADLINE);
+        }
+        for label in ["1n1l1c1t", "2n4l2c2t", "1n14l9c2t"] {
+            let topo = Topology::parse(label).unwrap();
+            let t = vcpu_cpuid(&sup, &topo, topo.num_cpus() - 1).unwrap();
+            let ecx = lookup(&t, 1, 0).ecx;
+            assert_ne!(ecx & L1_ECX_HYPERVISOR, 0, "{label} {vendor:?}");
+            assert_ne!(ecx & L1_ECX_TSC_DEADLINE, 0, "{label} {vendor:?}");
+            // Everything else in leaf 1 ECX is the host's.
+            let host = lookup(&sup, 1, 0).ecx;
+            assert_eq!(
+                ecx & !(L1_ECX_HYPERVISOR | L1_ECX_TSC_DEADLINE),
+                host,
+                "{label}"
+            );
+        }
+    }
+}
