@@ -79,10 +79,18 @@ pub fn run(a: ProbeArgs) -> Result<ExitCode> {
             vmb.spec.timeout = Duration::from_secs(300);
             let out = vm::run(backend, vmb.spec).context("running the VM")?;
             let Some(f) = out.frames.iter().find(|f| f.kind == FrameType::Result) else {
-                bail!(failure_message(backend, &out));
+                bail!(failure_message(
+                    backend,
+                    &ktstr::vm::backend::HostVirt::probe(),
+                    &out
+                ));
             };
             if !matches!(out.end, VmEnd::GuestExit { status: 0 }) {
-                bail!(failure_message(backend, &out));
+                bail!(failure_message(
+                    backend,
+                    &ktstr::vm::backend::HostVirt::probe(),
+                    &out
+                ));
             }
             let view: SysTopology =
                 serde_json::from_slice(&f.payload).context("parsing the guest's topology view")?;

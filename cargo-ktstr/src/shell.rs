@@ -220,7 +220,11 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
     }
-    bail!(failure_message(backend, &out))
+    bail!(failure_message(
+        backend,
+        &vm::backend::HostVirt::probe(),
+        &out
+    ))
 }
 
 /// The host terminal switched to character-at-a-time input without local echo (the guest's
@@ -264,7 +268,13 @@ impl Drop for TerminalMode {
 
 /// Explains a VM that did not end with the guest's exit code, with the console tail and, on
 /// the KVM backend, the hint to use qemu.
-pub fn failure_message(backend: BackendKind, out: &vm::VmOutcome) -> String {
+/// The hint appears only where the CPU flags really lack vmx/svm: on a host with hardware
+/// virtualization a failed KVM run is a bug to report, not a reason to switch backends.
+pub fn failure_message(
+    backend: BackendKind,
+    host: &vm::backend::HostVirt,
+    out: &vm::VmOutcome,
+) -> String {
     let mut msg = format!("the VM did not finish the command: {}", out.end.describe());
     if let Some(e) = &out.channel_error {
         msg.push_str(&format!("\nresult channel: {e}"));
@@ -273,7 +283,7 @@ pub fn failure_message(backend: BackendKind, out: &vm::VmOutcome) -> String {
     if !tail.trim().is_empty() {
         msg.push_str(&format!("\n--- console tail ---\n{tail}"));
     }
-    if backend == BackendKind::Kvm {
+    if backend == BackendKind::Kvm && !host.hardware_virt {
         msg.push_str("\nhint: this host's KVM may not run Linux guests (no hardware virtualization); use --backend qemu");
     }
     msg
@@ -299,5 +309,29 @@ mod tests {
         let t = Topology::parse("4,4,8,2").unwrap();
         assert!(estimate_memory_mib(&t, 0) >= 1024);
         assert_eq!(estimate_memory_mib(&t, 0) % 128, 0);
+    }
+
+    #[test]
+    fn the_qemu_hint_needs_a_host_without_hardware_virtualization() {
+        let out = vm::VmOutcome {
+            backend: BackendKind::Kvm,
+            end: vm::VmEnd::Reboot,
+            frames: vec![],
+            channel_error: None,
+            console_tail: "[    1.0] booting\n".into(),
+            times: Default::default(),
+        };
+        let host = |hardware_virt| vm::backend::HostVirt {
+            kvm_usable: true,
+            hardware_virt,
+        };
+        let emulated = failure_message(BackendKind::Kvm, &host(false), &out);
+        assert!(emulated.contains("use --backend qemu"), "{emulated}");
+        assert!(emulated.contains("guest rebooted"), "{emulated}");
+        let hardware = failure_message(BackendKind::Kvm, &host(true), &out);
+        assert!(!hardware.contains("hint:"), "{hardware}");
+        assert!(hardware.contains("booting"), "{hardware}");
+        let qemu = failure_message(BackendKind::Qemu, &host(false), &out);
+        assert!(!qemu.contains("hint:"), "{qemu}");
     }
 }

@@ -512,14 +512,26 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
         }
     }
     let ended = Instant::now();
-    let fds = vcpu::stop_all(&shared, threads);
+    let stopped = vcpu::stop_all(&shared, threads, vcpu::STOP_GRACE);
     if let Some(s) = stdin {
         s.stop();
     }
     // The guest is stopped: read what it left in the channel.
     monitor.poll(&mem, &spec.layout);
     let (end, end_at) = shared.end().unwrap_or((VmEnd::Cancelled, ended));
-    drop(fds);
+    let end = if stopped.stuck.is_empty() {
+        end
+    } else {
+        VmEnd::BackendError {
+            detail: format!(
+                "{}; then vCPU(s) {:?} did not leave KVM_RUN within {:?} of being kicked and were abandoned (the host kernel kept them in the guest)",
+                end.describe(),
+                stopped.stuck,
+                vcpu::STOP_GRACE
+            ),
+        }
+    };
+    drop(stopped.fds);
     // The userspace IOAPIC holds the last reference to the VM fd (split irqchip): both go
     // before the memory.
     drop(vm);

@@ -239,15 +239,36 @@ impl VcpuThread {
     }
 }
 
-/// Stops every vCPU thread (kill flag, then kicks every 10 ms until each has left its loop),
-/// joins them, and returns their fds so the caller drops them before the VM fd.
-pub fn stop_all(shared: &Shared, threads: Vec<VcpuThread>) -> Vec<VcpuFd> {
+/// How long [`stop_all`] kicks a vCPU thread before giving up on it.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What [`stop_all`] got back.
+pub struct Stopped {
+    /// The fds of the threads that left their loop, for the caller to drop before the VM fd.
+    pub fds: Vec<VcpuFd>,
+    /// vCPUs whose thread did not leave KVM_RUN within the grace period. Their threads are
+    /// detached and keep their own fd and guest-memory reference, so nothing they may still
+    /// touch is freed under them; the VM ends without them.
+    pub stuck: Vec<u32>,
+}
+
+/// Stops every vCPU thread (kill flag, then kicks every 10 ms until each has left its loop, at
+/// most `grace` in all) and joins those that left.
+///
+/// A vCPU the host kernel never lets out of KVM_RUN (seen under nested KVM: an L1 CPU in a
+/// soft lockup inside KVM_RUN for minutes) must not hang the run: after `grace` its thread is
+/// abandoned and reported in [`Stopped::stuck`], so the watchdog's verdict still reaches the
+/// user.
+pub fn stop_all(shared: &Shared, threads: Vec<VcpuThread>, grace: Duration) -> Stopped {
     shared.kill.store(true, Ordering::SeqCst);
-    let mut fds = Vec::with_capacity(threads.len());
-    for t in threads {
-        while !t.handle.is_finished() {
+    let deadline = Instant::now() + grace;
+    let mut out = Stopped {
+        fds: Vec::with_capacity(threads.len()),
+        stuck: Vec::new(),
+    };
+    for (index, t) in threads.into_iter().enumerate() {
+        while !t.handle.is_finished() && Instant::now() < deadline {
             t.kick();
-            std::thread::sleep(Duration::from_millis(1));
             for _ in 0..10 {
                 if t.handle.is_finished() {
                     break;
@@ -255,12 +276,17 @@ pub fn stop_all(shared: &Shared, threads: Vec<VcpuThread>) -> Vec<VcpuFd> {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        if !t.handle.is_finished() {
+            // Dropping the handle detaches the thread; it owns everything it uses.
+            out.stuck.push(index as u32);
+            continue;
+        }
         match t.handle.join() {
-            Ok(fd) => fds.push(fd),
+            Ok(fd) => out.fds.push(fd),
             Err(_) => shared.finish(VmEnd::BackendError {
                 detail: "a vCPU thread died".into(),
             }),
         }
     }
-    fds
+    out
 }
