@@ -55,6 +55,18 @@ enum StatsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Verdict parity: every case under --dir against the same case under --against (default:
+    /// this workspace's runs), e.g. the KVM lane's sidecars against the qemu suite's. Cases
+    /// agree when their verdicts and failure kinds are equal; exit 1 if any case disagrees or
+    /// is missing from --against.
+    Parity {
+        /// The runs root (or one run directory) whose cases are checked.
+        #[arg(long, value_name = "PATH")]
+        dir: PathBuf,
+        /// The runs root (or one run directory) they are checked against.
+        #[arg(long, value_name = "PATH")]
+        against: Option<PathBuf>,
+    },
     /// Print the host context recorded with one run.
     ShowHost {
         /// The run key, as `stats list` shows it.
@@ -75,6 +87,7 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
         Some(StatsCommand::ListMetrics { json }) => list_metrics(json),
         Some(StatsCommand::ListValues { json, dir }) => list_values(json, dir),
         Some(StatsCommand::ShowHost { run, dir }) => show_host(&run, dir),
+        Some(StatsCommand::Parity { dir, against }) => return parity(&dir, against),
         Some(StatsCommand::ExplainSidecar { run, dir, json }) => {
             crate::explain::run(&run, &find_run(dir, &run)?.path, json)
         }
@@ -235,6 +248,66 @@ fn list() -> Result<()> {
         println!("{t}\n");
     }
     Ok(())
+}
+
+/// The sidecars of a runs root, or of one run directory when `dir` holds sidecars itself.
+fn load_root_or_run(dir: &Path) -> Result<Vec<Sidecar>> {
+    let own = load(dir)?;
+    if !own.sidecars.is_empty() {
+        return Ok(own.sidecars.into_iter().map(|(_, s)| s).collect());
+    }
+    let mut out = Vec::new();
+    for r in runs::list_runs(dir).map_err(no_runs)? {
+        out.extend(load(&r.path)?.sidecars.into_iter().map(|(_, s)| s));
+    }
+    Ok(out)
+}
+
+/// `stats parity`: see [`StatsCommand::Parity`].
+fn parity(dir: &Path, against: Option<PathBuf>) -> Result<ExitCode> {
+    let against = against.unwrap_or_else(runs_root);
+    let a = load_root_or_run(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let b = load_root_or_run(&against).with_context(|| format!("reading {}", against.display()))?;
+    if a.is_empty() {
+        bail!("no sidecars under {}: nothing to check", dir.display());
+    }
+    let backend = |side: &[Sidecar], case: &str| {
+        side.iter()
+            .filter(|s| s.case_name == case)
+            .map(|s| s.backend.clone())
+            .max()
+            .unwrap_or_default()
+    };
+    let rows = ktstr::parity::compare(&a, &b);
+    let mut t = table(&["case", "A", "B", "parity"]);
+    let mut bad = 0;
+    for r in &rows {
+        let side = |o: &Option<ktstr::parity::CaseOutcome>, s: &[Sidecar]| match o {
+            Some(o) => format!("{} ({})", o.describe(), backend(s, &r.case)),
+            None => "missing".into(),
+        };
+        let ok = r.agrees();
+        bad += usize::from(!ok);
+        t.add_row([
+            r.case.clone(),
+            side(&r.a, &a),
+            side(&r.b, &b),
+            if ok { "same" } else { "DIFFERENT" }.to_string(),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "parity: {} cases, {} same, {bad} different or missing (A = {}, B = {})",
+        rows.len(),
+        rows.len() - bad,
+        dir.display(),
+        against.display()
+    );
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Every sidecar of every run under `dir` (default: the runs root). Rows from a root other

@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod kernel_config;
 pub mod locks;
 pub mod metrics;
+pub mod parity;
 pub mod prelude;
 pub mod registry;
 pub mod runner;
