@@ -158,13 +158,19 @@ fn guest_exit_port_status() {
 }
 
 #[test]
-fn triple_fault_is_a_reboot() {
-    if !kvm_available("triple_fault_is_a_reboot") {
+fn triple_fault_is_named_with_registers() {
+    if !kvm_available("triple_fault_is_named_with_registers") {
         return;
     }
     // ud2 with an empty IDT: #UD → #DF → triple fault → KVM_EXIT_SHUTDOWN.
     let o = probe::run_code(&one(), &[0x0F, 0x0B], &[], Duration::from_secs(5)).unwrap();
-    assert_eq!(o.end, VmEnd::Reboot);
+    match &o.end {
+        VmEnd::TripleFault { detail } => {
+            assert!(detail.starts_with("vCPU 0: RIP 0x"), "{detail}");
+            assert!(detail.contains("CR0 0x"), "{detail}");
+        }
+        other => panic!("expected a triple fault, got {other:?}"),
+    }
 }
 
 #[test]
@@ -216,7 +222,9 @@ fn refused_instruction_is_an_emulation_failure() {
             assert!(detail.contains("RIP 0x100000"), "{detail}");
             assert!(detail.contains("0f, 01, d0"), "{detail}");
         }
-        VmEnd::Reboot => eprintln!("NOTE: this KVM raised #UD for xgetbv (hardware path)"),
+        VmEnd::TripleFault { .. } => {
+            eprintln!("NOTE: this KVM raised #UD for xgetbv (hardware path)")
+        }
         other => panic!("unexpected end {other:?}"),
     }
 }

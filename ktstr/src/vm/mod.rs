@@ -94,8 +94,15 @@ pub enum VmEnd {
         /// The byte the guest wrote.
         status: u8,
     },
-    /// The guest rebooted (i8042 reset, triple fault after `reboot=t`, or a system event).
+    /// The guest rebooted (i8042 reset, qemu's reset, or a KVM system event).
     Reboot,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN): the CPU reset itself without the kernel
+    /// asking, so no panic line was printed. Linux's own `reboot=t` ends this way too, but
+    /// the VMM boots it with `reboot=k`, so on the KVM backend this is a crash.
+    TripleFault {
+        /// Which vCPU, and its registers as KVM reported them at the exit.
+        detail: String,
+    },
     /// The guest kernel panicked (seen on the console or in a PANIC frame).
     Panic {
         /// The panic line.
@@ -133,6 +140,9 @@ impl VmEnd {
                 format!("guest exited deliberately with status {status}")
             }
             VmEnd::Reboot => "guest rebooted without reporting a result".into(),
+            VmEnd::TripleFault { detail } => {
+                format!("guest triple-faulted without reporting a result: {detail}")
+            }
             VmEnd::Panic { message } => format!("guest kernel panic: {message}"),
             VmEnd::EmulationFailure { detail } => {
                 format!("hypervisor emulation failure: {detail}")

@@ -546,7 +546,9 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     }
     let st = console.state();
     let end = match (end, st.panic()) {
-        (VmEnd::Reboot | VmEnd::Timeout { .. }, Some((message, _))) => VmEnd::Panic { message },
+        (VmEnd::Reboot | VmEnd::TripleFault { .. } | VmEnd::Timeout { .. }, Some((message, _))) => {
+            VmEnd::Panic { message }
+        }
         (e, _) => e,
     };
     let setup = t_started - t0;

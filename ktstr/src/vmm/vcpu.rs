@@ -109,7 +109,7 @@ pub fn spawn(mut vcpu: VcpuFd, index: u32, ctx: VcpuContext) -> std::io::Result<
             let shared = ctx.shared.clone();
             // Owned outside the unwind boundary: a panic must not drop the fd while the
             // monitor may still write to its kvm_run.
-            if catch_unwind(AssertUnwindSafe(|| run_loop(&mut vcpu, &ctx))).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| run_loop(&mut vcpu, index, &ctx))).is_err() {
                 shared.finish(VmEnd::BackendError {
                     detail: format!("vCPU {index} thread panicked"),
                 });
@@ -121,11 +121,12 @@ pub fn spawn(mut vcpu: VcpuFd, index: u32, ctx: VcpuContext) -> std::io::Result<
 
 enum Step {
     Go,
+    TripleFault,
     End(VmEnd),
     Emulation(u32, u32, [u64; 16]),
 }
 
-fn run_loop(vcpu: &mut VcpuFd, ctx: &VcpuContext) {
+fn run_loop(vcpu: &mut VcpuFd, index: u32, ctx: &VcpuContext) {
     while !ctx.shared.kill.load(Ordering::SeqCst) {
         let step = match vcpu.run() {
             Ok(exit) => match exit {
@@ -152,7 +153,7 @@ fn run_loop(vcpu: &mut VcpuFd, ctx: &VcpuContext) {
                     Step::Go
                 }
                 VcpuExit::Intr | VcpuExit::Hlt => Step::Go,
-                VcpuExit::Shutdown => Step::End(VmEnd::Reboot),
+                VcpuExit::Shutdown => Step::TripleFault,
                 // Reset, shutdown or crash: the guest is done without a deliberate exit.
                 VcpuExit::SystemEvent(..) => Step::End(VmEnd::Reboot),
                 VcpuExit::FailEntry(reason, cpu) => Step::End(VmEnd::FailEntry {
@@ -179,6 +180,10 @@ fn run_loop(vcpu: &mut VcpuFd, ctx: &VcpuContext) {
         match step {
             Step::Go => {}
             Step::End(end) => ctx.shared.finish(end),
+            Step::TripleFault => {
+                let detail = format!("vCPU {index}: {}", cpu_state(vcpu, &ctx.mem));
+                ctx.shared.finish(VmEnd::TripleFault { detail });
+            }
             Step::Emulation(sub, ndata, data) => {
                 let detail = internal_error_detail(vcpu, &ctx.mem, sub, ndata, &data);
                 ctx.shared.finish(VmEnd::EmulationFailure { detail });
@@ -205,14 +210,29 @@ fn internal_error_detail(
         .iter()
         .map(|d| format!("{d:#x}"))
         .collect();
-    let mut s = format!("KVM {what} (suberror {sub}, data [{}])", words.join(", "));
+    format!(
+        "KVM {what} (suberror {sub}, data [{}]); {}",
+        words.join(", "),
+        cpu_state(vcpu, mem)
+    )
+}
+
+/// RIP, RSP, RAX, RFLAGS, the control registers and the code bytes at RIP, for reports.
+fn cpu_state(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> String {
+    let mut s = String::new();
     if let Ok(r) = vcpu.get_regs() {
         s.push_str(&format!(
-            "; RIP {:#x} RSP {:#x} RAX {:#x} RFLAGS {:#x}",
+            "RIP {:#x} RSP {:#x} RAX {:#x} RFLAGS {:#x}",
             r.rip, r.rsp, r.rax, r.rflags
         ));
-        let linear = vcpu
-            .get_sregs()
+        let sregs = vcpu.get_sregs().ok();
+        if let Some(sr) = &sregs {
+            s.push_str(&format!(
+                " CR0 {:#x} CR2 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}",
+                sr.cr0, sr.cr2, sr.cr3, sr.cr4, sr.efer
+            ));
+        }
+        let linear = sregs
             .map(|sr| sr.cs.base.wrapping_add(r.rip))
             .unwrap_or(r.rip);
         let gpa = vcpu
