@@ -61,8 +61,11 @@ fn linux_on_kvm_boots_or_fails_with_a_hint() {
         "kvm",
         "--kernel",
         k.to_str().unwrap(),
+        // 8 vCPUs: the nested KVM lane (scripts/kvm-lane) runs this test too, and 16-vCPU L2
+        // guests there are unreliable under the emulated SVM itself (qemu -accel kvm crashed
+        // L1 at that shape; see ARCHITECTURE.md).
         "--topology",
-        "2,4,2,2",
+        "2,2,2,2",
         "--exec",
         "cat /sys/devices/system/node/node1/cpulist",
     ];
@@ -70,7 +73,7 @@ fn linux_on_kvm_boots_or_fails_with_a_hint() {
         let o = ktstr(&args, &[]);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{err}");
-        assert_eq!(out.trim(), "8-15");
+        assert_eq!(out.trim(), "4-7");
         let o = ktstr(
             &[
                 "shell",
