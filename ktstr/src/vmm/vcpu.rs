@@ -181,7 +181,11 @@ fn run_loop(vcpu: &mut VcpuFd, index: u32, ctx: &VcpuContext) {
             Step::Go => {}
             Step::End(end) => ctx.shared.finish(end),
             Step::TripleFault => {
-                let detail = format!("vCPU {index}: {}", cpu_state(vcpu, &ctx.mem));
+                let mut detail = format!("vCPU {index}: {}", cpu_state(vcpu, &ctx.mem));
+                if vcpu.get_regs().is_ok_and(|r| r.rip == 0xfff0) {
+                    // SVM reinitialises the VMCB on a shutdown intercept before KVM returns.
+                    detail.push_str(" (KVM reset this vCPU at the shutdown, as it does on AMD, so these registers are not the faulting state)");
+                }
                 ctx.shared.finish(VmEnd::TripleFault { detail });
             }
             Step::Emulation(sub, ndata, data) => {
