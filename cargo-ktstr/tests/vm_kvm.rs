@@ -35,16 +35,17 @@ fn probe_matches(shapes: &[&str]) {
     }
 }
 
-/// Shapes of up to 16 vCPUs: SMT, several LLCs, two nodes (the KVM lane runs these).
+/// Shapes of up to 9 vCPUs: SMT, several LLCs, two nodes (the nested KVM lane runs these;
+/// larger L2 shapes are unreliable under its emulated SVM).
 #[test]
 fn probe_matches_small_shapes() {
-    probe_matches(&["1,1,1,1", "1,1,2,1", "1,3,3,1", "1,2,4,2", "2,2,2,2"]);
+    probe_matches(&["1,1,1,1", "1,1,2,1", "1,3,3,1", "2,2,2,2"]);
 }
 
-/// 64 vCPUs, and 252 vCPUs with x2APIC ids up to 433.
+/// 16 and 64 vCPUs, and 252 vCPUs with x2APIC ids up to 433.
 #[test]
 fn probe_matches_large_shapes() {
-    probe_matches(&["2,4,4,2", "1,8,4,2", "1,14,9,2"]);
+    probe_matches(&["1,2,4,2", "2,4,4,2", "1,8,4,2", "1,14,9,2"]);
 }
 
 /// On emulated KVM, Linux does not boot: the command must end with the hypervisor's reason
