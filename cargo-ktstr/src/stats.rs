@@ -253,14 +253,12 @@ fn list() -> Result<()> {
 /// The sidecars of a runs root, or of one run directory when `dir` holds sidecars itself.
 fn load_root_or_run(dir: &Path) -> Result<Vec<Sidecar>> {
     let own = load(dir)?;
-    if !own.sidecars.is_empty() {
-        return Ok(own.sidecars.into_iter().map(|(_, s)| s).collect());
-    }
-    let mut out = Vec::new();
-    for r in runs::list_runs(dir).map_err(no_runs)? {
-        out.extend(load(&r.path)?.sidecars.into_iter().map(|(_, s)| s));
-    }
-    Ok(out)
+    let sidecars = if own.sidecars.is_empty() {
+        load_pool(Some(dir.to_path_buf()))?
+    } else {
+        own.sidecars
+    };
+    Ok(sidecars.into_iter().map(|(_, s)| s).collect())
 }
 
 /// `stats parity`: see [`StatsCommand::Parity`].
@@ -271,27 +269,20 @@ fn parity(dir: &Path, against: Option<PathBuf>) -> Result<ExitCode> {
     if a.is_empty() {
         bail!("no sidecars under {}: nothing to check", dir.display());
     }
-    let backend = |side: &[Sidecar], case: &str| {
-        side.iter()
-            .filter(|s| s.case_name == case)
-            .map(|s| s.backend.clone())
-            .max()
-            .unwrap_or_default()
-    };
     let rows = ktstr::parity::compare(&a, &b);
     let mut t = table(&["case", "A", "B", "parity"]);
     let mut bad = 0;
     for r in &rows {
-        let side = |o: &Option<ktstr::parity::CaseOutcome>, s: &[Sidecar]| match o {
-            Some(o) => format!("{} ({})", o.describe(), backend(s, &r.case)),
+        let side = |o: &Option<ktstr::parity::CaseOutcome>| match o {
+            Some(o) => format!("{} ({})", o.describe(), o.backend),
             None => "missing".into(),
         };
         let ok = r.agrees();
         bad += usize::from(!ok);
         t.add_row([
             r.case.clone(),
-            side(&r.a, &a),
-            side(&r.b, &b),
+            side(&r.a),
+            side(&r.b),
             if ok { "same" } else { "DIFFERENT" }.to_string(),
         ]);
     }

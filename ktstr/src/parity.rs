@@ -20,6 +20,8 @@ pub struct CaseOutcome {
     pub verdict: Verdict,
     /// The kinds of the details that recorded a failure (sorted, each once).
     pub failure_kinds: Vec<String>,
+    /// The backend that ran it (shown, not compared).
+    pub backend: String,
 }
 
 impl CaseOutcome {
@@ -37,6 +39,7 @@ impl CaseOutcome {
         CaseOutcome {
             verdict: verdict(s),
             failure_kinds: kinds.into_iter().collect(),
+            backend: s.backend.clone(),
         }
     }
 
@@ -66,9 +69,10 @@ pub struct ParityRow {
 }
 
 impl ParityRow {
-    /// Both sides ran the case and agree.
+    /// Both sides ran the case and agree (whatever backends ran them).
     pub fn agrees(&self) -> bool {
-        matches!((&self.a, &self.b), (Some(a), Some(b)) if a == b)
+        matches!((&self.a, &self.b), (Some(a), Some(b))
+            if a.verdict == b.verdict && a.failure_kinds == b.failure_kinds)
     }
 }
 
@@ -131,7 +135,13 @@ mod tests {
                 "1",
             ),
         ];
-        let b = a.clone();
+        let b: Vec<Sidecar> = a
+            .iter()
+            .map(|s| Sidecar {
+                backend: "qemu-tcg".into(),
+                ..s.clone()
+            })
+            .collect();
         let rows = compare(&a, &b);
         assert_eq!(rows.len(), 2);
         assert!(rows.iter().all(ParityRow::agrees), "{rows:?}");
