@@ -94,6 +94,33 @@ static FIELDS: &[FieldInfo] = &[
         fix: None,
     },
     FieldInfo {
+        name: "scheduler_binary",
+        is_set: |s| s.scheduler_binary.is_some(),
+        classification: Expected,
+        causes: &[
+            "the case runs EEVDF or a kernel built-in scheduler (no binary)",
+            "the sidecar was written before ktstr recorded the scheduler binary",
+        ],
+        fix: None,
+    },
+    FieldInfo {
+        name: "scheduler_ops",
+        is_set: |s| s.scheduler_ops.is_some(),
+        classification: Expected,
+        causes: &[
+            "the case runs EEVDF (nothing attaches to sched_ext)",
+            "the scheduler never attached (see the case's SchedulerDied detail)",
+        ],
+        fix: None,
+    },
+    FieldInfo {
+        name: "scheduler_enable_ms",
+        is_set: |s| s.scheduler_enable_ms.is_some(),
+        classification: Expected,
+        causes: &["as for scheduler_ops"],
+        fix: None,
+    },
+    FieldInfo {
         name: "host",
         is_set: |s| s.host.is_some(),
         classification: Actionable,

@@ -89,6 +89,7 @@ fn main() -> ExitCode {
     if ktstr::guest::is_guest_init() {
         ktstr::guest::shell::main();
     }
+    restore_default_sigpipe();
     let Cargo::Ktstr(k) = Cargo::parse();
     let res = match k.command {
         Command::Test(a) => run_tests::run(a),
@@ -115,6 +116,17 @@ fn main() -> ExitCode {
             report(&e);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Makes a closed stdout end the process quietly, as for any Unix filter (`cargo ktstr stats
+/// list-metrics | head`): Rust ignores SIGPIPE, so `println!` would panic on EPIPE instead.
+/// Safe for the in-process VMM: nothing in the host process writes to a pipe whose reader may
+/// go away except stdout and stderr themselves.
+fn restore_default_sigpipe() {
+    // SAFETY: plain signal(2) with a valid signal number and SIG_DFL, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -15,8 +15,12 @@ pub fn run(name: &str) -> Result<ExitCode> {
             .args(["--ktstr-show-thresholds", name])
             .status()
             .with_context(|| format!("running {}", bin.path.display()))?;
+        use std::os::unix::process::ExitStatusExt;
         return Ok(if st.success() {
             ExitCode::SUCCESS
+        } else if st.signal() == Some(libc::SIGPIPE) {
+            // Our stdout was closed (`| head`): end as quietly as the child did.
+            ExitCode::from(141)
         } else {
             ExitCode::from(1)
         });

@@ -413,7 +413,16 @@ pub fn run(a: VerifierArgs) -> Result<ExitCode> {
     let mut failed = false;
     let stdout = std::io::stdout();
     for d in &declared {
-        let sched_bin = match ktstr::runner::discover_scheduler_for(&d.binary, &d.from) {
+        // The scheduler binaries declared beside this one (KTSTR_SCHEDULER alone is refused
+        // when there are several).
+        let mut siblings: Vec<&str> = declared
+            .iter()
+            .filter(|o| o.from == d.from)
+            .map(|o| o.binary.as_str())
+            .collect();
+        siblings.sort_unstable();
+        siblings.dedup();
+        let sched_bin = match ktstr::runner::discover_scheduler_for(&d.binary, &d.from, &siblings) {
             Ok(p) => p,
             // Scanning the workspace: an unbuilt scheduler is skipped with the build hint;
             // asked for by name, it is an error.

@@ -509,3 +509,49 @@ fn stats_compare_flags_regressions() {
     ]);
     assert_eq!(code, Some(2));
 }
+
+/// Every printing command ends quietly when its stdout is already closed (`| head`): killed by
+/// SIGPIPE, exit 141 (a child was) or exit 0, never a "Broken pipe" panic (exit 101).
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let target = tempfile::tempdir().unwrap();
+    let root = target.path().join("ktstr");
+    record(&root, "6.12.117-aaaaaaa", "spin", "1n1l2c1t", true, true);
+    let dir = target.path().to_str().unwrap();
+    let cases: [&[&str]; 6] = [
+        &["stats", "list-metrics"],
+        &["show-host"],
+        &[
+            "stats",
+            "explain-sidecar",
+            "--run",
+            "6.12.117-aaaaaaa",
+            "--json",
+        ],
+        &["stats", "list"],
+        &["completions", "bash"],
+        &["show-thresholds", "spinners_progress"],
+    ];
+    for args in cases {
+        // The read end is closed before the command starts, so its first write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-ktstr"))
+            .arg("ktstr")
+            .args(args)
+            .env("CARGO_TARGET_DIR", dir)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            o.status.success()
+                || o.status.signal() == Some(libc::SIGPIPE)
+                || o.status.code() == Some(141),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+    }
+}

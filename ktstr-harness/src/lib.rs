@@ -42,6 +42,12 @@ pub fn main() -> ! {
     }
     // A scenario may start this binary as a built-in payload (see `Payload::builtin`).
     ktstr::scenario::run_builtin_payload();
+    // A closed stdout (`--list | head`, `cargo ktstr show-thresholds | head`) ends the process
+    // quietly instead of a "Broken pipe" panic: Rust ignores SIGPIPE by default.
+    // SAFETY: signal(2) with a valid signal and SIG_DFL, before this process starts threads.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args: Vec<String> = std::env::args().collect();
     let kernels = match KernelSet::from_env() {
         Ok(k) => k,
@@ -102,7 +108,18 @@ pub fn run_with(
         };
     }
     let parsed = libtest_mimic::Arguments::from_iter(args);
-    let matrix = Matrix::new(tests, kernels);
+    // No kernel named: VM cases cannot run. Listing them as ignored makes nextest report them
+    // as skipped (never as passed); under CI or KTSTR_NO_SKIP_MODE they stay in and fail with
+    // the reason, since there a skip means a misconfigured runner.
+    let no_kernel = kernels.kernels().is_empty() && !strict_mode();
+    if no_kernel && !parsed.ignored {
+        eprintln!(
+            "ktstr: no kernel (KTSTR_KERNEL is not set): every case that boots a VM is listed as \
+             ignored and will not run. Set KTSTR_KERNEL to a bzImage, a vmlinux or a kernel \
+             build directory."
+        );
+    }
+    let matrix = Matrix::new(tests, kernels).with_vm_cases_ignored(no_kernel);
     if parsed.list {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
@@ -117,6 +134,13 @@ pub fn run_with(
         };
     }
     run::run(&matrix, parsed)
+}
+
+/// Whether a case that cannot run must fail rather than be skipped: under CI (`CI` set and not
+/// `0`) or `KTSTR_NO_SKIP_MODE=1` (`cargo ktstr test --no-skip-mode`).
+pub fn strict_mode() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0");
+    set("CI") || set("KTSTR_NO_SKIP_MODE")
 }
 
 /// The text `show-thresholds` prints: the test, its scheduler, then every merged threshold

@@ -45,7 +45,14 @@ pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<Completion, Strin
     }
     match (verdict.passed, case.test.expect_err) {
         (false, true) if verdict.infra => Err(format!(
-            "ktstr case '{}' could not run (expect_err does not cover that)\n{}",
+            "ktstr case '{}' could not run or gave no verdict (expect_err does not cover that)\n{}",
+            case.name, verdict.report
+        )),
+        (false, true) if never_attached(verdict) => Err(format!(
+            "ktstr case '{}': the scheduler never attached, which a plain expect_err = true does \
+             not cover (it expects the test's checks to fail or the scheduler to die after it \
+             attached); to expect a load failure, name it: expect_err = \"SchedulerDied: \
+             scheduler failed to load\"\n{}",
             case.name, verdict.report
         )),
         (true, false) | (false, true) => Ok(Completion::Completed),
@@ -55,6 +62,15 @@ pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<Completion, Strin
             case.name, verdict.report
         )),
     }
+}
+
+/// Whether the case failed because its scheduler never got enabled (it failed to start or to
+/// load): a broken setup rather than the failure a plain `expect_err` is about.
+fn never_attached(verdict: &CaseVerdict) -> bool {
+    verdict
+        .sched_exit
+        .as_ref()
+        .is_some_and(|x| x.phase == "load")
 }
 
 fn trial(case: CaseSpec) -> Trial {
@@ -89,12 +105,15 @@ pub fn run(matrix: &Matrix, mut args: Arguments) -> i32 {
     if let (true, Some(name)) = (args.exact, args.filter.clone()) {
         match matrix.resolve(&name) {
             Ok(case) => trials.push(trial(case)),
-            Err(ResolveError::Invalid(e)) => {
+            // The test exists here but the rest of the name is wrong (say, a topology with 0
+            // LLCs): running nothing and passing would hide the typo.
+            Err(e @ (ResolveError::Invalid(_) | ResolveError::NotACase { .. })) => {
                 eprintln!("ktstr: {e}");
                 return 101;
             }
-            // libtest runs zero tests for an unknown exact name; say why on stderr.
-            Err(e) => eprintln!("ktstr: {e}"),
+            // A test this binary does not have may be another binary's (`cargo test --
+            // --exact NAME` runs every test binary): zero tests, as libtest does, with a note.
+            Err(e @ ResolveError::UnknownTest(_)) => eprintln!("ktstr: {e}"),
         }
     } else {
         let res = matrix.for_each_case(|c| {

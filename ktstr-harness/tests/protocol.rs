@@ -23,11 +23,19 @@ fn fixture() -> PathBuf {
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(fixture());
+    // A kernel is named (it is never booted here) unless a test removes it; CI and
+    // KTSTR_NO_SKIP_MODE would change what an unset kernel does.
     cmd.args(args)
-        .env_remove("KTSTR_KERNEL")
-        .env_remove("KTSTR_KERNEL_LIST");
+        .env("KTSTR_KERNEL", "/nonexistent/bzImage")
+        .env_remove("KTSTR_KERNEL_LIST")
+        .env_remove("CI")
+        .env_remove("KTSTR_NO_SKIP_MODE");
     for (k, v) in env {
-        cmd.env(k, v);
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
     }
     let out = cmd.output().unwrap();
     (
@@ -186,4 +194,59 @@ fn hidden_queries() {
     assert_eq!(code, 1);
     assert!(err.contains("did you mean two_cgroups"), "{err}");
     assert!(err.contains("strip the `<binary>::` prefix"), "{err}");
+}
+
+#[test]
+fn without_a_kernel_vm_cases_are_ignored_and_never_pass() {
+    let no_kernel = [("KTSTR_KERNEL", "")];
+    // Listed as ignored (host-only cases are not), with the reason on stderr.
+    let (code, out, err) = run(&["--list", "--format", "terse"], &no_kernel);
+    assert_eq!(code, 0);
+    assert!(err.contains("KTSTR_KERNEL is not set"), "{err}");
+    assert!(names(&out).contains(&"two_cgroups/eevdf/1n1l2c1t"));
+    let (_, out, _) = run(&["--list", "--format", "terse", "--ignored"], &no_kernel);
+    let ignored = names(&out);
+    assert!(ignored.contains(&"two_cgroups/eevdf/1n1l2c1t"), "{out}");
+    assert!(!ignored.contains(&"host_probe/host"), "{out}");
+    // Run directly: ignored, not passed.
+    let (code, out, _) = run(&["--exact", "two_cgroups/eevdf/1n1l2c1t"], &no_kernel);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("0 passed") && out.contains("1 ignored"),
+        "{out}"
+    );
+    // Asked for anyway (nextest --run-ignored all), or under CI: it fails with the reason.
+    for (args, env) in [
+        (
+            vec!["--ignored", "--exact", "two_cgroups/eevdf/1n1l2c1t"],
+            vec![("KTSTR_KERNEL", "")],
+        ),
+        (
+            vec!["--exact", "two_cgroups/eevdf/1n1l2c1t"],
+            vec![("KTSTR_KERNEL", ""), ("CI", "true")],
+        ),
+    ] {
+        let (code, out, err) = run(&args, &env);
+        assert_eq!(code, 101, "{args:?} {env:?}: {out}{err}");
+        assert!(
+            format!("{out}{err}").contains("no kernel given"),
+            "{args:?}: {out}{err}"
+        );
+    }
+}
+
+#[test]
+fn exact_name_that_is_not_a_case_fails_but_an_unknown_test_does_not() {
+    // A known test with an impossible topology: an error naming the segment, exit 101.
+    let (code, out, err) = run(&["--exact", "two_cgroups/eevdf/1n0l2c1t"], &[]);
+    assert_eq!(code, 101, "{out}{err}");
+    assert!(err.contains("not a ktstr case"), "{err}");
+    // A scheduler the test does not have.
+    let (code, _, err) = run(&["--exact", "two_cgroups/nope/1n1l2c1t"], &[]);
+    assert_eq!(code, 101, "{err}");
+    // A test of another binary: zero tests, exit 0, with a note.
+    let (code, out, err) = run(&["--exact", "not_in_this_binary/eevdf/1n1l1c1t"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 passed"), "{out}");
+    assert!(!err.is_empty());
 }

@@ -218,7 +218,7 @@ impl Parse for Decl {
                     decl.fields
                         .push((key.clone(), quote!(.sysctls(&[#(#items),*])), key.span()));
                 }
-                "cgroup_parent" | "config_file" | "watchdog_arg" => {
+                "cgroup_parent" | "config_file" | "watchdog_arg" | "ops_name" => {
                     let s: LitStr = body.parse()?;
                     let f = format_ident!("{}", k);
                     decl.fields.push((key.clone(), quote!(.#f(#s)), key.span()));

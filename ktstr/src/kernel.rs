@@ -32,7 +32,7 @@ impl Kernel {
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// Nothing was given.
-    #[error("no kernel given: pass --kernel PATH or set KTSTR_KERNEL to a bzImage, a vmlinux or a kernel build directory (e.g. KTSTR_KERNEL=../shared/kernel/bzImage)")]
+    #[error("no kernel given: pass --kernel PATH or set KTSTR_KERNEL to a bzImage, a vmlinux or a kernel build directory")]
     NotSpecified,
     /// The path does not exist.
     #[error("kernel {0} does not exist")]

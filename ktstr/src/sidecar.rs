@@ -91,6 +91,16 @@ pub struct Sidecar {
     pub project_commit: String,
     /// Scheduler commit (null for now).
     pub scheduler_commit: Option<String>,
+    /// The scheduler binary that ran (null for EEVDF and kernel built-ins).
+    #[serde(default)]
+    pub scheduler_binary: Option<BinaryIdentity>,
+    /// The ops name sched_ext reported attached (`/sys/kernel/sched_ext/root/ops`); null for
+    /// EEVDF or when the scheduler never attached.
+    #[serde(default)]
+    pub scheduler_ops: Option<String>,
+    /// Milliseconds from starting the scheduler to sched_ext reporting it enabled.
+    #[serde(default)]
+    pub scheduler_enable_ms: Option<u64>,
     /// RFC 3339 UTC.
     pub timestamp: String,
     /// Run marker.
@@ -106,6 +116,29 @@ pub struct Sidecar {
     pub durations: Durations,
     /// The host.
     pub host: Option<HostContext>,
+}
+
+/// Which file ran: its host path and the SHA-256 of its contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinaryIdentity {
+    /// Host path.
+    pub path: String,
+    /// SHA-256 of the file, lower-case hex.
+    pub sha256: String,
+}
+
+impl BinaryIdentity {
+    /// Hashes the file at `path`.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+        let sha256 = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(BinaryIdentity {
+            path: path.display().to_string(),
+            sha256,
+        })
+    }
 }
 
 /// The project commit of the repository containing `dir`: HEAD's 7-hex id, `-dirty` when
@@ -325,6 +358,20 @@ pub fn write_atomic(dir: &Path, s: &Sidecar) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_identity_is_the_files_sha256() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("scx_x");
+        std::fs::write(&f, b"abc").unwrap();
+        let id = BinaryIdentity::of(&f).unwrap();
+        assert_eq!(
+            id.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(id.path, f.display().to_string());
+        assert!(BinaryIdentity::of(&d.path().join("missing")).is_err());
+    }
 
     #[test]
     fn target_dir_comes_from_the_test_binary() {

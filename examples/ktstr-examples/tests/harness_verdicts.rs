@@ -56,6 +56,18 @@ fn expect_err_passes_only_when_the_case_fails() {
     assert!(out.contains("expect_err"), "{out}");
 }
 
+/// A plain expect_err is not satisfied by a scheduler that never attached.
+#[test]
+fn expect_err_is_not_satisfied_by_a_scheduler_that_never_loads() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case("expect_err_scheduler_never_loads/never-loads/1n1l1c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains("never attached"), "{out}");
+    assert!(out.contains("scheduler failed to load"), "{out}");
+}
+
 #[test]
 fn a_panicking_body_fails_with_the_panic_message() {
     if !kernel_available() {
@@ -97,8 +109,9 @@ fn a_kernel_panic_fails_the_case_and_is_named() {
     );
 }
 
-/// Without a kernel (and outside CI) a case is skipped: libtest reports it as ignored with
-/// the reason, and an `expect_err` case is not turned into a pass by the failure to run.
+/// Without a kernel (and outside CI) a case is skipped: the harness lists it as ignored (so
+/// nextest never runs it into a pass), says why on stderr, and an `expect_err` case is not
+/// turned into a pass by the failure to run.
 /// Under CI the same case fails instead. Needs no VM, so it runs everywhere.
 #[test]
 fn a_case_without_a_kernel_is_skipped_outside_ci_and_fails_under_ci() {
@@ -121,7 +134,11 @@ fn a_case_without_a_kernel_is_skipped_outside_ci_and_fails_under_ci() {
     let (code, out) = run(false);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("1 ignored"), "not reported as ignored:\n{out}");
-    assert!(out.contains("no kernel given"), "no reason given:\n{out}");
+    assert!(
+        out.contains("KTSTR_KERNEL is not set"),
+        "no reason given:\n{out}"
+    );
+    assert!(out.contains("0 passed"), "{out}");
     assert!(!out.contains("failed as expected"), "{out}");
     let (code, out) = run(true);
     assert_eq!(code, Some(101), "{out}");

@@ -482,12 +482,25 @@ impl CaseRef<'_> {
 pub struct Matrix {
     tests: &'static [KtstrTest],
     kernels: KernelSet,
+    vm_cases_ignored: bool,
 }
 
 impl Matrix {
     /// A matrix over `tests` (the global [`super::KTSTR_TESTS`] or a synthetic slice).
     pub fn new(tests: &'static [KtstrTest], kernels: KernelSet) -> Self {
-        Matrix { tests, kernels }
+        Matrix {
+            tests,
+            kernels,
+            vm_cases_ignored: false,
+        }
+    }
+
+    /// Lists every case that boots a VM as ignored (host-only cases keep their state): for a
+    /// harness that knows at list time that no VM case can run (no kernel), so that nextest
+    /// reports them as skipped instead of running them into a pass or a failure.
+    pub fn with_vm_cases_ignored(mut self, ignored: bool) -> Self {
+        self.vm_cases_ignored = ignored;
+        self
     }
 
     /// The binary's registry and the kernels named in the environment.
@@ -521,7 +534,8 @@ impl Matrix {
         };
         for test in self.sorted_tests()? {
             let plan = TestPlan::new(test)?;
-            let always_ignored = test.ignore || test.is_demo();
+            let always_ignored =
+                test.ignore || test.is_demo() || (self.vm_cases_ignored && !test.host_only);
             if test.host_only {
                 name.clear();
                 name.push_str(test.name);
@@ -596,7 +610,8 @@ impl Matrix {
             test: test.name.to_string(),
             why: "no valid flag profile".to_string(),
         })?;
-        let always_ignored = test.ignore || test.is_demo();
+        let always_ignored =
+            test.ignore || test.is_demo() || (self.vm_cases_ignored && !test.host_only);
         let spec = |flag_mask, topology, kernel, base: bool| CaseSpec {
             name: name.to_string(),
             test,

@@ -227,6 +227,10 @@ pub struct Scheduler {
     /// `watchdog_timeout_s` (scaled for slow backends); when unset the scheduler's own
     /// default applies.
     pub watchdog_arg: Option<&'static str>,
+    /// The name the scheduler's `sched_ext_ops` attaches under (`/sys/kernel/sched_ext/root/ops`),
+    /// when it is not [`Self::name`] give or take an `scx`/`scx_` prefix and `-`/`_` (see
+    /// [`Scheduler::ops_matches`]). A case whose attached ops name differs fails.
+    pub ops_name: Option<&'static str>,
 }
 
 impl Scheduler {
@@ -255,8 +259,29 @@ impl Scheduler {
             assert: Assert::NO_OVERRIDES,
             constraints: Gates::NONE,
             watchdog_arg: None,
+            ops_name: None,
         }
     }
+    /// Sets the name the scheduler attaches under (see [`Self::ops_name`]).
+    pub const fn ops_name(mut self, name: &'static str) -> Self {
+        self.ops_name = Some(name);
+        self
+    }
+
+    /// Whether `ops` (what sched_ext reports as attached) is this scheduler: equal to
+    /// [`Self::ops_name`] when set, else to [`Self::name`] compared without case, without an
+    /// `scx-`/`scx_` prefix and with `-` as `_` (`scx-simple` matches `simple`).
+    pub fn ops_matches(&self, ops: &str) -> bool {
+        fn norm(s: &str) -> String {
+            let s = s.trim().to_ascii_lowercase().replace('-', "_");
+            s.strip_prefix("scx_").map(str::to_string).unwrap_or(s)
+        }
+        match self.ops_name {
+            Some(n) => n == ops.trim(),
+            None => norm(self.name) == norm(ops),
+        }
+    }
+
     /// Sets the watchdog-timeout option (its value is in milliseconds).
     pub const fn watchdog_arg(mut self, arg: &'static str) -> Self {
         self.watchdog_arg = Some(arg);
@@ -668,5 +693,24 @@ pub const fn __check_flag(s: &Scheduler, flag: &str) {
 pub const fn __check_flag_ref(s: &Scheduler, flag: FlagRef) {
     if !const_str_eq(s.name, flag.scheduler) {
         panic!("ktstr_test: this typed flag belongs to a different scheduler than the test's");
+    }
+}
+
+#[cfg(test)]
+mod scheduler_tests {
+    use super::Scheduler;
+
+    #[test]
+    fn ops_names_match_the_declared_name_loosely_or_ops_name_exactly() {
+        let simple = Scheduler::new("scx-simple");
+        assert!(simple.ops_matches("simple"));
+        assert!(simple.ops_matches("scx_simple"));
+        assert!(!simple.ops_matches("qmap"));
+        let flat = Scheduler::new("flatcg");
+        assert!(flat.ops_matches("flatcg"));
+        assert!(!flat.ops_matches("flat"));
+        let renamed = Scheduler::new("scx-demo").ops_name("demo_v2");
+        assert!(renamed.ops_matches("demo_v2"));
+        assert!(!renamed.ops_matches("demo"));
     }
 }

@@ -68,6 +68,25 @@ fn run() -> Result<AssertResult, String> {
                     )
                     .as_bytes(),
                 );
+                // Which scheduler really attached, for the sidecar.
+                let attached = serde_json::json!({
+                    "scheduler_attached": {
+                        "ops": p.ops,
+                        "enable_ms": p.load_time.as_millis() as u64,
+                    }
+                });
+                let _ = guest::send(FrameType::Telemetry, attached.to_string().as_bytes());
+                if !case.scheduler.ops_matches(&p.ops) {
+                    let want = case.scheduler.ops_name.unwrap_or(case.scheduler.name);
+                    return Ok(AssertResult::fail(
+                        DetailKind::Other,
+                        format!(
+                            "the scheduler that attached is {:?}, not the declared {want:?}; \
+                             if {:?} is the right ops name, declare it with ops_name: {:?}",
+                            p.ops, p.ops, p.ops
+                        ),
+                    ));
+                }
                 scheduler = Some(p);
             }
             Err(e) => {

@@ -10,7 +10,9 @@ mod report;
 mod sched;
 
 pub use case_file::{CaseFile, CASE_FILE};
-pub use discover::{discover_scheduler, discover_scheduler_for, DiscoverError};
+pub use discover::{
+    declared_binaries, discover_scheduler, discover_scheduler_for, override_var, DiscoverError,
+};
 pub use guest::guest_main;
 pub use host::run_case;
 pub use report::{sched_exit_of, CaseVerdict};

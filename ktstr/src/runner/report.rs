@@ -17,7 +17,8 @@ pub struct CaseVerdict {
     pub reasons: Vec<String>,
     /// Why the scheduler went away, when it did.
     pub sched_exit: Option<SchedulerExit>,
-    /// The case could not run at all (e.g. its scheduler binary is missing): a plain
+    /// The case could not run at all (e.g. its scheduler binary is missing), or its guest gave
+    /// no usable verdict (the VM crashed, hung or corrupted the result channel): a plain
     /// `expect_err = true` must not turn this into a pass.
     pub infra: bool,
     /// The case did not run, and why (no kernel outside CI). Neither a pass nor a failure:
@@ -113,9 +114,13 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
         reasons.push(format!("guest panic: {}", p.text()));
     }
     let sched_exit = sched_exit_of(out);
+    // A corrupt result channel fails the case even after a passing verdict: frames after the
+    // corruption (a later failure, a panic) may be lost.
+    let passed = passed && out.channel_error.is_none();
     if let Some(e) = &out.channel_error {
         reasons.push(format!("result channel: {e}"));
     }
+    let gave_verdict = deliberate && matches!(result, Ok(Some(_))) && out.channel_error.is_none();
     let mut report = if passed {
         format!("ktstr case '{name}' passed\n")
     } else {
@@ -196,7 +201,83 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
         report,
         reasons,
         sched_exit,
-        infra: false,
+        infra: !passed && !gave_verdict,
         skipped: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assert::DetailKind;
+    use crate::vm::{BackendKind, PhaseTimes};
+
+    fn outcome(
+        end: VmEnd,
+        result: Option<&AssertResult>,
+        channel_error: Option<&str>,
+    ) -> VmOutcome {
+        let frames = result
+            .map(|r| Frame {
+                kind: FrameType::Result,
+                seq: 0,
+                payload: serde_json::to_vec(r).unwrap(),
+            })
+            .into_iter()
+            .collect();
+        VmOutcome {
+            backend: BackendKind::Qemu,
+            end,
+            frames,
+            channel_error: channel_error.map(str::to_string),
+            console_tail: String::new(),
+            times: PhaseTimes::default(),
+        }
+    }
+
+    const EXIT: VmEnd = VmEnd::GuestExit { status: 0 };
+
+    #[test]
+    fn a_passing_verdict_passes() {
+        let v = judge("c", "", &outcome(EXIT, Some(&AssertResult::pass()), None));
+        assert!(v.passed && !v.infra, "{v:?}");
+    }
+
+    #[test]
+    fn a_failing_verdict_is_a_test_failure_not_infrastructure() {
+        let r = AssertResult::fail(DetailKind::Unfair, "spread 99%");
+        let v = judge("c", "", &outcome(EXIT, Some(&r), None));
+        assert!(!v.passed && !v.infra, "{v:?}");
+        assert_eq!(v.reasons, ["Unfair: spread 99%"]);
+    }
+
+    #[test]
+    fn no_verdict_is_infrastructure() {
+        let v = judge("c", "", &outcome(VmEnd::Reboot, None, None));
+        assert!(!v.passed && v.infra, "{v:?}");
+        assert!(
+            v.reasons[0].starts_with("no verdict from the guest"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_channel_fails_even_a_passing_verdict() {
+        let v = judge(
+            "c",
+            "",
+            &outcome(
+                EXIT,
+                Some(&AssertResult::pass()),
+                Some("bad CRC in frame 3"),
+            ),
+        );
+        assert!(!v.passed && v.infra, "{v:?}");
+        assert!(
+            v.reasons
+                .iter()
+                .any(|r| r == "result channel: bad CRC in frame 3"),
+            "{v:?}"
+        );
     }
 }

@@ -185,13 +185,28 @@ pub fn base_cmdline(mem: &QemuMemory, shm_size: u64, console: ConsoleMode) -> Ve
     ]
 }
 
-/// The qemu arguments that present `topo` with memory `mem` (everything topology-related).
-pub fn topology_args(topo: &Topology, mem: &QemuMemory, mem_dir: &Path) -> Vec<String> {
+/// The `-cpu` model: `requested` (from `KTSTR_QEMU_CPU`) when non-empty, else per accelerator. Under TCG an Intel model
+/// (Linux takes the LLC from leaf 4, which qemu shares per die). Under KVM `host`: a named model
+/// of the other vendor makes KVM emulate what the host lacks (an Intel model on an AMD host
+/// killed the guest's init with SIGSEGV in the nested lane), and qemu shares the host model's
+/// LLC leaf (4 or 0x8000_001D) per die as well.
+pub fn cpu_model(accel: Accel, requested: Option<&str>) -> String {
+    match requested.map(str::trim) {
+        Some(m) if !m.is_empty() => m.to_string(),
+        _ => match accel {
+            Accel::Tcg => "Skylake-Server".into(),
+            Accel::Kvm => "host".into(),
+        },
+    }
+}
+
+/// The qemu arguments that present `topo` with memory `mem` on CPU model `cpu` (everything
+/// topology-related).
+pub fn topology_args(topo: &Topology, mem: &QemuMemory, mem_dir: &Path, cpu: &str) -> Vec<String> {
     let cpus = topo.num_cpus();
     let mut a = vec![
         "-cpu".into(),
-        // An Intel model: Linux takes the LLC from leaf 4, which qemu shares per die.
-        "Skylake-Server".into(),
+        cpu.into(),
         "-smp".into(),
         format!(
             "{cpus},sockets={},dies={},cores={},threads={}",
@@ -286,7 +301,12 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
             "-nographic",
             "-no-reboot",
         ])
-        .args(topology_args(&spec.topology, &mem, dir.path()))
+        .args(topology_args(
+            &spec.topology,
+            &mem,
+            dir.path(),
+            &cpu_model(accel, std::env::var("KTSTR_QEMU_CPU").ok().as_deref()),
+        ))
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
         .arg("-kernel")
         .arg(&spec.kernel)
@@ -570,7 +590,7 @@ mod tests {
     fn topology_args_one_socket_per_node_one_die_per_llc() {
         let t = Topology::parse("2,4,2,2").unwrap();
         let m = plan_memory(&t, 1024, 8 << 20, 0).unwrap();
-        let a = topology_args(&t, &m, Path::new("/x"));
+        let a = topology_args(&t, &m, Path::new("/x"), "Skylake-Server");
         let s = a.join(" ");
         assert!(
             s.contains("-smp 16,sockets=2,dies=2,cores=2,threads=2"),
@@ -583,6 +603,14 @@ mod tests {
             s.contains("memory-backend-file,id=m1,size=512M,mem-path=/x/node1,share=on"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn cpu_model_is_host_under_kvm_and_intel_under_tcg_unless_requested() {
+        assert_eq!(cpu_model(Accel::Kvm, None), "host");
+        assert_eq!(cpu_model(Accel::Tcg, None), "Skylake-Server");
+        assert_eq!(cpu_model(Accel::Tcg, Some("  ")), "Skylake-Server");
+        assert_eq!(cpu_model(Accel::Kvm, Some("host,-xsave")), "host,-xsave");
     }
 
     #[test]

@@ -247,8 +247,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, K
     }
 }
 
-/// The fast-boot base command line (vmm.md §9), without the SHM key.
-pub const BASE_CMDLINE: &str = "console=ttyS0 loglevel=0 8250.nr_uarts=1 pci=off mitigations=off \
+/// The fast-boot base command line (vmm.md §9), without the SHM key. `loglevel=1`, not 0:
+/// Linux's `console_verbose()` (called by `panic()`) raises the console level only when it is
+/// non-zero, so under `loglevel=0` a guest panic reboots the VM without a word on the console.
+pub const BASE_CMDLINE: &str = "console=ttyS0 loglevel=1 8250.nr_uarts=1 pci=off mitigations=off \
 tsc=reliable clocksource=kvm-clock panic=-1 reboot=k rootfstype=ramfs swiotlb=noforce \
 random.trust_cpu=on numa_balancing=disable rcupdate.rcu_cpu_stall_timeout=60 rdinit=/init";
 

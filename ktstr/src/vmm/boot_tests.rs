@@ -172,7 +172,7 @@ fn cmdline_has_the_base_line_shm_key_and_limit() {
         len: 0x80_0000,
     };
     let s = kernel_cmdline(KernelKind::Vmlinux, shm, &["foo=1".into()]).unwrap();
-    assert!(s.starts_with("console=ttyS0 loglevel=0 8250.nr_uarts=1 pci=off"));
+    assert!(s.starts_with("console=ttyS0 loglevel=1 8250.nr_uarts=1 pci=off"));
     assert!(s.contains(" ktstr_shm=0x800000@0x1f800000 foo=1"));
     assert!(!s.contains("nokaslr"));
     assert!(kernel_cmdline(KernelKind::BzImage, shm, &[])

@@ -288,6 +288,12 @@ pub fn write_common(
     Ok(tables.rsdp_gpa)
 }
 
+/// Whether `KTSTR_KVM_XSAVE=off` asks to hide XSAVE from guests (see [`cpuid::hide_xsave`]):
+/// for nested hosts whose emulated SVM lacks the XSETBV intercept, such as the KVM lane's L1.
+pub fn xsave_hidden() -> bool {
+    std::env::var("KTSTR_KVM_XSAVE").is_ok_and(|v| v.eq_ignore_ascii_case("off"))
+}
+
 /// KVM_GET_SUPPORTED_CPUID, as a plain list.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmmError> {
     Ok(kvm
@@ -434,7 +440,10 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     let mem = create_memory(&vm, &spec.layout)?;
     let rsdp = write_common(&mem, &spec.layout, &topo)?;
     let entry = (spec.load)(&mem, &spec.layout, rsdp)?;
-    let supported = supported_cpuid(&kvm)?;
+    let mut supported = supported_cpuid(&kvm)?;
+    if xsave_hidden() {
+        cpuid::hide_xsave(&mut supported);
+    }
     let mut vcpus = Vec::with_capacity(topo.num_cpus() as usize);
     for cpu in 0..topo.num_cpus() {
         vcpus.push(create_vcpu(&vm, &supported, &topo, cpu)?.0);

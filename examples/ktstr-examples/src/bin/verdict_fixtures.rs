@@ -39,6 +39,19 @@ fn kernel_panics(_ctx: &Ctx) -> Result<AssertResult> {
     Ok(AssertResult::pass())
 }
 
+declare_scheduler!(NEVER_LOADS {
+    name: "never-loads",
+    // Exits 1 at once: the scheduler never attaches.
+    binary: ktstr::registry::SchedulerBinary::Path("/bin/false"),
+});
+
+/// expect_err = true, but the scheduler never loads: a broken setup, not the expected
+/// failure, so the case fails.
+#[ktstr_test(scheduler = NEVER_LOADS, llcs = 1, cores = 1, expect_err = true)]
+fn expect_err_scheduler_never_loads(_ctx: &Ctx) -> Result<AssertResult> {
+    Ok(AssertResult::fail(DetailKind::Other, "not reached"))
+}
+
 fn main() {
     ktstr_harness::main()
 }

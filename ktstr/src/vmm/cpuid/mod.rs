@@ -167,6 +167,8 @@ pub const L1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// feature, cannot learn the TSC frequency (no PIT/HPET reference either) and runs on jiffies.
 pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
 const L1_EDX_HTT: u32 = 1 << 28;
+/// Leaf 1 ECX bit 26: XSAVE/XRSTOR/XSETBV and XCR0.
+pub const L1_ECX_XSAVE: u32 = 1 << 26;
 const E1_ECX_CMP_LEGACY: u32 = 1 << 1;
 const E1_ECX_TOPOEXT: u32 = 1 << 22;
 /// 0x40000001 EDX bit 0: the vCPUs never get preempted. Wrong whenever vCPUs are overcommitted,
@@ -180,6 +182,24 @@ pub const KVM_FEATURE_MSI_EXT_DEST_ID: u32 = 1 << 15;
 /// Leaf 0xB/0x1F ECX\[15:8\] level types.
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
+
+/// Hides XSAVE from the guest: clears [`L1_ECX_XSAVE`] and zeroes leaf 0xD, so Linux manages FPU
+/// state with FXSAVE and never writes XCR0 (its CPUID dependency table then drops AVX and every
+/// other XSAVE-managed feature itself).
+///
+/// For nested hosts whose SVM is emulated without an XSETBV intercept (qemu TCG's): there, the
+/// L1 KVM never learns the XCR0 its guest set, so the two disagree on which state XSAVE covers
+/// (every such guest logs "XSAVE consistency problem") and the guest's FPU state is not
+/// reliably saved. With XSAVE hidden the guest never sets XCR0 and the L1 KVM never swaps it.
+pub fn hide_xsave(entries: &mut [kvm_cpuid_entry2]) {
+    for e in entries.iter_mut() {
+        match e.function {
+            1 => e.ecx &= !L1_ECX_XSAVE,
+            0xD => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0),
+            _ => {}
+        }
+    }
+}
 
 /// `cpuid(function, index)` as KVM answers it from `entries`: an entry flagged
 /// SIGNIFICANT_INDEX matches only its own index, others match any index; no match reads as

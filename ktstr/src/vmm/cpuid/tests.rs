@@ -479,3 +479,36 @@ fn hypervisor_and_tsc_deadline_bits_are_set() {
         }
     }
 }
+
+#[test]
+fn hide_xsave_clears_the_bit_and_leaf_0xd_and_keeps_the_topology() {
+    for vendor in [CpuVendor::Amd, CpuVendor::Intel] {
+        let mut sup = synthetic_supported(vendor);
+        for e in sup.iter_mut().filter(|e| e.function == 1) {
+            e.ecx |= L1_ECX_XSAVE;
+        }
+        let topo = Topology::parse("1n2l2c2t").unwrap();
+        let mut t = vcpu_cpuid(&sup, &topo, 3).unwrap();
+        assert_ne!(lookup(&t, 1, 0).ecx & L1_ECX_XSAVE, 0);
+        let before = t.clone();
+        hide_xsave(&mut t);
+        let ecx = lookup(&t, 1, 0).ecx;
+        assert_eq!(ecx & L1_ECX_XSAVE, 0, "{vendor:?}");
+        assert_ne!(ecx & L1_ECX_HYPERVISOR, 0, "{vendor:?}");
+        assert!(lookup(&before, 0xD, 0).eax != 0, "the fixture has leaf 0xD");
+        for d in t.iter().filter(|e| e.function == 0xD) {
+            assert_eq!((d.eax, d.ebx, d.ecx, d.edx), (0, 0, 0, 0), "{vendor:?}");
+        }
+        // Nothing but leaf 1 ECX bit 26 and leaf 0xD changed.
+        for (a, b) in before.iter().zip(&t) {
+            if a.function != 1 && a.function != 0xD {
+                assert_eq!(
+                    (a.eax, a.ebx, a.ecx, a.edx),
+                    (b.eax, b.ebx, b.ecx, b.edx),
+                    "{vendor:?} leaf {:#x}",
+                    a.function
+                );
+            }
+        }
+    }
+}
