@@ -66,7 +66,8 @@ pub fn run(a: ReplayArgs) -> Result<ExitCode> {
     eprintln!("ktstr: replaying {} failed test(s): {expr}", failed.len());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let st = Command::new(cargo)
-        .args(["nextest", "run", "-E", &expr])
+        // Gauntlet cells are listed as ignored: without this a failed cell would not run again.
+        .args(["nextest", "run", "--run-ignored", "all", "-E", &expr])
         .status()
         .context("running `cargo nextest run`")?;
     Ok(ExitCode::from(crate::run_tests::exit_byte(st)))

@@ -163,8 +163,19 @@ fn table(header: &[&str]) -> Table {
 fn summary() -> Result<()> {
     let (key, dir) = newest()?;
     let run = load(&dir)?;
-    let cases = &run.sidecars;
-    println!("run {key} ({} cases, {})", cases.len(), dir.display());
+    // A run directory collects every run with one kernel and commit: the summary is the newest
+    // nextest run's (its sidecars share `run_id`, NEXTEST_RUN_ID).
+    let (mut run_id, cases) = newest_nextest_run(&run.sidecars);
+    if run_id.is_empty() {
+        run_id = "(no run id recorded)".into();
+    }
+    println!(
+        "run {key}, nextest run {run_id} ({} of the {} cases in {})",
+        cases.len(),
+        run.sidecars.len(),
+        dir.display()
+    );
+    let cases = &cases;
     let count = |v: Verdict| cases.iter().filter(|(_, s)| runs::verdict(s) == v).count();
     println!(
         "pass {}  fail {}  skip {}  inconclusive {}",
@@ -230,18 +241,39 @@ fn summary() -> Result<()> {
     Ok(())
 }
 
+/// The sidecars of the newest nextest run among `all` (the run id of the newest timestamp),
+/// with that id.
+fn newest_nextest_run(all: &[(PathBuf, Sidecar)]) -> (String, Vec<(PathBuf, Sidecar)>) {
+    let Some(newest) = all.iter().max_by(|a, b| a.1.timestamp.cmp(&b.1.timestamp)) else {
+        return (String::new(), Vec::new());
+    };
+    let id = newest.1.run_id.clone();
+    let cases = all
+        .iter()
+        .filter(|(_, s)| s.run_id == id)
+        .cloned()
+        .collect();
+    (id, cases)
+}
+
 /// `stats list`.
 fn list() -> Result<()> {
     let runs = runs::list_runs(&runs_root()).map_err(no_runs)?;
     for r in runs {
         let run = load(&r.path)?;
         println!("{} ({} cases)", r.key, run.sidecars.len());
-        let mut t = table(&["topology", "test", "scheduler", "verdict"]);
+        let mut t = table(&["topology", "test", "scheduler", "flags", "verdict"]);
         for (_, s) in &run.sidecars {
+            let flags = if s.active_flags.is_empty() {
+                "-".to_string()
+            } else {
+                s.active_flags.join("+")
+            };
             t.add_row([
                 s.topology.as_str(),
                 s.test_name.as_str(),
                 s.scheduler.as_str(),
+                flags.as_str(),
                 runs::verdict(s).as_str(),
             ]);
         }
@@ -397,4 +429,29 @@ fn list_metrics(json: bool) -> Result<()> {
     }
     println!("{t}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_covers_the_newest_nextest_run_only() {
+        let sc = |run: &str, ts: &str| {
+            let mut s = Sidecar::default();
+            s.run_id = run.into();
+            s.timestamp = ts.into();
+            (PathBuf::from(format!("{run}-{ts}")), s)
+        };
+        let all = vec![
+            sc("a", "2026-12-01T10:00:00Z"),
+            sc("b", "2026-12-02T10:00:00Z"),
+            sc("b", "2026-12-02T10:00:05Z"),
+            sc("a", "2026-12-01T10:00:09Z"),
+        ];
+        let (id, cases) = newest_nextest_run(&all);
+        assert_eq!(id, "b");
+        assert_eq!(cases.len(), 2);
+        assert!(newest_nextest_run(&[]).1.is_empty());
+    }
 }

@@ -6,11 +6,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::test_bins::ktstr_test_binaries;
 
-/// Prints the merged `Assert` of `name` (a bare `#[ktstr_test]` function name).
+/// Prints the merged `Assert` of `name`: a bare `#[ktstr_test]` function name or one of its
+/// case names (`test/scenario/topology`), with the limits in force on the backend a case would
+/// run on now.
 pub fn run(name: &str) -> Result<ExitCode> {
     let bins = ktstr_test_binaries()?;
     let bare = name.rsplit("::").next().unwrap_or(name);
-    if let Some(bin) = bins.iter().find(|b| b.tests.iter().any(|t| t == name)) {
+    let test = name.split('/').next().unwrap_or(name);
+    if let Some(bin) = bins.iter().find(|b| b.tests.iter().any(|t| t == test)) {
         let st = Command::new(&bin.path)
             .args(["--ktstr-show-thresholds", name])
             .status()

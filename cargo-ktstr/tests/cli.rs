@@ -12,6 +12,15 @@ fn show_thresholds_prints_every_field_and_suggests_names() {
     assert!(out.contains("test: spinners_progress"), "{out}");
     assert!(out.contains("max_gap_ms: "), "{out}");
     assert!(out.contains("max_throughput_cv: none"), "{out}");
+    // A case name works too; under TCG the time-based limits in force are scaled.
+    let o = ktstr(
+        &["show-thresholds", "spinners_progress/eevdf/1n1l2c1t"],
+        &[("KTSTR_BACKEND", "qemu")],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("backend: qemu (TCG), time scale 4"), "{out}");
+    assert!(out.contains("(in force: "), "{out}");
     let o = ktstr(&["show-thresholds", "spinner_progress"], &[]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1));
@@ -248,7 +257,8 @@ fn stats_reads_recorded_runs() {
     let o = ktstr(&["stats"], &env);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("run 6.12.117-bbbbbbb (2 cases"), "{out}");
+    assert!(out.contains("run 6.12.117-bbbbbbb, nextest run"), "{out}");
+    assert!(out.contains("(2 of the 2 cases in"), "{out}");
     assert!(out.contains("pass 1  fail 1  skip 0"), "{out}");
     assert!(
         out.contains("starve/eevdf/2n2l2c1t: worker 1 starved for 2500 ms"),
@@ -350,7 +360,10 @@ fn replay_selects_exactly_the_failed_tests() {
     env_exec.push(("CARGO", fake.to_str().unwrap()));
     let o = ktstr(&["replay", "--exec", "-E", "starve"], &env_exec);
     assert_eq!(o.status.code(), Some(3));
-    assert_eq!(text(&o).0, "args: nextest run -E test(/^starve\\//)\n");
+    assert_eq!(
+        text(&o).0,
+        "args: nextest run --run-ignored all -E test(/^starve\\//)\n"
+    );
     let o = ktstr(&["replay", "--exec", "-E", "Starve"], &env_exec);
     assert!(o.status.success());
     assert_eq!(text(&o).0, "", "case-sensitive, and nextest is not started");

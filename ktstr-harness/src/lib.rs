@@ -96,9 +96,12 @@ pub fn run_with(
             eprintln!("ktstr: --ktstr-show-thresholds needs a test name");
             return 1;
         };
-        return match ktstr::registry::find_test_in(tests, name) {
+        // A case name (`test/scenario/topology`) selects its test.
+        let test_name = name.split('/').next().unwrap_or(name);
+        return match ktstr::registry::find_test_in(tests, test_name) {
             Ok(t) => {
-                print!("{}", show_thresholds(t));
+                let (backend, scale) = backend_and_scale();
+                print!("{}", show_thresholds(t, &backend, scale));
                 0
             }
             Err(e) => {
@@ -143,15 +146,37 @@ pub fn strict_mode() -> bool {
     set("CI") || set("KTSTR_NO_SKIP_MODE")
 }
 
-/// The text `show-thresholds` prints: the test, its scheduler, then every merged threshold
-/// (`none` when no layer sets it).
-pub fn show_thresholds(t: &KtstrTest) -> String {
-    format!(
-        "test: {}\nscheduler: {}\n{}",
-        t.name,
-        t.scheduler.name,
-        ktstr::registry::merged_assert(t)
-    )
+/// The text `show-thresholds` prints: the test, its scheduler, the backend's time scale, then
+/// every merged threshold (`none` when no layer sets it). Time-based limits also show the value
+/// in force when `scale` is above 1 (they are multiplied by it when judged).
+pub fn show_thresholds(t: &KtstrTest, backend: &str, scale: f64) -> String {
+    let mut out = format!(
+        "test: {}\nscheduler: {}\nbackend: {backend}, time scale {scale}\n",
+        t.name, t.scheduler.name
+    );
+    for (name, v) in ktstr::registry::merged_assert(t).fields() {
+        let scaled = ktstr::assert::TIME_SCALED.contains(&name) && scale > 1.0;
+        match v {
+            ktstr::assert::ThresholdValue::Int(n) if scaled => out.push_str(&format!(
+                "{name}: {n} (in force: {:.0}, × time scale {scale})\n",
+                n as f64 * scale
+            )),
+            v => out.push_str(&format!("{name}: {v}\n")),
+        }
+    }
+    out
+}
+
+/// The backend a case would run on now, and its time scale (for `show_thresholds`).
+fn backend_and_scale() -> (String, f64) {
+    use ktstr::vm::{backend::HostVirt, select_backend, BackendChoice};
+    let choice = BackendChoice::from_env().unwrap_or(BackendChoice::Auto);
+    let (b, _) = select_backend(choice, &HostVirt::probe());
+    let label = match b {
+        ktstr::vm::BackendKind::Qemu if ktstr::runner::time_scale(b) > 1.0 => "qemu (TCG)".into(),
+        b => b.to_string(),
+    };
+    (label, ktstr::runner::time_scale(b))
 }
 
 /// Compiles the README's "write your first test" example as a doctest.

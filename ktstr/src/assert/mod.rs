@@ -270,6 +270,10 @@ pub struct AssertDetail {
 
 pub use eval::{CgroupStats, ScenarioStats};
 
+/// The threshold fields that are multiplied by `Ctx::time_scale` when judged (see the module
+/// docs); `show-thresholds` prints their values in force.
+pub const TIME_SCALED: &[&str] = &["max_gap_ms", "max_p99_wake_latency_ns"];
+
 /// Outcome of a test body or an assertion pass.
 ///
 /// `merge` folds results: fail > inconclusive > skip > pass; details accumulate.

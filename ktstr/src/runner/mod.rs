@@ -14,6 +14,6 @@ pub use discover::{
     declared_binaries, discover_scheduler, discover_scheduler_for, override_var, DiscoverError,
 };
 pub use guest::guest_main;
-pub use host::run_case;
+pub use host::{run_case, time_scale};
 pub use report::{sched_exit_of, CaseVerdict};
 pub use sched::{diagnose, parse_kv, SchedExit, SchedulerExit, SchedulerProcess};
