@@ -75,6 +75,10 @@ enum Command {
     /// List every ktstr lock file on this host (LLC, CPU and cache locks) with its holders'
     /// PIDs, modes and command lines; never takes a lock. For --cpu-cap contention.
     Locks(locks::LocksArgs),
+    /// (In a guest) print every loaded BPF program's verified instruction count, one
+    /// `bpf: verified prog="NAME" insns=N` line each: what `verifier` reads.
+    #[command(hide = true)]
+    BpfProgs,
     /// Write a shell completion script for `cargo ktstr` to stdout.
     Completions {
         /// The shell.
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verifier(a) => verifier::run(a),
+        Command::BpfProgs => verifier::print_loaded_programs(),
         Command::Locks(a) => locks::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Replay(a) => replay::run(a),

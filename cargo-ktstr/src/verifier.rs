@@ -6,11 +6,14 @@
 //! kernel's verified-instruction count of every program is reported as a table (programs ×
 //! profiles), or with `--raw` the verifier's own log.
 //!
-//! How the counts are obtained: the guest runs `BINARY <profile args> --verify-only` (plus
-//! `--verify-log` for `--raw`). A scheduler supporting `cargo ktstr verifier` implements that
-//! option: load (and so verify) every program without attaching, print one
-//! `NAME: verified prog="P" insns=N` line per program from `bpf_prog_info.verified_insns`, and
-//! with `--verify-log` the verifier logs on stdout (examples/scx-demo does).
+//! How the counts are obtained: by default the guest starts `BINARY <profile args>` as a test
+//! would, waits until sched_ext reports it enabled, and reads every loaded program's
+//! `bpf_prog_info.verified_insns` from the kernel (`cargo-ktstr ktstr bpf-progs`, run by the
+//! guest script), so any scheduler works. A scheduler that never attaches fails its profile
+//! with its own output. With `--verify-only` (implied by `--raw`) the scheduler's own option of
+//! that name is used instead: load (and so verify) every program without attaching and print
+//! one `NAME: verified prog="P" insns=N` line per program, with `--verify-log` the verifier
+//! logs on stdout (examples/scx-demo implements both).
 //!
 //! Deviations from cli.md §2.14, chosen for what runs here: the command boots the VMs itself
 //! instead of spawning `cargo nextest run -E 'test(/^verifier/)'`; it boots one VM per scheduler
@@ -42,9 +45,13 @@ pub struct VerifierArgs {
     /// declared kernels, else KTSTR_KERNEL / the default kernel.
     #[arg(long = "kernel", value_name = "SPEC")]
     kernels: Vec<String>,
-    /// Print the raw verifier output of every program, no table.
+    /// Print the raw verifier output of every program, no table (implies --verify-only).
     #[arg(long)]
     raw: bool,
+    /// Run the scheduler with its own `--verify-only` option instead of attaching it and
+    /// reading the kernel's counts (for schedulers that implement that option).
+    #[arg(long)]
+    verify_only: bool,
     /// Only these schedulers (by declared name; repeatable).
     #[arg(long = "scheduler", value_name = "NAME")]
     schedulers: Vec<String>,
@@ -245,19 +252,54 @@ struct ProfileRun {
 /// Marker lines the guest script prints around each profile.
 const MARK: &str = "@@ktstr-verifier";
 
-/// The guest script: each profile's `--verify-only` run between marker lines.
-fn guest_script(bin: &str, profiles: &[(String, Vec<String>)], raw: bool) -> String {
+/// How long the guest waits for a scheduler to attach, in 100 ms steps.
+const ATTACH_STEPS: u32 = 600;
+
+/// The guest script: each profile's run between marker lines. Attach mode (default): start
+/// the scheduler, wait for sched_ext to report it enabled, print the kernel's counts, stop it.
+/// `verify_only`: the scheduler's `--verify-only` run (and `--verify-log` for `raw`).
+fn guest_script(
+    bin: &str,
+    profiles: &[(String, Vec<String>)],
+    verify_only: bool,
+    raw: bool,
+) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let mut script = String::new();
     for (label, argv) in profiles {
         let args: Vec<String> = argv.iter().map(|a| q(a)).collect();
-        script.push_str(&format!(
-            "echo '{MARK} begin {label}'; /bin/{bin} {} --verify-only{} 2>&1; echo \"{MARK} rc $?\"; ",
-            args.join(" "),
-            if raw { " --verify-log" } else { "" }
-        ));
+        let args = args.join(" ");
+        if verify_only {
+            script.push_str(&format!(
+                "echo '{MARK} begin {label}'; /bin/{bin} {args} --verify-only{} 2>&1; echo \"{MARK} rc $?\"; ",
+                if raw { " --verify-log" } else { "" }
+            ));
+        } else {
+            script.push_str(&format!(
+                "echo '{MARK} begin {label}'; /bin/{bin} {args} >/tmp/sched.log 2>&1 & P=$!; i=0; \
+                 while [ $i -lt {ATTACH_STEPS} ]; do s=$(cat /sys/kernel/sched_ext/state 2>/dev/null); \
+                 [ \"$s\" = enabled ] && break; kill -0 $P 2>/dev/null || break; sleep 0.1; i=$((i+1)); done; \
+                 if [ \"$s\" = enabled ]; then /init ktstr bpf-progs; rc=$?; kill -INT $P; wait $P; \
+                 else echo '{MARK} not attached'; kill -KILL $P 2>/dev/null; wait $P; rc=$?; [ $rc = 0 ] && rc=1; cat /tmp/sched.log; fi; \
+                 echo \"{MARK} rc $rc\"; "
+            ));
+        }
     }
     script
+}
+
+/// `cargo ktstr bpf-progs` (run in the guest by the attach-mode script).
+pub fn print_loaded_programs() -> Result<ExitCode> {
+    let progs = ktstr::bpf_progs::loaded_programs().context("listing BPF programs")?;
+    let mut o = std::io::stdout().lock();
+    for p in progs {
+        writeln!(
+            o,
+            "bpf: verified prog=\"{}\" insns={} type={} id={}",
+            p.name, p.verified_insns, p.prog_type, p.id
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Splits the guest's output into per-profile results.
@@ -282,7 +324,10 @@ fn parse_output(text: &str) -> BTreeMap<String, ProfileRun> {
             if let (Some(p), Some(n)) = (get("prog"), get("insns").and_then(|n| n.parse().ok())) {
                 run.counts.push((p, n));
             }
-        } else if line.contains("load-failed") || line.contains("verify-failed") {
+        } else if line.contains("load-failed")
+            || line.contains("verify-failed")
+            || line == format!("{MARK} not attached")
+        {
             run.errors.push(line.to_string());
         } else if !line.starts_with("scx_") || !line.contains(": ") {
             run.raw.push_str(line);
@@ -361,7 +406,12 @@ fn run_vm(
         .to_string_lossy()
         .into_owned();
     let req = ShellRequest {
-        exec: Some(guest_script(&bin_name, profiles, a.raw)),
+        exec: Some(guest_script(
+            &bin_name,
+            profiles,
+            a.verify_only || a.raw,
+            a.raw,
+        )),
         report_topology: false,
     };
     let BusyboxVm { mut spec } = BusyboxVm::prepare(
@@ -475,13 +525,23 @@ pub fn run(a: VerifierArgs) -> Result<ExitCode> {
                     Some(r) if r.rc == Some(0) && !r.counts.is_empty() => {}
                     Some(r) => {
                         failed = true;
+                        let attached = !r.errors.iter().any(|e| e.ends_with("not attached"));
+                        let what = if a.verify_only || a.raw {
+                            "verification failed (with --verify-only: does the scheduler have that option?)"
+                        } else if attached {
+                            "no BPF programs were listed"
+                        } else {
+                            "the scheduler did not attach (failed to load or verify)"
+                        };
                         eprintln!(
-                            "ktstr: {label}: verification failed (exit {:?}){}",
+                            "ktstr: {label}: {what} (exit {:?}){}{}",
                             r.rc,
                             r.errors
                                 .iter()
+                                .filter(|e| !e.ends_with("not attached"))
                                 .map(|e| format!("\n  {e}"))
-                                .collect::<String>()
+                                .collect::<String>(),
+                            crate::verifier::tail(&r.raw, 15)
                         );
                     }
                     None => {
@@ -506,6 +566,15 @@ pub fn run(a: VerifierArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The last `n` lines of `text`, indented, after a newline (empty for empty text).
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("\n  | {l}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -578,10 +647,32 @@ mod tests {
 
     #[test]
     fn script_quotes_arguments() {
-        let s = guest_script("scx_demo", &[("x".into(), vec!["it's".into()])], true);
+        let s = guest_script("scx_demo", &[("x".into(), vec!["it's".into()])], true, true);
         assert!(
             s.contains("/bin/scx_demo 'it'\\''s' --verify-only --verify-log 2>&1"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn attach_mode_waits_for_enabled_then_lists_the_kernels_counts() {
+        let s = guest_script("scx_x", &[("x".into(), vec!["--a".into()])], false, false);
+        assert!(
+            s.contains("/bin/scx_x '--a' >/tmp/sched.log 2>&1 & P=$!"),
+            "{s}"
+        );
+        assert!(s.contains("/sys/kernel/sched_ext/state"), "{s}");
+        assert!(s.contains("/init ktstr bpf-progs"), "{s}");
+        assert!(!s.contains("--verify-only"), "{s}");
+        // A scheduler that never attached is a failure with its output.
+        let text = "@@ktstr-verifier begin x\n@@ktstr-verifier not attached\n\
+            scx_x: libbpf: prog 'x_enqueue': BPF program load failed\n@@ktstr-verifier rc 1\n\
+            @@ktstr-verifier begin y\nbpf: verified prog=\"x_enqueue\" insns=77 type=27 id=9\n\
+            @@ktstr-verifier rc 0\n";
+        let r = parse_output(text);
+        assert_eq!(r["x"].rc, Some(1));
+        assert!(r["x"].counts.is_empty());
+        assert_eq!(r["x"].errors.len(), 1);
+        assert_eq!(r["y"].counts, [("x_enqueue".into(), 77)]);
     }
 }
