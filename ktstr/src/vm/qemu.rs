@@ -185,18 +185,15 @@ pub fn base_cmdline(mem: &QemuMemory, shm_size: u64, console: ConsoleMode) -> Ve
     ]
 }
 
-/// The `-cpu` model: `requested` (from `KTSTR_QEMU_CPU`) when non-empty, else per accelerator. Under TCG an Intel model
-/// (Linux takes the LLC from leaf 4, which qemu shares per die). Under KVM `host`: a named model
-/// of the other vendor makes KVM emulate what the host lacks (an Intel model on an AMD host
-/// killed the guest's init with SIGSEGV in the nested lane), and qemu shares the host model's
-/// LLC leaf (4 or 0x8000_001D) per die as well.
-pub fn cpu_model(accel: Accel, requested: Option<&str>) -> String {
+/// The `-cpu` model: `requested` (from `KTSTR_QEMU_CPU`) when non-empty, else an Intel model
+/// under either accelerator (Linux takes the LLC from leaf 4, which qemu shares per die).
+/// `host` under KVM was tried and dropped: on a host whose KVM refuses some of the host's MSRs
+/// qemu aborts ("failed to set MSR 0x10a"), and in the nested lane it fixed nothing (our init
+/// still died with SIGSEGV under qemu -accel kvm, with `host` as with this model).
+pub fn cpu_model(requested: Option<&str>) -> String {
     match requested.map(str::trim) {
         Some(m) if !m.is_empty() => m.to_string(),
-        _ => match accel {
-            Accel::Tcg => "Skylake-Server".into(),
-            Accel::Kvm => "host".into(),
-        },
+        _ => "Skylake-Server".into(),
     }
 }
 
@@ -305,7 +302,7 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
             &spec.topology,
             &mem,
             dir.path(),
-            &cpu_model(accel, std::env::var("KTSTR_QEMU_CPU").ok().as_deref()),
+            &cpu_model(std::env::var("KTSTR_QEMU_CPU").ok().as_deref()),
         ))
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
         .arg("-kernel")
@@ -606,11 +603,10 @@ mod tests {
     }
 
     #[test]
-    fn cpu_model_is_host_under_kvm_and_intel_under_tcg_unless_requested() {
-        assert_eq!(cpu_model(Accel::Kvm, None), "host");
-        assert_eq!(cpu_model(Accel::Tcg, None), "Skylake-Server");
-        assert_eq!(cpu_model(Accel::Tcg, Some("  ")), "Skylake-Server");
-        assert_eq!(cpu_model(Accel::Kvm, Some("host,-xsave")), "host,-xsave");
+    fn cpu_model_is_intel_unless_requested() {
+        assert_eq!(cpu_model(None), "Skylake-Server");
+        assert_eq!(cpu_model(Some("  ")), "Skylake-Server");
+        assert_eq!(cpu_model(Some("host,-xsave")), "host,-xsave");
     }
 
     #[test]
