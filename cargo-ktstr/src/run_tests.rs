@@ -173,11 +173,38 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
     for k in &kernels {
         eprintln!("ktstr: kernel {} (label {})", k.path.display(), k.label);
     }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let strict = a.no_skip_mode || env("CI").is_some_and(|v| v != "0");
+    if let Some(notice) = no_kernel_notice(
+        kernels.is_empty(),
+        env("KTSTR_KERNEL").is_some() || env("KTSTR_KERNEL_LIST").is_some(),
+        strict,
+    ) {
+        eprintln!("{notice}");
+    }
     let mut cmd = nextest_command(&a, &kernels);
     let st = cmd
         .status()
         .context("running `cargo nextest run` (install it: cargo install cargo-nextest)")?;
     Ok(ExitCode::from(exit_byte(st)))
+}
+
+/// What to tell the user before the run when no kernel is named: whether VM cases will be
+/// skipped (listed as ignored) or, under CI / `--no-skip-mode`, fail; `None` with a kernel.
+fn no_kernel_notice(no_flag: bool, env_kernel: bool, strict: bool) -> Option<String> {
+    if !no_flag || env_kernel {
+        return None;
+    }
+    Some(if strict {
+        "ktstr: no kernel (no --kernel, KTSTR_KERNEL unset): every case that boots a VM will \
+         fail (CI / --no-skip-mode). Pass --kernel DIR or set KTSTR_KERNEL."
+            .into()
+    } else {
+        "ktstr: no kernel (no --kernel, KTSTR_KERNEL unset): every case that boots a VM is \
+         listed as ignored and will be reported skipped, not run; only host-only cases run. \
+         Pass --kernel DIR or set KTSTR_KERNEL."
+            .into()
+    })
 }
 
 /// The exit code of a finished child as a shell reports it.
@@ -199,6 +226,18 @@ mod tests {
     struct T {
         #[command(flatten)]
         a: TestArgs,
+    }
+
+    #[test]
+    fn no_kernel_notice_says_skip_or_fail() {
+        assert_eq!(no_kernel_notice(false, false, false), None);
+        assert_eq!(no_kernel_notice(true, true, false), None);
+        assert!(no_kernel_notice(true, false, false)
+            .unwrap()
+            .contains("listed as ignored"));
+        assert!(no_kernel_notice(true, false, true)
+            .unwrap()
+            .contains("will fail"));
     }
 
     fn parse(args: &[&str]) -> TestArgs {

@@ -532,31 +532,35 @@ fn a_closed_stdout_ends_commands_quietly() {
     let root = target.path().join("ktstr");
     record(&root, "6.12.117-aaaaaaa", "spin", "1n1l2c1t", true, true);
     let dir = target.path().to_str().unwrap();
-    let cases: [&[&str]; 6] = [
-        &["stats", "list-metrics"],
-        &["show-host"],
-        &[
-            "stats",
-            "explain-sidecar",
-            "--run",
-            "6.12.117-aaaaaaa",
-            "--json",
-        ],
-        &["stats", "list"],
-        &["completions", "bash"],
-        &["show-thresholds", "spinners_progress"],
+    // (args, reads the temporary runs root): show-thresholds must see the real target dir, or
+    // it would build every test binary again into the temporary one.
+    let cases: [(&[&str], bool); 6] = [
+        (&["stats", "list-metrics"], false),
+        (&["show-host"], false),
+        (
+            &[
+                "stats",
+                "explain-sidecar",
+                "--run",
+                "6.12.117-aaaaaaa",
+                "--json",
+            ],
+            true,
+        ),
+        (&["stats", "list"], true),
+        (&["completions", "bash"], false),
+        (&["show-thresholds", "spinners_progress"], false),
     ];
-    for args in cases {
+    for (args, temp_root) in cases {
         // The read end is closed before the command starts, so its first write fails.
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-ktstr"))
-            .arg("ktstr")
-            .args(args)
-            .env("CARGO_TARGET_DIR", dir)
-            .stdout(writer)
-            .output()
-            .unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-ktstr"));
+        cmd.arg("ktstr").args(args).stdout(writer);
+        if temp_root {
+            cmd.env("CARGO_TARGET_DIR", dir);
+        }
+        let o = cmd.output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert!(

@@ -19,6 +19,8 @@
 //! measured up to 31% with EEVDF, against the 35% debug limit).
 
 pub mod eval;
+#[cfg(test)]
+mod reference_doc;
 
 use std::fmt;
 
