@@ -1,6 +1,8 @@
 //! Negative suite: each case provokes a real scheduling failure and passes only if the
-//! assertions catch it with the right kind (`expect_err = true` inverts the verdict; the
-//! body turns "failed with another kind" or "did not fail" into a pass, which then fails).
+//! assertions catch it with the right diagnosis: `expect_err = "Kind: text"` names the kind and
+//! a piece of the evaluator's message, and the body turns "failed with another kind" or "did
+//! not fail" into a pass, which then fails. A crash, a hang or a missing verdict never
+//! satisfies it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -39,7 +41,7 @@ fn pin_self_to(cpu: u32) {
 /// lower-priority SCHED_FIFO worker (priority 1) pinned on the same CPU. (A SCHED_OTHER victim
 /// is not starved on kernels since 6.12: the fair deadline server reserves it 50 ms/s, and
 /// only a SCHED_DEBUG kernel can switch that off.)
-#[ktstr_test(llcs = 1, cores = 2, expect_err = true)]
+#[ktstr_test(llcs = 1, cores = 2, expect_err = "Starved: made no progress")]
 fn starved_by_rt_spinner(ctx: &Ctx) -> Result<AssertResult> {
     std::fs::write("/proc/sys/kernel/sched_rt_runtime_us", "-1")?;
     pin_self_to(1);
@@ -65,7 +67,7 @@ fn starved_by_rt_spinner(ctx: &Ctx) -> Result<AssertResult> {
 
 /// A SCHED_IDLE and a SCHED_OTHER spinner share one CPU in one cgroup: their off-CPU
 /// shares differ by far more than the spread limit.
-#[ktstr_test(llcs = 1, cores = 2, expect_err = true)]
+#[ktstr_test(llcs = 1, cores = 2, expect_err = "Unfair: cgroup mixed spread")]
 fn unfair_idle_vs_normal(ctx: &Ctx) -> Result<AssertResult> {
     pin_self_to(1);
     let r = execute_defs(
@@ -97,7 +99,7 @@ fn escape_cpuset(stop: &AtomicBool) -> WorkerReport {
 }
 
 /// A worker of a cgroup whose cpuset is CPU 0 escapes it and runs on CPU 1.
-#[ktstr_test(llcs = 1, cores = 2, expect_err = true)]
+#[ktstr_test(llcs = 1, cores = 2, expect_err = "Isolation: outside its cpuset 0")]
 fn isolation_escape(ctx: &Ctx) -> Result<AssertResult> {
     let r = execute_defs(
         ctx,
