@@ -174,7 +174,7 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
         eprintln!("ktstr: kernel {} (label {})", k.path.display(), k.label);
     }
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let strict = a.no_skip_mode || env("CI").is_some_and(|v| v != "0");
+    let strict = a.no_skip_mode || ktstr::runner::strict_mode();
     if let Some(notice) = no_kernel_notice(
         kernels.is_empty(),
         env("KTSTR_KERNEL").is_some() || env("KTSTR_KERNEL_LIST").is_some(),

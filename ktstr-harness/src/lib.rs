@@ -114,7 +114,7 @@ pub fn run_with(
     // No kernel named: VM cases cannot run. Listing them as ignored makes nextest report them
     // as skipped (never as passed); under CI or KTSTR_NO_SKIP_MODE they stay in and fail with
     // the reason, since there a skip means a misconfigured runner.
-    let no_kernel = kernels.kernels().is_empty() && !strict_mode();
+    let no_kernel = kernels.kernels().is_empty() && !ktstr::runner::strict_mode();
     if no_kernel && !parsed.ignored {
         eprintln!(
             "ktstr: no kernel (KTSTR_KERNEL is not set): every case that boots a VM is listed as \
@@ -137,13 +137,6 @@ pub fn run_with(
         };
     }
     run::run(&matrix, parsed)
-}
-
-/// Whether a case that cannot run must fail rather than be skipped: under CI (`CI` set and not
-/// `0`) or `KTSTR_NO_SKIP_MODE=1` (`cargo ktstr test --no-skip-mode`).
-pub fn strict_mode() -> bool {
-    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0");
-    set("CI") || set("KTSTR_NO_SKIP_MODE")
 }
 
 /// The text `show-thresholds` prints: the test, its scheduler, the backend's time scale, then
