@@ -71,7 +71,10 @@ fn linux_on_kvm_boots_or_fails_with_a_hint() {
         "cat /sys/devices/system/node/node1/cpulist",
     ];
     if hardware_kvm() {
-        let o = ktstr(&args, &[]);
+        // Our watchdog, well inside nextest's 10-minute limit, so a hang is reported by ktstr
+        // (what the guest printed last) instead of killed by nextest without a word.
+        let watchdog = [("KTSTR_VM_TIMEOUT_S", "180")];
+        let o = ktstr(&args, &watchdog);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{err}");
         assert_eq!(out.trim(), "4-7");
@@ -85,7 +88,7 @@ fn linux_on_kvm_boots_or_fails_with_a_hint() {
                 "--exec",
                 "exit 3",
             ],
-            &[],
+            &watchdog,
         );
         assert_eq!(o.status.code(), Some(3));
     } else {

@@ -331,6 +331,11 @@ impl FrameWriter {
     /// `base..base+len` must be a valid, writable mapping that lives as long as the writer and
     /// that nothing else in this process writes.
     pub unsafe fn init(base: *mut u8, len: usize) -> Result<Self, ShmError> {
+        if !(base as usize).is_multiple_of(8) {
+            return Err(ShmError::BadHeader(format!(
+                "region at {base:p} is not 8-byte aligned"
+            )));
+        }
         if len < HEADER_LEN as usize + 64 {
             return Err(ShmError::BadHeader(format!(
                 "region of {len} bytes is too small"
@@ -343,15 +348,24 @@ impl FrameWriter {
             off: 0,
         };
         let capacity = (len - HEADER_LEN as usize) as u64;
-        w.put(OFF_WRITE_OFF, &0u64.to_le_bytes());
+        w.put_u64(OFF_WRITE_OFF, 0);
         w.put(OFF_VERSION, &VERSION.to_le_bytes());
         w.put(OFF_HEADER_LEN, &HEADER_LEN.to_le_bytes());
-        w.put(OFF_CAPACITY, &capacity.to_le_bytes());
+        w.put_u64(OFF_CAPACITY, capacity);
         w.put(OFF_HOST_REQ, &0u32.to_le_bytes());
         w.put(OFF_GUEST_STATE, &0u32.to_le_bytes());
         fence(Ordering::Release);
-        w.put(OFF_MAGIC, &MAGIC.to_le_bytes());
+        w.put_u64(OFF_MAGIC, MAGIC);
         Ok(w)
+    }
+
+    /// Stores a header word in one aligned 8-byte store, so the host never sees it half
+    /// written (the magic and `write_off` publish everything else).
+    fn put_u64(&mut self, at: usize, v: u64) {
+        assert!(at.is_multiple_of(8) && at + 8 <= self.len);
+        // SAFETY: in bounds (checked above) and 8-byte aligned: `base` is page aligned (a
+        // mapping) and `at` a multiple of 8; the mapping is valid per `init`'s contract.
+        unsafe { std::ptr::write_volatile(self.base.add(at) as *mut u64, v.to_le()) }
     }
 
     fn put(&mut self, at: usize, bytes: &[u8]) {
@@ -389,8 +403,7 @@ impl FrameWriter {
         fence(Ordering::Release);
         self.off += total;
         self.seq += 1;
-        let off = self.off;
-        self.put(OFF_WRITE_OFF, &off.to_le_bytes());
+        self.put_u64(OFF_WRITE_OFF, self.off);
         Ok(())
     }
 
@@ -404,8 +417,35 @@ impl FrameWriter {
 mod tests {
     use super::*;
 
-    fn region_with(frames: &[(FrameType, &[u8])], len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
+    /// A zeroed, 8-byte aligned region of bytes, as a page of guest memory is.
+    #[derive(Clone)]
+    struct Region(Vec<u64>);
+
+    impl Region {
+        fn new(len: usize) -> Self {
+            Region(vec![0; len.div_ceil(8)])
+        }
+    }
+
+    impl std::ops::Deref for Region {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            // SAFETY: a u64 buffer viewed as its bytes: same allocation, alignment 1 <= 8.
+            unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u8, self.0.len() * 8) }
+        }
+    }
+
+    impl std::ops::DerefMut for Region {
+        fn deref_mut(&mut self) -> &mut [u8] {
+            // SAFETY: as in `deref`, borrowed mutably.
+            unsafe {
+                std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u8, self.0.len() * 8)
+            }
+        }
+    }
+
+    fn region_with(frames: &[(FrameType, &[u8])], len: usize) -> Region {
+        let mut buf = Region::new(len);
         // SAFETY: buf outlives the writer and nothing else touches it meanwhile.
         let mut w = unsafe { FrameWriter::init(buf.as_mut_ptr(), len) }.unwrap();
         for (k, p) in frames {
@@ -434,10 +474,10 @@ mod tests {
 
     #[test]
     fn incremental_poll_sees_only_new_frames() {
-        let mut buf = vec![0u8; 4096];
+        let mut buf = Region::new(4096);
         let ptr = buf.as_mut_ptr();
         let mut r = FrameReader::new();
-        let read = |b: &Vec<u8>| {
+        let read = |b: &Region| {
             let b = b.clone();
             move |off: u64, out: &mut [u8]| {
                 out.copy_from_slice(&b[off as usize..off as usize + out.len()]);
@@ -514,7 +554,7 @@ mod tests {
 
     #[test]
     fn writer_reports_full() {
-        let mut buf = vec![0u8; 256];
+        let mut buf = Region::new(256);
         // SAFETY: buf outlives the writer.
         let mut w = unsafe { FrameWriter::init(buf.as_mut_ptr(), 256) }.unwrap();
         assert!(matches!(
@@ -522,5 +562,13 @@ mod tests {
             Err(ShmError::Full { .. })
         ));
         w.write(FrameType::Log, &[0u8; 100]).unwrap();
+    }
+
+    #[test]
+    fn writer_refuses_a_misaligned_region() {
+        let mut buf = Region::new(256);
+        // SAFETY: in bounds; init refuses before writing anything.
+        let r = unsafe { FrameWriter::init(buf.as_mut_ptr().add(1), 200) };
+        assert!(matches!(r, Err(ShmError::BadHeader(m)) if m.contains("aligned")));
     }
 }
