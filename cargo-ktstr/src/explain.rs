@@ -121,6 +121,13 @@ static FIELDS: &[FieldInfo] = &[
         fix: None,
     },
     FieldInfo {
+        name: "cleanup_budget_ms",
+        is_set: |s| s.cleanup_budget_ms.is_some(),
+        classification: Expected,
+        causes: &["the test declares no `cleanup_budget_ms`: host teardown is not capped"],
+        fix: None,
+    },
+    FieldInfo {
         name: "host",
         is_set: |s| s.host.is_some(),
         classification: Actionable,

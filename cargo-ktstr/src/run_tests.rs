@@ -183,9 +183,15 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
         eprintln!("{notice}");
     }
     let mut cmd = nextest_command(&a, &kernels);
+    // The test binaries record the cases they list as ignored because they cannot run here.
+    let records = tempfile::tempdir().context("creating a temporary directory")?;
+    cmd.env(ktstr::unrunnable::DIR_ENV, records.path());
     let st = cmd
         .status()
         .context("running `cargo nextest run` (install it: cargo install cargo-nextest)")?;
+    if let Some(s) = ktstr::unrunnable::summary(&ktstr::unrunnable::read_all(records.path())) {
+        eprint!("{s}");
+    }
     Ok(ExitCode::from(exit_byte(st)))
 }
 

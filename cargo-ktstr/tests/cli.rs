@@ -139,6 +139,8 @@ fn test_runs_nextest_with_the_kernel_and_passes_its_status_back() {
     std::fs::write(
         &fake,
         "#!/bin/sh\necho \"args: $*\"\necho \"kernel: $KTSTR_KERNEL perf-off: $KTSTR_NO_PERF_MODE\"\n\
+         [ \"$KTSTR_UNRUNNABLE_DIR\" ] && echo '[{\"case\":\"p/eevdf/1n1l2c1t\",\"why\":\"performance_mode\"}]' \
+         > \"$KTSTR_UNRUNNABLE_DIR/suite.json\"\n\
          [ \"$FAKE_SIGNAL\" ] && kill -TERM $$\nexit 7\n",
     )
     .unwrap();
@@ -158,6 +160,13 @@ fn test_runs_nextest_with_the_kernel_and_passes_its_status_back() {
     assert!(
         out.contains("args: nextest run --workspace --release\n"),
         "{out}"
+    );
+    // What the test binaries recorded as unable to run is summarised after the run.
+    assert!(
+        err.contains("ktstr: 1 case(s) of the listed test binaries could not run")
+            && err.contains("1: performance_mode needs tier-1")
+            && err.contains("--no-perf-mode"),
+        "{err}"
     );
     let canon = kdir.canonicalize().unwrap();
     assert!(

@@ -77,3 +77,28 @@ pub fn write_list(
         None => Ok(n),
     }
 }
+
+/// The cases `flagged` lists as ignored that `plain` (the same registry without the "cannot
+/// run here" flags) would run, each with why: these are the cases that could not run.
+pub fn unrunnable(
+    plain: &Matrix,
+    flagged: &Matrix,
+    why: ktstr::unrunnable::Why,
+) -> Result<Vec<ktstr::unrunnable::Unrunnable>, MatrixError> {
+    let mut runnable = std::collections::HashSet::new();
+    plain.for_each_case(|c| {
+        if !c.ignored {
+            runnable.insert(c.name.to_string());
+        }
+    })?;
+    let mut out = Vec::new();
+    flagged.for_each_case(|c| {
+        if c.ignored && runnable.contains(c.name) {
+            out.push(ktstr::unrunnable::Unrunnable {
+                case: c.name.to_string(),
+                why,
+            });
+        }
+    })?;
+    Ok(out)
+}

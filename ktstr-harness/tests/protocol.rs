@@ -4,20 +4,21 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The example binary, next to this test's `deps/` directory (`cargo test` builds examples);
-/// built on demand when the test runs alone.
+/// The example binary, next to this test's `deps/` directory, built (or brought up to date)
+/// once per test process: a stale one from an earlier build would test old code.
 fn fixture() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let bin = profile_dir.join("examples").join("fixture_suite");
-    if !bin.exists() {
+    BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = Command::new(cargo)
             .args(["build", "-p", "ktstr-harness", "--example", "fixture_suite"])
             .status()
             .unwrap();
         assert!(st.success(), "building the fixture failed");
-    }
+    });
     bin
 }
 
@@ -249,4 +250,36 @@ fn exact_name_that_is_not_a_case_fails_but_an_unknown_test_does_not() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("0 passed"), "{out}");
     assert!(!err.is_empty());
+}
+
+/// With `KTSTR_UNRUNNABLE_DIR` set, listing records the cases that cannot run here and why
+/// (what `cargo ktstr test` summarises); with a kernel named, there are none.
+#[test]
+fn listing_records_the_cases_that_cannot_run() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    let (code, _, _) = run(
+        &["--list", "--format", "terse"],
+        &[("KTSTR_KERNEL", ""), ("KTSTR_UNRUNNABLE_DIR", dir)],
+    );
+    assert_eq!(code, 0);
+    let cases = ktstr::unrunnable::read_all(d.path());
+    assert!(
+        cases
+            .iter()
+            .any(|c| c.case == "two_cgroups/eevdf/1n1l2c1t"
+                && c.why == ktstr::unrunnable::Why::NoKernel),
+        "{cases:?}"
+    );
+    assert!(
+        !cases.iter().any(|c| c.case.ends_with("/host")),
+        "{cases:?}"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    run(
+        &["--list", "--format", "terse"],
+        &[("KTSTR_UNRUNNABLE_DIR", dir)],
+    );
+    assert_eq!(ktstr::unrunnable::read_all(d.path()), vec![]);
 }

@@ -56,6 +56,15 @@ const ASSERT_FLOAT: &[&str] = &[
 const ASSERT_BOOL: &[&str] = &["not_starved", "isolation", "fail_on_stall"];
 /// Plain bool test keys.
 const TEST_BOOL: &[&str] = &["performance_mode", "expect_err", "ignore", "host_only"];
+/// Keys with a value form of their own (handled one by one in [`expand`]).
+const SPECIAL: &[&str] = &[
+    "requires_smt",
+    "cleanup_budget_ms",
+    "scheduler",
+    "extra_sched_args",
+    "required_flags",
+    "excluded_flags",
+];
 /// Spec keys whose supporting types do not exist yet.
 const NOT_YET: &[&str] = &[
     "work_types",
@@ -65,6 +74,30 @@ const NOT_YET: &[&str] = &[
     "auto_repro",
     "bpf_map_write",
 ];
+
+/// "unknown ktstr_test key", with the closest known key when one is a likely typo.
+fn unknown_key(k: &str) -> String {
+    let known = [
+        POSITIVE_U32,
+        GATES_U32,
+        ASSERT_INT,
+        ASSERT_FLOAT,
+        ASSERT_BOOL,
+        TEST_BOOL,
+        SPECIAL,
+    ]
+    .concat();
+    let limit = (k.len() / 3).max(2);
+    let best = known
+        .iter()
+        .map(|c| (strsim::levenshtein(k, c), *c))
+        .filter(|&(d, _)| d <= limit)
+        .min();
+    match best {
+        Some((_, c)) => format!("unknown ktstr_test key `{k}`; did you mean `{c}`?"),
+        None => format!("unknown ktstr_test key `{k}` (the keys: doc/src/test-keys.md)"),
+    }
+}
 
 fn parse_pairs(input: ParseStream) -> Result<Vec<(Ident, Expr)>> {
     let mut out = Vec::new();
@@ -290,10 +323,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
                 format!("`{k}` is not supported yet"),
             ));
         } else {
-            return Err(Error::new(
-                key.span(),
-                format!("unknown ktstr_test key `{k}`"),
-            ));
+            return Err(Error::new(key.span(), unknown_key(&k)));
         }
     }
 
@@ -384,4 +414,93 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
 
         #check_block
     })
+}
+
+/// `doc/src/test-keys.md` lists exactly the keys this macro accepts.
+#[cfg(test)]
+mod reference_doc {
+    use super::*;
+
+    const PAGE: &str = include_str!("../../doc/src/test-keys.md");
+
+    /// The key of every table row that starts with a backticked name.
+    fn page_keys() -> Vec<&'static str> {
+        PAGE.lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`'))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    fn all_keys() -> Vec<&'static str> {
+        [
+            POSITIVE_U32,
+            GATES_U32,
+            ASSERT_INT,
+            ASSERT_FLOAT,
+            ASSERT_BOOL,
+            TEST_BOOL,
+            SPECIAL,
+            NOT_YET,
+        ]
+        .concat()
+    }
+
+    /// Expands `#[ktstr_test(KEY = 1)]` and returns the error text, if any.
+    fn expand_err(key: &str) -> Option<String> {
+        let k = format_ident!("{}", key);
+        let item = quote!(
+            fn t(ctx: &Ctx) -> Result<AssertResult> {
+                todo!()
+            }
+        );
+        expand(quote!(#k = 1), item).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_key_has_a_row_and_every_row_is_a_key() {
+        let page = page_keys();
+        let all = all_keys();
+        for k in &all {
+            assert!(
+                page.contains(k),
+                "doc/src/test-keys.md has no row for `{k}`"
+            );
+        }
+        for k in &page {
+            assert!(
+                all.contains(k),
+                "doc/src/test-keys.md lists `{k}`, which is no key"
+            );
+        }
+        let mut sorted = page.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), page.len(), "a key is listed twice");
+    }
+
+    #[test]
+    fn an_unknown_key_suggests_the_closest() {
+        assert!(expand_err("lcs").unwrap().ends_with("did you mean `llcs`?"));
+        assert!(expand_err("max_gap_sm")
+            .unwrap()
+            .ends_with("did you mean `max_gap_ms`?"));
+        assert!(expand_err("zzzzzzzzzz")
+            .unwrap()
+            .contains("doc/src/test-keys.md"));
+    }
+
+    #[test]
+    fn the_macro_knows_every_listed_key() {
+        assert!(expand_err("no_such_key").is_some_and(|e| e.contains("unknown ktstr_test key")));
+        for k in all_keys() {
+            let e = expand_err(k).unwrap_or_default();
+            assert!(!e.contains("unknown ktstr_test key"), "{k}: {e}");
+            assert_eq!(
+                NOT_YET.contains(&k),
+                e.contains("not supported yet"),
+                "{k}: {e}"
+            );
+        }
+    }
 }

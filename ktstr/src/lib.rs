@@ -27,6 +27,7 @@ pub mod shm;
 pub mod sidecar;
 pub mod stats;
 pub mod topology;
+pub mod unrunnable;
 pub mod vm;
 pub mod vmm;
 pub mod workload;

@@ -331,7 +331,7 @@ impl FrameWriter {
     /// `base..base+len` must be a valid, writable mapping that lives as long as the writer and
     /// that nothing else in this process writes.
     pub unsafe fn init(base: *mut u8, len: usize) -> Result<Self, ShmError> {
-        if !(base as usize).is_multiple_of(8) {
+        if (base as usize) % 8 != 0 {
             return Err(ShmError::BadHeader(format!(
                 "region at {base:p} is not 8-byte aligned"
             )));
@@ -362,7 +362,7 @@ impl FrameWriter {
     /// Stores a header word in one aligned 8-byte store, so the host never sees it half
     /// written (the magic and `write_off` publish everything else).
     fn put_u64(&mut self, at: usize, v: u64) {
-        assert!(at.is_multiple_of(8) && at + 8 <= self.len);
+        assert!(at % 8 == 0 && at + 8 <= self.len);
         // SAFETY: in bounds (checked above) and 8-byte aligned: `base` is page aligned (a
         // mapping) and `at` a multiple of 8; the mapping is valid per `init`'s contract.
         unsafe { std::ptr::write_volatile(self.base.add(at) as *mut u64, v.to_le()) }

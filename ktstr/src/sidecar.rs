@@ -112,6 +112,8 @@ pub struct Sidecar {
     pub backend: String,
     /// Host teardown, ms.
     pub cleanup_duration_ms: u64,
+    /// The test's `cleanup_budget_ms`, when it declares one (a teardown over it fails the case).
+    pub cleanup_budget_ms: Option<u64>,
     /// Phase durations.
     pub durations: Durations,
     /// The host.
@@ -431,3 +433,7 @@ mod tests {
         assert!(c == "unknown" || c.len() >= 7, "{c}");
     }
 }
+
+#[cfg(test)]
+#[path = "sidecar_reference_doc.rs"]
+mod reference_doc;

@@ -20,7 +20,16 @@ fn case(name: &str) -> (Option<i32>, String) {
 
 /// [`case`] with extra environment variables.
 fn case_with(name: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"))
+    case_env(name, envs, &[])
+}
+
+/// [`case`] with extra environment variables and some removed.
+fn case_env(name: &str, envs: &[(&str, &str)], remove: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"));
+    for k in remove {
+        cmd.env_remove(k);
+    }
+    let o = cmd
         .args(["--exact", name, "--nocapture"])
         .envs(envs.iter().copied())
         .output()
@@ -143,4 +152,52 @@ fn a_case_without_a_kernel_is_skipped_outside_ci_and_fails_under_ci() {
     let (code, out) = run(true);
     assert_eq!(code, Some(101), "{out}");
     assert!(out.contains("KTSTR_KERNEL"), "{out}");
+}
+
+/// A teardown over the test's cleanup_budget_ms fails an otherwise passing case.
+#[test]
+fn a_teardown_over_budget_fails_the_case() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case("over_cleanup_budget/eevdf/1n1l1c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(
+        out.contains("over the test's cleanup_budget_ms of 1 ms"),
+        "{out}"
+    );
+}
+
+/// performance_mode never passes without the isolation it asks for: listed as ignored, failed
+/// when run anyway or in strict mode, and run capped under --no-perf-mode.
+#[test]
+fn performance_mode_is_ignored_failed_or_run_capped() {
+    if !kernel_available() {
+        return;
+    }
+    let name = "performance_mode_case/eevdf/1n1l1c1t";
+    let strict = ["CI", "KTSTR_NO_SKIP_MODE", "KTSTR_NO_PERF_MODE"];
+    let (code, out) = case_env(name, &[], &strict);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 ignored"), "{out}");
+    let run_anyway = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"))
+        .args(["--exact", name, "--include-ignored", "--nocapture"])
+        .env_remove("CI")
+        .env_remove("KTSTR_NO_SKIP_MODE")
+        .env_remove("KTSTR_NO_PERF_MODE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run_anyway.stdout).to_string()
+        + &String::from_utf8_lossy(&run_anyway.stderr);
+    assert_eq!(run_anyway.status.code(), Some(101), "{text}");
+    assert!(
+        text.contains("Skip: performance_mode needs tier-1"),
+        "{text}"
+    );
+    let (code, out) = case_env(name, &[("KTSTR_NO_SKIP_MODE", "1")], &strict);
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains("Skip: performance_mode needs tier-1"), "{out}");
+    let (code, out) = case_env(name, &[("KTSTR_NO_PERF_MODE", "1")], &strict);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 passed"), "{out}");
 }

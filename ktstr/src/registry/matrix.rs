@@ -483,6 +483,7 @@ pub struct Matrix {
     tests: &'static [KtstrTest],
     kernels: KernelSet,
     vm_cases_ignored: bool,
+    performance_cases_ignored: bool,
 }
 
 impl Matrix {
@@ -492,6 +493,7 @@ impl Matrix {
             tests,
             kernels,
             vm_cases_ignored: false,
+            performance_cases_ignored: false,
         }
     }
 
@@ -501,6 +503,22 @@ impl Matrix {
     pub fn with_vm_cases_ignored(mut self, ignored: bool) -> Self {
         self.vm_cases_ignored = ignored;
         self
+    }
+
+    /// Lists every `performance_mode` case as ignored: for a harness that knows at list time
+    /// that tier-1 host isolation is unavailable (ktstr has none yet), so that nextest reports
+    /// them as skipped instead of running them without the isolation they ask for.
+    pub fn with_performance_cases_ignored(mut self, ignored: bool) -> Self {
+        self.performance_cases_ignored = ignored;
+        self
+    }
+
+    /// Whether every case of `test` is listed as ignored.
+    fn always_ignored(&self, test: &KtstrTest) -> bool {
+        test.ignore
+            || test.is_demo()
+            || (self.vm_cases_ignored && !test.host_only)
+            || (self.performance_cases_ignored && test.performance_mode && !test.host_only)
     }
 
     /// The binary's registry and the kernels named in the environment.
@@ -534,8 +552,7 @@ impl Matrix {
         };
         for test in self.sorted_tests()? {
             let plan = TestPlan::new(test)?;
-            let always_ignored =
-                test.ignore || test.is_demo() || (self.vm_cases_ignored && !test.host_only);
+            let always_ignored = self.always_ignored(test);
             if test.host_only {
                 name.clear();
                 name.push_str(test.name);
@@ -610,8 +627,7 @@ impl Matrix {
             test: test.name.to_string(),
             why: "no valid flag profile".to_string(),
         })?;
-        let always_ignored =
-            test.ignore || test.is_demo() || (self.vm_cases_ignored && !test.host_only);
+        let always_ignored = self.always_ignored(test);
         let spec = |flag_mask, topology, kernel, base: bool| CaseSpec {
             name: name.to_string(),
             test,

@@ -309,3 +309,31 @@ fn duplicate_test_names_are_an_error() {
         Err(MatrixError::DuplicateTest(_))
     ));
 }
+
+static PERF_TESTS: [KtstrTest; 2] = [
+    KtstrTest::new("plain", body),
+    KtstrTest::new("isolated", body).performance_mode(true),
+];
+
+#[test]
+fn performance_cases_are_listed_ignored_only_when_asked() {
+    let listed = |ignore: bool| {
+        all(&Matrix::new(&PERF_TESTS, KernelSet::none()).with_performance_cases_ignored(ignore))
+    };
+    let on = listed(true);
+    let isolated = |v: &[(String, bool)]| -> Vec<bool> {
+        v.iter()
+            .filter(|(n, _)| n.starts_with("isolated/"))
+            .map(|(_, i)| *i)
+            .collect()
+    };
+    assert!(
+        !isolated(&on).is_empty() && isolated(&on).iter().all(|i| *i),
+        "{on:?}"
+    );
+    assert!(
+        on.iter().any(|(n, i)| n.starts_with("plain/") && !*i),
+        "{on:?}"
+    );
+    assert!(isolated(&listed(false)).iter().any(|i| !*i));
+}

@@ -1,5 +1,7 @@
 //! The verdict of one case and the failure report a person reads.
 
+use std::time::Duration;
+
 use super::sched::SchedulerExit;
 use crate::assert::AssertResult;
 use crate::shm::{Frame, FrameType};
@@ -37,6 +39,28 @@ impl CaseVerdict {
             infra: true,
             skipped: None,
         }
+    }
+
+    /// Fails the case when the host's teardown took longer than the test's
+    /// `cleanup_budget_ms`. Counted as infrastructure: `expect_err` does not cover it.
+    pub fn check_cleanup_budget(&mut self, name: &str, teardown: Duration, budget_ms: Option<u64>) {
+        let Some(budget) = budget_ms else { return };
+        let took = teardown.as_millis() as u64;
+        if took <= budget {
+            return;
+        }
+        let reason = format!(
+            "Other: host teardown took {took} ms, over the test's cleanup_budget_ms of {budget} ms"
+        );
+        if self.passed {
+            self.report = format!("ktstr case '{name}' failed:\n  {reason}\n");
+        } else {
+            let at = self.report.find('\n').map_or(self.report.len(), |i| i + 1);
+            self.report.insert_str(at, &format!("  {reason}\n"));
+        }
+        self.passed = false;
+        self.infra = true;
+        self.reasons.push(reason);
     }
 }
 
@@ -249,6 +273,31 @@ mod tests {
         let v = judge("c", "", &outcome(EXIT, Some(&r), None));
         assert!(!v.passed && !v.infra, "{v:?}");
         assert_eq!(v.reasons, ["Unfair: spread 99%"]);
+    }
+
+    #[test]
+    fn a_teardown_over_the_cleanup_budget_fails_the_case() {
+        let pass = judge("c", "", &outcome(EXIT, Some(&AssertResult::pass()), None));
+        let mut v = pass.clone();
+        v.check_cleanup_budget("c", Duration::from_millis(900), Some(1000));
+        assert_eq!(v, pass, "within budget: unchanged");
+        v.check_cleanup_budget("c", Duration::from_millis(900), None);
+        assert_eq!(v, pass, "no budget: unchanged");
+        v.check_cleanup_budget("c", Duration::from_millis(1500), Some(1000));
+        assert!(!v.passed && v.infra, "{v:?}");
+        assert_eq!(
+            v.reasons,
+            ["Other: host teardown took 1500 ms, over the test's cleanup_budget_ms of 1000 ms"]
+        );
+        assert!(v
+            .report
+            .starts_with("ktstr case 'c' failed:\n  Other: host teardown took"));
+        // A failing case keeps its own reasons first and gains this one.
+        let r = AssertResult::fail(DetailKind::Unfair, "spread 99%");
+        let mut v = judge("c", "", &outcome(EXIT, Some(&r), None));
+        v.check_cleanup_budget("c", Duration::from_millis(1500), Some(1000));
+        assert_eq!(v.reasons.len(), 2);
+        assert!(v.report.contains("  Unfair: spread 99%") && v.report.contains("1500 ms"));
     }
 
     #[test]

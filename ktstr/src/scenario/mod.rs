@@ -557,4 +557,6 @@ impl Backdrop {
 }
 
 #[cfg(test)]
+mod reference_doc;
+#[cfg(test)]
 mod tests;

@@ -52,6 +52,19 @@ fn expect_err_scheduler_never_loads(_ctx: &Ctx) -> Result<AssertResult> {
     Ok(AssertResult::fail(DetailKind::Other, "not reached"))
 }
 
+/// A passing body, but a host teardown budget no VM meets: the case fails naming the budget.
+#[ktstr_test(llcs = 1, cores = 1, cleanup_budget_ms = 1)]
+fn over_cleanup_budget(_ctx: &Ctx) -> Result<AssertResult> {
+    Ok(AssertResult::pass())
+}
+
+/// performance_mode: skipped (failed under CI) until tier-1 isolation exists; runs capped
+/// under --no-perf-mode.
+#[ktstr_test(llcs = 1, cores = 1, performance_mode = true)]
+fn performance_mode_case(_ctx: &Ctx) -> Result<AssertResult> {
+    Ok(AssertResult::pass())
+}
+
 fn main() {
     ktstr_harness::main()
 }
