@@ -71,6 +71,25 @@ struct Flag {
     excludes: Vec<FlagIdent>,
 }
 
+/// Every field `declare_scheduler!` accepts (each has an arm in the parser below, and a line
+/// in doc/src/schedulers.md's example).
+const FIELDS: &[&str] = &[
+    "name",
+    "binary",
+    "topology",
+    "flags",
+    "sched_args",
+    "kargs",
+    "kernels",
+    "sysctls",
+    "cgroup_parent",
+    "config_file",
+    "watchdog_arg",
+    "ops_name",
+    "assert",
+    "constraints",
+];
+
 fn bracket_list<T: Parse>(input: ParseStream) -> Result<Vec<T>> {
     let content;
     bracketed!(content in input);
@@ -234,10 +253,17 @@ impl Parse for Decl {
                         .push((key.clone(), quote!(.constraints(#g)), key.span()));
                 }
                 other => {
+                    let hint = FIELDS
+                        .iter()
+                        .map(|f| (strsim::levenshtein(other, f), *f))
+                        .filter(|&(d, _)| d <= (other.len() / 3).max(2))
+                        .min()
+                        .map(|(_, f)| format!("; did you mean `{f}`?"))
+                        .unwrap_or_default();
                     return Err(Error::new(
                         key.span(),
-                        format!("unknown declare_scheduler! field `{other}`"),
-                    ))
+                        format!("unknown declare_scheduler! field `{other}`{hint}"),
+                    ));
                 }
             }
             if body.is_empty() {
@@ -439,4 +465,63 @@ pub fn expand(input: TokenStream) -> Result<TokenStream> {
         #[linkme(crate = ::ktstr::__private::linkme)]
         static #static_name: ::ktstr::registry::Scheduler = #ident;
     })
+}
+
+/// `doc/src/schedulers.md`'s annotated `declare_scheduler!` example names exactly the fields
+/// the macro accepts, and the macro knows every one of them.
+#[cfg(test)]
+mod reference_doc {
+    use super::*;
+
+    const PAGE: &str = include_str!("../../doc/src/schedulers.md");
+
+    /// The `key:` at the start of each line of the page's example (commented-out lines too).
+    fn example_fields() -> Vec<String> {
+        let block = PAGE
+            .split("declare_scheduler!(SCX_DEMO {")
+            .nth(1)
+            .and_then(|b| b.split("});").next())
+            .expect("doc/src/schedulers.md has the annotated example");
+        let mut v: Vec<String> = block
+            .lines()
+            .map(|l| l.trim().trim_start_matches("// ").trim())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, _)| k.trim().to_string())
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn the_example_names_every_field() {
+        let mut want: Vec<String> = FIELDS.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        // Flag names inside `flags: { ... }` are the example's own, not fields.
+        let got: Vec<String> = example_fields()
+            .into_iter()
+            .filter(|k| !["llc", "steal", "spread"].contains(&k.as_str()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_macro_knows_every_field() {
+        for f in FIELDS {
+            let k = format_ident!("{}", f);
+            let e = expand(quote!(X { name: "x", #k: 1 }))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!e.contains("unknown declare_scheduler! field"), "{f}: {e}");
+        }
+        let e = expand(quote!(X {
+            name: "x",
+            sched_arg: 1
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.ends_with("did you mean `sched_args`?"), "{e}");
+    }
 }

@@ -32,6 +32,9 @@ pub mod vm;
 pub mod vmm;
 pub mod workload;
 
+#[cfg(test)]
+mod env_doc;
+
 pub use topology::Topology;
 
 pub use ktstr_macros::{declare_scheduler, ktstr_test};
