@@ -7,6 +7,7 @@
 mod bench;
 mod compare;
 mod explain;
+mod kernel_cmd;
 mod locks;
 mod probe;
 mod replay;
@@ -50,6 +51,9 @@ enum Command {
     /// the --kernel(s) given (several: one case per kernel).
     #[command(visible_alias = "nextest")]
     Test(run_tests::TestArgs),
+    /// Build, list and clean guest kernels in the kernel cache.
+    #[command(subcommand)]
+    Kernel(kernel_cmd::KernelCommand),
     /// Boot a busybox VM with an interactive shell, or run one command with --exec.
     Shell(shell::ShellArgs),
     /// Boot a VM of a topology and print what the guest sees per vCPU (exit 0 if it matches).
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
     let Cargo::Ktstr(k) = Cargo::parse();
     let res = match k.command {
         Command::Test(a) => run_tests::run(a),
+        Command::Kernel(c) => kernel_cmd::run(c),
         Command::Shell(a) => shell::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Bench(a) => bench::run(a),

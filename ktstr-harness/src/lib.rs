@@ -117,9 +117,10 @@ pub fn run_with(
     let no_kernel = kernels.kernels().is_empty() && !ktstr::runner::strict_mode();
     if no_kernel && !parsed.ignored {
         eprintln!(
-            "ktstr: no kernel (KTSTR_KERNEL is not set): every case that boots a VM is listed as \
-             ignored and will not run. Set KTSTR_KERNEL to a bzImage, a vmlinux or a kernel \
-             build directory."
+            "ktstr: no kernel (KTSTR_KERNEL is not set and none is cached): every case that \
+             boots a VM is listed as ignored and will not run. Build one with `cargo ktstr \
+             kernel build`, or set KTSTR_KERNEL to a bzImage, a vmlinux or a kernel build \
+             directory."
         );
     }
     // performance_mode cases need tier-1 isolation, which ktstr does not provide yet: listed

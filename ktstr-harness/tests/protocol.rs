@@ -22,12 +22,20 @@ fn fixture() -> PathBuf {
     bin
 }
 
+/// A cache directory with nothing in it, shared by this process's runs.
+fn empty_cache() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(fixture());
     // A kernel is named (it is never booted here) unless a test removes it; CI and
     // KTSTR_NO_SKIP_MODE would change what an unset kernel does.
     cmd.args(args)
         .env("KTSTR_KERNEL", "/nonexistent/bzImage")
+        // An empty cache: a kernel cached on this machine must not stand in for "no kernel".
+        .env("KTSTR_CACHE_DIR", empty_cache())
         .env_remove("KTSTR_KERNEL_LIST")
         .env_remove("CI")
         .env_remove("KTSTR_NO_SKIP_MODE");

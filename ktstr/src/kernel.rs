@@ -1,8 +1,10 @@
 //! Kernel resolution: from `--kernel SPEC` or `KTSTR_KERNEL` to a bootable image.
 //!
-//! Accepted now: a kernel image file (bzImage or ELF vmlinux), or a directory holding one (a
-//! build tree's `arch/x86/boot/bzImage`, or a directory with `bzImage`). The image's sibling
-//! `vmlinux` is remembered so the KVM backend can boot it directly (no decompressor).
+//! A spec is a kernel image file (bzImage or ELF vmlinux), a directory holding one (a build
+//! tree's `arch/x86/boot/bzImage`, or a directory with `bzImage`), a key of the kernel cache,
+//! or a version found in the cache (`6.12` matches the newest cached `6.12.*`). With no spec
+//! and no `KTSTR_KERNEL`, the newest usable cached kernel. The image's sibling `vmlinux` is
+//! remembered so the KVM backend can boot it directly (no decompressor).
 
 use std::path::{Path, PathBuf};
 
@@ -31,9 +33,17 @@ impl Kernel {
 /// Why no kernel could be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    /// Nothing was given.
-    #[error("no kernel given: pass --kernel PATH or set KTSTR_KERNEL to a bzImage, a vmlinux or a kernel build directory")]
+    /// Nothing was given and the cache is empty.
+    #[error("no kernel given and none cached: build one with `cargo ktstr kernel build`, or pass --kernel PATH / set KTSTR_KERNEL to a bzImage, a vmlinux or a kernel build directory")]
     NotSpecified,
+    /// A version or cache key the cache does not have.
+    #[error("kernel {spec:?} is not a path and not in the kernel cache ({cached}); build it with `cargo ktstr kernel build {spec}` or pass a path")]
+    NotCached {
+        /// What was asked for.
+        spec: String,
+        /// What the cache has.
+        cached: String,
+    },
     /// The path does not exist.
     #[error("kernel {0} does not exist")]
     Missing(PathBuf),
@@ -84,16 +94,62 @@ pub fn image_kind(path: &Path) -> Result<ImageKind, KernelError> {
     })
 }
 
-/// Resolves `spec` (or `KTSTR_KERNEL` when `spec` is `None`).
+/// Resolves `spec` (or `KTSTR_KERNEL` when `spec` is `None`, or the newest cached kernel).
 pub fn resolve(spec: Option<&str>) -> Result<Kernel, KernelError> {
-    let s = match spec {
-        Some(s) => s.to_string(),
-        None => std::env::var("KTSTR_KERNEL")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .ok_or(KernelError::NotSpecified)?,
+    resolve_in(spec, &crate::kernel_cache::KernelCache::open_default())
+}
+
+/// [`resolve`] against a given cache.
+pub fn resolve_in(
+    spec: Option<&str>,
+    cache: &crate::kernel_cache::KernelCache,
+) -> Result<Kernel, KernelError> {
+    let s = match spec
+        .map(str::to_string)
+        .or_else(|| std::env::var("KTSTR_KERNEL").ok().filter(|s| !s.is_empty()))
+    {
+        Some(s) => s,
+        None => {
+            return cache
+                .usable()
+                .first()
+                .and_then(|e| e.kernel())
+                .ok_or(KernelError::NotSpecified)
+        }
     };
-    resolve_path(Path::new(&s))
+    let p = Path::new(&s);
+    if p.exists() || s.contains('/') {
+        return resolve_path(p);
+    }
+    let hit = cache
+        .get(&s)
+        .filter(|e| e.corrupt().is_none())
+        .or_else(|| cache.find_version(&s));
+    match hit.and_then(|e| e.kernel()) {
+        Some(k) => Ok(k),
+        None => {
+            let usable = cache.usable();
+            let cached = if usable.is_empty() {
+                "the cache is empty".to_string()
+            } else {
+                let list: Vec<String> = usable
+                    .iter()
+                    .filter_map(|e| e.meta.as_ref().ok().map(|m| m.version.clone()))
+                    .collect();
+                format!("cached: {}", list.join(", "))
+            };
+            Err(KernelError::NotCached { spec: s, cached })
+        }
+    }
+}
+
+/// The newest usable cached kernel's key and version, if any (for runs that name no kernel).
+pub fn newest_cached() -> Option<(String, String)> {
+    crate::kernel_cache::KernelCache::open_default()
+        .usable()
+        .into_iter()
+        .next()
+        .and_then(|e| Some((e.key.clone(), e.meta.ok()?.version)))
 }
 
 /// Resolves a path to an image or a directory holding one.
@@ -177,6 +233,52 @@ mod tests {
         assert!(matches!(
             resolve_path(d.path()),
             Err(KernelError::NoImageInDir(_))
+        ));
+    }
+
+    #[test]
+    fn versions_and_keys_resolve_through_the_cache() {
+        use crate::kernel_cache::{kconfig_tag, KernelCache, Metadata, Source};
+        let d = tempfile::tempdir().unwrap();
+        let c = KernelCache::at(d.path());
+        let e = resolve_in(Some("6.12"), &c).unwrap_err().to_string();
+        assert!(
+            e.contains("the cache is empty") && e.contains("kernel build 6.12"),
+            "{e}"
+        );
+        let s = c.staging("k1").unwrap();
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(s.join("bzImage"), bz).unwrap();
+        std::fs::write(s.join("vmlinux"), b"\x7fELF").unwrap();
+        let meta = Metadata {
+            version: "6.12.57".into(),
+            source: Source::Local {
+                path: "/l".into(),
+                commit: None,
+            },
+            arch: "x86_64".into(),
+            image_name: "bzImage".into(),
+            config_hash: "0".into(),
+            ktstr_kconfig_hash: kconfig_tag(),
+            built_at: 1,
+            has_vmlinux: true,
+            vmlinux_stripped: true,
+            build_s: 0,
+        };
+        c.store("k1", &s, &meta).unwrap();
+        for spec in ["6.12", "6.12.57", "k1"] {
+            let k = resolve_in(Some(spec), &c).unwrap();
+            assert!(k.image.ends_with("k1/bzImage"), "{spec}");
+            assert!(k.vmlinux.as_ref().unwrap().ends_with("k1/vmlinux"));
+            assert_eq!(k.label, "6_12_57");
+        }
+        let e = resolve_in(Some("6.1"), &c).unwrap_err().to_string();
+        assert!(e.contains("cached: 6.12.57"), "{e}");
+        // A path is a path even when it does not exist.
+        assert!(matches!(
+            resolve_in(Some("./nope"), &c),
+            Err(KernelError::Missing(_))
         ));
     }
 

@@ -13,6 +13,8 @@ pub mod host_context;
 pub mod host_cpus;
 pub mod initramfs;
 pub mod kernel;
+pub mod kernel_build;
+pub mod kernel_cache;
 pub mod kernel_config;
 pub mod locks;
 pub mod metrics;

@@ -132,13 +132,25 @@ impl KernelSet {
         KernelSet::default()
     }
 
-    /// Reads `KTSTR_KERNEL_LIST`, else `KTSTR_KERNEL`.
+    /// Reads `KTSTR_KERNEL_LIST`, else `KTSTR_KERNEL`, else the newest cached kernel.
     pub fn from_env() -> Result<Self, MatrixError> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        Self::parse(
+        let set = Self::parse(
             get("KTSTR_KERNEL").as_deref(),
             get("KTSTR_KERNEL_LIST").as_deref(),
-        )
+        )?;
+        if !set.kernels.is_empty() {
+            return Ok(set);
+        }
+        Ok(match crate::kernel::newest_cached() {
+            Some((key, version)) => KernelSet {
+                kernels: vec![KernelSel {
+                    label: sanitize_label(&version),
+                    spec: key,
+                }],
+            },
+            None => set,
+        })
     }
 
     /// `list` is `label=spec;label=spec` (a bare `spec` takes its basename as label); it wins
