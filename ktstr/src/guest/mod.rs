@@ -189,6 +189,9 @@ fn mount_all() -> Result<(), GuestError> {
         ("tmpfs", "/tmp", "tmpfs"),
         ("tmpfs", "/run", "tmpfs"),
         ("cgroup2", "/sys/fs/cgroup", "cgroup2"),
+    ];
+    // Conveniences a kernel may lack (ktstr's own kernel has no tracing): not fatal.
+    const OPTIONAL: &[(&str, &str, &str)] = &[
         ("debugfs", "/sys/kernel/debug", "debugfs"),
         ("tracefs", "/sys/kernel/tracing", "tracefs"),
         ("bpf", "/sys/fs/bpf", "bpf"),
@@ -196,6 +199,10 @@ fn mount_all() -> Result<(), GuestError> {
     for (src, target, fstype) in MOUNTS {
         let _ = fs::create_dir_all(target);
         mount(src, target, fstype)?;
+    }
+    for (src, target, fstype) in OPTIONAL {
+        let _ = fs::create_dir_all(target);
+        let _ = mount(src, target, fstype);
     }
     Ok(())
 }

@@ -30,6 +30,18 @@ pub fn time_scale(backend: BackendKind) -> f64 {
 
 static BACKEND_NOTE: Once = Once::new();
 
+/// Builds scheduler binary `name` from the workspace when it is missing or stale, unless an
+/// override variable names the binary to use.
+fn build_if_needed(name: &str) -> Result<(), String> {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if set(&super::discover::override_var(name)) || set("KTSTR_SCHEDULER") {
+        return Ok(());
+    }
+    super::autobuild::refresh_for_this_binary(name)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Runs one case (boots its VM, or runs a `host_only` body on the host).
 pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     if case.host_only() {
@@ -60,7 +72,9 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
 
     let sched_host: Option<PathBuf> = match case.scheduler.binary {
         SchedulerBinary::Eevdf => None,
-        SchedulerBinary::Discover(name) => match discover_scheduler(name) {
+        SchedulerBinary::Discover(name) => match build_if_needed(name)
+            .and_then(|()| discover_scheduler(name).map_err(|e| e.to_string()))
+        {
             Ok(p) => Some(p),
             // A verdict, not an infrastructure error, so the report names the fix.
             Err(e) => {

@@ -2,6 +2,7 @@
 //! guest side, the same binary as PID 1, starts the scheduler and runs the body
 //! ([`guest_main`]).
 
+pub mod autobuild;
 mod case_file;
 mod discover;
 mod guest;
