@@ -159,6 +159,7 @@ fn list(entries: &[Entry], json: bool) -> String {
                     "key": e.key,
                     "path": e.dir,
                     "stale": e.stale(),
+                    "usable": !e.stale() && e.corrupt().is_none(),
                     "corrupt": e.corrupt(),
                     "metadata": e.meta.as_ref().ok(),
                 })

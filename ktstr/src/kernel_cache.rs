@@ -316,6 +316,16 @@ impl KernelCache {
     }
 }
 
+/// The git commit of the source a cached kernel image was built from, when it was a clean git
+/// tree (`None` for tarballs and for images outside the cache).
+pub fn commit_of(image: &Path) -> Option<String> {
+    let meta = fs::read(image.parent()?.join("metadata.json")).ok()?;
+    match serde_json::from_slice::<Metadata>(&meta).ok()?.source {
+        Source::Local { commit, .. } => commit,
+        Source::Tarball { .. } => None,
+    }
+}
+
 /// Seconds since the epoch, now.
 pub fn now_s() -> u64 {
     SystemTime::now()
@@ -395,6 +405,18 @@ mod tests {
         assert!(c.find_version("6.13").is_none(), "stale");
         let k = c.get("6.12.1-a").unwrap().kernel().unwrap();
         assert!(k.image.ends_with("6.12.1-a/bzImage") && k.vmlinux.is_none());
+        assert_eq!(commit_of(&k.image), None, "no commit recorded");
+        let mut m = meta("6.12.9", 50, &tag);
+        m.source = Source::Local {
+            path: "/src/linux".into(),
+            commit: Some("abc1234".into()),
+        };
+        let e = add(&c, "git-k", &m);
+        assert_eq!(
+            commit_of(&e.kernel().unwrap().image).as_deref(),
+            Some("abc1234")
+        );
+        c.remove("git-k").unwrap();
         // Replacing an entry keeps one directory.
         add(&c, "6.12.1-a", &meta("6.12.1", 400, &tag));
         assert_eq!(c.list()[0].key, "6.12.1-a");

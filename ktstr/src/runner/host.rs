@@ -166,7 +166,15 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     );
     let mut verdict = judge(&case.name, &diag, &out);
     verdict.check_cleanup_budget(&case.name, out.times.teardown, case.test.cleanup_budget_ms);
-    write_sidecar(case, &cf, &out, &verdict, sched_host.as_deref());
+    let kernel_commit = crate::kernel_cache::commit_of(&kernel.image);
+    write_sidecar(
+        case,
+        &cf,
+        &out,
+        &verdict,
+        sched_host.as_deref(),
+        kernel_commit,
+    );
     Ok(verdict)
 }
 
@@ -177,6 +185,7 @@ fn write_sidecar(
     out: &vm::VmOutcome,
     verdict: &CaseVerdict,
     sched_host: Option<&std::path::Path>,
+    kernel_commit: Option<String>,
 ) {
     let passed = verdict.passed;
     use crate::shm::FrameType;
@@ -202,6 +211,7 @@ fn write_sidecar(
     work_types.sort();
     work_types.dedup();
     let mut sc = Sidecar {
+        kernel_commit,
         test_name: case.test.name.to_string(),
         case_name: case.name.clone(),
         scenario: case.scenario(),
