@@ -59,12 +59,33 @@ pub struct SelectedKernel {
 /// deduplicated by the image they resolve to. Raw images, versions, cache keys, ranges and
 /// `git+` sources get an error that says what to pass instead.
 pub fn select_kernels(specs: &[String]) -> Result<Vec<SelectedKernel>> {
+    select_kernels_in(specs, &ktstr::kernel_cache::KernelCache::open_default())
+}
+
+/// [`select_kernels`] against a given kernel cache (versions and keys are looked up there).
+pub fn select_kernels_in(
+    specs: &[String],
+    cache: &ktstr::kernel_cache::KernelCache,
+) -> Result<Vec<SelectedKernel>> {
     let mut out: Vec<SelectedKernel> = Vec::new();
     let mut images: Vec<PathBuf> = Vec::new();
     for spec in specs {
-        let path = Path::new(spec);
+        let cached_dir;
+        let mut path = Path::new(spec);
         if !path.exists() {
-            bail!("{}", not_a_path(spec));
+            let versionish = spec
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+                && !spec.contains('/')
+                && !spec.contains("..");
+            if !versionish {
+                bail!("{}", not_a_path(spec));
+            }
+            let k = ktstr::kernel::resolve_in(Some(spec), cache)
+                .with_context(|| format!("--kernel {spec}"))?;
+            cached_dir = k.image.parent().map(Path::to_path_buf).unwrap_or_default();
+            path = &cached_dir;
         }
         if path.is_file() {
             if image_kind(path).is_ok() {
@@ -116,8 +137,6 @@ fn not_a_path(spec: &str) -> String {
         "a git source"
     } else if spec.contains("..") {
         "a version range"
-    } else if spec.chars().next().is_some_and(|c| c.is_ascii_digit()) {
-        "a kernel version or cache key"
     } else {
         return format!(
             "--kernel {spec}: no such file or directory\n\
@@ -126,10 +145,9 @@ fn not_a_path(spec: &str) -> String {
         );
     };
     format!(
-        "--kernel {spec}: {what} needs the kernel cache (`cargo ktstr kernel`), which this \
-         version of ktstr does not have yet\n\
-         hint: build the kernel yourself and pass its build tree (--kernel ../linux), or a \
-         directory with bzImage and vmlinux (e.g. --kernel ../shared/kernel)"
+        "--kernel {spec}: {what} is not supported yet\n\
+         hint: pass a cached version (`cargo ktstr kernel list`), a kernel build tree \
+         (--kernel ../linux), or a directory with bzImage and vmlinux"
     )
 }
 
@@ -332,16 +350,52 @@ mod tests {
         let mut elf = vec![0u8; 64];
         elf[..4].copy_from_slice(b"\x7fELF");
         std::fs::write(k.join("vmlinux"), &elf).unwrap();
-        let ks = select_kernels(&[k.display().to_string(), format!("{}/.", k.display())]).unwrap();
+        let ks = select_kernels_in(
+            &[k.display().to_string(), format!("{}/.", k.display())],
+            &ktstr::kernel_cache::KernelCache::at(&d.path().join("empty-cache")),
+        )
+        .unwrap();
         assert_eq!(ks.len(), 1, "{ks:?}");
         assert_eq!(ks[0].label, "k");
-        let err = |s: &str| format!("{:#}", select_kernels(&[s.to_string()]).unwrap_err());
+        let empty_cache = ktstr::kernel_cache::KernelCache::at(&d.path().join("empty-cache"));
+        let err = |s: &str| {
+            format!(
+                "{:#}",
+                select_kernels_in(&[s.to_string()], &empty_cache).unwrap_err()
+            )
+        };
         let raw = err(&k.join("vmlinux").display().to_string());
         assert!(raw.contains("raw kernel image is not enough"), "{raw}");
         assert!(raw.contains(&format!("--kernel {}", k.display())), "{raw}");
-        assert!(err("6.14.2").contains("a kernel version or cache key needs the kernel cache"));
-        assert!(err("6.12..6.14").contains("a version range needs"));
-        assert!(err("git+https://x/linux#v6.12").contains("a git source needs"));
+        let e = err("6.14.2");
+        assert!(
+            e.contains("not in the kernel cache") && e.contains("kernel build 6.14.2"),
+            "{e}"
+        );
+        assert!(err("6.12..6.14").contains("a version range is not supported yet"));
+        assert!(err("git+https://x/linux#v6.12").contains("a git source is not supported yet"));
+        // A cached version selects its cache entry.
+        let cache = ktstr::kernel_cache::KernelCache::at(&d.path().join("cache"));
+        let stage = cache.staging("key1").unwrap();
+        std::fs::write(stage.join("vmlinux"), &elf).unwrap();
+        let meta = ktstr::kernel_cache::Metadata {
+            version: "6.12.57".into(),
+            source: ktstr::kernel_cache::Source::Local {
+                path: "/l".into(),
+                commit: None,
+            },
+            arch: "x86_64".into(),
+            image_name: "vmlinux".into(),
+            config_hash: "0".into(),
+            ktstr_kconfig_hash: ktstr::kernel_cache::kconfig_tag(),
+            built_at: 1,
+            has_vmlinux: true,
+            vmlinux_stripped: true,
+            build_s: 0,
+        };
+        cache.store("key1", &stage, &meta).unwrap();
+        let ks = select_kernels_in(&["6.12".to_string()], &cache).unwrap();
+        assert!(ks[0].path.ends_with("key1"), "{ks:?}");
         assert!(err("/no/such/dir").contains("no such file or directory"));
         let empty = d.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
