@@ -103,3 +103,15 @@ pub fn strings(key: &str, e: &Expr) -> Result<Vec<LitStr>> {
 pub fn const_name(flag: &str) -> String {
     flag.replace('-', "_").to_uppercase()
 }
+
+/// The candidate closest to `k` by edit distance, when it is close enough to be a likely typo
+/// (within a third of `k`'s length, at least 2).
+pub fn closest<'a>(k: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let limit = (k.len() / 3).max(2);
+    candidates
+        .iter()
+        .map(|c| (strsim::levenshtein(k, c), *c))
+        .filter(|&(d, _)| d <= limit)
+        .min()
+        .map(|(_, c)| c)
+}

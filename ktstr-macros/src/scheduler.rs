@@ -253,12 +253,8 @@ impl Parse for Decl {
                         .push((key.clone(), quote!(.constraints(#g)), key.span()));
                 }
                 other => {
-                    let hint = FIELDS
-                        .iter()
-                        .map(|f| (strsim::levenshtein(other, f), *f))
-                        .filter(|&(d, _)| d <= (other.len() / 3).max(2))
-                        .min()
-                        .map(|(_, f)| format!("; did you mean `{f}`?"))
+                    let hint = lits::closest(other, FIELDS)
+                        .map(|f| format!("; did you mean `{f}`?"))
                         .unwrap_or_default();
                     return Err(Error::new(
                         key.span(),

@@ -75,9 +75,9 @@ const NOT_YET: &[&str] = &[
     "bpf_map_write",
 ];
 
-/// "unknown ktstr_test key", with the closest known key when one is a likely typo.
-fn unknown_key(k: &str) -> String {
-    let known = [
+/// Every key the macro accepts.
+fn supported_keys() -> Vec<&'static str> {
+    [
         POSITIVE_U32,
         GATES_U32,
         ASSERT_INT,
@@ -86,15 +86,13 @@ fn unknown_key(k: &str) -> String {
         TEST_BOOL,
         SPECIAL,
     ]
-    .concat();
-    let limit = (k.len() / 3).max(2);
-    let best = known
-        .iter()
-        .map(|c| (strsim::levenshtein(k, c), *c))
-        .filter(|&(d, _)| d <= limit)
-        .min();
-    match best {
-        Some((_, c)) => format!("unknown ktstr_test key `{k}`; did you mean `{c}`?"),
+    .concat()
+}
+
+/// "unknown ktstr_test key", with the closest known key when one is a likely typo.
+fn unknown_key(k: &str) -> String {
+    match lits::closest(k, &supported_keys()) {
+        Some(c) => format!("unknown ktstr_test key `{k}`; did you mean `{c}`?"),
         None => format!("unknown ktstr_test key `{k}` (the keys: doc/src/test-keys.md)"),
     }
 }
@@ -433,17 +431,7 @@ mod reference_doc {
     }
 
     fn all_keys() -> Vec<&'static str> {
-        [
-            POSITIVE_U32,
-            GATES_U32,
-            ASSERT_INT,
-            ASSERT_FLOAT,
-            ASSERT_BOOL,
-            TEST_BOOL,
-            SPECIAL,
-            NOT_YET,
-        ]
-        .concat()
+        [supported_keys(), NOT_YET.to_vec()].concat()
     }
 
     /// Expands `#[ktstr_test(KEY = 1)]` and returns the error text, if any.
