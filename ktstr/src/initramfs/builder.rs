@@ -231,7 +231,7 @@ fn base_archive(
             return Ok((path, key, true));
         }
     }
-    let tree = base_tree(spec, resolver)?;
+    let tree = base_tree(spec, resolver, cache_dir)?;
     let inputs: Vec<PathBuf> = tree.host_inputs().iter().cloned().collect();
     // Fingerprint before reading contents: a file modified while we archive it gets a new key
     // on the next build instead of hiding behind this one.
@@ -264,7 +264,11 @@ fn base_archive(
 /// Lays out the fixed part. Host-mirrored paths (loaders, libraries) go in first, so that
 /// host symlinked directories such as `/lib64 -> usr/lib64` are in place before synthetic
 /// paths such as `/bin/busybox` are resolved through them.
-fn base_tree(spec: &InitramfsSpec, resolver: &LibResolver) -> Result<Tree, InitramfsError> {
+fn base_tree(
+    spec: &InitramfsSpec,
+    resolver: &LibResolver,
+    cache_dir: &Path,
+) -> Result<Tree, InitramfsError> {
     let mut tree = Tree::default();
     let busybox = if spec.busybox {
         Some(find_busybox()?)
@@ -310,9 +314,10 @@ fn base_tree(spec: &InitramfsSpec, resolver: &LibResolver) -> Result<Tree, Initr
     }
     tree.mkdir("tmp", 0o1777)?;
 
-    tree.add_host_file("/init", &spec.init, Some(0o755))?;
+    let stripped = |host: &Path| super::strip::stripped_copy(host, cache_dir);
+    tree.add_derived_file("/init", &stripped(&spec.init), &spec.init, 0o755)?;
     for b in &spec.binaries {
-        tree.add_host_file(&format!("/bin/{}", file_name(b)?), b, Some(0o755))?;
+        tree.add_derived_file(&format!("/bin/{}", file_name(b)?), &stripped(b), b, 0o755)?;
     }
     for lib in &moved {
         tree.add_host_file(&lib.guest.to_string_lossy(), &lib.host, None)?;

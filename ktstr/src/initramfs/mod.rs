@@ -18,6 +18,7 @@ mod cache;
 pub mod cpio;
 pub mod elf_deps;
 mod error;
+mod strip;
 mod tree;
 
 #[cfg(test)]

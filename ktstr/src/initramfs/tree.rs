@@ -251,6 +251,26 @@ impl Tree {
         self.insert(guest, node, OnConflict::Error)
     }
 
+    /// Adds `content`, a copy of host file `identity` derived from it (e.g. stripped of debug
+    /// information), at guest path `guest`. The cache fingerprints `identity`, so a change to
+    /// the original rebuilds the archive.
+    pub(crate) fn add_derived_file(
+        &mut self,
+        guest: &str,
+        content: &Path,
+        identity: &Path,
+        perm: u32,
+    ) -> Result<(), InitramfsError> {
+        let meta = fs::metadata(content).map_err(|e| InitramfsError::io("stat", content, e))?;
+        self.host_inputs.insert(identity.to_owned());
+        let node = Node::File {
+            source: Source::Host(content.to_owned()),
+            size: meta.len(),
+            perm,
+        };
+        self.insert(guest, node, OnConflict::Error)
+    }
+
     /// Copies host directory `host` recursively to guest directory `guest`, keeping its
     /// structure. Symlinks inside are kept as symlinks with their targets unchanged (like
     /// `cp -a`), so relative links within the tree keep working. Returns the (guest, host)

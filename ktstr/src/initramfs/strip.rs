@@ -1,0 +1,89 @@
+//! Guest programs without their debug information.
+//!
+//! A debug test binary is ~90 MB, most of it DWARF that nothing in the guest reads; the kernel
+//! copies every byte of the initramfs into its root file system at boot (slowly, under TCG),
+//! and the host writes every byte of each archive. `objcopy --strip-debug` keeps the symbol
+//! table (panic messages still name functions) and drops the rest; the copy is cached under
+//! the initramfs cache, keyed by the original's identity, so it is made once per build of a
+//! binary. Running binutils' `objcopy` is simpler and safer than rewriting ELF files here;
+//! without it (or when it fails) the original is used as it is.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::cache::{self, KeyHasher};
+
+/// A copy of `host` without debug sections, cached under `cache_dir/stripped/`; `host` itself
+/// when stripping is not possible.
+pub(crate) fn stripped_copy(host: &Path, cache_dir: &Path) -> PathBuf {
+    let name = host
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bin".into());
+    let mut h = KeyHasher::default();
+    cache::fingerprint(&mut h, host);
+    let dir = cache_dir.join("stripped");
+    let out = dir.join(format!("{name}-{}", &h.hex()[..16]));
+    if out.is_file() {
+        cache::touch(&out);
+        return out;
+    }
+    if std::fs::create_dir_all(&dir).is_err() {
+        return host.to_path_buf();
+    }
+    let tmp = dir.join(format!(".{name}-{}.tmp", std::process::id()));
+    let ok = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(host)
+        .arg(&tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok || std::fs::rename(&tmp, &out).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return host.to_path_buf();
+    }
+    // Older copies of the same binary (earlier builds of it) are dead weight.
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let older = n
+                .strip_prefix(&format!("{name}-"))
+                .is_some_and(|k| k.len() == 16 && k.chars().all(|c| c.is_ascii_hexdigit()));
+            if older && e.path() != out {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_with_debug_info_is_stripped_once_and_a_non_elf_passes_through() {
+        let d = tempfile::tempdir().unwrap();
+        // This test binary has debug information (tests build with it by default).
+        let exe = std::env::current_exe().unwrap();
+        let copy = d.path().join("suite");
+        std::fs::copy(&exe, &copy).unwrap();
+        let s = stripped_copy(&copy, d.path());
+        assert_ne!(s, copy);
+        let (before, after) = (
+            std::fs::metadata(&copy).unwrap().len(),
+            std::fs::metadata(&s).unwrap().len(),
+        );
+        assert!(after < before, "{after} < {before}");
+        assert_eq!(stripped_copy(&copy, d.path()), s, "cached");
+        let text = d.path().join("script");
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        assert_eq!(
+            stripped_copy(&text, d.path()),
+            text,
+            "not an ELF: used as is"
+        );
+    }
+}
