@@ -297,11 +297,30 @@ fn configure(
         std::fs::write(&marker, kconfig_tag()).map_err(io("writing", &marker))?;
     }
     let now = std::fs::read_to_string(&config).map_err(io("reading", &config))?;
+    if !keep {
+        let dropped = fragment_not_applied(KCONFIG, &now);
+        if !dropped.is_empty() {
+            say(&format!(
+                "configure: these fragment options did not take effect (unmet dependencies): {}",
+                dropped.join(" ")
+            ));
+        }
+    }
     let missing = missing_required(&now);
     if !missing.is_empty() {
         return Err(BuildError::MissingOptions { missing, config });
     }
     Ok(())
+}
+
+/// The `CONFIG_X=value` lines of `fragment` that `config` does not have.
+fn fragment_not_applied<'a>(fragment: &'a str, config: &str) -> Vec<&'a str> {
+    fragment
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("CONFIG_"))
+        .filter(|l| !config.lines().any(|c| c.trim() == *l))
+        .collect()
 }
 
 /// Builds `src` into `cache` (or finds it there). `say` receives one line per phase.
@@ -511,6 +530,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot run"), "{e}");
+    }
+
+    #[test]
+    fn fragment_lines_that_did_not_take_effect_are_named() {
+        let frag = "# c\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\n";
+        assert_eq!(fragment_not_applied(frag, "CONFIG_A=y\n"), ["CONFIG_B=y"]);
+        assert!(fragment_not_applied(frag, "CONFIG_B=y\nCONFIG_A=y").is_empty());
     }
 
     #[test]
