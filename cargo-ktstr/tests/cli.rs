@@ -178,12 +178,18 @@ fn test_runs_nextest_with_the_kernel_and_passes_its_status_back() {
         &[("CARGO", fake.to_str().unwrap()), ("FAKE_SIGNAL", "1")],
     );
     assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o).1);
-    let o = ktstr(&["test", "--kernel", "6.12"], &[]);
+    // A version the (empty) kernel cache does not have: refused, naming how to build it.
+    let empty_cache = tempfile::tempdir().unwrap();
+    let o = ktstr(
+        &["test", "--kernel", "6.12"],
+        &[("KTSTR_CACHE_DIR", empty_cache.path().to_str().unwrap())],
+    );
     assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
     assert!(
-        text(&o).1.contains("needs the kernel cache"),
-        "{}",
-        text(&o).1
+        err.contains("not in the kernel cache (the cache is empty)")
+            && err.contains("cargo ktstr kernel build 6.12"),
+        "{err}"
     );
 }
 
@@ -580,4 +586,102 @@ fn a_closed_stdout_ends_commands_quietly() {
             o.status
         );
     }
+}
+
+/// `kernel list` and `kernel clean` over a cache with one good, one stale and one corrupt
+/// entry: JSON flags, the table's states, keep/corrupt-only plans, and no removal without a
+/// terminal unless --force. `kernel build` refuses what it cannot build, with hints.
+#[test]
+fn kernel_list_and_clean_over_a_cache() {
+    use ktstr::kernel_cache::{kconfig_tag, KernelCache, Metadata, Source};
+    let d = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(d.path());
+    let add = |key: &str, tag: String, built_at: u64| {
+        let s = cache.staging(key).unwrap();
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(s.join("bzImage"), bz).unwrap();
+        let meta = Metadata {
+            version: "6.12.9".into(),
+            source: Source::Local {
+                path: "/l".into(),
+                commit: None,
+            },
+            arch: "x86_64".into(),
+            image_name: "bzImage".into(),
+            config_hash: "0".into(),
+            ktstr_kconfig_hash: tag,
+            built_at,
+            has_vmlinux: false,
+            vmlinux_stripped: false,
+            build_s: 1,
+        };
+        cache.store(key, &s, &meta).unwrap();
+    };
+    add("good", kconfig_tag(), 200);
+    add("old", "kc00000000".into(), 100);
+    std::fs::create_dir_all(cache.dir().join("broken")).unwrap();
+    let env = [("KTSTR_CACHE_DIR", d.path().to_str().unwrap())];
+    let o = ktstr(&["kernel", "list", "--json"], &env);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["good", "old", "broken"]);
+    assert_eq!(v[0]["usable"], true);
+    assert_eq!(v[1]["stale"], true);
+    assert!(v[2]["corrupt"].as_str().unwrap().contains("metadata.json"));
+    let (out, _) = text(&ktstr(&["kernel", "list"], &env));
+    assert!(
+        out.contains("(stale kconfig)") && out.contains("corrupt:"),
+        "{out}"
+    );
+    // No terminal: refused without --force, and nothing is removed.
+    let o = ktstr(&["kernel", "clean", "--corrupt-only"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("pass --force"), "{}", text(&o).1);
+    assert_eq!(cache.list().len(), 3);
+    let o = ktstr(&["kernel", "clean", "--corrupt-only", "--force"], &env);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(cache.list().len(), 2);
+    let o = ktstr(&["kernel", "clean", "--keep", "1", "--force"], &env);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let left: Vec<String> = cache.list().into_iter().map(|e| e.key).collect();
+    assert_eq!(left, ["good"]);
+    // What cannot be built says so.
+    let o = ktstr(&["kernel", "build", "--source", "/nonexistent/linux"], &env);
+    assert!(
+        text(&o).1.contains("no such file or directory"),
+        "{}",
+        text(&o).1
+    );
+    let o = ktstr(
+        &[
+            "kernel",
+            "build",
+            "--git",
+            "https://example.invalid/linux",
+            "--ref",
+            "v6.12",
+        ],
+        &env,
+    );
+    assert!(text(&o).1.contains("not supported yet"), "{}", text(&o).1);
+    let o = ktstr(&["kernel", "build", "1.0"], &env);
+    assert!(
+        text(&o).1.contains("apt-get install linux-source-1.0"),
+        "{}",
+        text(&o).1
+    );
+    let o = ktstr(&["kernel", "build", "6.12", "--source", "/x"], &env);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "clap refuses VERSION with --source"
+    );
 }
