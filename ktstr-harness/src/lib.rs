@@ -126,12 +126,13 @@ pub fn run_with(
     // performance_mode cases need tier-1 isolation, which ktstr does not provide yet: listed
     // as ignored unless --no-perf-mode runs them capped (or strict mode fails them).
     let perf_unavailable = !ktstr::host_cpus::no_perf_mode() && !ktstr::runner::strict_mode();
-    let plain = Matrix::new(tests, kernels.clone());
     let matrix = Matrix::new(tests, kernels)
         .with_vm_cases_ignored(no_kernel)
         .with_performance_cases_ignored(perf_unavailable);
     if parsed.list {
         if let Some(dir) = std::env::var_os(ktstr::unrunnable::DIR_ENV) {
+            // The same registry without the "cannot run here" flags, to tell those cases apart.
+            let plain = Matrix::new(tests, matrix.kernels().clone());
             record_unrunnable(std::path::Path::new(&dir), &plain, &matrix, no_kernel);
         }
         let stdout = std::io::stdout();

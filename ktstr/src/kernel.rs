@@ -111,8 +111,7 @@ pub fn resolve_in(
         Some(s) => s,
         None => {
             return cache
-                .usable()
-                .first()
+                .newest()
                 .and_then(|e| e.kernel())
                 .ok_or(KernelError::NotSpecified)
         }
@@ -146,9 +145,7 @@ pub fn resolve_in(
 /// The newest usable cached kernel's key and version, if any (for runs that name no kernel).
 pub fn newest_cached() -> Option<(String, String)> {
     crate::kernel_cache::KernelCache::open_default()
-        .usable()
-        .into_iter()
-        .next()
+        .newest()
         .and_then(|e| Some((e.key.clone(), e.meta.ok()?.version)))
 }
 

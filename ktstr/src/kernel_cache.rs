@@ -235,6 +235,11 @@ impl KernelCache {
             .collect()
     }
 
+    /// The newest usable entry (what a run that names no kernel boots).
+    pub fn newest(&self) -> Option<Entry> {
+        self.usable().into_iter().next()
+    }
+
     /// The newest usable entry whose version is `version` or starts with `version.`
     /// (`6.12` matches `6.12.57`).
     pub fn find_version(&self, version: &str) -> Option<Entry> {
