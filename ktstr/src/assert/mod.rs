@@ -16,7 +16,8 @@
 //! the same CPU affinity (never set, or set once to the same CPUs); a worker re-pinned mid-run
 //! is compared with nobody. Workers pinned to different CPUs face different competition, so
 //! their gap in off-CPU time is placement, not unfairness (under TCG, randomised affinities
-//! measured up to 31% with EEVDF, against the 35% debug limit).
+//! measured up to 31% with EEVDF, against the 35% debug limit). `YieldHeavy` workers are never
+//! compared: a yielder's CPU time is whatever its neighbours leave it.
 
 pub mod eval;
 #[cfg(test)]

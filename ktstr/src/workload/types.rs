@@ -189,7 +189,7 @@ impl WorkType {
     }
 
     /// The name used in reports and scenario labels.
-    pub fn name(&self) -> &'static str {
+    pub const fn name(&self) -> &'static str {
         match self {
             WorkType::SpinWait => "SpinWait",
             WorkType::YieldHeavy => "YieldHeavy",
