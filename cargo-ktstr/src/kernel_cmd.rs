@@ -35,7 +35,8 @@ pub struct BuildArgs {
     /// A kernel tree or a source tarball (.tar.xz, .tar.gz, .tar.bz2).
     #[arg(long, conflicts_with = "git")]
     source: Option<PathBuf>,
-    /// A git repository to build from (with --ref).
+    /// A git repository to build from (with --ref): a path or file:// URL (read directly), or
+    /// a network URL (fetched with `git fetch --depth 1`; fails fast when unreachable).
     #[arg(long, requires = "git_ref")]
     git: Option<String>,
     /// The branch, tag or commit of --git.
@@ -47,7 +48,8 @@ pub struct BuildArgs {
     /// Run `make mrproper` first (only with --source TREE).
     #[arg(long)]
     clean: bool,
-    /// Build with at most this many parallel jobs (default: every allowed CPU).
+    /// Build with `make -jN` confined to N of the CPUs this process may use (default: every
+    /// allowed CPU).
     #[arg(long)]
     cpu_cap: Option<usize>,
 }
@@ -80,11 +82,11 @@ pub fn run(cmd: KernelCommand) -> Result<ExitCode> {
 }
 
 fn build(a: BuildArgs, cache: &KernelCache) -> Result<ExitCode> {
-    let src = if let Some(url) = &a.git {
-        bail!(
-            "--git {url}: building from git is not supported yet; clone it yourself and pass \
-             --source PATH"
-        );
+    let src = if let (Some(url), Some(git_ref)) = (&a.git, &a.git_ref) {
+        BuildSource::Git {
+            url: url.clone(),
+            git_ref: git_ref.clone(),
+        }
     } else if let Some(s) = &a.source {
         if s.is_dir() {
             BuildSource::Tree(s.clone())
@@ -108,13 +110,10 @@ fn build(a: BuildArgs, cache: &KernelCache) -> Result<ExitCode> {
             "/usr/src",
         ))?)
     };
-    let jobs = a
-        .cpu_cap
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = BuildOptions {
         force: a.force,
         clean: a.clean,
-        jobs,
+        cpu_cap: a.cpu_cap,
     };
     let t0 = Instant::now();
     let mut say = |s: &str| eprintln!("ktstr: kernel [{:>4} s] {s}", t0.elapsed().as_secs());

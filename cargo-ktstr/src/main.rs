@@ -8,6 +8,7 @@ mod bench;
 mod compare;
 mod explain;
 mod kernel_cmd;
+mod kernel_spec;
 mod locks;
 mod probe;
 mod replay;

@@ -55,9 +55,10 @@ pub struct SelectedKernel {
     pub path: PathBuf,
 }
 
-/// Resolves the `--kernel` selectors: directories only (build trees or prebuilt directories),
-/// deduplicated by the image they resolve to. Raw images, versions, cache keys, ranges and
-/// `git+` sources get an error that says what to pass instead.
+/// Resolves the `--kernel` selectors (build trees, prebuilt directories, cached versions and
+/// keys, `START..END` ranges over the cache, `git+URL#REF` sources, built on a miss),
+/// deduplicated by the image they resolve to. Raw images get an error that says what to pass
+/// instead.
 pub fn select_kernels(specs: &[String]) -> Result<Vec<SelectedKernel>> {
     select_kernels_in(specs, &ktstr::kernel_cache::KernelCache::open_default())
 }
@@ -69,7 +70,8 @@ pub fn select_kernels_in(
 ) -> Result<Vec<SelectedKernel>> {
     let mut out: Vec<SelectedKernel> = Vec::new();
     let mut images: Vec<PathBuf> = Vec::new();
-    for spec in specs {
+    let specs = crate::kernel_spec::expand(specs, cache)?;
+    for spec in &specs {
         let cached_dir;
         let mut path = Path::new(spec);
         if !path.exists() {
@@ -77,10 +79,13 @@ pub fn select_kernels_in(
                 .chars()
                 .next()
                 .is_some_and(|c| c.is_ascii_alphanumeric())
-                && !spec.contains('/')
-                && !spec.contains("..");
+                && !spec.contains('/');
             if !versionish {
-                bail!("{}", not_a_path(spec));
+                bail!(
+                    "--kernel {spec}: no such file or directory\n\
+                     hint: pass a kernel build tree, a directory with bzImage and vmlinux, a \
+                     cached version or key (`cargo ktstr kernel list`), START..END or git+URL#REF"
+                );
             }
             let k = ktstr::kernel::resolve_in(Some(spec), cache)
                 .with_context(|| format!("--kernel {spec}"))?;
@@ -129,26 +134,6 @@ pub fn select_kernels_in(
         out.push(SelectedKernel { label, path: dir });
     }
     Ok(out)
-}
-
-/// Why a selector that is not an existing path cannot be used yet.
-fn not_a_path(spec: &str) -> String {
-    let what = if spec.starts_with("git+") {
-        "a git source"
-    } else if spec.contains("..") {
-        "a version range"
-    } else {
-        return format!(
-            "--kernel {spec}: no such file or directory\n\
-             hint: pass a kernel build tree or a directory with bzImage and vmlinux \
-             (e.g. --kernel ../shared/kernel)"
-        );
-    };
-    format!(
-        "--kernel {spec}: {what} is not supported yet\n\
-         hint: pass a cached version (`cargo ktstr kernel list`), a kernel build tree \
-         (--kernel ../linux), or a directory with bzImage and vmlinux"
-    )
 }
 
 /// The `cargo nextest run` command for `a` with `kernels` (not yet spawned).
@@ -372,8 +357,10 @@ mod tests {
             e.contains("not in the kernel cache") && e.contains("kernel build 6.14.2"),
             "{e}"
         );
-        assert!(err("6.12..6.14").contains("a version range is not supported yet"));
-        assert!(err("git+https://x/linux#v6.12").contains("a git source is not supported yet"));
+        let e = err("6.12..6.14");
+        assert!(e.contains("no cached kernel falls in 6.12..6.14"), "{e}");
+        let e = err("git+https://127.0.0.1:1/linux#v6.12");
+        assert!(e.contains("cannot reach 127.0.0.1:1"), "{e}");
         // A cached version selects its cache entry.
         let cache = ktstr::kernel_cache::KernelCache::at(&d.path().join("cache"));
         let stage = cache.staging("key1").unwrap();

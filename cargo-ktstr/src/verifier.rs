@@ -494,12 +494,19 @@ pub fn run(a: VerifierArgs) -> Result<ExitCode> {
         if profs.is_empty() {
             continue;
         }
-        let kernels: Vec<Option<String>> = if !a.kernels.is_empty() {
-            a.kernels.iter().cloned().map(Some).collect()
-        } else if !d.kernels.is_empty() {
-            d.kernels.iter().cloned().map(Some).collect()
+        let chosen = if a.kernels.is_empty() {
+            &d.kernels
         } else {
+            &a.kernels
+        };
+        let kernels: Vec<Option<String>> = if chosen.is_empty() {
             vec![None]
+        } else {
+            let cache = ktstr::kernel_cache::KernelCache::open_default();
+            crate::kernel_spec::expand(chosen, &cache)?
+                .into_iter()
+                .map(Some)
+                .collect()
         };
         for k in &kernels {
             let kname = k.clone().unwrap_or_else(|| "default".into());

@@ -44,6 +44,12 @@ pub enum KernelError {
         /// What the cache has.
         cached: String,
     },
+    /// A range where one kernel is needed (or the harness, which takes no ranges).
+    #[error("kernel {0:?} is a range of kernels; this needs exactly one: pass a version or a cache key (ranges expand in `cargo ktstr test --kernel`)")]
+    Range(String),
+    /// A `git+URL#REF` source where only built kernels are taken.
+    #[error("kernel {0:?} is a git source: build it first (`cargo ktstr kernel build --git URL --ref REF`) and pass the cache key it prints, or use `cargo ktstr test --kernel git+URL#REF`, which builds it")]
+    GitSource(String),
     /// The path does not exist.
     #[error("kernel {0} does not exist")]
     Missing(PathBuf),
@@ -116,6 +122,12 @@ pub fn resolve_in(
                 .ok_or(KernelError::NotSpecified)
         }
     };
+    if s.starts_with("git+") {
+        return Err(KernelError::GitSource(s));
+    }
+    if crate::kernel_range::is_range(&s) {
+        return Err(KernelError::Range(s));
+    }
     let p = Path::new(&s);
     if p.exists() || s.contains('/') {
         return resolve_path(p);
@@ -272,6 +284,12 @@ mod tests {
         }
         let e = resolve_in(Some("6.1"), &c).unwrap_err().to_string();
         assert!(e.contains("cached: 6.12.57"), "{e}");
+        let e = resolve_in(Some("6.12..6.14"), &c).unwrap_err().to_string();
+        assert!(e.contains("needs exactly one"), "{e}");
+        let e = resolve_in(Some("git+/src/linux#v6.12"), &c)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kernel build --git"), "{e}");
         // A path is a path even when it does not exist.
         assert!(matches!(
             resolve_in(Some("./nope"), &c),

@@ -1,7 +1,8 @@
-//! Building a guest kernel into the cache: from a source tarball (Debian's `linux-source-*`)
-//! or a kernel tree, configured with ktstr's fragment over `allnoconfig`.
+//! Building a guest kernel into the cache: from a source tarball (Debian's `linux-source-*`),
+//! a kernel tree or a git commit, configured with ktstr's fragment over `allnoconfig`.
 //!
-//! Phases: unpack (tarballs, once per tarball) → configure → build (`make bzImage`, output in
+//! Phases: unpack (tarballs, once per tarball; git commits, once per commit: see
+//! [`crate::kernel_git`]) → configure → build (`make bzImage`, output in
 //! a log file) → strip (`objcopy`: a vmlinux without DWARF, its BTF) → store (atomic rename
 //! into the cache). A tree with uncommitted changes, or outside git, is built but not cached.
 //!
@@ -23,6 +24,13 @@ pub enum BuildSource {
     Tarball(PathBuf),
     /// A kernel tree.
     Tree(PathBuf),
+    /// A commit of a git repository (a path, `file://` or network URL, and a ref).
+    Git {
+        /// The repository.
+        url: String,
+        /// A branch, tag or commit.
+        git_ref: String,
+    },
 }
 
 /// How to build.
@@ -32,8 +40,9 @@ pub struct BuildOptions {
     pub force: bool,
     /// `make mrproper` first (trees only).
     pub clean: bool,
-    /// `make -j`.
-    pub jobs: usize,
+    /// `--cpu-cap N`: build with `make -jN` confined to N of the CPUs this process may use
+    /// (the rest stay free for whatever else runs). `None`: every allowed CPU.
+    pub cpu_cap: Option<usize>,
 }
 
 /// What a build produced.
@@ -103,6 +112,9 @@ pub enum BuildError {
     /// The cache.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// A git source.
+    #[error(transparent)]
+    Git(#[from] crate::kernel_git::GitError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -323,6 +335,61 @@ fn fragment_not_applied<'a>(fragment: &'a str, config: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it for this
+    // thread and reads nothing else.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if !ok {
+        return (0..n).collect();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: the index is below CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Makes `cmd` (and everything it starts) run only on `cpus`.
+fn confine(cmd: &mut Command, cpus: &[usize]) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: zeroed is a valid empty set; CPU_SET writes within it for indices below
+    // CPU_SETSIZE (the filter).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: the closure runs between fork and exec; it only makes one async-signal-safe
+    // system call on a set built before the fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Where sources ktstr unpacks or exports live: `{cache root}/src`.
+fn source_root(cache: &KernelCache) -> Result<PathBuf, BuildError> {
+    let root = cache.dir().parent().unwrap_or(cache.dir()).join("src");
+    std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+    Ok(root)
+}
+
+/// `{ref}-git-{short_hash}-{arch}-kc{h}` (library.md §8).
+fn git_key(git_ref: &str, commit: &str, arch: &str, tag: &str) -> String {
+    format!(
+        "{}-git-{}-{arch}-{tag}",
+        crate::kernel_git::ref_label(git_ref),
+        &commit[..7.min(commit.len())]
+    )
+}
+
 /// Builds `src` into `cache` (or finds it there). `say` receives one line per phase.
 pub fn build(
     src: &BuildSource,
@@ -358,9 +425,44 @@ pub fn build(
                     return Ok(Outcome::Cached(e));
                 }
             }
-            let src_root = cache.dir().parent().unwrap_or(cache.dir()).join("src");
-            std::fs::create_dir_all(&src_root).map_err(io("creating", &src_root))?;
+            let src_root = source_root(cache)?;
             (unpack(t, &src_root, size, say)?, source, Ok(()))
+        }
+        BuildSource::Git { url, git_ref } => {
+            use crate::kernel_git::{self as git, GitUrl};
+            let src_root = source_root(cache)?;
+            let resolved = match git::classify(url)? {
+                GitUrl::Local(p) => git::resolve_local(&p, git_ref)?,
+                GitUrl::Network { url, host, port } => {
+                    git::check_reachable(&url, &host, port, std::time::Duration::from_secs(5))?;
+                    say(&format!("fetch {url} {git_ref} (git fetch --depth 1)"));
+                    git::fetch(&url, git_ref, &src_root)?
+                }
+            };
+            let source = Source::Git {
+                url: url.clone(),
+                git_ref: git_ref.clone(),
+                commit: resolved.commit.clone(),
+            };
+            if !opts.force {
+                let key = git_key(git_ref, &resolved.commit, arch, &tag);
+                if let Some(e) = cache
+                    .get(&key)
+                    .filter(|e| e.corrupt().is_none() && !e.stale())
+                {
+                    return Ok(Outcome::Cached(e));
+                }
+            }
+            say(&format!(
+                "export {git_ref} ({}) into {}",
+                resolved.short(),
+                src_root.display()
+            ));
+            let (tree, files) = git::export(&resolved, &src_root)?;
+            if files > 0 {
+                say(&format!("exported {files} files"));
+            }
+            (tree, source, Ok(()))
         }
         BuildSource::Tree(t) => {
             if !t.join("Makefile").is_file() {
@@ -393,10 +495,12 @@ pub fn build(
                     &log,
                 )?;
             }
-            BuildSource::Tarball(_) => say("--clean only applies to --source trees; ignored"),
+            _ => say("--clean only applies to --source trees; ignored"),
         }
     }
-    configure(&tree, matches!(src, BuildSource::Tarball(_)), &log, say)?;
+    // Sources ktstr unpacked itself always get its configuration; a user's tree keeps a
+    // .config that already has what ktstr needs.
+    configure(&tree, !matches!(src, BuildSource::Tree(_)), &log, say)?;
     let version = output(
         Command::new("make")
             .arg("-s")
@@ -407,6 +511,12 @@ pub fn build(
     .unwrap_or_else(|| "unknown".into());
     let key = match (&source, &cacheable) {
         (Source::Tarball { .. }, _) => format!("{version}-tarball-{arch}-{tag}"),
+        (
+            Source::Git {
+                git_ref, commit, ..
+            },
+            _,
+        ) => git_key(git_ref, commit, arch, &tag),
         (
             Source::Local {
                 commit: Some(c), ..
@@ -428,21 +538,31 @@ pub fn build(
     }
     let _lock = cache.lock(&key)?;
     let tb = Instant::now();
+    let allowed = allowed_cpus();
+    let cpus: Vec<usize> = match opts.cpu_cap {
+        Some(n) => allowed.iter().copied().take(n.max(1)).collect(),
+        None => allowed,
+    };
+    let jobs = cpus.len().max(1);
     say(&format!(
-        "build {version} with make -j{} bzImage (takes minutes; log: {})",
-        opts.jobs,
+        "build {version} with make -j{jobs} bzImage{} (takes minutes; log: {})",
+        if opts.cpu_cap.is_some() {
+            format!(" on CPUs {cpus:?}")
+        } else {
+            String::new()
+        },
         log.display()
     ));
-    run_logged(
-        "build",
-        Command::new("make")
-            .arg("-C")
-            .arg(&tree)
-            .arg(format!("-j{}", opts.jobs.max(1)))
-            .arg("bzImage")
-            .arg("KCFLAGS=-Wno-error"),
-        &log,
-    )?;
+    let mut make = Command::new("make");
+    make.arg("-C")
+        .arg(&tree)
+        .arg(format!("-j{jobs}"))
+        .arg("bzImage")
+        .arg("KCFLAGS=-Wno-error");
+    if opts.cpu_cap.is_some() {
+        confine(&mut make, &cpus);
+    }
+    run_logged("build", &mut make, &log)?;
     say(&format!("built in {} s", tb.elapsed().as_secs()));
     let image = tree.join("arch/x86/boot/bzImage");
     if let Err(why) = cacheable {
@@ -540,13 +660,28 @@ mod tests {
     }
 
     #[test]
+    fn a_capped_build_runs_on_that_many_cpus() {
+        let allowed = allowed_cpus();
+        assert!(!allowed.is_empty());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "grep Cpus_allowed_list /proc/self/status"]);
+        confine(&mut cmd, &allowed[..1]);
+        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+        assert_eq!(
+            out.split_whitespace().last(),
+            Some(allowed[0].to_string().as_str()),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn a_directory_without_a_makefile_is_not_a_tree() {
         let d = tempfile::tempdir().unwrap();
         let c = KernelCache::at(d.path());
         let opts = BuildOptions {
             force: false,
             clean: false,
-            jobs: 1,
+            cpu_cap: Some(1),
         };
         let e = build(&BuildSource::Tree(d.path().into()), &opts, &c, &mut |_| {})
             .unwrap_err()

@@ -57,6 +57,16 @@ pub enum Source {
         /// Its modification time, seconds since the epoch.
         mtime: u64,
     },
+    /// A commit of a git repository.
+    Git {
+        /// The repository's URL or path, as given.
+        url: String,
+        /// The ref asked for.
+        #[serde(rename = "ref")]
+        git_ref: String,
+        /// The commit it resolved to (full hex).
+        commit: String,
+    },
     /// A kernel tree on this machine.
     Local {
         /// The tree.
@@ -240,14 +250,29 @@ impl KernelCache {
         self.usable().into_iter().next()
     }
 
-    /// The newest usable entry whose version is `version` or starts with `version.`
-    /// (`6.12` matches `6.12.57`).
+    /// The usable entry whose version is `version`, or the highest patch release of the
+    /// series `version` names (`6.12` matches `6.12.57` before `6.12.9`); among equal
+    /// versions the newest build.
     pub fn find_version(&self, version: &str) -> Option<Entry> {
-        self.usable().into_iter().find(|e| {
-            e.meta.as_ref().is_ok_and(|m| {
-                m.version == version || m.version.starts_with(&format!("{version}."))
+        use crate::kernel_range::Version;
+        self.usable()
+            .into_iter()
+            .filter(|e| {
+                e.meta.as_ref().is_ok_and(|m| {
+                    m.version == version || m.version.starts_with(&format!("{version}."))
+                })
             })
-        })
+            .enumerate()
+            // `usable` is newest build first: the lower index wins a tie.
+            .max_by_key(|(i, e)| {
+                let v = e
+                    .meta
+                    .as_ref()
+                    .ok()
+                    .and_then(|m| Version::parse(&m.version));
+                (v, std::cmp::Reverse(*i))
+            })
+            .map(|(_, e)| e)
     }
 
     /// Takes the lock of `key`, waiting for another build of it to finish.
@@ -322,11 +347,13 @@ impl KernelCache {
 }
 
 /// The git commit of the source a cached kernel image was built from, when it was a clean git
-/// tree (`None` for tarballs and for images outside the cache).
+/// tree or a git commit (`None` for tarballs and for images outside the cache). Always the
+/// 7-hex short form, as `kernel_commit` in sidecars.
 pub fn commit_of(image: &Path) -> Option<String> {
     let meta = fs::read(image.parent()?.join("metadata.json")).ok()?;
     match serde_json::from_slice::<Metadata>(&meta).ok()?.source {
         Source::Local { commit, .. } => commit,
+        Source::Git { commit, .. } => Some(commit.chars().take(7).collect()),
         Source::Tarball { .. } => None,
     }
 }

@@ -16,6 +16,8 @@ pub mod kernel;
 pub mod kernel_build;
 pub mod kernel_cache;
 pub mod kernel_config;
+pub mod kernel_git;
+pub mod kernel_range;
 pub mod locks;
 pub mod metrics;
 pub mod parity;
