@@ -219,6 +219,10 @@ mod tests {
     #[test]
     fn a_range_takes_the_newest_patch_of_each_cached_series_inclusively() {
         let (_d, c) = cache_with(&["6.12.10", "6.12.57", "6.14.2", "6.15-rc3", "6.11.1"]);
+        // A series picks its highest patch, not its newest build (6.12.10 was built last).
+        let v = |e: Option<Entry>| e.unwrap().meta.unwrap().version;
+        assert_eq!(v(c.find_version("6.12")), "6.12.57");
+        assert_eq!(v(c.find_version("6.12.10")), "6.12.10");
         let x = expand("6.12..6.14", &c).unwrap();
         assert_eq!(versions(&x), ["6.12.57", "6.14.2"]);
         assert_eq!(x.missing, ["6.13"]);
