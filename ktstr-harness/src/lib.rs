@@ -32,7 +32,7 @@ use std::io::Write;
 use ktstr::registry::matrix::{KernelSet, Matrix};
 use ktstr::registry::{KtstrTest, Scheduler};
 
-pub use run::{diagnosis_matches, judge};
+pub use run::judge;
 
 /// Entry point of a ktstr test binary. In the guest (PID 1) it runs the guest side of the
 /// case; on the host it lists or runs cases and exits with libtest's exit code.

@@ -7,22 +7,9 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 use crate::list::selected;
 
-/// Whether a failure reason list carries the diagnosis `pattern`: `"Kind: text"` needs a
-/// reason `Kind: ...` whose message contains `text`; a pattern without a leading kind
-/// identifier needs any reason containing it.
-pub fn diagnosis_matches(pattern: &str, reasons: &[String]) -> bool {
-    let is_kind = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric());
-    match pattern.split_once(':') {
-        Some((kind, text)) if is_kind(kind.trim()) => reasons.iter().any(|r| {
-            r.split_once(": ")
-                .is_some_and(|(k, m)| k == kind.trim() && m.contains(text.trim()))
-        }),
-        _ => reasons.iter().any(|r| r.contains(pattern.trim())),
-    }
-}
-
 /// Applies `expect_err` to a verdict: such a case passes only if the run failed, with the
-/// declared diagnosis when the test names one (`expect_err = "Kind: text"`). A case that could
+/// declared diagnosis and nothing else when the test names one (`expect_err = "Kind: text"`,
+/// see [`ktstr::expect`]). A case that could
 /// not run at all never passes a plain `expect_err = true`.
 pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<Completion, String> {
     if let Some(why) = &verdict.skipped {
@@ -34,13 +21,12 @@ pub fn judge(case: &CaseSpec, verdict: &CaseVerdict) -> Result<Completion, Strin
         case.test.expect_err,
         case.test.expect_err_match,
     ) {
-        return if diagnosis_matches(pattern, &verdict.reasons) {
-            Ok(Completion::Completed)
-        } else {
-            Err(format!(
-                "ktstr case '{}' failed as expected, but not with the expected diagnosis {pattern:?}; it failed with:\n{}",
+        return match ktstr::expect::check(pattern, &verdict.reasons) {
+            Ok(()) => Ok(Completion::Completed),
+            Err(why) => Err(format!(
+                "ktstr case '{}' failed, but not as expected by {pattern:?}: {why}; it failed with:\n{}",
                 case.name, verdict.report
-            ))
+            )),
         };
     }
     match (verdict.passed, case.test.expect_err) {
@@ -127,23 +113,4 @@ pub fn run(matrix: &Matrix, mut args: Arguments) -> i32 {
         }
     }
     i32::from(libtest_mimic::run(&args, trials).has_failed()) * 101
-}
-
-#[cfg(test)]
-mod tests {
-    use super::diagnosis_matches;
-
-    #[test]
-    fn diagnosis_patterns() {
-        let r = vec![
-            "SchedulerDied: stall detected: sh[1] failed to run for 4.1s".to_string(),
-            "Starved: worker 3 made no progress".to_string(),
-        ];
-        assert!(diagnosis_matches("SchedulerDied: stall detected", &r));
-        assert!(diagnosis_matches("Starved:", &r));
-        assert!(!diagnosis_matches("SchedulerDied: injected crash", &r));
-        assert!(!diagnosis_matches("Unfair: stall detected", &r));
-        assert!(diagnosis_matches("failed to run for", &r));
-        assert!(!diagnosis_matches("anything", &[]));
-    }
 }

@@ -8,6 +8,7 @@ pub mod bpf_progs;
 pub mod cache;
 pub mod cgroup;
 pub mod compare;
+pub mod expect;
 pub mod guest;
 pub mod host_context;
 pub mod host_cpus;

@@ -160,16 +160,28 @@ impl Verdict {
     }
 }
 
-/// The verdict a sidecar records.
+/// The verdict a sidecar records, judged as the harness judged it: an expected failure
+/// with a named diagnosis passes only when its details meet it ([`crate::expect`]).
 pub fn verdict(s: &Sidecar) -> Verdict {
     if s.skipped {
         Verdict::Skip
     } else if s.inconclusive {
         Verdict::Inconclusive
-    } else if s.passed != s.expect_err {
-        Verdict::Pass
-    } else {
+    } else if s.passed == s.expect_err {
         Verdict::Fail
+    } else if let (false, Some(pattern)) = (s.passed, &s.expect_err_match) {
+        let reasons: Vec<String> = s
+            .details
+            .iter()
+            .map(|d| format!("{:?}: {}", d.kind, d.message))
+            .collect();
+        if crate::expect::check(pattern, &reasons).is_ok() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        }
+    } else {
+        Verdict::Pass
     }
 }
 
@@ -238,5 +250,26 @@ mod tests {
         assert_eq!(verdict(&s), Verdict::Inconclusive);
         s.skipped = true;
         assert_eq!(verdict(&s), Verdict::Skip);
+    }
+
+    #[test]
+    fn a_named_expectation_is_judged_from_the_details() {
+        use crate::assert::{AssertDetail, DetailKind};
+        let mut s = sidecar("fault", false);
+        s.expect_err = true;
+        s.expect_err_match = Some("Unfair: cgroup cg1".into());
+        let d = |kind, m: &str| AssertDetail {
+            kind,
+            message: m.into(),
+        };
+        s.details = vec![d(DetailKind::Unfair, "cgroup cg1 got 26%")];
+        assert_eq!(verdict(&s), Verdict::Pass);
+        // Failed for another reason: the harness failed it, and so do stats and replay.
+        s.details = vec![d(DetailKind::Stuck, "worker 3 stuck 4000 ms")];
+        assert_eq!(verdict(&s), Verdict::Fail);
+        // The right reason beside an unexpected one.
+        s.details
+            .insert(0, d(DetailKind::Unfair, "cgroup cg1 got 26%"));
+        assert_eq!(verdict(&s), Verdict::Fail);
     }
 }

@@ -61,6 +61,9 @@ pub struct Sidecar {
     pub inconclusive: bool,
     /// Whether the test expects failure.
     pub expect_err: bool,
+    /// The diagnosis a failure must carry (`expect_err = "Kind: text"`), when named.
+    #[serde(default)]
+    pub expect_err_match: Option<String>,
     /// Reasons.
     pub details: Vec<AssertDetail>,
     /// What the scenario measured.

@@ -221,6 +221,7 @@ fn write_sidecar(
         work_types,
         passed,
         expect_err: case.test.expect_err,
+        expect_err_match: case.test.expect_err_match.map(str::to_string),
         stats,
         thresholds: case.assert,
         sysctls: cf.sysctls.iter().map(|(k, v)| format!("{k}={v}")).collect(),

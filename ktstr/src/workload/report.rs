@@ -99,6 +99,9 @@ pub struct Recorder {
     cpus: u128,
     extra_cpus: Vec<u32>,
     rng: super::rng::XorShift64,
+    /// The process's CPU time when measuring began: only what it uses from then on counts
+    /// (a worker forked long after its parent started, or a test binary, has used CPU before).
+    cpu_at_start: u64,
     /// The report being filled.
     pub report: WorkerReport,
 }
@@ -127,6 +130,7 @@ impl Recorder {
             cpus: 0,
             extra_cpus: Vec::new(),
             rng: super::rng::XorShift64::per_process(0x9E37_79B9_7F4A_7C15),
+            cpu_at_start: process_cpu_time_ns(),
             report: WorkerReport {
                 // SAFETY: getpid has no preconditions.
                 tid: unsafe { libc::getpid() },
@@ -184,7 +188,7 @@ impl Recorder {
         let r = &mut self.report;
         r.completed = true;
         r.wall_time_ns = self.start.elapsed().as_nanos() as u64;
-        r.cpu_time_ns = process_cpu_time_ns();
+        r.cpu_time_ns = process_cpu_time_ns().saturating_sub(self.cpu_at_start);
         r.off_cpu_ns = r.wall_time_ns.saturating_sub(r.cpu_time_ns);
         let mut cpus: Vec<u32> = (0..128).filter(|c| self.cpus & (1u128 << c) != 0).collect();
         cpus.extend(self.extra_cpus.iter().copied());
