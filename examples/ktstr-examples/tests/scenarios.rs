@@ -195,7 +195,7 @@ fn work_type_defs(names: &[&str]) -> Vec<CgroupDef> {
 }
 
 /// The CPU-bound and yielding work types, plus `Sequence` and `Custom`.
-#[ktstr_test(llcs = 1, cores = 4, max_spread_pct = 100.0)]
+#[ktstr_test(llcs = 1, cores = 4)]
 fn work_types_cpu(ctx: &Ctx) -> Result<AssertResult> {
     let mut defs = work_type_defs(&[
         "SpinWait",
@@ -227,7 +227,7 @@ fn work_types_cpu(ctx: &Ctx) -> Result<AssertResult> {
 }
 
 /// The sleeping, paired and grouped work types (wake-ups, pipes, futexes, forks).
-#[ktstr_test(llcs = 2, cores = 2, max_spread_pct = 100.0)]
+#[ktstr_test(llcs = 2, cores = 2)]
 fn work_types_wake(ctx: &Ctx) -> Result<AssertResult> {
     execute_defs(
         ctx,
@@ -264,13 +264,13 @@ fn every_cpuset_spec_4llc(ctx: &Ctx) -> Result<AssertResult> {
 }
 
 /// `work_types_cpu` across two LLCs.
-#[ktstr_test(llcs = 2, cores = 2, max_spread_pct = 100.0)]
+#[ktstr_test(llcs = 2, cores = 2)]
 fn work_types_cpu_2l(ctx: &Ctx) -> Result<AssertResult> {
     work_types_cpu(ctx)
 }
 
 /// `work_types_wake` in one LLC of four cores.
-#[ktstr_test(llcs = 1, cores = 4, max_spread_pct = 100.0)]
+#[ktstr_test(llcs = 1, cores = 4)]
 fn work_types_wake_1l(ctx: &Ctx) -> Result<AssertResult> {
     work_types_wake(ctx)
 }
