@@ -576,6 +576,9 @@ pub struct Ctx {
     pub time_scale: f64,
     /// Work-type sweep: replaces the default `SpinWait` of every `Work` that keeps it.
     pub work_type_override: Option<WorkType>,
+    /// Dry run: scenarios are validated against the topology and return a pass without
+    /// creating a cgroup or a worker (checks a scenario's shape on any host).
+    pub dry_run: bool,
 }
 
 impl Ctx {
@@ -593,6 +596,7 @@ impl Ctx {
             sched_pid: None,
             time_scale: 1.0,
             work_type_override: None,
+            dry_run: false,
         }
     }
 
@@ -648,6 +652,11 @@ impl Ctx {
     /// Sets the work-type override.
     pub fn with_work_type_override(mut self, w: Option<WorkType>) -> Self {
         self.work_type_override = w;
+        self
+    }
+    /// Validates scenarios without running them (see [`Ctx::dry_run`]).
+    pub fn with_dry_run(mut self) -> Self {
+        self.dry_run = true;
         self
     }
     /// Sets the scheduler PID.

@@ -225,23 +225,23 @@ fn bad_scenarios_touch_nothing() {
 #[test]
 fn canned_scenarios_validate_on_small_and_numa_topologies() {
     for (n, l, cores) in [(1, 1, 2), (1, 2, 2), (2, 4, 2)] {
-        let (c, _) = ctx(n, l, cores);
-        // Dry-run each canned scenario's shape through validation by running it on a
-        // context whose duration is tiny would fork; instead check the building blocks.
-        validate(
-            &c,
-            &Backdrop::new(),
-            &[Step::with_factory(
-                |ctx| {
-                    (0..ctx.topo.llcs.len())
-                        .map(|i| CgroupDef::named(format!("l{i}")).with_cpuset(CpusetSpec::Llc(i)))
-                        .collect()
-                },
-                HoldSpec::FULL,
-            )],
-        )
-        .unwrap();
+        let (c, fake) = ctx(n, l, cores);
+        let c = c.with_dry_run();
+        for (name, scenario) in crate::scenario::canned::ALL {
+            let r = scenario(&c).unwrap_or_else(|e| panic!("{name} on {n}n{l}l{cores}c: {e:#}"));
+            assert!(r.passed, "{name}: {r:?}");
+        }
+        // A dry run touches no cgroup.
+        assert!(fake.calls.lock().unwrap().is_empty());
     }
+    // And validation does run: a scenario that cannot fit the topology is refused.
+    let (c, _) = ctx(1, 1, 2);
+    let e = crate::scenario::execute_defs(
+        &c.with_dry_run(),
+        vec![CgroupDef::named("x").with_cpuset(CpusetSpec::Llc(3))],
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("Llc"), "{e:#}");
 }
 
 #[test]
