@@ -12,6 +12,12 @@ fn show_thresholds_prints_every_field_and_suggests_names() {
     assert!(out.contains("test: spinners_progress"), "{out}");
     assert!(out.contains("max_gap_ms: "), "{out}");
     assert!(out.contains("max_throughput_cv: none"), "{out}");
+    // A threshold nothing checks yet does not pass for one that is checked.
+    assert!(
+        out.contains("max_imbalance_ratio: 4.0 (not evaluated yet"),
+        "{out}"
+    );
+    assert!(!out.contains("max_gap_ms: 3000 (not evaluated"), "{out}");
     // A case name works too; under TCG the time-based limits in force are scaled.
     let o = ktstr(
         &["show-thresholds", "spinners_progress/eevdf/1n1l2c1t"],

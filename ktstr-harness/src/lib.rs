@@ -176,7 +176,8 @@ fn record_unrunnable(dir: &std::path::Path, plain: &Matrix, flagged: &Matrix, no
 
 /// The text `show-thresholds` prints: the test, its scheduler, the backend's time scale, then
 /// every merged threshold (`none` when no layer sets it). Time-based limits also show the value
-/// in force when `scale` is above 1 (they are multiplied by it when judged).
+/// in force when `scale` is above 1 (they are multiplied by it when judged); thresholds no
+/// check reads yet ([`ktstr::assert::NOT_EVALUATED`]) say so.
 pub fn show_thresholds(t: &KtstrTest, backend: &str, scale: f64) -> String {
     let mut out = format!(
         "test: {}\nscheduler: {}\nbackend: {backend}, time scale {scale}\n",
@@ -188,6 +189,9 @@ pub fn show_thresholds(t: &KtstrTest, backend: &str, scale: f64) -> String {
             ktstr::assert::ThresholdValue::Int(n) if scaled => out.push_str(&format!(
                 "{name}: {n} (in force: {:.0}, × time scale {scale})\n",
                 n as f64 * scale
+            )),
+            v if ktstr::assert::NOT_EVALUATED.contains(&name) => out.push_str(&format!(
+                "{name}: {v} (not evaluated yet: recorded, but no check reads it)\n"
             )),
             v => out.push_str(&format!("{name}: {v}\n")),
         }

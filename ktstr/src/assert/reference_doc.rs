@@ -29,6 +29,18 @@ fn every_threshold_has_a_row_with_its_default() {
 }
 
 #[test]
+fn the_page_and_the_code_agree_on_what_is_not_evaluated() {
+    for name in Assert::FIELD_NAMES {
+        let r = row(name).unwrap();
+        assert_eq!(
+            r.contains("not evaluated yet"),
+            super::NOT_EVALUATED.contains(name),
+            "doc/src/reference.md row of {name} vs assert::NOT_EVALUATED"
+        );
+    }
+}
+
+#[test]
 fn every_failure_kind_has_a_row() {
     // Exhaustive on purpose: a new kind does not compile until it is listed here (and then the
     // page must have it).
