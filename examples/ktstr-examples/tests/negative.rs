@@ -1,5 +1,7 @@
-//! Negative suite: each case provokes a real scheduling failure and passes only if the
-//! assertions catch it with the right diagnosis: `expect_err = "Kind: text"` names the kind and
+//! Negative suite: each case provokes a real failure (starvation, unfairness, an escape from
+//! a cpuset, a stuck worker, constant migration, a crawling worker, a worker that exits with
+//! an error or dies of a signal) and passes only if the assertions catch it with the right
+//! diagnosis and no other: `expect_err = "Kind: text"` names the kind and
 //! a piece of the evaluator's message, and the body turns "failed with another kind" or "did
 //! not fail" into a pass, which then fails. A crash, a hang or a missing verdict never
 //! satisfies it.
@@ -112,6 +114,141 @@ fn isolation_escape(ctx: &Ctx) -> Result<AssertResult> {
             })],
     )?;
     expect_kind(r, DetailKind::Isolation)
+}
+
+/// A worker that makes progress only every 1.5 s.
+fn stall_between_ticks(stop: &AtomicBool) -> WorkerReport {
+    let mut rec = Recorder::new();
+    while !stop.load(Ordering::Relaxed) {
+        rec.tick(1);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+    rec.tick(1);
+    rec.finish()
+}
+
+/// A worker that goes 1.5 s without progress, against a gap limit of 200 ms (800 ms in force
+/// under TCG): the gap check names it.
+#[ktstr_test(
+    llcs = 1,
+    cores = 2,
+    duration_s = 3,
+    max_gap_ms = 200,
+    expect_err = "Stuck: went"
+)]
+fn stuck_worker(ctx: &Ctx) -> Result<AssertResult> {
+    execute_defs(
+        ctx,
+        vec![CgroupDef::named("slow")
+            .workers(1)
+            .work_type(WorkType::Custom {
+                name: "stall_between_ticks",
+                run: stall_between_ticks,
+            })],
+    )
+}
+
+/// A worker that moves itself to the other CPU every iteration.
+fn hop_cpus(stop: &AtomicBool) -> WorkerReport {
+    let mut rec = Recorder::new();
+    let mut cpu = 0;
+    while !stop.load(Ordering::Relaxed) {
+        cpu = 1 - cpu;
+        let _ = ktstr::workload::spawn::set_affinity(0, &[cpu]);
+        for _ in 0..1024 {
+            std::hint::black_box(0u64);
+        }
+        rec.tick(1);
+    }
+    rec.finish()
+}
+
+/// A worker migrating on nearly every iteration, against a limit of one migration per two
+/// iterations: the migration check names it.
+#[ktstr_test(
+    llcs = 1,
+    cores = 2,
+    max_migration_ratio = 0.5,
+    expect_err = "Migration: migrated"
+)]
+fn migrating_worker(ctx: &Ctx) -> Result<AssertResult> {
+    execute_defs(
+        ctx,
+        vec![CgroupDef::named("hopper")
+            .workers(1)
+            .work_type(WorkType::Custom {
+                name: "hop_cpus",
+                run: hop_cpus,
+            })],
+    )
+}
+
+/// A worker that does one iteration per 100 ms.
+fn crawl(stop: &AtomicBool) -> WorkerReport {
+    let mut rec = Recorder::new();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        rec.tick(1);
+    }
+    rec.finish()
+}
+
+/// About 10 iterations per second against a floor of 1000: the rate check names it.
+#[ktstr_test(
+    llcs = 1,
+    cores = 2,
+    min_iteration_rate = 1000.0,
+    expect_err = "Benchmark: iteration rate"
+)]
+fn slow_iteration_rate(ctx: &Ctx) -> Result<AssertResult> {
+    execute_defs(
+        ctx,
+        vec![CgroupDef::named("crawler")
+            .workers(1)
+            .work_type(WorkType::Custom {
+                name: "crawl",
+                run: crawl,
+            })],
+    )
+}
+
+/// A worker that exits with status 3 before it reports.
+fn exit_early(_stop: &AtomicBool) -> WorkerReport {
+    std::process::exit(3)
+}
+
+/// A worker process that dies with a non-zero status before it reports: named by its status,
+/// not as a worker that merely did not report (which is how it was missed before).
+#[ktstr_test(llcs = 1, cores = 2, expect_err = "Other: exited with code 3")]
+fn worker_exits_nonzero(ctx: &Ctx) -> Result<AssertResult> {
+    execute_defs(
+        ctx,
+        vec![CgroupDef::named("quitter")
+            .workers(1)
+            .work_type(WorkType::Custom {
+                name: "exit_early",
+                run: exit_early,
+            })],
+    )
+}
+
+/// A worker that kills itself with SIGABRT.
+fn abort_now(_stop: &AtomicBool) -> WorkerReport {
+    std::process::abort()
+}
+
+/// A worker killed by a signal: named with the signal.
+#[ktstr_test(llcs = 1, cores = 2, expect_err = "Other: was killed by signal 6")]
+fn worker_killed_by_signal(ctx: &Ctx) -> Result<AssertResult> {
+    execute_defs(
+        ctx,
+        vec![CgroupDef::named("crasher")
+            .workers(1)
+            .work_type(WorkType::Custom {
+                name: "abort_now",
+                run: abort_now,
+            })],
+    )
 }
 
 fn main() {

@@ -711,7 +711,9 @@ impl<'a> Runner<'a> {
                 run.workers.push(WorkerRun {
                     report: r.clone(),
                     work_type: f.work_type.name().to_string(),
-                    telemetry: f.work_type.has_telemetry(),
+                    // A Custom body that records progress (a Recorder) is judged like the
+                    // built-in work types; one that returns an empty report is not.
+                    telemetry: f.work_type.has_telemetry() || r.iterations > 0,
                     allowed: f.allowed.as_ref().map(|a| a.iter().copied().collect()),
                     affinity: self.affinities.get(&r.tid).cloned().unwrap_or_default(),
                 });

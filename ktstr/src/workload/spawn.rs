@@ -265,12 +265,13 @@ impl WorkloadHandle {
             let mut st = 0;
             unsafe { libc::waitpid(w.pid, &mut st, 0) };
             w.reaped = true;
-            if rep.exit_info.is_none() {
-                if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) != libc::SIGKILL {
-                    rep.exit_info = Some(ExitInfo::Signal(libc::WTERMSIG(st)));
-                } else if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) != 0 {
-                    rep.exit_info = Some(ExitInfo::Code(libc::WEXITSTATUS(st)));
-                }
+            // How the process ended says more than a missing report: a worker that exited
+            // with an error or died of a signal before reporting is named as such (not as
+            // "did not report"). Our own SIGKILL above is not a death to report.
+            if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) != libc::SIGKILL {
+                rep.exit_info = Some(ExitInfo::Signal(libc::WTERMSIG(st)));
+            } else if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) != 0 {
+                rep.exit_info = Some(ExitInfo::Code(libc::WEXITSTATUS(st)));
             }
             out.push(rep);
         }
@@ -558,6 +559,30 @@ mod tests {
             r[0]
         );
         assert!(!r[0].completed);
+    }
+
+    #[test]
+    fn a_worker_that_dies_before_reporting_is_named_by_how_it_died() {
+        fn quit(_: &AtomicBool) -> WorkerReport {
+            std::process::exit(3)
+        }
+        fn abort(_: &AtomicBool) -> WorkerReport {
+            std::process::abort()
+        }
+        for (run, want) in [
+            (quit as fn(&AtomicBool) -> WorkerReport, ExitInfo::Code(3)),
+            (abort, ExitInfo::Signal(libc::SIGABRT)),
+        ] {
+            let cfg = WorkloadConfig {
+                num_workers: 1,
+                work_type: WorkType::Custom { name: "die", run },
+                ..Default::default()
+            };
+            let mut h = WorkloadHandle::spawn(&cfg).unwrap();
+            h.start();
+            let r = h.stop_and_collect(Duration::from_secs(5));
+            assert_eq!(r[0].exit_info, Some(want), "{:?}", r[0]);
+        }
     }
 
     #[test]
