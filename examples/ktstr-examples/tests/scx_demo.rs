@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ktstr::cgroup::{CgroupFs, CgroupOps};
 use ktstr::guest::topo::SysTopology;
 use ktstr::prelude::*;
-use ktstr::workload::{WorkType, WorkerReport, WorkloadConfig, WorkloadHandle};
+use ktstr::workload::{Phase, WorkType, WorkerReport, WorkloadConfig, WorkloadHandle};
 
 declare_scheduler!(SCX_DEMO {
     name: "scx-demo",
@@ -122,31 +122,17 @@ fn two_cgroups(ctx: &Ctx) -> Result<AssertResult> {
     Ok(r)
 }
 
-/// A thread that sleeps 2 ms at a time must be woken promptly: the median oversleep stays
-/// under 20 ms even under emulation (typically 1-3 ms).
+/// Four workers that sleep 2 ms at a time, measured by ktstr: their wake-up latency is judged
+/// by ktstr's own p99 check (`max_p99_wake_latency_ns` on the test, scaled by the backend's
+/// time scale).
 fn wake_latency(ctx: &Ctx) -> Result<AssertResult> {
-    const NAP: Duration = Duration::from_millis(2);
-    const LIMIT_MS: f64 = 20.0;
-    let end = Instant::now() + ctx.duration;
-    let mut over = Vec::new();
-    while Instant::now() < end && over.len() < 400 {
-        let t = Instant::now();
-        std::thread::sleep(NAP);
-        over.push((t.elapsed().saturating_sub(NAP)).as_secs_f64() * 1000.0);
-    }
-    over.sort_by(f64::total_cmp);
-    let median = over[over.len() / 2];
-    Ok(if median > LIMIT_MS {
-        AssertResult::fail(
-            DetailKind::Benchmark,
-            format!(
-                "wake latency: median oversleep {median:.1} ms > {LIMIT_MS} ms over {} naps",
-                over.len()
-            ),
-        )
-    } else {
-        AssertResult::pass()
-    })
+    let nap = WorkType::sequence(&[Phase::Sleep(Duration::from_millis(2))]).expect("one phase");
+    ktstr::scenario::execute_defs(
+        ctx,
+        vec![ktstr::scenario::CgroupDef::named("nappers")
+            .workers(4)
+            .work_type(nap)],
+    )
 }
 
 // ---- healthy cases: three topologies, every flag profile among the base cases ----
@@ -177,8 +163,9 @@ fn cgroup_fairness(ctx: &Ctx) -> Result<AssertResult> {
     two_cgroups(ctx)
 }
 
-/// Sleepers are woken promptly (the control for `fault_slow`).
-#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2)]
+/// Sleepers are woken promptly (the control for `fault_slow`): p99 under 2.5 ms (10 ms in
+/// force under TCG, where 3 runs measured 0.8–1.0 ms).
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2, max_p99_wake_latency_ns = 2_500_000)]
 fn wakeup_latency(ctx: &Ctx) -> Result<AssertResult> {
     wake_latency(ctx)
 }
@@ -207,13 +194,13 @@ fn fault_degrade(ctx: &Ctx) -> Result<AssertResult> {
     two_cgroups(ctx)
 }
 
-/// Every wakeup of a user task held for 30 ms: the wake-latency check catches it. Kernel
-/// threads are not delayed, so sched_ext's own watchdog worker keeps running and the
-/// diagnosis is the latency, not a stall. (An earlier version busy-waited in every dispatch
-/// with interrupts off; under TCG that starved the watchdog worker and the scheduler was
-/// ejected as stalled instead.)
-#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2,
-    extra_sched_args = ["--slow-us", "30000"], expect_err = "Benchmark: wake latency")]
+/// Every wakeup of a user task held for 30 ms: ktstr's own p99 wake-latency check catches it
+/// (3 runs under TCG: p99 34–38 ms against 10 ms in force). Kernel threads are not delayed,
+/// so sched_ext's own watchdog worker keeps running and the diagnosis is the latency, not a
+/// stall. (An earlier version busy-waited in every dispatch with interrupts off; under TCG
+/// that starved the watchdog worker and the scheduler was ejected as stalled instead.)
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2, max_p99_wake_latency_ns = 2_500_000,
+    extra_sched_args = ["--slow-us", "30000"], expect_err = "Benchmark: p99 wake latency")]
 fn fault_slow(ctx: &Ctx) -> Result<AssertResult> {
     wake_latency(ctx)
 }
