@@ -128,6 +128,15 @@ static FIELDS: &[FieldInfo] = &[
         fix: None,
     },
     FieldInfo {
+        name: "expect_err_match",
+        is_set: |s| s.expect_err_match.is_some(),
+        classification: Expected,
+        causes: &[
+            "the test expects no failure, or a plain `expect_err = true` (any failure of its own checks)",
+        ],
+        fix: None,
+    },
+    FieldInfo {
         name: "host",
         is_set: |s| s.host.is_some(),
         classification: Actionable,

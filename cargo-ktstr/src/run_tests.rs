@@ -365,20 +365,13 @@ mod tests {
         let cache = ktstr::kernel_cache::KernelCache::at(&d.path().join("cache"));
         let stage = cache.staging("key1").unwrap();
         std::fs::write(stage.join("vmlinux"), &elf).unwrap();
+        let src = ktstr::kernel_cache::Source::Local {
+            path: "/l".into(),
+            commit: None,
+        };
         let meta = ktstr::kernel_cache::Metadata {
-            version: "6.12.57".into(),
-            source: ktstr::kernel_cache::Source::Local {
-                path: "/l".into(),
-                commit: None,
-            },
-            arch: "x86_64".into(),
             image_name: "vmlinux".into(),
-            config_hash: "0".into(),
-            ktstr_kconfig_hash: ktstr::kernel_cache::kconfig_tag(),
-            built_at: 1,
-            has_vmlinux: true,
-            vmlinux_stripped: true,
-            build_s: 0,
+            ..ktstr::kernel_cache::Metadata::new("6.12.57", src)
         };
         cache.store("key1", &stage, &meta).unwrap();
         let ks = select_kernels_in(&["6.12".to_string()], &cache).unwrap();

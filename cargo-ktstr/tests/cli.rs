@@ -607,20 +607,17 @@ fn kernel_list_and_clean_over_a_cache() {
         let mut bz = vec![0u8; 0x400];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         std::fs::write(s.join("bzImage"), bz).unwrap();
+        let src = Source::Local {
+            path: "/l".into(),
+            commit: None,
+        };
         let meta = Metadata {
-            version: "6.12.9".into(),
-            source: Source::Local {
-                path: "/l".into(),
-                commit: None,
-            },
-            arch: "x86_64".into(),
-            image_name: "bzImage".into(),
-            config_hash: "0".into(),
             ktstr_kconfig_hash: tag,
             built_at,
             has_vmlinux: false,
             vmlinux_stripped: false,
             build_s: 1,
+            ..Metadata::new("6.12.9", src)
         };
         cache.store(key, &s, &meta).unwrap();
     };

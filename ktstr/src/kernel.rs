@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn versions_and_keys_resolve_through_the_cache() {
-        use crate::kernel_cache::{kconfig_tag, KernelCache, Metadata, Source};
+        use crate::kernel_cache::{KernelCache, Metadata, Source};
         let d = tempfile::tempdir().unwrap();
         let c = KernelCache::at(d.path());
         let e = resolve_in(Some("6.12"), &c).unwrap_err().to_string();
@@ -260,21 +260,11 @@ mod tests {
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         std::fs::write(s.join("bzImage"), bz).unwrap();
         std::fs::write(s.join("vmlinux"), b"\x7fELF").unwrap();
-        let meta = Metadata {
-            version: "6.12.57".into(),
-            source: Source::Local {
-                path: "/l".into(),
-                commit: None,
-            },
-            arch: "x86_64".into(),
-            image_name: "bzImage".into(),
-            config_hash: "0".into(),
-            ktstr_kconfig_hash: kconfig_tag(),
-            built_at: 1,
-            has_vmlinux: true,
-            vmlinux_stripped: true,
-            build_s: 0,
+        let src = Source::Local {
+            path: "/l".into(),
+            commit: None,
         };
+        let meta = Metadata::new("6.12.57", src);
         c.store("k1", &s, &meta).unwrap();
         for spec in ["6.12", "6.12.57", "k1"] {
             let k = resolve_in(Some(spec), &c).unwrap();

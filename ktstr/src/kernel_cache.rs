@@ -102,6 +102,26 @@ pub struct Metadata {
     pub build_s: u64,
 }
 
+impl Metadata {
+    /// The metadata of an x86_64 `bzImage` entry of `version` from `source`, built now with
+    /// the current fragment, with a stripped vmlinux (config hash and build time zero); adjust
+    /// the rest with struct update syntax.
+    pub fn new(version: &str, source: Source) -> Self {
+        Metadata {
+            version: version.into(),
+            source,
+            arch: "x86_64".into(),
+            image_name: "bzImage".into(),
+            config_hash: "0".into(),
+            ktstr_kconfig_hash: kconfig_tag(),
+            built_at: now_s(),
+            has_vmlinux: true,
+            vmlinux_stripped: true,
+            build_s: 0,
+        }
+    }
+}
+
 /// One directory of the cache.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -389,20 +409,17 @@ mod tests {
     use super::*;
 
     fn meta(version: &str, built_at: u64, kc: &str) -> Metadata {
+        let src = Source::Local {
+            path: "/src/linux".into(),
+            commit: None,
+        };
         Metadata {
-            version: version.into(),
-            source: Source::Local {
-                path: "/src/linux".into(),
-                commit: None,
-            },
-            arch: "x86_64".into(),
-            image_name: "bzImage".into(),
-            config_hash: "0".into(),
             ktstr_kconfig_hash: kc.into(),
             built_at,
             has_vmlinux: false,
             vmlinux_stripped: false,
             build_s: 1,
+            ..Metadata::new(version, src)
         }
     }
 

@@ -165,7 +165,7 @@ pub fn expand(spec: &str, cache: &KernelCache) -> Result<Expansion, RangeError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_cache::{kconfig_tag, Metadata, Source};
+    use crate::kernel_cache::{Metadata, Source};
 
     fn cache_with(versions: &[&str]) -> (tempfile::TempDir, KernelCache) {
         let d = tempfile::tempdir().unwrap();
@@ -177,20 +177,13 @@ mod tests {
             bz[0x202..0x206].copy_from_slice(b"HdrS");
             std::fs::write(s.join("bzImage"), bz).unwrap();
             std::fs::write(s.join("vmlinux"), b"\x7fELF").unwrap();
+            let src = Source::Local {
+                path: "/l".into(),
+                commit: None,
+            };
             let meta = Metadata {
-                version: v.to_string(),
-                source: Source::Local {
-                    path: "/l".into(),
-                    commit: None,
-                },
-                arch: "x86_64".into(),
-                image_name: "bzImage".into(),
-                config_hash: "0".into(),
-                ktstr_kconfig_hash: kconfig_tag(),
                 built_at: 100 - i as u64,
-                has_vmlinux: true,
-                vmlinux_stripped: true,
-                build_s: 0,
+                ..Metadata::new(v, src)
             };
             c.store(&key, &s, &meta).unwrap();
         }

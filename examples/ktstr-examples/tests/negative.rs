@@ -116,6 +116,21 @@ fn isolation_escape(ctx: &Ctx) -> Result<AssertResult> {
     expect_kind(r, DetailKind::Isolation)
 }
 
+/// Runs one cgroup `cgroup` with a single `Custom` worker `run` for the whole duration.
+fn one_custom_worker(
+    ctx: &Ctx,
+    cgroup: &str,
+    name: &'static str,
+    run: fn(&AtomicBool) -> WorkerReport,
+) -> Result<AssertResult> {
+    execute_defs(
+        ctx,
+        vec![CgroupDef::named(cgroup)
+            .workers(1)
+            .work_type(WorkType::Custom { name, run })],
+    )
+}
+
 /// A worker that makes progress only every 1.5 s.
 fn stall_between_ticks(stop: &AtomicBool) -> WorkerReport {
     let mut rec = Recorder::new();
@@ -137,15 +152,7 @@ fn stall_between_ticks(stop: &AtomicBool) -> WorkerReport {
     expect_err = "Stuck: went"
 )]
 fn stuck_worker(ctx: &Ctx) -> Result<AssertResult> {
-    execute_defs(
-        ctx,
-        vec![CgroupDef::named("slow")
-            .workers(1)
-            .work_type(WorkType::Custom {
-                name: "stall_between_ticks",
-                run: stall_between_ticks,
-            })],
-    )
+    one_custom_worker(ctx, "slow", "stall_between_ticks", stall_between_ticks)
 }
 
 /// A worker that moves itself to the other CPU every iteration.
@@ -172,15 +179,7 @@ fn hop_cpus(stop: &AtomicBool) -> WorkerReport {
     expect_err = "Migration: migrated"
 )]
 fn migrating_worker(ctx: &Ctx) -> Result<AssertResult> {
-    execute_defs(
-        ctx,
-        vec![CgroupDef::named("hopper")
-            .workers(1)
-            .work_type(WorkType::Custom {
-                name: "hop_cpus",
-                run: hop_cpus,
-            })],
-    )
+    one_custom_worker(ctx, "hopper", "hop_cpus", hop_cpus)
 }
 
 /// A worker that does one iteration per 100 ms.
@@ -201,15 +200,7 @@ fn crawl(stop: &AtomicBool) -> WorkerReport {
     expect_err = "Benchmark: iteration rate"
 )]
 fn slow_iteration_rate(ctx: &Ctx) -> Result<AssertResult> {
-    execute_defs(
-        ctx,
-        vec![CgroupDef::named("crawler")
-            .workers(1)
-            .work_type(WorkType::Custom {
-                name: "crawl",
-                run: crawl,
-            })],
-    )
+    one_custom_worker(ctx, "crawler", "crawl", crawl)
 }
 
 /// A worker that exits with status 3 before it reports.
@@ -221,15 +212,7 @@ fn exit_early(_stop: &AtomicBool) -> WorkerReport {
 /// not as a worker that merely did not report (which is how it was missed before).
 #[ktstr_test(llcs = 1, cores = 2, expect_err = "Other: exited with code 3")]
 fn worker_exits_nonzero(ctx: &Ctx) -> Result<AssertResult> {
-    execute_defs(
-        ctx,
-        vec![CgroupDef::named("quitter")
-            .workers(1)
-            .work_type(WorkType::Custom {
-                name: "exit_early",
-                run: exit_early,
-            })],
-    )
+    one_custom_worker(ctx, "quitter", "exit_early", exit_early)
 }
 
 /// A worker that kills itself with SIGABRT.
@@ -240,15 +223,7 @@ fn abort_now(_stop: &AtomicBool) -> WorkerReport {
 /// A worker killed by a signal: named with the signal.
 #[ktstr_test(llcs = 1, cores = 2, expect_err = "Other: was killed by signal 6")]
 fn worker_killed_by_signal(ctx: &Ctx) -> Result<AssertResult> {
-    execute_defs(
-        ctx,
-        vec![CgroupDef::named("crasher")
-            .workers(1)
-            .work_type(WorkType::Custom {
-                name: "abort_now",
-                run: abort_now,
-            })],
-    )
+    one_custom_worker(ctx, "crasher", "abort_now", abort_now)
 }
 
 fn main() {
