@@ -335,33 +335,18 @@ fn fragment_not_applied<'a>(fragment: &'a str, config: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it for this
-    // thread and reads nothing else.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let ok =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
-            == 0;
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if !ok {
-        return (0..n).collect();
-    }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: the index is below CPU_SETSIZE.
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect()
+/// The CPUs this process may run on, in order (every CPU when the kernel will not say).
+fn allowed_cpus() -> Vec<u32> {
+    crate::host_cpus::allowed_cpus().unwrap_or_else(|_| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (0..n as u32).collect()
+    })
 }
 
 /// Makes `cmd` (and everything it starts) run only on `cpus`.
-fn confine(cmd: &mut Command, cpus: &[usize]) {
+fn confine(cmd: &mut Command, cpus: &[u32]) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: zeroed is a valid empty set; CPU_SET writes within it for indices below
-    // CPU_SETSIZE (the filter).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
+    let set = crate::host_cpus::cpu_set(cpus);
     // SAFETY: the closure runs between fork and exec; it only makes one async-signal-safe
     // system call on a set built before the fork, and allocates nothing.
     unsafe {
@@ -539,7 +524,7 @@ pub fn build(
     let _lock = cache.lock(&key)?;
     let tb = Instant::now();
     let allowed = allowed_cpus();
-    let cpus: Vec<usize> = match opts.cpu_cap {
+    let cpus: Vec<u32> = match opts.cpu_cap {
         Some(n) => allowed.iter().copied().take(n.max(1)).collect(),
         None => allowed,
     };

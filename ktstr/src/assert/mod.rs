@@ -271,6 +271,13 @@ pub struct AssertDetail {
     pub message: String,
 }
 
+impl AssertDetail {
+    /// The failure reason line `Kind: message` (what `expect_err = "Kind: text"` matches).
+    pub fn reason(&self) -> String {
+        format!("{:?}: {}", self.kind, self.message)
+    }
+}
+
 pub use eval::{CgroupStats, ScenarioStats};
 
 /// The threshold fields that are multiplied by `Ctx::time_scale` when judged (see the module

@@ -117,7 +117,7 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
         (Ok(Some(r)), true) => {
             for d in &r.details {
                 if !r.passed {
-                    reasons.push(format!("{:?}: {}", d.kind, d.message));
+                    reasons.push(d.reason());
                 }
             }
             if r.skipped {
