@@ -40,6 +40,7 @@ const ASSERT_INT: &[&str] = &[
 /// Float `Assert` thresholds.
 const ASSERT_FLOAT: &[&str] = &[
     "max_spread_pct",
+    "max_cgroup_spread_pct",
     "max_throughput_cv",
     "min_work_rate",
     "max_imbalance_ratio",

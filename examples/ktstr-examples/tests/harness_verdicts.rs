@@ -156,6 +156,34 @@ fn a_case_without_a_kernel_is_skipped_outside_ci_and_fails_under_ci() {
     assert!(out.contains("KTSTR_KERNEL"), "{out}");
 }
 
+/// A body that never returns: the host watchdog stops the VM and the case fails naming it.
+#[test]
+fn a_hanging_body_is_stopped_by_the_watchdog() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case_with("body_hangs/eevdf/1n1l1c1t", &[("KTSTR_VM_TIMEOUT_S", "25")]);
+    assert_eq!(code, Some(101), "{out}");
+    assert!(
+        out.contains("no verdict from the guest: watchdog: VM still running after 25s"),
+        "{out}"
+    );
+}
+
+/// A corrupt result channel fails the case although the body passed.
+#[test]
+fn a_corrupt_result_channel_fails_a_passing_case() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case("channel_corrupted/eevdf/1n1l1c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(
+        out.contains("result channel: corrupt frame at offset"),
+        "{out}"
+    );
+}
+
 /// A teardown over the test's cleanup_budget_ms fails an otherwise passing case.
 #[test]
 fn a_teardown_over_budget_fails_the_case() {

@@ -1,6 +1,6 @@
 //! Negative suite: each case provokes a real failure (starvation, unfairness, an escape from
-//! a cpuset, a stuck worker, constant migration, a crawling worker, a worker that exits with
-//! an error or dies of a signal) and passes only if the assertions catch it with the right
+//! a cpuset, a stuck worker, constant migration, a crawling worker, uneven work rates,
+//! irregular wake-ups, a worker that exits with an error or dies of a signal) and passes only if the assertions catch it with the right
 //! diagnosis and no other: `expect_err = "Kind: text"` names the kind and
 //! a piece of the evaluator's message, and the body turns "failed with another kind" or "did
 //! not fail" into a pass, which then fails. A crash, a hang or a missing verdict never
@@ -201,6 +201,94 @@ fn crawl(stop: &AtomicBool) -> WorkerReport {
 )]
 fn slow_iteration_rate(ctx: &Ctx) -> Result<AssertResult> {
     one_custom_worker(ctx, "crawler", "crawl", crawl)
+}
+
+/// About 10 work units per second against a floor of 1000: the work-rate check names it.
+#[ktstr_test(
+    llcs = 1,
+    cores = 2,
+    min_work_rate = 1000.0,
+    expect_err = "Benchmark: work rate"
+)]
+fn slow_work_rate(ctx: &Ctx) -> Result<AssertResult> {
+    one_custom_worker(ctx, "crawler", "crawl", crawl)
+}
+
+/// Two spinners of one cgroup, one per CPU; a SCHED_FIFO task on CPU 1 runs 45 ms of every
+/// 50, so the spinner there does about a tenth of the other's work: the work-rate CV of the
+/// cgroup (0.84 measured under TCG) exceeds 0.3. The two spinners have different affinities, so the spread
+/// check does not compare them, and the slowed one still runs every 50 ms (not starved, no
+/// gap near the limit).
+#[ktstr_test(
+    llcs = 1,
+    cores = 2,
+    max_throughput_cv = 0.3,
+    expect_err = "Benchmark: work-rate CV"
+)]
+fn uneven_work_rates(ctx: &Ctx) -> Result<AssertResult> {
+    pin_self_to(0);
+    let hog = Backdrop::new().with_op(Op::spawn_host(
+        Work::new(
+            WorkType::Bursty {
+                burst_ms: 45,
+                sleep_ms: 5,
+            },
+            1,
+        )
+        .sched_policy(SchedPolicy::Fifo(50))
+        .affinity(AffinityKind::Exact(vec![1])),
+    ));
+    let r = execute_scenario(
+        ctx,
+        &hog,
+        vec![Step::with_defs(
+            vec![CgroupDef::named("pair")
+                .workers(1)
+                .affinity(AffinityKind::Exact(vec![0]))
+                .work(Work::new(WorkType::SpinWait, 1).affinity(AffinityKind::Exact(vec![1])))],
+            HoldSpec::FULL,
+        )],
+    )?;
+    expect_kind(r, DetailKind::Benchmark)
+}
+
+/// A worker napping 2 ms at a time on CPU 0, where a SCHED_FIFO task bursts 30 ms of every
+/// 200: most wake-ups are prompt, the one per burst waits for the burst to end, so the wake
+/// latencies spread far past the limit of 1.5 (CV 5.7 measured under TCG; four healthy
+/// nappers under scx_demo measured 0.86 and 1.22).
+#[ktstr_test(
+    llcs = 1,
+    cores = 2,
+    max_wake_latency_cv = 1.5,
+    expect_err = "Benchmark: wake latency CV"
+)]
+fn irregular_wake_latency(ctx: &Ctx) -> Result<AssertResult> {
+    pin_self_to(1);
+    let hog = Backdrop::new().with_op(Op::spawn_host(
+        Work::new(
+            WorkType::Bursty {
+                burst_ms: 30,
+                sleep_ms: 170,
+            },
+            1,
+        )
+        .sched_policy(SchedPolicy::Fifo(50))
+        .affinity(AffinityKind::Exact(vec![0])),
+    ));
+    let nap = WorkType::sequence(&[Phase::Sleep(std::time::Duration::from_millis(2))])
+        .expect("one phase");
+    let r = execute_scenario(
+        ctx,
+        &hog,
+        vec![Step::with_defs(
+            vec![CgroupDef::named("nappers")
+                .workers(1)
+                .affinity(AffinityKind::Exact(vec![0]))
+                .work_type(nap)],
+            HoldSpec::FULL,
+        )],
+    )?;
+    expect_kind(r, DetailKind::Benchmark)
 }
 
 /// A worker that exits with status 3 before it reports.

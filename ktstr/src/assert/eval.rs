@@ -266,6 +266,68 @@ fn spread_by_type(run: &CgroupRun) -> Option<Spread> {
     worst
 }
 
+/// The widest gap between cgroups that competed on equal terms, as
+/// (spread, (cgroup, mean off-CPU %) lowest, highest, work type, workers each).
+type CgroupSpread = (f64, (String, f64), (String, f64), String, usize);
+
+/// The worst cross-cgroup spread: for every work type, affinity and cpuset, the cgroups that
+/// ran the same number of such workers over about the same time (wall times within 20%) are
+/// compared by their workers' mean off-CPU %. Equal numbers keep the comparison neutral
+/// between per-task and per-cgroup fairness (both give such cgroups equal shares); the DSL
+/// gives every cgroup the same `cpu.weight`. Workers are filtered as for the in-cgroup spread.
+fn cross_cgroup_spread(runs: &[CgroupRun]) -> Option<CgroupSpread> {
+    type Terms<'a> = (&'a str, &'a WorkerAffinity, &'a Option<Vec<u32>>, usize);
+    // (terms, cgroup, mean off-CPU %, mean wall time in s)
+    let mut entries: Vec<(Terms, &str, f64, f64)> = Vec::new();
+    for run in runs {
+        let peers = run.workers.iter().filter(|w| {
+            w.affinity != WorkerAffinity::Changed
+                && !RESIDUAL_DEMAND.contains(&w.work_type.as_str())
+                && w.telemetry
+                && !w.report.is_messenger
+                && w.report.exit_info.is_none()
+        });
+        let mut groups: Vec<(&str, &WorkerAffinity, &Option<Vec<u32>>)> = peers
+            .clone()
+            .map(|w| (w.work_type.as_str(), &w.affinity, &w.allowed))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for (t, aff, allowed) in groups {
+            let ws: Vec<&WorkerReport> = peers
+                .clone()
+                .filter(|w| w.work_type == t && w.affinity == *aff && w.allowed == *allowed)
+                .map(|w| &w.report)
+                .collect();
+            let n = ws.len() as f64;
+            let off = ws.iter().map(|r| r.off_cpu_pct()).sum::<f64>() / n;
+            let wall = ws.iter().map(|r| secs(r)).sum::<f64>() / n;
+            entries.push(((t, aff, allowed, ws.len()), &run.name, off, wall));
+        }
+    }
+    let mut worst: Option<CgroupSpread> = None;
+    for (i, a) in entries.iter().enumerate() {
+        for b in &entries[i + 1..] {
+            let overlapped = (a.3 - b.3).abs() <= 0.2 * a.3.max(b.3);
+            if a.0 != b.0 || a.1 == b.1 || !overlapped {
+                continue;
+            }
+            let (lo, hi) = if a.2 <= b.2 { (a, b) } else { (b, a) };
+            let s = hi.2 - lo.2;
+            if worst.as_ref().is_none_or(|w| s > w.0) {
+                worst = Some((
+                    s,
+                    (lo.1.to_string(), lo.2),
+                    (hi.1.to_string(), hi.2),
+                    a.0 .0.to_string(),
+                    a.0 .3,
+                ));
+            }
+        }
+    }
+    worst
+}
+
 /// Aggregates per-cgroup statistics.
 pub fn scenario_stats(runs: &[CgroupRun], total_cpus: usize) -> ScenarioStats {
     let cgroups: Vec<CgroupStats> = runs.iter().map(cgroup_stats).collect();
@@ -481,6 +543,19 @@ pub fn evaluate(a: &Assert, runs: &[CgroupRun], time_scale: f64) -> AssertResult
             }
         }
     }
+    if let (Some(max), Some((s, lo, hi, t, n))) =
+        (a.max_cgroup_spread_pct, cross_cgroup_spread(runs))
+    {
+        if s > max {
+            res.push_failure(
+                DetailKind::Unfair,
+                format!(
+                    "cross-cgroup spread {s:.1}% > {max:.1}%: cgroup {} {:.1}% off-CPU, cgroup {} {:.1}% ({t} ×{n} each on the same CPUs)",
+                    hi.0, hi.1, lo.0, lo.1
+                ),
+            );
+        }
+    }
     res.stats = Some(scenario_stats(runs, total_cpus));
     res
 }
@@ -517,6 +592,74 @@ mod tests {
             cpus: 2,
             workers,
         }]
+    }
+
+    fn cg(name: &str, workers: Vec<WorkerRun>) -> CgroupRun {
+        CgroupRun {
+            name: name.into(),
+            cpus: 2,
+            workers,
+        }
+    }
+
+    #[test]
+    fn a_cgroup_shortchanged_as_a_whole_is_unfair_across_cgroups() {
+        let a = Assert::NO_OVERRIDES.max_cgroup_spread_pct(20.0);
+        let fair = cg("cg0", vec![w(1, 100, 10.0, &[0]), w(2, 100, 12.0, &[1])]);
+        let short = cg("cg1", vec![w(3, 9, 90.0, &[0]), w(4, 9, 92.0, &[1])]);
+        let r = evaluate(&a, &[fair.clone(), short.clone()], 1.0);
+        assert!(!r.passed);
+        let d = &r.details[0];
+        assert_eq!(d.kind, DetailKind::Unfair);
+        assert_eq!(
+            d.message,
+            "cross-cgroup spread 80.0% > 20.0%: cgroup cg1 91.0% off-CPU, cgroup cg0 11.0% (SpinWait ×2 each on the same CPUs)"
+        );
+        // Within each cgroup the workers are even: the in-cgroup spread sees nothing.
+        let inside = evaluate(
+            &Assert::NO_OVERRIDES.max_spread_pct(20.0),
+            &[fair, short],
+            1.0,
+        );
+        assert!(inside.passed, "{inside:?}");
+    }
+
+    #[test]
+    fn cgroups_on_unequal_terms_are_not_compared() {
+        let a = Assert::NO_OVERRIDES.max_cgroup_spread_pct(20.0);
+        let base = cg("cg0", vec![w(1, 100, 10.0, &[0]), w(2, 100, 10.0, &[1])]);
+        let judge = |other: CgroupRun| evaluate(&a, &[base.clone(), other], 1.0);
+        // More workers: their share per worker is smaller under per-cgroup fairness.
+        let more = cg(
+            "cg1",
+            vec![
+                w(3, 9, 90.0, &[0]),
+                w(4, 9, 90.0, &[1]),
+                w(5, 9, 90.0, &[1]),
+            ],
+        );
+        assert!(judge(more).passed);
+        // Another work type.
+        let mut yielding = cg("cg1", vec![w(3, 9, 90.0, &[0]), w(4, 9, 90.0, &[1])]);
+        for x in &mut yielding.workers {
+            x.work_type = "Mixed".into();
+        }
+        assert!(judge(yielding).passed);
+        // Another cpuset.
+        let mut fenced = cg("cg1", vec![w(3, 9, 90.0, &[0]), w(4, 9, 90.0, &[0])]);
+        for x in &mut fenced.workers {
+            x.allowed = Some(vec![0]);
+        }
+        assert!(judge(fenced).passed);
+        // Another time (a later step): wall times 2 s against 1 s.
+        let mut later = cg("cg1", vec![w(3, 9, 90.0, &[0]), w(4, 9, 90.0, &[1])]);
+        for x in &mut later.workers {
+            x.report.wall_time_ns /= 2;
+        }
+        assert!(judge(later).passed);
+        // The same terms: compared, and caught.
+        let same = cg("cg1", vec![w(3, 9, 90.0, &[0]), w(4, 9, 90.0, &[1])]);
+        assert!(!judge(same).passed);
     }
 
     #[test]

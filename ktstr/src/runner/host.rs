@@ -141,7 +141,10 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     spec.memory_mib = memory_mib;
     spec.cmdline_extra = case.scheduler.kargs.iter().map(|s| s.to_string()).collect();
     let run_s = case.test.duration_s as f64 + 30.0;
-    spec.timeout = Duration::from_secs_f64(60.0 * scale + run_s * scale);
+    spec.timeout = vm_timeout(
+        std::env::var("KTSTR_VM_TIMEOUT_S").ok().as_deref(),
+        Duration::from_secs_f64(60.0 * scale + run_s * scale),
+    )?;
     spec.cancel = Arc::new(AtomicBool::new(false));
     // KTSTR_NO_PERF_MODE: the capped tier, held until the VM is gone.
     let _reservation = if crate::host_cpus::no_perf_mode() {
@@ -315,8 +318,36 @@ fn run_host_only(case: &CaseSpec) -> Result<CaseVerdict, String> {
     })
 }
 
+/// The VM watchdog: `KTSTR_VM_TIMEOUT_S` (whole seconds, at least 1) when set, else `default`.
+fn vm_timeout(env: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match env.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+            _ => Err(format!(
+                "KTSTR_VM_TIMEOUT_S={s:?} is not a whole number of seconds above 0; unset it for the default ({} s here)",
+                default.as_secs()
+            )),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn vm_timeout_takes_the_override_or_the_default() {
+        let d = Duration::from_secs(364);
+        assert_eq!(vm_timeout(None, d), Ok(d));
+        assert_eq!(vm_timeout(Some(" "), d), Ok(d));
+        assert_eq!(vm_timeout(Some("20"), d), Ok(Duration::from_secs(20)));
+        for bad in ["0", "-3", "1.5", "soon"] {
+            let e = vm_timeout(Some(bad), d).unwrap_err();
+            assert!(
+                e.contains("KTSTR_VM_TIMEOUT_S") && e.contains("364 s"),
+                "{e}"
+            );
+        }
+    }
     use super::*;
     use crate::shm::{Frame, FrameType};
 

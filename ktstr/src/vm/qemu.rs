@@ -260,6 +260,23 @@ fn accel_arg(accel: Accel) -> &'static str {
     }
 }
 
+/// Where Debian's `qemu-system-data` puts qboot, a minimal firmware that does what a direct
+/// kernel boot needs (ACPI tables and the kernel from fw_cfg) and nothing else.
+const QBOOT_ROM: &str = "/usr/share/qemu/qboot.rom";
+
+/// The `-bios` image: `KTSTR_QEMU_FIRMWARE` when set (`seabios` means qemu's default), else
+/// qboot where installed. qboot reaches the kernel about 200 ms sooner than SeaBIOS under TCG
+/// (296 vs 528 ms from launch to the kernel's clock at 16 vCPUs, median of 5), on every boot.
+/// `None` leaves qemu's default firmware (SeaBIOS).
+pub fn firmware(requested: Option<&str>, qboot_installed: bool) -> Option<String> {
+    match requested.map(str::trim) {
+        Some("seabios") => None,
+        Some(path) if !path.is_empty() => Some(path.to_string()),
+        _ if qboot_installed => Some(QBOOT_ROM.to_string()),
+        _ => None,
+    }
+}
+
 /// Whether qemu is installed.
 pub fn qemu_available() -> bool {
     std::env::var_os("PATH")
@@ -310,8 +327,14 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
             dir.path(),
             &cpu_model(std::env::var("KTSTR_QEMU_CPU").ok().as_deref()),
         ))
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
-        .arg("-kernel")
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"]);
+    if let Some(bios) = firmware(
+        std::env::var("KTSTR_QEMU_FIRMWARE").ok().as_deref(),
+        Path::new(QBOOT_ROM).is_file(),
+    ) {
+        cmd.args(["-bios", &bios]);
+    }
+    cmd.arg("-kernel")
         .arg(&spec.kernel)
         .arg("-initrd")
         .arg(&spec.initramfs)
@@ -613,6 +636,18 @@ mod tests {
         assert_eq!(cpu_model(None), "Skylake-Server");
         assert_eq!(cpu_model(Some("  ")), "Skylake-Server");
         assert_eq!(cpu_model(Some("host,-xsave")), "host,-xsave");
+    }
+
+    #[test]
+    fn firmware_prefers_qboot_and_honours_the_override() {
+        assert_eq!(firmware(None, true).as_deref(), Some(QBOOT_ROM));
+        assert_eq!(firmware(None, false), None);
+        assert_eq!(firmware(Some(""), true).as_deref(), Some(QBOOT_ROM));
+        assert_eq!(firmware(Some("seabios"), true), None);
+        assert_eq!(
+            firmware(Some("/x/bios.bin"), false).as_deref(),
+            Some("/x/bios.bin")
+        );
     }
 
     #[test]

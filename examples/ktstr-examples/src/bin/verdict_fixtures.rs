@@ -65,6 +65,54 @@ fn performance_mode_case(_ctx: &Ctx) -> Result<AssertResult> {
     Ok(AssertResult::pass())
 }
 
+/// The body never returns: the host's watchdog (`KTSTR_VM_TIMEOUT_S` in the test that runs
+/// this) must stop the VM and fail the case naming the watchdog.
+#[ktstr_test(llcs = 1, cores = 1)]
+fn body_hangs(_ctx: &Ctx) -> Result<AssertResult> {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Appends a frame with a wrong checksum to the result channel (through /dev/mem, at the
+/// region `ktstr_shm=SIZE@ADDR` names on the kernel command line), waits for the host to read
+/// it, then passes: the case must fail on the corrupt channel all the same.
+#[ktstr_test(llcs = 1, cores = 1)]
+fn channel_corrupted(_ctx: &Ctx) -> Result<AssertResult> {
+    use std::os::unix::fs::FileExt;
+    let cmdline = std::fs::read_to_string("/proc/cmdline")?;
+    let region = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ktstr_shm="))
+        .ok_or_else(|| anyhow!("no ktstr_shm= on the kernel command line"))?;
+    let (_, addr) = region
+        .split_once('@')
+        .ok_or_else(|| anyhow!("ktstr_shm={region} has no @ADDR"))?;
+    let base = u64::from_str_radix(addr.trim_start_matches("0x"), 16)?;
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mem")?;
+    // Header: write_off (u64) at byte 24; frames start after the 64-byte header.
+    let mut word = [0u8; 8];
+    mem.read_at(&mut word, base + 24)?;
+    let write_off = u64::from_le_bytes(word);
+    // A frame header (kind 1, an out-of-order sequence number, 8 payload bytes) whose
+    // checksum is wrong, then its payload.
+    let mut frame = [0u8; 24];
+    frame[0..4].copy_from_slice(&1u32.to_le_bytes());
+    frame[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    frame[8..12].copy_from_slice(&8u32.to_le_bytes());
+    frame[12..16].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+    frame[16..24].copy_from_slice(b"garbage!");
+    mem.write_at(&frame, base + 64 + write_off)?;
+    mem.write_at(&(write_off + 24).to_le_bytes(), base + 24)?;
+    // The host polls the region; give it time to read the bad frame before the guest's own
+    // writer (which keeps its own offset) writes the result over it.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    Ok(AssertResult::pass())
+}
+
 fn main() {
     ktstr_harness::main()
 }
