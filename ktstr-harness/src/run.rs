@@ -114,3 +114,126 @@ pub fn run(matrix: &Matrix, mut args: Arguments) -> i32 {
     }
     i32::from(libtest_mimic::run(&args, trials).has_failed()) * 101
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ktstr::prelude::*;
+    use ktstr::registry::matrix::{KernelSet, Matrix};
+    use ktstr::registry::KtstrTest;
+    use ktstr::runner::SchedulerExit;
+
+    fn body(_: &Ctx) -> Result<AssertResult> {
+        Ok(AssertResult::pass())
+    }
+
+    static TESTS: [KtstrTest; 3] = [
+        KtstrTest::new("plain", body),
+        KtstrTest::new("expects", body).expect_err(true),
+        KtstrTest::new("named", body)
+            .expect_err(true)
+            .expect_err_match("Unfair: spread"),
+    ];
+    const PLAIN: &str = "plain";
+    const EXPECTS: &str = "expects";
+    const NAMED: &str = "named";
+
+    fn spec(test: &str) -> CaseSpec {
+        Matrix::new(&TESTS, KernelSet::none())
+            .resolve(&format!("{test}/eevdf/1n1l2c1t"))
+            .unwrap()
+    }
+
+    fn verdict(passed: bool, reasons: &[&str]) -> CaseVerdict {
+        CaseVerdict {
+            passed,
+            report: format!("REPORT passed={passed}"),
+            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+            sched_exit: None,
+            infra: false,
+            skipped: None,
+        }
+    }
+
+    fn completed(r: Result<Completion, String>) -> bool {
+        matches!(r, Ok(Completion::Completed))
+    }
+
+    /// The failure message; panics on any completion.
+    fn err(r: Result<Completion, String>) -> String {
+        match r {
+            Err(e) => e,
+            Ok(Completion::Completed) => panic!("completed"),
+            Ok(Completion::Ignored { reason }) => panic!("ignored: {reason:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_case_passes_or_fails_with_its_report() {
+        assert!(completed(judge(&spec(PLAIN), &verdict(true, &[]))));
+        let e = err(judge(&spec(PLAIN), &verdict(false, &["Unfair: x"])));
+        assert_eq!(e, "REPORT passed=false");
+    }
+
+    #[test]
+    fn a_skipped_case_is_ignored_whatever_it_expects() {
+        for t in [PLAIN, EXPECTS, NAMED] {
+            let mut v = verdict(false, &[]);
+            v.skipped = Some("no kernel".into());
+            match judge(&spec(t), &v) {
+                Ok(Completion::Ignored { reason }) => {
+                    assert_eq!(reason.as_deref(), Some("skipped: no kernel"))
+                }
+                r => panic!("not ignored: {}", err(r)),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_expect_err_needs_a_real_failure() {
+        assert!(completed(judge(
+            &spec(EXPECTS),
+            &verdict(false, &["Unfair: x"])
+        )));
+        let e = err(judge(&spec(EXPECTS), &verdict(true, &[])));
+        assert!(
+            e.contains("passed, but the test is declared expect_err"),
+            "{e}"
+        );
+        let mut infra = verdict(false, &["Other: no verdict"]);
+        infra.infra = true;
+        let e = err(judge(&spec(EXPECTS), &infra));
+        assert!(e.contains("could not run or gave no verdict"), "{e}");
+        assert!(e.contains("REPORT"), "{e}");
+        let mut unloaded = verdict(false, &["SchedulerDied: scheduler failed to load"]);
+        unloaded.sched_exit = Some(SchedulerExit {
+            phase: "load".into(),
+            ..Default::default()
+        });
+        let e = err(judge(&spec(EXPECTS), &unloaded));
+        assert!(e.contains("never attached"), "{e}");
+        // A scheduler that died while running is a real failure.
+        let mut died = unloaded.clone();
+        died.sched_exit.as_mut().unwrap().phase = "run".into();
+        assert!(completed(judge(&spec(EXPECTS), &died)));
+    }
+
+    #[test]
+    fn a_named_expectation_needs_that_diagnosis_and_no_other() {
+        let n = spec(NAMED);
+        assert!(completed(judge(
+            &n,
+            &verdict(false, &["Unfair: spread 40% > 15%"])
+        )));
+        let e = err(judge(&n, &verdict(false, &["Stuck: went 900 ms"])));
+        assert!(e.contains("not as expected by \"Unfair: spread\""), "{e}");
+        assert!(e.contains("REPORT"), "{e}");
+        let e = err(judge(
+            &n,
+            &verdict(false, &["Unfair: spread 40% > 15%", "Stuck: went 900 ms"]),
+        ));
+        assert!(e.contains("not as expected"), "{e}");
+        let e = err(judge(&n, &verdict(true, &[])));
+        assert!(e.contains("declared expect_err"), "{e}");
+    }
+}

@@ -19,10 +19,10 @@
 //! measured up to 31% with EEVDF, against the 35% debug limit). `YieldHeavy` workers are never
 //! compared: a yielder's CPU time is whatever its neighbours leave it.
 //!
-//! **Across cgroups** (`max_cgroup_spread_pct`): cgroups that ran the same number of workers
-//! of one work type with the same affinity and cpuset over the same time are compared by
-//! their workers' mean off-CPU time, which catches a scheduler that shortchanges a whole
-//! cgroup evenly (the in-cgroup spread cannot see that).
+//! **Across cgroups** (`max_cgroup_spread_pct`): sibling leaf cgroups that ran the same number
+//! of workers of one work type with the same affinity and cpuset over the same time are
+//! compared by their workers' mean off-CPU time, which catches a scheduler that shortchanges
+//! a whole cgroup evenly (the in-cgroup spread cannot see that).
 
 pub mod eval;
 #[cfg(test)]
@@ -32,8 +32,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Threshold set for one case. All 20 fields are optional; see library spec §4 (`max_cgroup_spread_pct` is ours,
-/// beyond the spec's 19).
+/// Threshold set for one case. All 20 fields are optional; see library spec §4
+/// (`max_cgroup_spread_pct` is ours, beyond the spec's 19).
 ///
 /// Build it with the const setters so it can live in `const`/`static` items:
 /// `Assert::NO_OVERRIDES.max_gap_ms(3000).check_not_starved()`.
@@ -48,8 +48,9 @@ pub struct Assert {
     pub max_gap_ms: Option<u64>,
     /// Largest allowed max − min off-CPU percentage across a cgroup's workers.
     pub max_spread_pct: Option<f64>,
-    /// Largest allowed gap in mean off-CPU percentage between cgroups that competed on equal
-    /// terms (same work type, number of workers, affinity and cpuset, over the same time).
+    /// Largest allowed gap in mean off-CPU percentage between sibling leaf cgroups that
+    /// competed on equal terms (same work type, number of workers, affinity and cpuset, over
+    /// the same time).
     pub max_cgroup_spread_pct: Option<f64>,
     /// Largest allowed coefficient of variation of work rate across workers.
     pub max_throughput_cv: Option<f64>,
