@@ -214,11 +214,20 @@ fn slow_work_rate(ctx: &Ctx) -> Result<AssertResult> {
     one_custom_worker(ctx, "crawler", "crawl", crawl)
 }
 
+/// A SCHED_FIFO task (priority 50) on `cpu` that runs `burst_ms`, then sleeps `sleep_ms`.
+fn fifo_bursts(cpu: u32, burst_ms: u64, sleep_ms: u64) -> Backdrop {
+    Backdrop::new().with_op(Op::spawn_host(
+        Work::new(WorkType::Bursty { burst_ms, sleep_ms }, 1)
+            .sched_policy(SchedPolicy::Fifo(50))
+            .affinity(AffinityKind::Exact(vec![cpu])),
+    ))
+}
+
 /// Two spinners of one cgroup, one per CPU; a SCHED_FIFO task on CPU 1 runs 45 ms of every
 /// 50, so the spinner there does about a tenth of the other's work: the work-rate CV of the
-/// cgroup (0.84 measured under TCG) exceeds 0.3. The two spinners have different affinities, so the spread
-/// check does not compare them, and the slowed one still runs every 50 ms (not starved, no
-/// gap near the limit).
+/// cgroup (0.84 measured under TCG) exceeds 0.3. The two spinners have different affinities,
+/// so the spread check does not compare them, and the slowed one still runs every 50 ms (not
+/// starved, no gap near the limit).
 #[ktstr_test(
     llcs = 1,
     cores = 2,
@@ -227,17 +236,7 @@ fn slow_work_rate(ctx: &Ctx) -> Result<AssertResult> {
 )]
 fn uneven_work_rates(ctx: &Ctx) -> Result<AssertResult> {
     pin_self_to(0);
-    let hog = Backdrop::new().with_op(Op::spawn_host(
-        Work::new(
-            WorkType::Bursty {
-                burst_ms: 45,
-                sleep_ms: 5,
-            },
-            1,
-        )
-        .sched_policy(SchedPolicy::Fifo(50))
-        .affinity(AffinityKind::Exact(vec![1])),
-    ));
+    let hog = fifo_bursts(1, 45, 5);
     let r = execute_scenario(
         ctx,
         &hog,
@@ -264,17 +263,7 @@ fn uneven_work_rates(ctx: &Ctx) -> Result<AssertResult> {
 )]
 fn irregular_wake_latency(ctx: &Ctx) -> Result<AssertResult> {
     pin_self_to(1);
-    let hog = Backdrop::new().with_op(Op::spawn_host(
-        Work::new(
-            WorkType::Bursty {
-                burst_ms: 30,
-                sleep_ms: 170,
-            },
-            1,
-        )
-        .sched_policy(SchedPolicy::Fifo(50))
-        .affinity(AffinityKind::Exact(vec![0])),
-    ));
+    let hog = fifo_bursts(0, 30, 170);
     let nap = WorkType::sequence(&[Phase::Sleep(std::time::Duration::from_millis(2))])
         .expect("one phase");
     let r = execute_scenario(
