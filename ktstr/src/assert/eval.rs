@@ -680,6 +680,148 @@ mod tests {
         assert!(!judge(same).passed);
     }
 
+    /// Every summary field of one cgroup, from three workers with known numbers.
+    #[test]
+    fn cgroup_stats_summarises_its_workers() {
+        let mut a = w(1, 100, 50.0, &[0]);
+        let mut b = w(2, 300, 60.0, &[1]);
+        let mut c = w(3, 200, 70.0, &[1, 2]);
+        for (x, gap, gap_cpu, migr, lat, delay, count) in [
+            (
+                &mut a,
+                40.0,
+                1,
+                10,
+                vec![1000, 2000, 3000, 4000],
+                4_000_000,
+                2,
+            ),
+            (&mut b, 20.0, 0, 5, vec![5000], 2_000_000, 2),
+            // The same longest gap as `a`, later: the first one found is reported.
+            (&mut c, 40.0, 3, 0, vec![], 0, 0),
+        ] {
+            x.report.max_gap_ms = gap;
+            x.report.max_gap_cpu = gap_cpu;
+            x.report.migration_count = migr;
+            x.report.resume_latencies_ns = lat;
+            x.report.schedstat_run_delay_ns = delay;
+            x.report.schedstat_run_count = count;
+        }
+        let st = cgroup_stats(&cg("cg0", vec![a, b, c.clone()]));
+        assert_eq!(st.workers, 3);
+        assert_eq!((st.max_gap_ms, st.max_gap_cpu), (40.0, 1));
+        assert_eq!(st.total_migrations, 15);
+        assert_eq!(st.total_iterations, 600);
+        assert_eq!(st.min_iterations_per_worker, 100);
+        assert!((st.migration_ratio - 0.025).abs() < 1e-9);
+        assert!((st.avg_off_cpu_pct - 60.0).abs() < 1e-6);
+        assert!((st.min_off_cpu_pct - 50.0).abs() < 1e-6);
+        assert!((st.max_off_cpu_pct - 70.0).abs() < 1e-6);
+        assert!((st.spread - 20.0).abs() < 1e-6);
+        assert_eq!(st.cpus_used, vec![0, 1, 2]);
+        // Latencies 1..5 µs: median 3, p99 5, CV sqrt(2)/3.
+        assert_eq!(st.median_wake_latency_us, Some(3.0));
+        assert_eq!(st.p99_wake_latency_us, Some(5.0));
+        assert!((st.wake_latency_tail_ratio.unwrap() - 5.0 / 3.0).abs() < 1e-9);
+        assert!((st.wake_latency_cv.unwrap() - 2f64.sqrt() / 3.0).abs() < 1e-9);
+        // Run delay: 6 ms over 4 runs; the largest worker total 4 ms.
+        assert!((st.mean_run_delay_us - 1500.0).abs() < 1e-9);
+        assert!((st.max_run_delay_us - 4000.0).abs() < 1e-9);
+        // Work rates 50, 150 and 100 per second.
+        assert!((st.throughput_cv.unwrap() - (5000.0f64 / 3.0).sqrt() / 100.0).abs() < 1e-9);
+
+        // One worker, no iterations, no runs, zero latencies: no ratios out of nothing.
+        c.report.iterations = 0;
+        c.report.resume_latencies_ns = vec![0, 0];
+        let lone = cgroup_stats(&cg("cg1", vec![c]));
+        assert_eq!(lone.migration_ratio, 0.0);
+        assert_eq!(lone.mean_run_delay_us, 0.0);
+        assert_eq!(lone.wake_latency_tail_ratio, None);
+        assert_eq!(lone.throughput_cv, None);
+    }
+
+    #[test]
+    fn messengers_and_workers_without_telemetry_are_not_in_the_spread() {
+        let mut m = w(3, 10, 90.0, &[0]);
+        m.report.is_messenger = true;
+        let mut quiet = w(4, 0, 95.0, &[1]);
+        quiet.telemetry = false;
+        let run = cg(
+            "cg0",
+            vec![w(1, 100, 10.0, &[0]), w(2, 100, 12.0, &[1]), m, quiet],
+        );
+        assert!((cgroup_stats(&run).spread - 2.0).abs() < 1e-6);
+    }
+
+    /// The worst type's spread is reported, and on a tie the first type (in name order).
+    #[test]
+    fn the_widest_spread_of_any_type_is_reported() {
+        let typed = |t: &str, tid, off| {
+            let mut x = w(tid, 100, off, &[0]);
+            x.work_type = t.into();
+            x
+        };
+        let narrow_first = cg(
+            "cg0",
+            vec![
+                typed("Mixed", 1, 10.0),
+                typed("Mixed", 2, 20.0),
+                typed("SpinWait", 3, 10.0),
+                typed("SpinWait", 4, 40.0),
+            ],
+        );
+        let (s, lo, hi, t) = spread_by_type(&narrow_first).unwrap();
+        assert_eq!((t.as_str(), lo.0, hi.0), ("SpinWait", 3, 4));
+        assert!((s - 30.0).abs() < 1e-6);
+        let wide_first = cg(
+            "cg0",
+            vec![
+                typed("Mixed", 1, 10.0),
+                typed("Mixed", 2, 40.0),
+                typed("SpinWait", 3, 10.0),
+                typed("SpinWait", 4, 20.0),
+            ],
+        );
+        assert_eq!(spread_by_type(&wide_first).unwrap().3, "Mixed");
+        let tie = cg(
+            "cg0",
+            vec![
+                typed("Mixed", 1, 10.0),
+                typed("Mixed", 2, 30.0),
+                typed("SpinWait", 3, 10.0),
+                typed("SpinWait", 4, 30.0),
+            ],
+        );
+        assert_eq!(spread_by_type(&tie).unwrap().3, "Mixed");
+    }
+
+    /// Workers the in-cgroup spread leaves out are left out across cgroups too.
+    #[test]
+    fn cross_cgroup_spread_skips_the_workers_the_spread_skips() {
+        let a = Assert::NO_OVERRIDES.max_cgroup_spread_pct(20.0);
+        let base = cg("cg0", vec![w(1, 100, 10.0, &[0]), w(2, 100, 10.0, &[1])]);
+        let mark: [fn(&mut WorkerRun); 5] = [
+            |x| x.affinity = WorkerAffinity::Changed,
+            |x| x.work_type = "YieldHeavy".into(),
+            |x| x.telemetry = false,
+            |x| x.report.is_messenger = true,
+            |x| x.report.exit_info = Some(ExitInfo::Code(1)),
+        ];
+        for (i, m) in mark.iter().enumerate() {
+            let mut other = cg("cg1", vec![w(3, 9, 90.0, &[0]), w(4, 9, 90.0, &[1])]);
+            for x in &mut other.workers {
+                m(x);
+            }
+            // (An exit is its own failure; only the spread matters here.)
+            let r = evaluate(&a, &[base.clone(), other], 1.0);
+            assert!(
+                !r.has_kind(DetailKind::Unfair),
+                "filter {i}: {:?}",
+                r.details
+            );
+        }
+    }
+
     #[test]
     fn healthy_passes_with_stats() {
         let r = evaluate(

@@ -492,4 +492,30 @@ mod tests {
         assert!(!all.passed && !all.skipped && !all.inconclusive);
         assert_eq!(all.details.len(), 3);
     }
+
+    /// A skip survives a merge only with an empty pass, from either side.
+    #[test]
+    fn a_skip_survives_only_an_empty_pass() {
+        let s = AssertResult::skip("no kvm");
+        assert!(s.clone().merge(AssertResult::pass()).skipped);
+        assert!(AssertResult::pass().merge(s.clone()).skipped);
+        // A pass that carries details (a note, a miss an expect_err case kept) is not empty.
+        let mut noted = AssertResult::pass();
+        noted.details.push(AssertDetail {
+            kind: DetailKind::Other,
+            message: "note".into(),
+        });
+        let a = s.clone().merge(noted.clone());
+        assert!(a.passed && !a.skipped, "{a:?}");
+        let b = noted.merge(s);
+        assert!(b.passed && !b.skipped, "{b:?}");
+    }
+
+    #[test]
+    fn has_kind_finds_only_details_of_that_kind() {
+        assert!(!AssertResult::pass().has_kind(DetailKind::Starved));
+        let f = AssertResult::fail(DetailKind::Unfair, "spread");
+        assert!(f.has_kind(DetailKind::Unfair));
+        assert!(!f.has_kind(DetailKind::Stuck));
+    }
 }
