@@ -795,6 +795,46 @@ mod tests {
         assert_eq!(spread_by_type(&tie).unwrap().3, "Mixed");
     }
 
+    /// Within a cgroup, workers are grouped by work type, affinity and cpuset before the
+    /// cgroups are compared; wall times within 20% count as the same time.
+    #[test]
+    fn cross_cgroup_spread_compares_like_with_like() {
+        let pinned = |tid, off| {
+            let mut x = w(tid, 100, off, &[0]);
+            x.affinity = WorkerAffinity::Fixed(vec![0]);
+            x
+        };
+        let cg0 = cg(
+            "cg0",
+            vec![
+                w(1, 100, 10.0, &[0]),
+                w(2, 100, 10.0, &[1]),
+                pinned(3, 90.0),
+                pinned(4, 90.0),
+            ],
+        );
+        let mut cg1 = cg(
+            "cg1",
+            vec![
+                w(5, 100, 10.0, &[0]),
+                w(6, 100, 10.0, &[1]),
+                pinned(7, 10.0),
+                pinned(8, 10.0),
+            ],
+        );
+        // 5% shorter: the same time for the comparison.
+        for x in &mut cg1.workers {
+            x.report.wall_time_ns = x.report.wall_time_ns / 20 * 19;
+            x.report.off_cpu_ns = (x.report.wall_time_ns as f64 * 0.1) as u64;
+        }
+        let (s, lo, hi, t, n) = cross_cgroup_spread(&[cg0, cg1]).unwrap();
+        assert!((s - 80.0).abs() < 1e-6, "{s}");
+        assert_eq!(
+            (lo.0.as_str(), hi.0.as_str(), t.as_str(), n),
+            ("cg1", "cg0", "SpinWait", 2)
+        );
+    }
+
     /// Workers the in-cgroup spread leaves out are left out across cgroups too.
     #[test]
     fn cross_cgroup_spread_skips_the_workers_the_spread_skips() {
