@@ -835,6 +835,67 @@ mod tests {
         );
     }
 
+    /// Of several comparable pairs the widest is reported; on a tie, the first found.
+    #[test]
+    fn cross_cgroup_spread_reports_the_widest_pair() {
+        let two = |name: &str, off| cg(name, vec![w(1, 100, off, &[0]), w(2, 100, off, &[1])]);
+        let (s, lo, hi, ..) =
+            cross_cgroup_spread(&[two("cg0", 10.0), two("cg1", 50.0), two("cg2", 90.0)]).unwrap();
+        assert!((s - 80.0).abs() < 1e-6, "{s}");
+        assert_eq!((lo.0.as_str(), hi.0.as_str()), ("cg0", "cg2"));
+        let (_, _, hi, ..) =
+            cross_cgroup_spread(&[two("cg0", 10.0), two("cg1", 50.0), two("cg2", 50.0)]).unwrap();
+        assert_eq!(hi.0, "cg1");
+    }
+
+    #[test]
+    fn scenario_stats_totals_and_worsts() {
+        let mut a = w(1, 100, 10.0, &[0]);
+        a.report.max_gap_ms = 30.0;
+        a.report.migration_count = 3;
+        let mut b = w(2, 200, 10.0, &[1]);
+        b.report.max_gap_ms = 40.0;
+        b.report.max_gap_cpu = 1;
+        b.report.migration_count = 4;
+        let mut c = w(3, 300, 10.0, &[1]);
+        c.report.max_gap_ms = 40.0;
+        c.report.max_gap_cpu = 3;
+        let runs = [
+            cg("cga", vec![a]),
+            cg("cgb", vec![b]),
+            cg("cgc", vec![c]),
+            cg("empty", vec![]),
+        ];
+        let s = scenario_stats(&runs, 8);
+        assert_eq!(s.total_cpus, 8);
+        assert_eq!(s.total_workers, 3);
+        assert_eq!(s.total_migrations, 7);
+        assert_eq!(s.total_iterations, 600);
+        // The empty cgroup has no worker to be the worst.
+        assert_eq!(s.worst_iterations_per_worker, 100);
+        // The longest gap, and of two equal ones the first.
+        assert_eq!((s.worst_gap_ms, s.worst_gap_cpu), (40.0, 1));
+    }
+
+    #[test]
+    fn the_iteration_rate_is_per_second_of_wall_time() {
+        // 100 iterations in 2 s.
+        let run = cg("cg0", vec![w(1, 100, 10.0, &[0])]);
+        assert!(
+            evaluate(
+                &Assert::NO_OVERRIDES.min_iteration_rate(49.0),
+                &[run.clone()],
+                1.0
+            )
+            .passed
+        );
+        let r = evaluate(&Assert::NO_OVERRIDES.min_iteration_rate(51.0), &[run], 1.0);
+        assert_eq!(
+            r.details[0].message,
+            "cgroup cg0: worker 1 iteration rate 50.0/s < 51/s"
+        );
+    }
+
     /// Workers the in-cgroup spread leaves out are left out across cgroups too.
     #[test]
     fn cross_cgroup_spread_skips_the_workers_the_spread_skips() {
