@@ -315,7 +315,7 @@ fn the_iteration_rate_is_per_second_of_wall_time() {
     assert!(
         evaluate(
             &Assert::NO_OVERRIDES.min_iteration_rate(49.0),
-            &[run.clone()],
+            std::slice::from_ref(&run),
             1.0
         )
         .passed
