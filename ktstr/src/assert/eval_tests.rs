@@ -555,3 +555,38 @@ fn wake_latency_and_migration() {
     );
     assert!(r.passed, "{:?}", r.details);
 }
+
+/// Per-worker rate and ratio limits: at the limit passes, past it fails with the numbers, and
+/// a worker without telemetry is never judged.
+#[test]
+fn per_worker_limits_read_exactly_and_skip_workers_without_telemetry() {
+    // 100 units and 100 iterations in 2 s; 10 migrations.
+    let mut x = w(1, 100, 10.0, &[0]);
+    x.report.migration_count = 10;
+    let judged = |a: Assert, x: &WorkerRun| evaluate(&a, &run(vec![x.clone()]), 1.0);
+    let n = Assert::NO_OVERRIDES;
+    assert!(judged(n.min_work_rate(50.0), &x).passed);
+    let r = judged(n.min_work_rate(50.5), &x);
+    assert_eq!(
+        r.details[0].message,
+        "cgroup cg0: worker 1 work rate 50.0/s < 50.5/s"
+    );
+    assert!(judged(n.min_iteration_rate(50.0), &x).passed);
+    assert!(judged(n.max_migration_ratio(0.1), &x).passed);
+    let r = judged(n.max_migration_ratio(0.09), &x);
+    assert_eq!(
+        r.details[0].message,
+        "cgroup cg0: worker 1 migrated 10 times in 100 iterations (ratio 0.1000 > 0.09)"
+    );
+    let mut quiet = x.clone();
+    quiet.telemetry = false;
+    quiet.report.max_gap_ms = 1e6;
+    for a in [
+        n.min_work_rate(1e6),
+        n.min_iteration_rate(1e6),
+        n.max_migration_ratio(0.0),
+        n.max_gap_ms(1),
+    ] {
+        assert!(judged(a, &quiet).passed, "{a:?}");
+    }
+}
