@@ -590,3 +590,48 @@ fn per_worker_limits_read_exactly_and_skip_workers_without_telemetry() {
         assert!(judged(a, &quiet).passed, "{a:?}");
     }
 }
+
+/// Per-cgroup limits: at the limit passes, past it fails with the numbers.
+#[test]
+fn cgroup_limits_read_exactly() {
+    let n = Assert::NO_OVERRIDES;
+    // Off-CPU 10% and 30%; work rates 50 and 150 per second; wake latencies 1..5 µs.
+    let mut a = w(1, 100, 10.0, &[0]);
+    a.report.resume_latencies_ns = vec![1000, 2000, 3000, 4000];
+    let mut b = w(2, 300, 30.0, &[1]);
+    b.report.resume_latencies_ns = vec![5000];
+    let runs = run(vec![a, b]);
+    let first = |x: Assert, scale: f64| {
+        let r = evaluate(&x, &runs, scale);
+        r.details.first().map(|d| d.message.clone())
+    };
+    assert_eq!(first(n.max_spread_pct(20.0), 1.0), None);
+    assert!(first(n.max_spread_pct(19.9), 1.0)
+        .unwrap()
+        .starts_with("cgroup cg0 spread 20.0% > 19.9%"));
+    assert_eq!(first(n.max_throughput_cv(0.5), 1.0), None);
+    assert_eq!(
+        first(n.max_throughput_cv(0.49), 1.0).unwrap(),
+        "cgroup cg0: work-rate CV 0.500 > 0.49"
+    );
+    assert_eq!(first(n.max_p99_wake_latency_ns(5000), 1.0), None);
+    assert_eq!(
+        first(n.max_p99_wake_latency_ns(4999), 1.0).unwrap(),
+        "cgroup cg0: p99 wake latency 5.0 µs > 4999 ns"
+    );
+    assert_eq!(first(n.max_p99_wake_latency_ns(1250), 4.0), None);
+    assert_eq!(
+        first(n.max_p99_wake_latency_ns(1249), 4.0).unwrap(),
+        "cgroup cg0: p99 wake latency 5.0 µs > 1249 × time scale 4 ns"
+    );
+    assert_eq!(first(n.max_wake_latency_cv(0.48), 1.0), None);
+    assert_eq!(
+        first(n.max_wake_latency_cv(0.47), 1.0).unwrap(),
+        "cgroup cg0: wake latency CV 0.471 > 0.47"
+    );
+    // Across cgroups: 10% against 30%.
+    let two = |name: &str, off| cg(name, vec![w(1, 100, off, &[0]), w(2, 100, off, &[1])]);
+    let pair = [two("cg0", 10.0), two("cg1", 30.0)];
+    assert!(evaluate(&n.max_cgroup_spread_pct(20.0), &pair, 1.0).passed);
+    assert!(!evaluate(&n.max_cgroup_spread_pct(19.9), &pair, 1.0).passed);
+}
