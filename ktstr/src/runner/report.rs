@@ -297,7 +297,80 @@ mod tests {
         let mut v = judge("c", "", &outcome(EXIT, Some(&r), None));
         v.check_cleanup_budget("c", Duration::from_millis(1500), Some(1000));
         assert_eq!(v.reasons.len(), 2);
-        assert!(v.report.contains("  Unfair: spread 99%") && v.report.contains("1500 ms"));
+        // The budget's reason goes right under the first line, above the case's own.
+        let lines: Vec<&str> = v.report.lines().take(3).collect();
+        assert_eq!(lines[0], "ktstr case 'c' failed:");
+        assert!(
+            lines[1].starts_with("  Other: host teardown took 1500 ms"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[2], "  Unfair: spread 99%");
+    }
+
+    #[test]
+    fn an_infrastructure_failure_carries_its_reason() {
+        let v = CaseVerdict::infra_failure("c", "Other: no kernel".into());
+        assert!(!v.passed && v.infra && v.skipped.is_none() && v.sched_exit.is_none());
+        assert_eq!(v.reasons, ["Other: no kernel"]);
+        assert_eq!(v.report, "ktstr case 'c' failed:\n  Other: no kernel\n");
+    }
+
+    /// A failure report: reasons, then the scheduler log, the verdict with the scheduler's
+    /// exit, the head of its debug dump before the kernel's lines, and the console tail; a
+    /// section with nothing in it is left out.
+    #[test]
+    fn a_failure_report_has_every_section() {
+        let exit = SchedulerExit {
+            phase: "run".into(),
+            code: Some(1),
+            kind: Some(1024),
+            kind_name: Some("ERROR".into()),
+            msg: Some("injected".into()),
+            dump: (0..35).map(|i| format!("dump {i}")).collect(),
+            kernel_lines: vec!["sched_ext: disabled".into()],
+            ..Default::default()
+        };
+        let r = AssertResult::fail(DetailKind::SchedulerDied, "scheduler exited");
+        let mut out = outcome(EXIT, Some(&r), None);
+        out.frames.push(Frame {
+            kind: FrameType::Log,
+            seq: 1,
+            payload: b"sched says hi\n".to_vec(),
+        });
+        out.frames.push(Frame {
+            kind: FrameType::SchedExit,
+            seq: 2,
+            payload: serde_json::to_vec(&exit).unwrap(),
+        });
+        out.console_tail = "last console line\n".into();
+        let v = judge("c", "DIAG", &out);
+        assert_eq!(v.sched_exit.as_ref(), Some(&exit));
+        let rep = &v.report;
+        let at = |needle: &str| {
+            rep.find(needle)
+                .unwrap_or_else(|| panic!("no {needle:?} in:\n{rep}"))
+        };
+        assert!(
+            at("  SchedulerDied: scheduler exited") < at("--- scheduler log ---\nsched says hi")
+        );
+        assert!(at("sched says hi") < at("--- diagnostics ---\nverdict: SchedulerDied"));
+        at("scheduler exit: phase run, exit code 1, kind 1024 (ERROR), reason \"\", msg \"injected\"");
+        at("DIAG");
+        assert!(at("debug dump (35 lines):\n  dump 0") < at("  dump 29\n  ... 5 more lines"));
+        assert!(at("5 more lines in the scheduler log") < at("sched_ext: disabled"));
+        at("--- console tail ---\nlast console line");
+        assert!(!rep.contains("dump 30"), "{rep}");
+
+        // No log, no dump, no console: no empty sections.
+        let bare = judge("c", "", &outcome(EXIT, Some(&r), None));
+        for s in ["scheduler log", "sched_ext dump", "console tail"] {
+            assert!(
+                !bare.report.contains(&format!("--- {s} ---")),
+                "{}",
+                bare.report
+            );
+        }
+        assert!(bare.sched_exit.is_none());
     }
 
     #[test]
