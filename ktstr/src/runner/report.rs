@@ -373,6 +373,35 @@ mod tests {
         assert!(bare.sched_exit.is_none());
     }
 
+    /// A load failure shows the verifier's last lines under the failed program's name; a
+    /// dump that fits whole gets no "more lines" note.
+    #[test]
+    fn a_load_failure_shows_the_verifier_tail() {
+        let exit = SchedulerExit {
+            phase: "load".into(),
+            failed_prog: Some("demo_dispatch".into()),
+            verifier_tail: vec!["R1 invalid mem access 'scalar'".into()],
+            dump: (0..30).map(|i| format!("dump {i}")).collect(),
+            ..Default::default()
+        };
+        let r = AssertResult::fail(DetailKind::SchedulerDied, "scheduler failed to load");
+        let mut out = outcome(EXIT, Some(&r), None);
+        out.frames.push(Frame {
+            kind: FrameType::SchedExit,
+            seq: 1,
+            payload: serde_json::to_vec(&exit).unwrap(),
+        });
+        let rep = judge("c", "", &out).report;
+        assert!(
+            rep.contains("verifier log tail (demo_dispatch):\n  R1 invalid mem access 'scalar'"),
+            "{rep}"
+        );
+        assert!(
+            rep.contains("  dump 29\n") && !rep.contains("more lines"),
+            "{rep}"
+        );
+    }
+
     #[test]
     fn no_verdict_is_infrastructure() {
         let v = judge("c", "", &outcome(VmEnd::Reboot, None, None));
