@@ -624,7 +624,8 @@ fn cgroup_limits_read_exactly() {
         first(n.max_p99_wake_latency_ns(1249), 4.0).unwrap(),
         "cgroup cg0: p99 wake latency 5.0 µs > 1249 × time scale 4 ns"
     );
-    assert_eq!(first(n.max_wake_latency_cv(0.48), 1.0), None);
+    let exact = crate::stats::cv(&[1000.0, 2000.0, 3000.0, 4000.0, 5000.0]).unwrap();
+    assert_eq!(first(n.max_wake_latency_cv(exact), 1.0), None);
     assert_eq!(
         first(n.max_wake_latency_cv(0.47), 1.0).unwrap(),
         "cgroup cg0: wake latency CV 0.471 > 0.47"
