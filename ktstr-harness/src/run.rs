@@ -59,19 +59,26 @@ fn never_attached(verdict: &CaseVerdict) -> bool {
         .is_some_and(|x| x.phase == "load")
 }
 
+/// For an `expect_err` case that completed, the line that shows which diagnosis satisfied
+/// it; nothing for any other case.
+fn satisfied_note(case: &CaseSpec, verdict: &CaseVerdict, completed: bool) -> Option<String> {
+    (completed && case.test.expect_err).then(|| {
+        format!(
+            "ktstr case '{}' failed as expected: {}",
+            case.name,
+            verdict.reasons.join(" | ")
+        )
+    })
+}
+
 fn trial(case: CaseSpec) -> Trial {
     let ignored = case.ignored;
     let name = case.name.clone();
     Trial::ignorable_test(name, move || match ktstr::runner::run_case(&case) {
         Ok(v) => {
             let r = judge(&case, &v).map_err(Failed::from);
-            if matches!(r, Ok(Completion::Completed)) && case.test.expect_err {
-                // Show which diagnosis satisfied expect_err.
-                eprintln!(
-                    "ktstr case '{}' failed as expected: {}",
-                    case.name,
-                    v.reasons.join(" | ")
-                );
+            if let Some(note) = satisfied_note(&case, &v, matches!(r, Ok(Completion::Completed))) {
+                eprintln!("{note}");
             }
             r
         }
@@ -216,6 +223,20 @@ mod tests {
         let mut died = unloaded.clone();
         died.sched_exit.as_mut().unwrap().phase = "run".into();
         assert!(completed(judge(&spec(EXPECTS), &died)));
+    }
+
+    #[test]
+    fn only_a_completed_expect_err_case_says_what_satisfied_it() {
+        let v = verdict(false, &["Unfair: spread 40%", "Stuck: went"]);
+        assert_eq!(
+            satisfied_note(&spec(EXPECTS), &v, true).as_deref(),
+            Some("ktstr case 'expects/eevdf/1n1l2c1t' failed as expected: Unfair: spread 40% | Stuck: went")
+        );
+        assert_eq!(satisfied_note(&spec(EXPECTS), &v, false), None);
+        assert_eq!(
+            satisfied_note(&spec(PLAIN), &verdict(true, &[]), true),
+            None
+        );
     }
 
     #[test]
