@@ -157,9 +157,12 @@ fn fault_crash(ctx: &Ctx) -> Result<AssertResult> {
 }
 
 /// A shortchanged cgroup: the scheduler survives, ktstr's cross-cgroup spread catches it
-/// (TCG: cg1 80.3% off-CPU against cg0's 20.7%; the control measured 50.6% and 49.2%).
+/// (TCG: cg1 80.3% off-CPU against cg0's 20.7%; the control measured 50.6% and 49.2%). The
+/// limit is the release default, 15, in every build: in the nested KVM lane the host's steal
+/// time counts as off-CPU for everyone (cg0 69.7%, degraded cg1 94.3%: 24.6 points, under the
+/// debug default of 35, although cg1 got a fifth of cg0's CPU time).
 #[ktstr_test(scheduler = SCX_DEMO, duration_s = 3, extra_sched_args = ["--degrade"],
-    expect_err = "Unfair: cross-cgroup spread")]
+    max_cgroup_spread_pct = 15.0, expect_err = "Unfair: cross-cgroup spread")]
 fn fault_degrade(ctx: &Ctx) -> Result<AssertResult> {
     two_cgroups(ctx)
 }
