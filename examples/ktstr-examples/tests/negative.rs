@@ -39,6 +39,15 @@ fn pin_self_to(cpu: u32) {
     let _ = ktstr::workload::spawn::set_affinity(0, &[cpu]);
 }
 
+/// Runs the cgroup `def` for the full duration beside the `backdrop` load.
+fn beside(ctx: &Ctx, backdrop: &Backdrop, def: CgroupDef) -> Result<AssertResult> {
+    execute_scenario(
+        ctx,
+        backdrop,
+        vec![Step::with_defs(vec![def], HoldSpec::FULL)],
+    )
+}
+
 /// A SCHED_FIFO spinner (priority 50) pinned on CPU 0 with RT throttling disabled starves a
 /// lower-priority SCHED_FIFO worker (priority 1) pinned on the same CPU. (A SCHED_OTHER victim
 /// is not starved on kernels since 6.12: the fair deadline server reserves it 50 ms/s, and
@@ -52,16 +61,13 @@ fn starved_by_rt_spinner(ctx: &Ctx) -> Result<AssertResult> {
             .sched_policy(SchedPolicy::Fifo(50))
             .affinity(AffinityKind::Exact(vec![0])),
     ));
-    let r = execute_scenario(
+    let r = beside(
         ctx,
         &backdrop,
-        vec![Step::with_defs(
-            vec![CgroupDef::named("victim")
-                .workers(1)
-                .sched_policy(SchedPolicy::Fifo(1))
-                .affinity(AffinityKind::Exact(vec![0]))],
-            HoldSpec::FULL,
-        )],
+        CgroupDef::named("victim")
+            .workers(1)
+            .sched_policy(SchedPolicy::Fifo(1))
+            .affinity(AffinityKind::Exact(vec![0])),
     );
     let _ = std::fs::write("/proc/sys/kernel/sched_rt_runtime_us", "950000");
     expect_kind(r?, DetailKind::Starved)
@@ -237,16 +243,13 @@ fn fifo_bursts(cpu: u32, burst_ms: u64, sleep_ms: u64) -> Backdrop {
 fn uneven_work_rates(ctx: &Ctx) -> Result<AssertResult> {
     pin_self_to(0);
     let hog = fifo_bursts(1, 45, 5);
-    let r = execute_scenario(
+    let r = beside(
         ctx,
         &hog,
-        vec![Step::with_defs(
-            vec![CgroupDef::named("pair")
-                .workers(1)
-                .affinity(AffinityKind::Exact(vec![0]))
-                .work(Work::new(WorkType::SpinWait, 1).affinity(AffinityKind::Exact(vec![1])))],
-            HoldSpec::FULL,
-        )],
+        CgroupDef::named("pair")
+            .workers(1)
+            .affinity(AffinityKind::Exact(vec![0]))
+            .work(Work::new(WorkType::SpinWait, 1).affinity(AffinityKind::Exact(vec![1]))),
     )?;
     expect_kind(r, DetailKind::Benchmark)
 }
@@ -266,16 +269,13 @@ fn irregular_wake_latency(ctx: &Ctx) -> Result<AssertResult> {
     let hog = fifo_bursts(0, 30, 170);
     let nap = WorkType::sequence(&[Phase::Sleep(std::time::Duration::from_millis(2))])
         .expect("one phase");
-    let r = execute_scenario(
+    let r = beside(
         ctx,
         &hog,
-        vec![Step::with_defs(
-            vec![CgroupDef::named("nappers")
-                .workers(1)
-                .affinity(AffinityKind::Exact(vec![0]))
-                .work_type(nap)],
-            HoldSpec::FULL,
-        )],
+        CgroupDef::named("nappers")
+            .workers(1)
+            .affinity(AffinityKind::Exact(vec![0]))
+            .work_type(nap),
     )?;
     expect_kind(r, DetailKind::Benchmark)
 }

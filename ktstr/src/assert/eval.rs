@@ -233,12 +233,22 @@ type Spread = (f64, (i32, f64), (i32, f64), String);
 /// still judged.
 const RESIDUAL_DEMAND: &[&str] = &[crate::workload::WorkType::YieldHeavy.name()];
 
+/// Whether a worker's off-CPU share can be compared with a peer's, in or across cgroups: its
+/// affinity did not change mid-run, its work type does not take only what neighbours leave,
+/// it recorded progress, it was not a fan-out messenger, and it did not die.
+fn comparable(w: &WorkerRun) -> bool {
+    w.affinity != WorkerAffinity::Changed
+        && !RESIDUAL_DEMAND.contains(&w.work_type.as_str())
+        && w.telemetry
+        && !w.report.is_messenger
+        && w.report.exit_info.is_none()
+}
+
 fn spread_by_type(run: &CgroupRun) -> Option<Spread> {
     let mut peers: Vec<(&str, &WorkerAffinity)> = run
         .workers
         .iter()
-        .filter(|w| w.affinity != WorkerAffinity::Changed)
-        .filter(|w| !RESIDUAL_DEMAND.contains(&w.work_type.as_str()))
+        .filter(|w| comparable(w))
         .map(|w| (w.work_type.as_str(), &w.affinity))
         .collect();
     peers.sort_unstable();
@@ -248,9 +258,7 @@ fn spread_by_type(run: &CgroupRun) -> Option<Spread> {
         let ws: Vec<(i32, f64)> = run
             .workers
             .iter()
-            .filter(|w| w.work_type == t && w.affinity == *aff)
-            .filter(|w| w.telemetry && !w.report.is_messenger)
-            .filter(|w| w.report.exit_info.is_none())
+            .filter(|w| comparable(w) && w.work_type == t && w.affinity == *aff)
             .map(|w| (w.report.tid, w.report.off_cpu_pct()))
             .collect();
         if ws.len() < 2 {
@@ -287,13 +295,7 @@ fn cross_cgroup_spread(runs: &[CgroupRun]) -> Option<CgroupSpread> {
     // (terms, cgroup, mean off-CPU %, mean wall time in s)
     let mut entries: Vec<(Terms, &str, f64, f64)> = Vec::new();
     for run in runs.iter().filter(|r| !has_children(&r.name)) {
-        let peers = run.workers.iter().filter(|w| {
-            w.affinity != WorkerAffinity::Changed
-                && !RESIDUAL_DEMAND.contains(&w.work_type.as_str())
-                && w.telemetry
-                && !w.report.is_messenger
-                && w.report.exit_info.is_none()
-        });
+        let peers = run.workers.iter().filter(|w| comparable(w));
         let mut groups: Vec<(&str, &WorkerAffinity, &Option<Vec<u32>>)> = peers
             .clone()
             .map(|w| (w.work_type.as_str(), &w.affinity, &w.allowed))

@@ -334,6 +334,9 @@ fn vm_timeout(env: Option<&str>, default: Duration) -> Result<Duration, String> 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::shm::{Frame, FrameType};
+
     #[test]
     fn vm_timeout_takes_the_override_or_the_default() {
         let d = Duration::from_secs(364);
@@ -348,8 +351,6 @@ mod tests {
             );
         }
     }
-    use super::*;
-    use crate::shm::{Frame, FrameType};
 
     #[test]
     fn scheduler_attached_reads_the_guests_telemetry() {

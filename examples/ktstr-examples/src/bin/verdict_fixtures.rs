@@ -93,20 +93,20 @@ fn channel_corrupted(_ctx: &Ctx) -> Result<AssertResult> {
         .read(true)
         .write(true)
         .open("/dev/mem")?;
-    // Header: write_off (u64) at byte 24; frames start after the 64-byte header.
+    // Header: write_off (u64) at byte 24; frames start after the header.
     let mut word = [0u8; 8];
     mem.read_at(&mut word, base + 24)?;
     let write_off = u64::from_le_bytes(word);
     // A frame header (kind 1, an out-of-order sequence number, 8 payload bytes) whose
     // checksum is wrong, then its payload.
-    let mut frame = [0u8; 24];
+    let mut frame = [0u8; ktstr::shm::FRAME_HEADER_LEN + 8];
     frame[0..4].copy_from_slice(&1u32.to_le_bytes());
     frame[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
     frame[8..12].copy_from_slice(&8u32.to_le_bytes());
     frame[12..16].copy_from_slice(&0xdead_beefu32.to_le_bytes());
     frame[16..24].copy_from_slice(b"garbage!");
-    mem.write_at(&frame, base + 64 + write_off)?;
-    mem.write_at(&(write_off + 24).to_le_bytes(), base + 24)?;
+    mem.write_at(&frame, base + ktstr::shm::HEADER_LEN as u64 + write_off)?;
+    mem.write_at(&(write_off + frame.len() as u64).to_le_bytes(), base + 24)?;
     // The host polls the region; give it time to read the bad frame before the guest's own
     // writer (which keeps its own offset) writes the result over it.
     std::thread::sleep(std::time::Duration::from_secs(2));
