@@ -59,7 +59,10 @@ static FIELDS: &[FieldInfo] = &[
         name: "monitor",
         is_set: |s| s.monitor.is_some(),
         classification: Expected,
-        causes: &["ktstr's in-guest scheduler monitor is not built yet"],
+        causes: &[
+            "the case ran on the host (host_only): there is no guest to watch",
+            "the sidecar was written before ktstr had its host-side monitor; a VM case now always has one, whose `unavailable` says why it sampled nothing (no vmlinux beside the image, no BTF, KTSTR_MONITOR=off)",
+        ],
         fix: None,
     },
     FieldInfo {

@@ -320,6 +320,7 @@ mod tests {
             channel_error: None,
             console_tail: "[    1.0] booting\n".into(),
             times: Default::default(),
+            monitor: None,
         };
         let host = |hardware_virt| vm::backend::HostVirt {
             kvm_usable: true,

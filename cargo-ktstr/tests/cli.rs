@@ -14,9 +14,10 @@ fn show_thresholds_prints_every_field_and_suggests_names() {
     assert!(out.contains("max_throughput_cv: none"), "{out}");
     // A threshold nothing checks yet does not pass for one that is checked.
     assert!(
-        out.contains("max_imbalance_ratio: 4.0 (not evaluated yet"),
+        out.contains("max_fallback_rate: 200.0 (not evaluated yet"),
         "{out}"
     );
+    assert!(out.contains("max_imbalance_ratio: 4.0\n"), "{out}");
     assert!(!out.contains("max_gap_ms: 3000 (not evaluated"), "{out}");
     // A case name works too; under TCG the time-based limits in force are scaled.
     let o = ktstr(

@@ -21,6 +21,7 @@ pub mod kernel_git;
 pub mod kernel_range;
 pub mod locks;
 pub mod metrics;
+pub mod monitor;
 pub mod parity;
 pub mod prelude;
 pub mod registry;

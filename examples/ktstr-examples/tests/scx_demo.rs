@@ -149,6 +149,104 @@ fn fault_stall(ctx: &Ctx) -> Result<AssertResult> {
     spinners(ctx)
 }
 
+/// A CPU that runs nothing from 1 s on (its queued tasks parked, nothing dispatched to it,
+/// no kicks): ktstr's host-side monitor sees CPU 1's runqueue clock stand still with tasks
+/// queued, from guest memory, before sched_ext's watchdog (4 s, ×4 under TCG) ejects the
+/// scheduler. The fault really causes two more findings: the ejection, and the spinners
+/// parked on CPU 1 starve.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 4, watchdog_timeout_s = 4,
+    extra_sched_args = ["--stall-after", "1", "--stall-cpu", "1"],
+    expect_err = "Monitor: CPU 1 stalled; allow SchedulerDied, Starved")]
+fn fault_cpu_stall(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+/// The same CPU stall while the guest agent (PID 1, which sends every result frame) is held
+/// in ptrace stop for most of it: the monitor needs nothing from the guest to name CPU 1.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 4, watchdog_timeout_s = 4,
+    extra_sched_args = ["--stall-after", "1", "--stall-cpu", "1"],
+    expect_err = "Monitor: CPU 1 stalled; allow SchedulerDied, Starved")]
+fn fault_cpu_stall_agent_paused(ctx: &Ctx) -> Result<AssertResult> {
+    // Hold from 1.5 s (the stall starts 1 s after the scheduler) for 3 s, scaled like the
+    // scheduler's watchdog so the hold ends before the ejection.
+    let s = ctx.time_scale.max(1.0);
+    let helper = pause_agent(
+        Duration::from_secs_f64(1.5 * s),
+        Duration::from_secs_f64(3.0 * s),
+        0,
+    )?;
+    let mut r = spinners(ctx)?;
+    if let Err(e) = helper.wait() {
+        r.push_failure(DetailKind::Other, format!("pausing the agent: {e}"));
+    }
+    Ok(r)
+}
+
+/// A forked helper that holds every thread of PID 1 in ptrace stop.
+struct AgentPause(libc::pid_t);
+
+impl AgentPause {
+    /// Waits for the helper; its exit status says whether it held every thread.
+    fn wait(self) -> std::result::Result<(), String> {
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        let r = unsafe { libc::waitpid(self.0, &mut status, 0) };
+        match (r, libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+            (r, true, 0) if r == self.0 => Ok(()),
+            (r, true, step) if r == self.0 => Err(format!("the helper failed at step {step}")),
+            _ => Err(format!("waitpid: {}", std::io::Error::last_os_error())),
+        }
+    }
+}
+
+/// Forks a helper, pinned to `cpu`, that after `after` ptrace-seizes and interrupts every
+/// thread of PID 1 (the guest agent: SIGSTOP cannot stop init), holds them for `hold`, then
+/// lets go. PID 1 is stopped as a SIGSTOPped process would be: no frame leaves the guest.
+fn pause_agent(after: Duration, hold: Duration, cpu: usize) -> Result<AgentPause> {
+    let tids: Vec<libc::pid_t> = std::fs::read_dir("/proc/1/task")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let ts = |d: Duration| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    let (after, hold) = (ts(after), ts(hold));
+    // SAFETY: the child makes only raw system calls (no allocation, no locks) and ends with
+    // _exit; `tids` was built before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    if pid > 0 {
+        return Ok(AgentPause(pid));
+    }
+    // SAFETY: in the child, raw system calls on valid arguments; every path ends in _exit.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+            libc::_exit(1);
+        }
+        libc::nanosleep(&after, std::ptr::null_mut());
+        for &t in &tids {
+            if libc::ptrace(libc::PTRACE_SEIZE, t, 0, 0) != 0
+                || libc::ptrace(libc::PTRACE_INTERRUPT, t, 0, 0) != 0
+            {
+                libc::_exit(2);
+            }
+            let mut st = 0;
+            if libc::waitpid(t, &mut st, libc::__WALL) != t {
+                libc::_exit(3);
+            }
+        }
+        libc::nanosleep(&hold, std::ptr::null_mut());
+        for &t in &tids {
+            libc::ptrace(libc::PTRACE_DETACH, t, 0, 0);
+        }
+        libc::_exit(0)
+    }
+}
+
 /// `scx_bpf_error()` mid-test: the verdict names the error exit and its message.
 #[ktstr_test(scheduler = SCX_DEMO, duration_s = 10, extra_sched_args = ["--crash-after", "1"],
     expect_err = "SchedulerDied: scheduler exited with error ERROR_BPF (scx_bpf_error): scx_demo: injected crash")]

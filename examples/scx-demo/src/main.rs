@@ -48,6 +48,9 @@ const VERIFIER_TAIL_LINES: usize = 25;
 /// cgroup2 mount point, for relative `--degrade-cgroup` paths.
 const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
 
+/// `enum scx_ops_flags`' SCX_OPS_ENQ_LAST.
+const SCX_OPS_ENQ_LAST: u64 = 1 << 1;
+
 /// Example sched_ext scheduler for ktstr, with fault-injection flags.
 ///
 /// Status lines go to stderr: "scx_demo: enabled" once attached, and one
@@ -87,6 +90,17 @@ pub struct Args {
     #[arg(long, value_name = "TGID", requires = "stall_after",
           value_parser = clap::value_parser!(i32).range(1..))]
     pub stall_pid: Option<i32>,
+
+    /// With --stall-after: stall this CPU instead of one task: it runs nothing
+    /// (every task queued there is parked, kernel threads included) and
+    /// wakeups are steered elsewhere, so it idles with runnable tasks.
+    #[arg(
+        long,
+        value_name = "CPU",
+        requires = "stall_after",
+        conflicts_with = "stall_pid"
+    )]
+    pub stall_cpu: Option<u32>,
 
     /// FAULT: after SECS seconds, fail with scx_bpf_error("scx_demo: injected crash ...").
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
@@ -224,6 +238,12 @@ fn run(args: &Args) -> ExitCode {
     // SAFETY: demo_ops points into the open object's struct_ops map value,
     // which the skeleton set up and which lives as long as `open`.
     unsafe { (*open.struct_ops.demo_ops).timeout_ms = args.timeout_ms };
+    if args.stall_cpu.is_some() {
+        // SCX_OPS_ENQ_LAST: without it the kernel keeps running the stalled CPU's last
+        // task when dispatch finds nothing, and the CPU never idles.
+        // SAFETY: as above.
+        unsafe { (*open.struct_ops.demo_ops).flags |= SCX_OPS_ENQ_LAST };
+    }
     if args.verify_log {
         for mut prog in open.open_object_mut().progs_mut() {
             // BPF_LOG_LEVEL1 | BPF_LOG_STATS; libbpf allocates the buffer and
@@ -422,6 +442,15 @@ fn open_skel<'o>(
     }
     ro.stall_after_ns = secs_to_ns(args.stall_after);
     ro.stall_tgid = args.stall_pid.unwrap_or(0);
+    if let Some(cpu) = args.stall_cpu {
+        anyhow::ensure!(
+            cpu < nr_cpus as u32 && nr_cpus > 1,
+            "--stall-cpu {cpu}: the machine has CPUs 0-{} (and needs another one to run on)",
+            nr_cpus - 1
+        );
+        ro.stall_cpu = cpu as i32;
+        ro.stall_cpu_alt = ((cpu + 1) % nr_cpus as u32) as i32;
+    }
     ro.crash_after_ns = secs_to_ns(args.crash_after);
     ro.degrade = args.degrade || args.degrade_cgroup.is_some();
     ro.degrade_cgid = degrade_cgid;

@@ -11,6 +11,7 @@ use super::discover::discover_scheduler;
 use super::report::{judge, CaseVerdict};
 use crate::assert::{AssertDetail, DetailKind};
 use crate::initramfs::{self, InitramfsSpec};
+use crate::monitor::{KernelLayout, MonitorLimits, MonitorSpec, MonitorSummary};
 use crate::registry::{CaseSpec, Ctx, SchedulerBinary};
 use crate::sidecar::{self, HostContext, Sidecar};
 use crate::vm::backend::HostVirt;
@@ -154,6 +155,8 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     } else {
         None
     };
+    let monitor = monitor_for(&kernel, scale);
+    spec.monitor = monitor.as_ref().ok().cloned();
     let out = vm::run(backend, spec).map_err(|e| e.to_string())?;
     let diag = format!(
         "kernel: {}\ntopology: {} ({} vCPUs), memory {memory_mib} MiB\nscheduler: {}{}",
@@ -168,6 +171,8 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         }
     );
     let mut verdict = judge(&case.name, &diag, &out);
+    let summary = monitor_summary(&monitor, out.monitor.as_ref(), &case.assert);
+    verdict.add_monitor(&case.name, &summary, &MonitorLimits::of(&case.assert));
     verdict.check_cleanup_budget(&case.name, out.times.teardown, case.test.cleanup_budget_ms);
     let kernel_commit = crate::kernel_cache::commit_of(&kernel.image);
     write_sidecar(
@@ -175,10 +180,52 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         &cf,
         &out,
         &verdict,
+        &summary,
         sched_host.as_deref(),
         kernel_commit,
     );
     Ok(verdict)
+}
+
+/// The monitor for a VM of `kernel`, sampling every 100 ms × `scale`; `Err` says why there
+/// is none (the case still runs).
+fn monitor_for(kernel: &crate::kernel::Kernel, scale: f64) -> Result<MonitorSpec, String> {
+    if crate::monitor::disabled_by_env() {
+        return Err("monitor off (KTSTR_MONITOR=off)".into());
+    }
+    let vmlinux = kernel.vmlinux.as_ref().ok_or_else(|| {
+        format!(
+            "monitor unavailable: no vmlinux beside {} (the monitor reads its symbols and BTF)",
+            kernel.image.display()
+        )
+    })?;
+    let layout =
+        KernelLayout::from_vmlinux(vmlinux).map_err(|e| format!("monitor unavailable: {e}"))?;
+    Ok(MonitorSpec {
+        layout: Arc::new(layout),
+        period: crate::monitor::DEFAULT_PERIOD.mul_f64(scale.max(1.0)),
+    })
+}
+
+/// The summary of what the monitor recorded (or why it recorded nothing).
+fn monitor_summary(
+    spec: &Result<MonitorSpec, String>,
+    rec: Option<&crate::monitor::Recording>,
+    a: &crate::assert::Assert,
+) -> MonitorSummary {
+    match (spec, rec) {
+        (Ok(m), Some(r)) => crate::monitor::summarize(r, a.sustained_samples.unwrap_or(5), |v| {
+            m.layout.enable_state_name(v)
+        }),
+        (Err(why), _) => MonitorSummary {
+            unavailable: Some(why.clone()),
+            ..Default::default()
+        },
+        (Ok(_), None) => MonitorSummary {
+            unavailable: Some("monitor unavailable: the backend did not run it".into()),
+            ..Default::default()
+        },
+    }
 }
 
 /// Writes the case's sidecar; a failure to write is reported, never fatal.
@@ -187,6 +234,7 @@ fn write_sidecar(
     cf: &CaseFile,
     out: &vm::VmOutcome,
     verdict: &CaseVerdict,
+    monitor: &MonitorSummary,
     sched_host: Option<&std::path::Path>,
     kernel_commit: Option<String>,
 ) {
@@ -247,6 +295,7 @@ fn write_sidecar(
             total_ms: ms(t.total),
         },
         host: Some(HostContext::collect()),
+        monitor: serde_json::to_value(monitor).ok(),
         ..Default::default()
     };
     sc.scheduler_binary = sched_host.and_then(|p| sidecar::BinaryIdentity::of(p).ok());
@@ -260,6 +309,10 @@ fn write_sidecar(
         sc.details = r.details;
         sc.stimulus_events = r.events;
     }
+    sc.details.extend(crate::monitor::findings(
+        monitor,
+        &MonitorLimits::of(&case.assert),
+    ));
     if !passed && sc.details.is_empty() {
         // The guest judged nothing (it died, or the VM never got that far): keep the host's
         // reasons, so the sidecar says why the case failed.
@@ -373,6 +426,7 @@ mod tests {
             channel_error: None,
             console_tail: String::new(),
             times: Default::default(),
+            monitor: None,
         };
         assert_eq!(scheduler_attached(&out), Some(("demo".into(), 812)));
         out.frames.pop();

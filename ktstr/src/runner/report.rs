@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::sched::SchedulerExit;
 use crate::assert::AssertResult;
+use crate::monitor::{MonitorLimits, MonitorSummary};
 use crate::shm::{Frame, FrameType};
 use crate::vm::{VmEnd, VmOutcome};
 
@@ -61,6 +62,39 @@ impl CaseVerdict {
         self.passed = false;
         self.infra = true;
         self.reasons.push(reason);
+    }
+}
+
+impl CaseVerdict {
+    /// Adds the host-side monitor's findings against `limits`: each is a failure reason
+    /// (`Monitor: ...`, a test failure, not an infrastructure one), and a failing case's
+    /// report gains a `--- monitor ---` section with the summary.
+    pub fn add_monitor(&mut self, name: &str, summary: &MonitorSummary, limits: &MonitorLimits) {
+        let found: Vec<String> = crate::monitor::findings(summary, limits)
+            .iter()
+            .map(|d| d.reason())
+            .collect();
+        if self.passed && found.is_empty() {
+            return;
+        }
+        if self.passed {
+            self.passed = false;
+            self.report = format!("ktstr case '{name}' failed:\n");
+        }
+        let lines: String = found.iter().map(|r| format!("  {r}\n")).collect();
+        let at = self
+            .report
+            .find("\n--- ")
+            .map_or(self.report.len(), |i| i + 1);
+        self.report.insert_str(at, &lines);
+        self.reasons.extend(found);
+        let mut sec = String::new();
+        section(&mut sec, "monitor", &summary.describe());
+        let at = self
+            .report
+            .find("--- console tail ---")
+            .unwrap_or(self.report.len());
+        self.report.insert_str(at, &sec);
     }
 }
 
@@ -256,6 +290,7 @@ mod tests {
             channel_error: channel_error.map(str::to_string),
             console_tail: String::new(),
             times: PhaseTimes::default(),
+            monitor: None,
         }
     }
 

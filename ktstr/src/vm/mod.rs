@@ -65,6 +65,8 @@ pub struct VmSpec {
     pub cancel: Arc<AtomicBool>,
     /// Host CPUs the VM's threads are confined to (a capped run); `None`: no constraint.
     pub host_cpus: Option<Vec<u32>>,
+    /// Run the host-side monitor beside the guest (`None`: no monitor).
+    pub monitor: Option<crate::monitor::MonitorSpec>,
 }
 
 impl VmSpec {
@@ -82,6 +84,7 @@ impl VmSpec {
             frame_sink: None,
             cancel: Arc::new(AtomicBool::new(false)),
             host_cpus: None,
+            monitor: None,
         }
     }
 }
@@ -185,6 +188,8 @@ pub struct VmOutcome {
     pub console_tail: String,
     /// Phase timings.
     pub times: PhaseTimes,
+    /// What the host-side monitor recorded, when it ran.
+    pub monitor: Option<crate::monitor::Recording>,
 }
 
 impl VmOutcome {

@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{BackendKind, ConsoleMode, PhaseTimes, VmEnd, VmOutcome, VmSpec, CONSOLE_TAIL_BYTES};
+use crate::monitor::guest_ram::{FileRam, FileRegion};
 use crate::shm::{FrameReader, FrameType};
 use crate::topology::Topology;
 
@@ -221,17 +222,13 @@ pub fn topology_args(topo: &Topology, mem: &QemuMemory, mem_dir: &Path, cpu: &st
         "-m".into(),
         format!("{}M", mem.node_mib.iter().sum::<u64>()),
     ];
-    let last = mem.node_mib.len() - 1;
     for (n, mib) in mem.node_mib.iter().enumerate() {
-        let backend = if n == last {
-            // The last node is file-backed and shared so the host can read the result region.
-            format!(
-                "memory-backend-file,id=m{n},size={mib}M,mem-path={},share=on",
-                mem_dir.join(format!("node{n}")).display()
-            )
-        } else {
-            format!("memory-backend-ram,id=m{n},size={mib}M")
-        };
+        // Every node is a shared file, so the host can read the result region (in the last
+        // node) and the monitor can read the guest kernel's memory (anywhere).
+        let backend = format!(
+            "memory-backend-file,id=m{n},size={mib}M,mem-path={},share=on",
+            node_file(mem_dir, n).display()
+        );
         a.push("-object".into());
         a.push(backend);
         a.push("-numa".into());
@@ -243,6 +240,43 @@ pub fn topology_args(topo: &Topology, mem: &QemuMemory, mem_dir: &Path, cpu: &st
         ));
     }
     a
+}
+
+/// The backing file of NUMA node `n`'s RAM.
+fn node_file(mem_dir: &Path, n: usize) -> PathBuf {
+    mem_dir.join(format!("node{n}"))
+}
+
+/// Where each node's file appears in guest-physical memory. qemu concatenates the nodes'
+/// RAM and maps the first `below_4g` bytes at 0 and the rest at 4 GiB (q35's PCI hole).
+pub fn ram_regions(mem: &QemuMemory, mem_dir: &Path) -> Vec<FileRegion> {
+    let total: u64 = mem.node_mib.iter().sum::<u64>() << 20;
+    let below_4g = if total >= Q35_LOWMEM_LIMIT {
+        Q35_LOWMEM_SPLIT
+    } else {
+        total
+    };
+    let mut out = Vec::new();
+    let mut start = 0u64; // offset in the concatenation
+    for (n, mib) in mem.node_mib.iter().enumerate() {
+        let end = start + (mib << 20);
+        let path = node_file(mem_dir, n);
+        if start < below_4g {
+            let len = end.min(below_4g) - start;
+            out.push(FileRegion::new(start, len, path.clone(), 0));
+        }
+        if end > below_4g {
+            let from = start.max(below_4g);
+            out.push(FileRegion::new(
+                GIB4 + (from - below_4g),
+                end - from,
+                path,
+                from - start,
+            ));
+        }
+        start = end;
+    }
+    out
 }
 
 /// The `-accel` value. TCG runs single-threaded by default: with multi-threaded TCG, Linux's
@@ -320,6 +354,9 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
             "-no-user-config",
             "-nographic",
             "-no-reboot",
+            // Names the vCPU threads ("CPU 1/KVM", "ALL CPUs/TCG") for the monitor.
+            "-name",
+            "ktstr,debug-threads=on",
         ])
         .args(topology_args(
             &spec.topology,
@@ -374,7 +411,20 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
         pumps.push(pump(err, qemu_stderr.clone(), false));
     }
 
-    let shm_path = dir.path().join(format!("node{}", mem.node_mib.len() - 1));
+    let monitor_run = spec.monitor.as_ref().map(|m| {
+        crate::monitor::start(
+            m,
+            Arc::new(FileRam {
+                regions: ram_regions(&mem, dir.path()),
+            }),
+            spec.topology.num_cpus() as usize,
+            crate::monitor::VcpuThreads {
+                pid: child.id(),
+                naming: crate::monitor::ThreadNaming::Qemu,
+            },
+        )
+    });
+    let shm_path = node_file(dir.path(), mem.node_mib.len() - 1);
     let mut monitor = Monitor {
         reader: FrameReader::new(),
         frames: Vec::new(),
@@ -411,6 +461,8 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     };
     let guest_end = Instant::now();
     monitor.poll();
+    // qemu has exited and its files are still there: the monitor's last sample is the end.
+    let recording = monitor_run.map(crate::monitor::finish);
     for p in pumps {
         let _ = p.join();
     }
@@ -428,6 +480,7 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
         frames,
         channel_error,
         console_tail,
+        monitor: recording,
         times: PhaseTimes {
             setup,
             boot_to_init: first_frame.map(|f| f - started),
@@ -593,6 +646,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ram_regions_follow_q35s_hole_below_4g() {
+        let dir = Path::new("/d");
+        let topo = |n: u32| Topology::new(n, n, 1, 1).unwrap();
+        // 2 × 256 MiB, all below 4 GiB: node files back consecutive ranges.
+        let r = ram_regions(&plan_memory(&topo(2), 512, 8 << 20, 0).unwrap(), dir);
+        let got: Vec<_> = r.iter().map(|r| (r.gpa, r.len, r.file_offset)).collect();
+        assert_eq!(got, [(0, 256 << 20, 0), (256 << 20, 256 << 20, 0)]);
+        assert_eq!(r[1].path, dir.join("node1"));
+        // 2 × 2 GiB: 2 GiB below the hole (node 0), node 1 from 4 GiB.
+        let r = ram_regions(&plan_memory(&topo(2), 4096, 8 << 20, 0).unwrap(), dir);
+        let got: Vec<_> = r.iter().map(|r| (r.gpa, r.len, r.file_offset)).collect();
+        assert_eq!(got, [(0, 2 << 30, 0), (GIB4, 2 << 30, 0)]);
+        // 1 × 3 GiB: one node split by the hole.
+        let r = ram_regions(&plan_memory(&topo(1), 3072, 8 << 20, 0).unwrap(), dir);
+        let got: Vec<_> = r.iter().map(|r| (r.gpa, r.len, r.file_offset)).collect();
+        assert_eq!(got, [(0, 2 << 30, 0), (GIB4, 1 << 30, 2 << 30)]);
+    }
+
+    #[test]
     fn memory_plan_small_and_split() {
         let t = Topology::parse("2,4,2,2").unwrap();
         let m = plan_memory(&t, 1024, 8 << 20, (20 << 20) - 5).unwrap();
@@ -624,7 +696,10 @@ mod tests {
         );
         assert!(s.contains("node,nodeid=0,cpus=0-7,memdev=m0"), "{s}");
         assert!(s.contains("node,nodeid=1,cpus=8-15,memdev=m1"), "{s}");
-        assert!(s.contains("memory-backend-ram,id=m0,size=512M"), "{s}");
+        assert!(
+            s.contains("memory-backend-file,id=m0,size=512M,mem-path=/x/node0,share=on"),
+            "{s}"
+        );
         assert!(
             s.contains("memory-backend-file,id=m1,size=512M,mem-path=/x/node1,share=on"),
             "{s}"

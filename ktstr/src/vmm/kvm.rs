@@ -426,6 +426,8 @@ pub struct MachineSpec<'a> {
     pub frame_sink: Option<FrameSink>,
     /// Host cancel flag.
     pub cancel: Arc<AtomicBool>,
+    /// The host-side monitor to run beside the guest.
+    pub monitor: Option<crate::monitor::MonitorSpec>,
     /// Writes the payload into guest memory; gets the RSDP address, returns the entry point.
     pub load: LoadFn<'a>,
 }
@@ -490,6 +492,21 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
         }
     }
     let t_started = Instant::now();
+    let monitor_run = spec
+        .monitor
+        .as_ref()
+        .filter(|_| spawn_err.is_none())
+        .map(|m| {
+            crate::monitor::start(
+                m,
+                Arc::new(mem.clone()),
+                topo.num_cpus() as usize,
+                crate::monitor::VcpuThreads {
+                    pid: std::process::id(),
+                    naming: crate::monitor::ThreadNaming::Ktstr,
+                },
+            )
+        });
     let stdin = (spec.console == ConsoleMode::Interactive && spawn_err.is_none())
         .then(|| StdinForwarder::start(devices.clone()));
     let mut monitor = Monitor {
@@ -525,8 +542,9 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     if let Some(s) = stdin {
         s.stop();
     }
-    // The guest is stopped: read what it left in the channel.
+    // The guest is stopped: read what it left in the channel, and the monitor's last sample.
     monitor.poll(&mem, &spec.layout);
+    let recording = monitor_run.map(crate::monitor::finish);
     let (end, end_at) = shared.end().unwrap_or((VmEnd::Cancelled, ended));
     let end = if stopped.stuck.is_empty() {
         end
@@ -582,6 +600,7 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
         frames: monitor.frames,
         channel_error: monitor.channel_error,
         console_tail,
+        monitor: recording,
         times,
     })
 }

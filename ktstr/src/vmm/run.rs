@@ -65,6 +65,7 @@ pub fn run(spec: VmSpec) -> Result<VmOutcome, VmmError> {
         console: spec.console,
         frame_sink: spec.frame_sink,
         cancel: spec.cancel,
+        monitor: spec.monitor,
         load: Box::new(load),
     })
 }

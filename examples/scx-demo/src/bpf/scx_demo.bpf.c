@@ -10,7 +10,9 @@
  *
  * Faults (all off unless userspace sets the rodata knobs before load):
  *  - stall:  after stall_after_ns one victim task is parked in a DSQ nobody
- *            consumes, so the kernel watchdog ejects the scheduler.
+ *            consumes, so the kernel watchdog ejects the scheduler. With
+ *            stall_cpu, every task queued on that CPU is parked instead and
+ *            the CPU dispatches nothing: it idles with runnable tasks.
  *  - crash:  after crash_after_ns, scx_bpf_error() from tick/dispatch.
  *  - degrade: tasks of one cgroup get a tiny slice and are consumed only on
  *            every DEGRADE_EVERY-th dispatch (or when nothing else waits).
@@ -69,6 +71,10 @@ const volatile u32 cpu_llc[MAX_CPUS];
 const volatile u64 stall_after_ns;
 /* Stall only this tgid; 0 = the first eligible task enqueued after the deadline. */
 const volatile s32 stall_tgid;
+/* CPU stall fault: once armed, this CPU runs nothing (-1: off); tasks woken
+ * elsewhere are steered to stall_cpu_alt instead of it. */
+const volatile s32 stall_cpu = -1;
+const volatile s32 stall_cpu_alt;
 const volatile u64 crash_after_ns;
 const volatile bool degrade;
 /* cgroup id (cgroup2 inode number) to degrade; 0 = the highest id seen. */
@@ -156,11 +162,21 @@ static bool stall_armed(void)
 	       bpf_ktime_get_ns() - start_ns >= stall_after_ns;
 }
 
+/* Whether @cpu is the stalled CPU and the stall has begun. */
+static bool cpu_stalled(s32 cpu)
+{
+	return stall_cpu >= 0 && cpu == stall_cpu && stall_armed();
+}
+
 /* Decides (once the deadline has passed) whether @p is the stall victim. */
 static bool is_stall_victim(struct task_struct *p)
 {
 	s64 victim;
 
+	if (stall_cpu >= 0)
+		/* Everything but ourselves that is queued on the stalled CPU,
+		 * kernel threads included, so nothing runs there. */
+		return p->tgid != self_tgid && cpu_stalled(scx_bpf_task_cpu(p));
 	if (!stall_armed() || is_kthread(p) || p->tgid == self_tgid)
 		return false;
 	if (stall_tgid)
@@ -258,7 +274,8 @@ static void kick_idle(struct task_struct *p)
 	if (nr_llcs > 1 && !steal)
 		return;
 	cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
-	if (cpu >= 0) {
+	/* A kick would wake the stalled CPU and move its runqueue clock. */
+	if (cpu >= 0 && !cpu_stalled(cpu)) {
 		__sync_fetch_and_add(&nr_kicked, 1);
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 	}
@@ -271,6 +288,10 @@ s32 BPF_STRUCT_OPS(demo_select_cpu, struct task_struct *p, s32 prev_cpu,
 	s32 cpu;
 
 	cpu = scx_bpf_select_cpu_dfl(p, prev_cpu, wake_flags, &is_idle);
+	/* The stalled CPU looks idle: keep wakeups away, or every task would
+	 * drain into it. (A task allowed only there still lands on it.) */
+	if (cpu_stalled(cpu))
+		return cpu_stalled(prev_cpu) ? stall_cpu_alt : prev_cpu;
 	/*
 	 * Faulted tasks must go through enqueue, where they are diverted, so
 	 * only take the direct-dispatch shortcut when no fault can apply.
@@ -324,6 +345,8 @@ void BPF_STRUCT_OPS(demo_dispatch, s32 cpu, struct task_struct *prev)
 	u32 i;
 
 	maybe_crash();
+	if (cpu_stalled(cpu))
+		return;
 	if (slow_ns && release_slowed())
 		return;
 

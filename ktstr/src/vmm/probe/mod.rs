@@ -80,6 +80,7 @@ fn run_code_with_layout(
         console: ConsoleMode::Capture,
         frame_sink: None,
         cancel,
+        monitor: None,
         load: Box::new(load),
     })
 }

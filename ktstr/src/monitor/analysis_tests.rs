@@ -1,0 +1,250 @@
+use super::*;
+use crate::monitor::sampler::CpuSample;
+
+/// Samples every 100 ms; `cpus[i]` = (clock advance per sample, nr_running, local DSQ) of
+/// CPU i, where an advance of 0 keeps the clock still.
+fn run(samples: usize, cpu: impl Fn(usize, usize) -> (u64, u32, u32), ncpus: usize) -> Recording {
+    let mut clocks = vec![1_000_000u64; ncpus];
+    let samples = (0..samples)
+        .map(|i| Sample {
+            at_ms: i as u64 * 100,
+            cpus: (0..ncpus)
+                .map(|c| {
+                    let (adv, nr, dsq) = cpu(i, c);
+                    clocks[c] += adv + c as u64; // distinct clocks: initialized
+                    if adv == 0 {
+                        clocks[c] -= c as u64;
+                    }
+                    CpuSample {
+                        clock: clocks[c],
+                        nr_running: nr,
+                        scx_nr_running: Some(nr),
+                        local_dsq: Some(dsq),
+                        host_wait_ns: Some(0),
+                    }
+                })
+                .collect(),
+            scx_state: Some(1),
+            scx_exit_kind: None,
+        })
+        .collect();
+    Recording {
+        period_ms: 100,
+        samples,
+        ..Default::default()
+    }
+}
+
+fn name(v: u32) -> String {
+    format!("S{v}")
+}
+
+const ALL: MonitorLimits = MonitorLimits {
+    max_imbalance_ratio: Some(4.0),
+    max_local_dsq_depth: Some(50),
+    fail_on_stall: true,
+};
+
+#[test]
+fn a_healthy_run_has_no_findings() {
+    let r = run(30, |_, _| (100_000_000, 1, 0), 4);
+    let s = summarize(&r, 5, name);
+    assert_eq!(s.total_samples, 30);
+    assert!(!s.stall_detected && s.stalls.is_empty(), "{s:?}");
+    assert_eq!(s.max_imbalance_ratio, Some(1.0));
+    assert_eq!(s.max_local_dsq_depth, Some(0));
+    assert_eq!(s.avg_nr_running, Some(1.0));
+    assert_eq!(s.scx_state.as_deref(), Some("S1"));
+    assert!(findings(&s, &ALL).is_empty());
+}
+
+#[test]
+fn a_cpu_whose_clock_stands_still_with_runnable_tasks_is_a_stall() {
+    // CPU 2's clock is not updated after sample 9, up to sample 20, with 3 tasks queued.
+    let r = run(
+        30,
+        |i, c| match (c, i) {
+            (2, 10..=20) => (0, 3, 0),
+            _ => (100_000_000, 1, 0),
+        },
+        4,
+    );
+    let s = summarize(&r, 5, name);
+    assert_eq!(
+        s.stalls,
+        [Stall {
+            cpu: 2,
+            duration_ms: 1100,
+            samples: 11,
+            from_ms: 900,
+            nr_running: 3
+        }]
+    );
+    assert_eq!((s.stall_count, s.stall_detected), (1, true));
+    let f = findings(&s, &ALL);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].kind, DetailKind::Monitor);
+    assert_eq!(
+        f[0].message,
+        "CPU 2 stalled: its runqueue clock stood still for 1.1 s (11 samples of 100 ms) with 3 runnable task(s), from 0.9 s into the run"
+    );
+    // fail_on_stall off: recorded, not a failure.
+    let off = MonitorLimits {
+        fail_on_stall: false,
+        ..ALL
+    };
+    assert!(findings(&s, &off).is_empty());
+}
+
+#[test]
+fn a_stall_shorter_than_the_sustained_window_is_not_one() {
+    let r = run(
+        30,
+        |i, c| match (c, i) {
+            (1, 10..=13) => (0, 2, 0), // 4 intervals standing: 9→10 … 12→13
+            _ => (100_000_000, 1, 0),
+        },
+        2,
+    );
+    assert!(!summarize(&r, 5, name).stall_detected);
+    assert!(
+        summarize(&r, 4, name).stall_detected,
+        "exactly at the bound"
+    );
+}
+
+#[test]
+fn an_idle_cpu_or_a_preempted_vcpu_is_not_a_stall() {
+    // Idle: nothing runnable, the tickless clock stands still.
+    let idle = run(
+        30,
+        |_, c| {
+            if c == 1 {
+                (0, 0, 0)
+            } else {
+                (100_000_000, 1, 0)
+            }
+        },
+        2,
+    );
+    assert!(!summarize(&idle, 5, name).stall_detected);
+    // Runnable but the vCPU thread waited for a host CPU for the whole interval.
+    let mut pre = run(
+        30,
+        |_, c| {
+            if c == 1 {
+                (0, 2, 0)
+            } else {
+                (100_000_000, 1, 0)
+            }
+        },
+        2,
+    );
+    assert!(summarize(&pre, 5, name).stall_detected, "control");
+    for (i, s) in pre.samples.iter_mut().enumerate() {
+        s.cpus[1].host_wait_ns = Some(i as u64 * 60_000_000);
+    }
+    let s = summarize(&pre, 5, name);
+    assert!(!s.stall_detected, "{s:?}");
+    assert_eq!(s.preempted_intervals, 29);
+}
+
+#[test]
+fn without_host_data_a_guest_frozen_as_a_whole_is_not_a_stall() {
+    let mut r = run(20, |_, _| (0, 1, 0), 2);
+    // Distinct but unmoving clocks: initialized, yet nothing advanced anywhere.
+    for s in &mut r.samples {
+        s.cpus[0].clock = 5;
+        s.cpus[1].clock = 7;
+        s.cpus.iter_mut().for_each(|c| c.host_wait_ns = None);
+    }
+    let s = summarize(&r, 5, name);
+    assert!(!s.stall_detected && s.preempted_intervals == 38, "{s:?}");
+}
+
+#[test]
+fn samples_before_the_runqueues_exist_are_ignored() {
+    let mut r = run(20, |_, _| (100_000_000, 1, 0), 2);
+    for s in r.samples.iter_mut().take(5) {
+        s.cpus.iter_mut().for_each(|c| {
+            c.clock = 0;
+            c.nr_running = 9;
+        });
+    }
+    r.samples[6].cpus[0].local_dsq = Some(70_000);
+    let s = summarize(&r, 5, name);
+    assert_eq!(s.uninitialized_samples, 6);
+    assert_eq!(s.peak_imbalance_ratio, Some(1.0));
+}
+
+#[test]
+fn imbalance_and_dsq_depth_count_only_when_sustained() {
+    // 8 tasks against 1 on two CPUs for 6 samples; a one-sample spike of 20.
+    let r = run(
+        30,
+        |i, c| match (c, i) {
+            (0, 5..=10) => (100_000_000, 8, 60),
+            (0, 20) => (100_000_000, 20, 200),
+            _ => (100_000_000, 1, 0),
+        },
+        2,
+    );
+    let s = summarize(&r, 5, name);
+    assert_eq!(s.max_imbalance_ratio, Some(8.0));
+    assert_eq!(s.peak_imbalance_ratio, Some(20.0));
+    assert_eq!(s.max_local_dsq_depth, Some(60));
+    assert_eq!(s.peak_local_dsq_depth, Some(200));
+    let f: Vec<String> = findings(&s, &ALL).into_iter().map(|d| d.message).collect();
+    assert_eq!(
+        f,
+        [
+            "runqueue imbalance 8.0 (max/min tasks per CPU) held for 5 samples > 4.0",
+            "a local DSQ held 60 or more tasks for 5 samples > 50"
+        ]
+    );
+    // At the limits: nothing.
+    let lim = MonitorLimits {
+        max_imbalance_ratio: Some(8.0),
+        max_local_dsq_depth: Some(60),
+        fail_on_stall: true,
+    };
+    assert!(findings(&s, &lim).is_empty());
+    // 7 samples required: the 6-sample episode no longer counts, only the baseline.
+    let s7 = summarize(&r, 7, name);
+    assert_eq!(s7.max_imbalance_ratio, Some(1.0));
+}
+
+#[test]
+fn cpus_not_brought_up_do_not_count_toward_imbalance() {
+    let mut r = run(10, |_, _| (100_000_000, 2, 0), 3);
+    for s in &mut r.samples {
+        s.cpus[2].clock = 0;
+        s.cpus[2].nr_running = 0;
+    }
+    assert_eq!(summarize(&r, 5, name).max_imbalance_ratio, Some(1.0));
+}
+
+#[test]
+fn nothing_sampled_says_why() {
+    let r = Recording {
+        period_ms: 100,
+        unavailable: Some("monitor unavailable: no vmlinux".into()),
+        ..Default::default()
+    };
+    let s = summarize(&r, 5, name);
+    assert_eq!(s.total_samples, 0);
+    assert_eq!(
+        s.unavailable.as_deref(),
+        Some("monitor unavailable: no vmlinux")
+    );
+    assert_eq!(s.max_imbalance_ratio, None);
+    assert!(findings(&s, &ALL).is_empty());
+}
+
+#[test]
+fn sustained_is_the_best_windows_minimum() {
+    assert_eq!(sustained(&[1, 5, 6, 2, 9], 2), Some(5));
+    assert_eq!(sustained(&[1, 5, 6, 2, 9], 1), Some(9));
+    assert_eq!(sustained(&[1, 5], 3), None);
+    assert_eq!(sustained::<u32>(&[], 1), None);
+}
