@@ -391,6 +391,56 @@ mod tests {
     use crate::shm::{Frame, FrameType};
 
     #[test]
+    fn the_monitor_says_why_it_cannot_run() {
+        let k = crate::kernel::Kernel {
+            image: "/k/bzImage".into(),
+            vmlinux: None,
+            label: "k".into(),
+        };
+        let e = monitor_for(&k, 4.0).unwrap_err();
+        assert_eq!(
+            e,
+            "monitor unavailable: no vmlinux beside /k/bzImage (the monitor reads its symbols and BTF)"
+        );
+        let bad = crate::kernel::Kernel {
+            vmlinux: Some("/nonexistent/vmlinux".into()),
+            ..k
+        };
+        let e = monitor_for(&bad, 1.0).unwrap_err();
+        assert!(
+            e.starts_with("monitor unavailable: reading /nonexistent/vmlinux"),
+            "{e}"
+        );
+        let a = crate::assert::Assert::default_checks();
+        let s = monitor_summary(&Err(e.clone()), None, &a);
+        assert_eq!(s.unavailable, Some(e));
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(
+            json["unavailable"].is_string() && json["total_samples"] == 0,
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn the_monitor_samples_at_100_ms_times_the_time_scale() {
+        let Some(v) = crate::kernel::resolve(None).ok().and_then(|k| k.vmlinux) else {
+            eprintln!("no vmlinux: skipped");
+            return;
+        };
+        let k = crate::kernel::Kernel {
+            image: v.clone(),
+            vmlinux: Some(v),
+            label: "k".into(),
+        };
+        let m = monitor_for(&k, 4.0).unwrap();
+        assert_eq!(m.period, Duration::from_millis(400));
+        assert_eq!(
+            monitor_for(&k, 1.0).unwrap().period,
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
     fn vm_timeout_takes_the_override_or_the_default() {
         let d = Duration::from_secs(364);
         assert_eq!(vm_timeout(None, d), Ok(d));

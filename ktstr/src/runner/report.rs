@@ -68,7 +68,8 @@ impl CaseVerdict {
 impl CaseVerdict {
     /// Adds the host-side monitor's findings against `limits`: each is a failure reason
     /// (`Monitor: ...`, a test failure, not an infrastructure one), and a failing case's
-    /// report gains a `--- monitor ---` section with the summary.
+    /// report gains a `--- monitor ---` section with the summary (found something or not: it
+    /// is evidence either way).
     pub fn add_monitor(&mut self, name: &str, summary: &MonitorSummary, limits: &MonitorLimits) {
         let found: Vec<String> = crate::monitor::findings(summary, limits)
             .iter()
@@ -464,6 +465,108 @@ mod tests {
                 .iter()
                 .any(|r| r == "result channel: bad CRC in frame 3"),
             "{v:?}"
+        );
+    }
+
+    fn stalled() -> MonitorSummary {
+        MonitorSummary {
+            total_samples: 40,
+            period_ms: 100,
+            sustained_samples: 5,
+            stall_detected: true,
+            stall_count: 1,
+            stalls: vec![crate::monitor::Stall {
+                cpu: 3,
+                duration_ms: 1200,
+                samples: 12,
+                from_ms: 2000,
+                nr_running: 2,
+            }],
+            ..Default::default()
+        }
+    }
+
+    const ON: MonitorLimits = MonitorLimits {
+        max_imbalance_ratio: Some(4.0),
+        max_local_dsq_depth: Some(50),
+        fail_on_stall: true,
+    };
+
+    #[test]
+    fn a_monitor_finding_fails_a_passing_case_with_its_section() {
+        let mut v = judge("c", "", &outcome(EXIT, Some(&AssertResult::pass()), None));
+        let quiet = v.clone();
+        v.add_monitor("c", &MonitorSummary::default(), &ON);
+        assert_eq!(v, quiet, "nothing found: unchanged");
+        v.add_monitor("c", &stalled(), &ON);
+        assert!(!v.passed && !v.infra, "a finding is a test failure: {v:?}");
+        assert_eq!(v.reasons.len(), 1);
+        assert!(v.reasons[0].starts_with("Monitor: CPU 3 stalled"), "{v:?}");
+        let lines: Vec<&str> = v.report.lines().collect();
+        assert_eq!(lines[0], "ktstr case 'c' failed:");
+        assert!(
+            lines[1].starts_with("  Monitor: CPU 3 stalled"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[2], "--- monitor ---");
+        assert!(lines[3].starts_with("40 samples every 100 ms"), "{lines:?}");
+        assert!(
+            v.report.contains("stall: CPU 3 clock still for 1200 ms"),
+            "{}",
+            v.report
+        );
+        // fail_on_stall off: recorded, not judged.
+        let mut off = quiet.clone();
+        off.add_monitor(
+            "c",
+            &stalled(),
+            &MonitorLimits {
+                fail_on_stall: false,
+                ..ON
+            },
+        );
+        assert_eq!(off, quiet);
+    }
+
+    #[test]
+    fn a_failing_case_gains_the_monitor_reason_and_section_before_the_console() {
+        let r = AssertResult::fail(DetailKind::Starved, "worker 7 made no progress");
+        let mut out = outcome(EXIT, Some(&r), None);
+        out.console_tail = "[ 1.0] console line".into();
+        let mut v = judge("c", "", &out);
+        v.add_monitor("c", &stalled(), &ON);
+        assert_eq!(v.reasons[0], "Starved: worker 7 made no progress");
+        assert!(v.reasons[1].starts_with("Monitor: CPU 3 stalled"), "{v:?}");
+        let at = |needle: &str| v.report.find(needle).unwrap_or(usize::MAX);
+        assert!(
+            at("  Starved: worker 7") < at("  Monitor: CPU 3"),
+            "{}",
+            v.report
+        );
+        assert!(
+            at("  Monitor: CPU 3") < at("--- scheduler log ---").min(at("--- diagnostics ---"))
+        );
+        assert!(
+            at("--- monitor ---") < at("--- console tail ---"),
+            "{}",
+            v.report
+        );
+        assert!(at("--- console tail ---") < usize::MAX);
+        // A failing case shows the monitor's summary even when it found nothing: it is
+        // evidence (here, that it was unavailable and why).
+        let mut plain = judge("c", "", &out);
+        let none = MonitorSummary {
+            unavailable: Some("monitor unavailable: no vmlinux".into()),
+            ..Default::default()
+        };
+        plain.add_monitor("c", &none, &ON);
+        assert_eq!(plain.reasons.len(), 1, "{plain:?}");
+        assert!(
+            plain
+                .report
+                .contains("--- monitor ---\nmonitor unavailable: no vmlinux\n"),
+            "{}",
+            plain.report
         );
     }
 }
