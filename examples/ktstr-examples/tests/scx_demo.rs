@@ -57,12 +57,17 @@ fn starved(r: &mut AssertResult, reports: &[WorkerReport], what: &str) {
 
 /// Spinning workers, two per CPU, all make progress; the guest sees the declared topology.
 fn spinners(ctx: &Ctx) -> Result<AssertResult> {
+    spinning(ctx, 2 * ctx.topology.num_cpus())
+}
+
+/// `workers` spinning workers all make progress; the guest sees the declared topology.
+fn spinning(ctx: &Ctx, workers: u32) -> Result<AssertResult> {
     let mut r = AssertResult::pass();
     for m in SysTopology::current().mismatches(&ctx.topology) {
         r.push_failure(DetailKind::Other, m);
     }
     let cfg = WorkloadConfig {
-        num_workers: 2 * ctx.topology.num_cpus(),
+        num_workers: workers,
         work_type: WorkType::Mixed,
         ..Default::default()
     };
@@ -245,6 +250,23 @@ fn pause_agent(after: Duration, hold: Duration, cpu: usize) -> Result<AgentPause
         }
         libc::_exit(0)
     }
+}
+
+/// Every user task queued in CPU 0's local DSQ (`--pile-cpu 0`) while the other three CPUs
+/// idle: the monitor's runqueue imbalance (8 spinners on CPU 0 against none elsewhere) catches
+/// what no guest-side check does (the spinners share CPU 0 evenly, none starves).
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 4, extra_sched_args = ["--pile-cpu", "0"],
+    expect_err = "Monitor: runqueue imbalance")]
+fn fault_pile_imbalance(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
+/// The same pile with 64 spinners: CPU 0's local DSQ holds about 63 tasks, over the default
+/// depth limit of 50. The imbalance limit is lifted here so the DSQ depth alone names it.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 4, extra_sched_args = ["--pile-cpu", "0"],
+    max_imbalance_ratio = 1000.0, expect_err = "Monitor: a local DSQ held")]
+fn fault_pile_deep_dsq(ctx: &Ctx) -> Result<AssertResult> {
+    spinning(ctx, 64)
 }
 
 /// `scx_bpf_error()` mid-test: the verdict names the error exit and its message.

@@ -102,6 +102,12 @@ pub struct Args {
     )]
     pub stall_cpu: Option<u32>,
 
+    /// FAULT: queue every user task that may run on CPU in that CPU's local
+    /// DSQ: one CPU runs them all while the others idle (an imbalance, and a
+    /// deep local DSQ with enough tasks).
+    #[arg(long, value_name = "CPU")]
+    pub pile_cpu: Option<u32>,
+
     /// FAULT: after SECS seconds, fail with scx_bpf_error("scx_demo: injected crash ...").
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub crash_after: Option<Duration>,
@@ -451,6 +457,14 @@ fn open_skel<'o>(
         ro.stall_cpu = cpu as i32;
         ro.stall_cpu_alt = ((cpu + 1) % nr_cpus as u32) as i32;
     }
+    if let Some(cpu) = args.pile_cpu {
+        anyhow::ensure!(
+            cpu < nr_cpus as u32,
+            "--pile-cpu {cpu}: the machine has CPUs 0-{}",
+            nr_cpus - 1
+        );
+        ro.pile_cpu = cpu as i32;
+    }
     ro.crash_after_ns = secs_to_ns(args.crash_after);
     ro.degrade = args.degrade || args.degrade_cgroup.is_some();
     ro.degrade_cgid = degrade_cgid;
@@ -508,5 +522,25 @@ mod tests {
     fn timeout_range() {
         assert!(Args::try_parse_from(["scx_demo", "--timeout-ms", "30001"]).is_err());
         assert!(Args::try_parse_from(["scx_demo", "--stall-pid", "5"]).is_err());
+        assert!(Args::try_parse_from(["scx_demo", "--stall-cpu", "1"]).is_err());
+        assert!(Args::try_parse_from([
+            "scx_demo",
+            "--stall-after",
+            "1",
+            "--stall-cpu",
+            "1",
+            "--stall-pid",
+            "5"
+        ])
+        .is_err());
+        let a =
+            Args::try_parse_from(["scx_demo", "--stall-after", "1", "--stall-cpu", "1"]).unwrap();
+        assert_eq!(a.stall_cpu, Some(1));
+        assert_eq!(
+            Args::try_parse_from(["scx_demo", "--pile-cpu", "0"])
+                .unwrap()
+                .pile_cpu,
+            Some(0)
+        );
     }
 }

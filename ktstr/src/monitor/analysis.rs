@@ -78,6 +78,11 @@ pub struct MonitorSummary {
     pub total_fallback: Option<u64>,
     /// sched_ext keep-last dispatches (event counters; null on kernels without them).
     pub total_keep_last: Option<u64>,
+    /// Host CPU time the monitor's thread used, in ms, and as a share of one host CPU over
+    /// the run (what the monitor costs; the guest's vCPUs compete with it for host CPUs).
+    pub monitor_cpu_ms: Option<f64>,
+    /// `monitor_cpu_ms` over the run's length, in percent of one host CPU.
+    pub monitor_cpu_pct: Option<f64>,
     /// Why some fields are null.
     pub notes: Vec<String>,
     /// Why nothing was sampled, when nothing was.
@@ -94,12 +99,14 @@ impl MonitorSummary {
         let i = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
         let mut out = vec![
             format!(
-                "{} samples every {} ms (sustained = {} samples); {} before the runqueues existed, {} CPU-intervals skipped as host-preempted",
+                "{} samples every {} ms (sustained = {} samples); {} before the runqueues existed, {} CPU-intervals skipped as host-preempted; the monitor used {} ms of host CPU ({}% of one CPU)",
                 self.total_samples,
                 self.period_ms,
                 self.sustained_samples,
                 self.uninitialized_samples,
-                self.preempted_intervals
+                self.preempted_intervals,
+                f(self.monitor_cpu_ms),
+                f(self.monitor_cpu_pct),
             ),
             format!(
                 "imbalance (max/min tasks per CPU): sustained {}, peak {}, mean {}; mean nr_running {}",
@@ -193,6 +200,11 @@ pub fn summarize(
         sustained_samples: n as u64,
         scx_exit: rec.scx_exit.clone(),
         unavailable: rec.unavailable.clone(),
+        monitor_cpu_ms: rec.cpu_us.map(|us| us as f64 / 1000.0),
+        monitor_cpu_pct: rec
+            .cpu_us
+            .filter(|_| rec.ran_ms > 0)
+            .map(|us| us as f64 / 10.0 / rec.ran_ms as f64),
         notes: vec![format!(
             "total_fallback, total_keep_last: {NO_EVENT_COUNTERS}"
         )],

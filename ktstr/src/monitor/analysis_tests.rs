@@ -47,7 +47,9 @@ const ALL: MonitorLimits = MonitorLimits {
 
 #[test]
 fn a_healthy_run_has_no_findings() {
-    let r = run(30, |_, _| (100_000_000, 1, 0), 4);
+    let mut r = run(30, |_, _| (100_000_000, 1, 0), 4);
+    r.cpu_us = Some(30_000);
+    r.ran_ms = 3000;
     let s = summarize(&r, 5, name);
     assert_eq!(s.total_samples, 30);
     assert!(!s.stall_detected && s.stalls.is_empty(), "{s:?}");
@@ -55,6 +57,10 @@ fn a_healthy_run_has_no_findings() {
     assert_eq!(s.max_local_dsq_depth, Some(0));
     assert_eq!(s.avg_nr_running, Some(1.0));
     assert_eq!(s.scx_state.as_deref(), Some("S1"));
+    assert_eq!(
+        (s.monitor_cpu_ms, s.monitor_cpu_pct),
+        (Some(30.0), Some(1.0))
+    );
     assert!(findings(&s, &ALL).is_empty());
 }
 

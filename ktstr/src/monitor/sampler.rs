@@ -79,6 +79,10 @@ pub struct Recording {
     pub scx_exit: Option<ScxExit>,
     /// Why nothing could be sampled, when nothing could.
     pub unavailable: Option<String>,
+    /// Host CPU time the sampling thread used, in µs (its own cost to the host).
+    pub cpu_us: Option<u64>,
+    /// How long the monitor ran, in ms.
+    pub ran_ms: u64,
 }
 
 /// Where the host threads that run each vCPU are: `/proc/{pid}/task/*/comm` names.
@@ -271,6 +275,12 @@ pub fn start(
                     std::thread::park_timeout(next - now);
                 }
             }
+            rec.ran_ms = t0.elapsed().as_millis() as u64;
+            // schedstat: "<on-CPU ns> <waiting ns> <timeslices>".
+            rec.cpu_us = std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .map(|ns| ns / 1000);
             if rec.samples.is_empty() {
                 rec.unavailable = Some(format!(
                     "monitor unavailable: {}",
@@ -368,6 +378,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         let r = h.finish();
         assert!(r.samples.is_empty());
+        assert!(r.ran_ms >= 30, "{r:?}");
+        if std::path::Path::new("/proc/thread-self/schedstat").exists() {
+            assert!(r.cpu_us.is_some(), "{r:?}");
+        }
         assert_eq!(
             r.unavailable.as_deref(),
             Some("monitor unavailable: guest RAM is not readable yet")

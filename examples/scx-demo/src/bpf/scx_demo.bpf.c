@@ -14,6 +14,8 @@
  *            stall_cpu, every task queued on that CPU is parked instead and
  *            the CPU dispatches nothing: it idles with runnable tasks.
  *  - crash:  after crash_after_ns, scx_bpf_error() from tick/dispatch.
+ *  - pile:   every user task that may run on pile_cpu queues in that CPU's
+ *            local DSQ: one CPU runs everything, the others idle.
  *  - degrade: tasks of one cgroup get a tiny slice and are consumed only on
  *            every DEGRADE_EVERY-th dispatch (or when nothing else waits).
  *  - slow:   every wakeup of a user task waits at least slow_ns in a queue
@@ -75,6 +77,9 @@ const volatile s32 stall_tgid;
  * elsewhere are steered to stall_cpu_alt instead of it. */
 const volatile s32 stall_cpu = -1;
 const volatile s32 stall_cpu_alt;
+/* Pile fault: user tasks that may run on this CPU all queue in its local DSQ
+ * (-1: off), so it runs them all while the other CPUs idle. */
+const volatile s32 pile_cpu = -1;
 const volatile u64 crash_after_ns;
 const volatile bool degrade;
 /* cgroup id (cgroup2 inode number) to degrade; 0 = the highest id seen. */
@@ -212,6 +217,13 @@ static void maybe_crash(void)
 			   elapsed / 1000000);
 }
 
+/* Whether the pile fault sends @p to pile_cpu's local DSQ. */
+static bool is_piled(struct task_struct *p)
+{
+	return pile_cpu >= 0 && !is_kthread(p) && p->tgid != self_tgid &&
+	       bpf_cpumask_test_cpu(pile_cpu, p->cpus_ptr);
+}
+
 /* A wakeup of a user task the slow fault delays. */
 static bool is_slowed(struct task_struct *p, u64 enq_flags)
 {
@@ -292,6 +304,8 @@ s32 BPF_STRUCT_OPS(demo_select_cpu, struct task_struct *p, s32 prev_cpu,
 	 * drain into it. (A task allowed only there still lands on it.) */
 	if (cpu_stalled(cpu))
 		return cpu_stalled(prev_cpu) ? stall_cpu_alt : prev_cpu;
+	if (is_piled(p))
+		return pile_cpu;
 	/*
 	 * Faulted tasks must go through enqueue, where they are diverted, so
 	 * only take the direct-dispatch shortcut when no fault can apply.
@@ -320,6 +334,11 @@ void BPF_STRUCT_OPS(demo_enqueue, struct task_struct *p, u64 enq_flags)
 	if (is_stall_victim(p)) {
 		__sync_fetch_and_add(&nr_stalled, 1);
 		scx_bpf_dispatch(p, STALL_DSQ, slice_ns, enq_flags);
+		return;
+	}
+	if (is_piled(p)) {
+		scx_bpf_dispatch(p, SCX_DSQ_LOCAL_ON | pile_cpu, slice_ns,
+				 enq_flags);
 		return;
 	}
 	if (is_slowed(p, enq_flags)) {
