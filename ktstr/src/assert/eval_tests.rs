@@ -266,6 +266,40 @@ fn cross_cgroup_spread_compares_like_with_like() {
     );
 }
 
+/// Two cgroups on the same cpuset are not compared when a third cgroup's cpuset covers part of
+/// it: which of them shares a CPU with the third is placement.
+#[test]
+fn cross_cgroup_spread_skips_a_cpuset_another_partly_overlaps() {
+    let on = |tid, off, cpus: &[u32]| {
+        let mut x = w(tid, 100, off, cpus);
+        x.allowed = Some(cpus.to_vec());
+        x
+    };
+    let llc = cg("llc", vec![on(1, 46.4, &[2, 3])]);
+    let numa = cg("numa", vec![on(2, 6.6, &[2, 3])]);
+    let exact = cg("exact", vec![on(3, 50.0, &[1, 3])]);
+    let (s, ..) = cross_cgroup_spread(&[llc.clone(), numa.clone()]).unwrap();
+    assert!(
+        (s - 39.8).abs() < 1e-6,
+        "alone on their CPUs they compare: {s}"
+    );
+    assert_eq!(cross_cgroup_spread(&[llc, numa, exact]), None);
+}
+
+/// PolicyChurn's share is set by its time as SCHED_IDLE: not compared.
+#[test]
+fn policy_churners_are_not_compared() {
+    let churn = |tid, off| {
+        let mut x = w(tid, 100, off, &[0]);
+        x.work_type = "PolicyChurn".into();
+        x
+    };
+    assert_eq!(
+        spread_by_type(&run(vec![churn(1, 62.5), churn(2, 97.9)])[0]),
+        None
+    );
+}
+
 /// Of several comparable pairs the widest is reported; on a tie, the first found.
 #[test]
 fn cross_cgroup_spread_reports_the_widest_pair() {
