@@ -102,8 +102,8 @@ pub struct Args {
     )]
     pub stall_cpu: Option<u32>,
 
-    /// FAULT: queue every user task that may run on CPU in that CPU's local
-    /// DSQ: one CPU runs them all while the others idle (an imbalance, and a
+    /// FAULT: queue every task that may run on CPU (kernel threads too) in
+    /// that CPU's local DSQ: one CPU runs them all while the others idle (an imbalance, and a
     /// deep local DSQ with enough tasks).
     #[arg(long, value_name = "CPU")]
     pub pile_cpu: Option<u32>,

@@ -14,8 +14,8 @@
  *            stall_cpu, every task queued on that CPU is parked instead and
  *            the CPU dispatches nothing: it idles with runnable tasks.
  *  - crash:  after crash_after_ns, scx_bpf_error() from tick/dispatch.
- *  - pile:   every user task that may run on pile_cpu queues in that CPU's
- *            local DSQ: one CPU runs everything, the others idle.
+ *  - pile:   every task that may run on pile_cpu queues in that CPU's local
+ *            DSQ: one CPU runs everything, the others idle.
  *  - degrade: tasks of one cgroup get a tiny slice and are consumed only on
  *            every DEGRADE_EVERY-th dispatch (or when nothing else waits).
  *  - slow:   every wakeup of a user task waits at least slow_ns in a queue
@@ -217,10 +217,15 @@ static void maybe_crash(void)
 			   elapsed / 1000000);
 }
 
-/* Whether the pile fault sends @p to pile_cpu's local DSQ. */
+/*
+ * Whether the pile fault sends @p to pile_cpu's local DSQ: everything but
+ * ourselves that may run there, kernel threads included. (A kthread bound to
+ * pile_cpu left in the shared queue never ran: the CPU always had local work,
+ * and sched_ext's watchdog ejected the scheduler for starving ksoftirqd/0.)
+ */
 static bool is_piled(struct task_struct *p)
 {
-	return pile_cpu >= 0 && !is_kthread(p) && p->tgid != self_tgid &&
+	return pile_cpu >= 0 && p->tgid != self_tgid &&
 	       bpf_cpumask_test_cpu(pile_cpu, p->cpus_ptr);
 }
 
