@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::guest_ram::{GuestRam, KernelMem};
 use super::layout::KernelLayout;
+use crate::workload::report::read_schedstat;
 
 /// One CPU's runqueue at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,11 +138,7 @@ fn host_waits(t: &VcpuThreads, cpus: usize) -> Vec<Option<u64>> {
         let Some(which) = t.naming.vcpu_of(&comm) else {
             continue;
         };
-        // schedstat: "<on-CPU ns> <waiting ns> <timeslices>".
-        let Some(wait) = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        else {
+        let Some((_, wait, _)) = read_schedstat(&p.join("schedstat").to_string_lossy()) else {
             continue;
         };
         match which {
@@ -276,11 +273,7 @@ pub fn start(
                 }
             }
             rec.ran_ms = t0.elapsed().as_millis() as u64;
-            // schedstat: "<on-CPU ns> <waiting ns> <timeslices>".
-            rec.cpu_us = std::fs::read_to_string("/proc/thread-self/schedstat")
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .map(|ns| ns / 1000);
+            rec.cpu_us = read_schedstat("/proc/thread-self/schedstat").map(|(ns, ..)| ns / 1000);
             if rec.samples.is_empty() {
                 rec.unavailable = Some(format!(
                     "monitor unavailable: {}",
