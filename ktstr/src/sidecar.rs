@@ -27,6 +27,10 @@ pub struct Durations {
     pub teardown_ms: u64,
     /// Everything.
     pub total_ms: u64,
+    /// The guest kernel's own uptime when its init started (from init's hello): the part of
+    /// `boot_ms` the kernel's clock saw. Absent in sidecars written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_boot_ms: Option<u64>,
 }
 
 /// One case's sidecar (library spec §6). Readers tolerate missing fields (they take their

@@ -184,6 +184,53 @@ fn a_corrupt_result_channel_fails_a_passing_case() {
     );
 }
 
+/// A guest that floods its console still delivers its verdict, and the console tail the host
+/// keeps ends with the flood's last line (the flood is about three times what is kept).
+#[test]
+fn a_console_flood_keeps_the_verdict_and_the_last_lines() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case("console_flood/eevdf/1n1l1c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(
+        out.contains("deliberate: flooded the console with"),
+        "the verdict was lost: {out}"
+    );
+    let tail = out
+        .split("--- console tail ---")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no console tail: {out}"));
+    assert!(tail.contains("flood 04095 "), "{tail}");
+    assert!(tail.contains("flood done"), "{tail}");
+}
+
+/// Boot-to-init runs from the guest's start to init's hello on both backends: it holds the
+/// kernel's own boot (its uptime when init started, from the hello) and fits in the total.
+#[test]
+fn boot_to_init_holds_the_kernels_own_boot() {
+    if !kernel_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = case_with(
+        "expected_failure/eevdf/1n1l1c1t",
+        &[("KTSTR_SIDECAR_DIR", dir.path().to_str().unwrap())],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let run = ktstr::runs::load_run(dir.path()).unwrap();
+    let d = run.sidecars[0].1.durations;
+    let guest = d
+        .guest_boot_ms
+        .expect("the hello carries the guest's uptime");
+    assert!(guest > 0, "{d:?}");
+    assert!(
+        d.boot_ms >= guest,
+        "boot_ms ends before init started: {d:?}"
+    );
+    assert!(d.boot_ms + d.run_ms <= d.total_ms, "{d:?}");
+}
+
 /// A teardown over the test's cleanup_budget_ms fails an otherwise passing case.
 #[test]
 fn a_teardown_over_budget_fails_the_case() {

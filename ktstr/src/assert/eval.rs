@@ -412,6 +412,13 @@ pub fn evaluate(a: &Assert, runs: &[CgroupRun], time_scale: f64) -> AssertResult
             format!("{limit:.0}")
         }
     };
+    let scaled_us = |limit: f64| {
+        if scale > 1.0 {
+            format!("{limit} × time scale {scale}")
+        } else {
+            format!("{limit}")
+        }
+    };
     for run in runs {
         let cg = &run.name;
         for w in &run.workers {
@@ -557,9 +564,10 @@ pub fn evaluate(a: &Assert, runs: &[CgroupRun], time_scale: f64) -> AssertResult
             if p99 > lim {
                 res.push_failure(
                     DetailKind::Benchmark,
+                    // Both sides in µs: the limit is set in ns, the latency kept in µs.
                     format!(
-                        "cgroup {cg}: p99 wake latency {p99:.1} µs > {} ns",
-                        scaled(max as f64)
+                        "cgroup {cg}: p99 wake latency {p99:.1} µs > {} µs",
+                        scaled_us(max as f64 / 1e3)
                     ),
                 );
             }

@@ -651,12 +651,12 @@ fn cgroup_limits_read_exactly() {
     assert_eq!(first(n.max_p99_wake_latency_ns(5000), 1.0), None);
     assert_eq!(
         first(n.max_p99_wake_latency_ns(4999), 1.0).unwrap(),
-        "cgroup cg0: p99 wake latency 5.0 µs > 4999 ns"
+        "cgroup cg0: p99 wake latency 5.0 µs > 4.999 µs"
     );
     assert_eq!(first(n.max_p99_wake_latency_ns(1250), 4.0), None);
     assert_eq!(
         first(n.max_p99_wake_latency_ns(1249), 4.0).unwrap(),
-        "cgroup cg0: p99 wake latency 5.0 µs > 1249 × time scale 4 ns"
+        "cgroup cg0: p99 wake latency 5.0 µs > 1.249 × time scale 4 µs"
     );
     let exact = crate::stats::cv(&[1000.0, 2000.0, 3000.0, 4000.0, 5000.0]).unwrap();
     assert_eq!(first(n.max_wake_latency_cv(exact), 1.0), None);

@@ -54,6 +54,13 @@ pub enum GuestError {
     Shm(#[from] crate::shm::ShmError),
 }
 
+/// The guest's uptime in ms (first field of /proc/uptime), if readable.
+fn uptime_ms() -> Option<u64> {
+    let s = fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some((secs * 1000.0) as u64)
+}
+
 /// Whether this process is the guest's init (PID 1).
 pub fn is_guest_init() -> bool {
     std::process::id() == 1
@@ -73,6 +80,9 @@ pub fn boot() -> Result<(), GuestError> {
     let hello = serde_json::json!({
         "kernel_release": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "cpus_online": fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default().trim(),
+        // The kernel's own clock at init: the host's boot-to-init also holds the VMM's or
+        // firmware's part before the kernel's clock started.
+        "uptime_ms": uptime_ms(),
     });
     send(FrameType::Hello, hello.to_string().as_bytes())?;
     Ok(())

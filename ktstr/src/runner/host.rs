@@ -241,11 +241,13 @@ fn write_sidecar(
     let passed = verdict.passed;
     use crate::shm::FrameType;
     let result = super::report::result_of(out).ok().flatten();
-    let kernel_version = out
+    let hello = out
         .frames
         .iter()
         .find(|f| f.kind == FrameType::Hello)
-        .and_then(|f| serde_json::from_slice::<serde_json::Value>(&f.payload).ok())
+        .and_then(|f| serde_json::from_slice::<serde_json::Value>(&f.payload).ok());
+    let kernel_version = hello
+        .as_ref()
         .and_then(|v| v["kernel_release"].as_str().map(str::to_string))
         .filter(|k| !k.is_empty())
         .unwrap_or_else(|| "unknown".into());
@@ -293,6 +295,7 @@ fn write_sidecar(
             run_ms: ms(t.init_to_exit.unwrap_or_default()),
             teardown_ms: ms(t.teardown),
             total_ms: ms(t.total),
+            guest_boot_ms: hello.as_ref().and_then(|v| v["uptime_ms"].as_u64()),
         },
         host: Some(HostContext::collect()),
         monitor: serde_json::to_value(monitor).ok(),

@@ -4,7 +4,9 @@
 //! how long each phase took.
 
 pub mod backend;
+pub mod console;
 pub mod qemu;
+pub mod session;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

@@ -8,24 +8,28 @@
 //!   Linux takes the LLC from CPUID leaf 4, which qemu shares per die; `-numa node` entries
 //!   give each node its CPUs and memory. qemu numbers CPUs socket, die, core, thread: our
 //!   canonical order.
-//! - Result channel: the last node's RAM is a `memory-backend-file` with `share=on` in a private
-//!   temporary directory; the top [`VmSpec::shm_size`] bytes are reserved in the guest with
-//!   `memmap=` and read by the host straight from the file.
+//! - Guest RAM: every node's RAM is a `memory-backend-file` with `share=on` in a private
+//!   temporary directory under `/dev/shm`. The result region, near the top of the last node, is
+//!   reserved in the guest with `memmap=` and read by the host straight from the file; the
+//!   host-side monitor reads guest kernel memory the same way.
+//! - The run itself is a [`Session`], as for the in-process VMM: qemu's serial output is
+//!   pumped into its console, and [`QemuMachine`] answers its questions.
 //! - Exit: `isa-debug-exit` on port 0xF4; qemu's exit status is `status << 1 | 1`.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{BackendKind, ConsoleMode, PhaseTimes, VmEnd, VmOutcome, VmSpec, CONSOLE_TAIL_BYTES};
+use super::console::Console;
+use super::session::{Machine, MonitorTarget, Session};
+use super::{BackendKind, ConsoleMode, VmEnd, VmOutcome, VmSpec};
 use crate::monitor::guest_ram::{FileRam, FileRegion};
-use crate::shm::{FrameReader, FrameType};
+use crate::shm::FrameType;
 use crate::topology::Topology;
 
 /// The qemu binary ktstr runs.
@@ -39,9 +43,6 @@ const GIB4: u64 = 1 << 32;
 /// Room left between the result region and the top of RAM: SeaBIOS keeps its own tables
 /// (and qemu's ACPI tables) in the last few hundred KiB of low RAM.
 const FIRMWARE_RESERVE: u64 = 4 << 20;
-
-/// How long the monitor sleeps between looks at the child and the result channel.
-const POLL: Duration = Duration::from_millis(20);
 
 /// Why the qemu backend could not run a VM.
 #[derive(Debug, thiserror::Error)]
@@ -396,99 +397,102 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     if let Some(cpus) = &spec.host_cpus {
         crate::host_cpus::confine_command(&mut cmd, cpus);
     }
+    let session = Session::new(&mut spec);
     let mut child = cmd.spawn().map_err(io_err("starting qemu-system-x86_64"))?;
     let started = Instant::now();
-    let setup = started - t0;
 
-    let console = Arc::new(Mutex::new(ConsoleTail::default()));
     let mut pumps: Vec<JoinHandle<()>> = Vec::new();
     if let Some(out) = child.stdout.take() {
-        let echo = spec.console == ConsoleMode::Stderr;
-        pumps.push(pump(out, console.clone(), echo));
+        pumps.push(pump(out, session.console().clone()));
     }
-    let qemu_stderr = Arc::new(Mutex::new(ConsoleTail::default()));
+    let qemu_stderr = Console::new(ConsoleMode::Capture);
     if let Some(err) = child.stderr.take() {
-        pumps.push(pump(err, qemu_stderr.clone(), false));
+        pumps.push(pump(err, qemu_stderr.clone()));
+    }
+    let target = MonitorTarget {
+        ram: Arc::new(FileRam {
+            regions: ram_regions(&mem, dir.path()),
+        }),
+        cpus: spec.topology.num_cpus() as usize,
+        threads: crate::monitor::VcpuThreads {
+            pid: child.id(),
+            naming: crate::monitor::ThreadNaming::Qemu,
+        },
+    };
+    let mut machine = QemuMachine {
+        child,
+        exited: None,
+        pumps,
+        stderr: qemu_stderr,
+        shm_file: None,
+        shm_path: node_file(dir.path(), mem.node_mib.len() - 1),
+        shm_offset: mem.shm_file_offset,
+    };
+    let finished = session.run(&mut machine, started, Some(target));
+    drop(machine);
+    drop(dir);
+    Ok(finished.outcome(BackendKind::Qemu, t0))
+}
+
+/// A running qemu child as the session drives it.
+struct QemuMachine {
+    child: Child,
+    /// How the child exited, once reaped.
+    exited: Option<VmEnd>,
+    pumps: Vec<JoinHandle<()>>,
+    /// qemu's own messages (errors name themselves in a backend error).
+    stderr: Console,
+    /// The last node's memory file, which holds the result region (opened once qemu made it).
+    shm_file: Option<File>,
+    shm_path: PathBuf,
+    shm_offset: u64,
+}
+
+impl Machine for QemuMachine {
+    fn read_channel(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if self.shm_file.is_none() {
+            self.shm_file = Some(File::open(&self.shm_path)?);
+        }
+        let f = self.shm_file.as_ref().expect("opened above");
+        f.read_exact_at(buf, self.shm_offset + offset)
     }
 
-    let monitor_run = spec.monitor.as_ref().map(|m| {
-        crate::monitor::start(
-            m,
-            Arc::new(FileRam {
-                regions: ram_regions(&mem, dir.path()),
-            }),
-            spec.topology.num_cpus() as usize,
-            crate::monitor::VcpuThreads {
-                pid: child.id(),
-                naming: crate::monitor::ThreadNaming::Qemu,
-            },
-        )
-    });
-    let shm_path = node_file(dir.path(), mem.node_mib.len() - 1);
-    let mut monitor = Monitor {
-        reader: FrameReader::new(),
-        frames: Vec::new(),
-        shm_file: None,
-        shm_path,
-        shm_offset: mem.shm_file_offset,
-        shm_size: spec.shm_size,
-        first_frame: None,
-        sink: spec.frame_sink.take(),
-    };
-
-    let end = loop {
-        monitor.poll();
-        match child.try_wait() {
-            Ok(Some(status)) => break classify_exit(status),
-            Ok(None) => {}
-            Err(e) => {
-                break VmEnd::BackendError {
+    fn ended(&mut self) -> Option<VmEnd> {
+        if self.exited.is_none() {
+            self.exited = match self.child.try_wait() {
+                Ok(Some(status)) => Some(classify_exit(status)),
+                Ok(None) => None,
+                Err(e) => Some(VmEnd::BackendError {
                     detail: format!("waiting for qemu: {e}"),
-                }
-            }
-        }
-        if spec.cancel.load(Ordering::Relaxed) {
-            kill(&mut child);
-            break VmEnd::Cancelled;
-        }
-        if started.elapsed() > spec.timeout {
-            kill(&mut child);
-            break VmEnd::Timeout {
-                after: spec.timeout,
+                }),
             };
         }
-        std::thread::sleep(POLL);
-    };
-    let guest_end = Instant::now();
-    monitor.poll();
-    // qemu has exited and its files are still there: the monitor's last sample is the end.
-    let recording = monitor_run.map(crate::monitor::finish);
-    for p in pumps {
-        let _ = p.join();
+        self.exited.clone()
     }
-    let console_tail = console.lock().unwrap().text();
-    let end = refine_end(end, &console_tail, &qemu_stderr.lock().unwrap().text());
-    let channel_error = monitor.reader.error().map(|e| e.to_string());
-    let frames = monitor.frames;
-    let first_frame = monitor.first_frame;
-    drop(monitor.shm_file);
-    drop(dir);
-    let done = Instant::now();
-    Ok(VmOutcome {
-        backend: BackendKind::Qemu,
-        end,
-        frames,
-        channel_error,
-        console_tail,
-        monitor: recording,
-        times: PhaseTimes {
-            setup,
-            boot_to_init: first_frame.map(|f| f - started),
-            init_to_exit: first_frame.map(|f| guest_end.saturating_duration_since(f)),
-            teardown: done - guest_end,
-            total: done - t0,
-        },
-    })
+
+    fn wait(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn stop(&mut self, _why: &VmEnd) {
+        let _ = self.child.kill();
+    }
+
+    fn halt(&mut self, end: VmEnd) -> VmEnd {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The pipes close with qemu: the pumps have everything.
+        for p in self.pumps.drain(..) {
+            let _ = p.join();
+        }
+        let stderr = self.stderr.state().tail();
+        match end {
+            VmEnd::BackendError { detail } if !stderr.trim().is_empty() => VmEnd::BackendError {
+                detail: format!("{detail}: {}", super::tail_lines(stderr.trim(), 5)),
+            },
+            e => e,
+        }
+    }
 }
 
 /// Where qemu's guest-memory files go: RAM-backed `/dev/shm` when present.
@@ -499,11 +503,6 @@ fn shm_tmp_root() -> PathBuf {
     } else {
         std::env::temp_dir()
     }
-}
-
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Maps qemu's exit status to how the guest ended.
@@ -525,107 +524,14 @@ fn classify_exit(status: std::process::ExitStatus) -> VmEnd {
     }
 }
 
-/// A reboot that follows a kernel panic on the console is a panic; a qemu error names itself.
-fn refine_end(end: VmEnd, console: &str, qemu_stderr: &str) -> VmEnd {
-    match end {
-        VmEnd::Reboot => match panic_line(console) {
-            Some(message) => VmEnd::Panic { message },
-            None => VmEnd::Reboot,
-        },
-        VmEnd::BackendError { detail } if !qemu_stderr.trim().is_empty() => VmEnd::BackendError {
-            detail: format!("{detail}: {}", super::tail_lines(qemu_stderr.trim(), 5)),
-        },
-        e => e,
-    }
-}
-
-/// The kernel's panic line, if the console shows one.
-pub fn panic_line(console: &str) -> Option<String> {
-    console
-        .lines()
-        .find(|l| l.contains("Kernel panic - not syncing"))
-        .map(|l| {
-            let l = l.trim();
-            // Drop the printk timestamp.
-            match l.find("] ") {
-                Some(i) if l.starts_with('[') => l[i + 2..].to_string(),
-                _ => l.to_string(),
-            }
-        })
-}
-
-struct Monitor {
-    reader: FrameReader,
-    frames: Vec<crate::shm::Frame>,
-    shm_file: Option<File>,
-    shm_path: PathBuf,
-    shm_offset: u64,
-    shm_size: u64,
-    first_frame: Option<Instant>,
-    sink: Option<super::FrameSink>,
-}
-
-impl Monitor {
-    fn poll(&mut self) {
-        if self.shm_file.is_none() {
-            // qemu creates (and may unlink) the file itself; open it once it exists.
-            self.shm_file = File::open(&self.shm_path).ok();
-        }
-        let Some(f) = &self.shm_file else { return };
-        let off = self.shm_offset;
-        let got = self
-            .reader
-            .poll(self.shm_size, |at, buf| f.read_exact_at(buf, off + at));
-        if let Ok(frames) = got {
-            if !frames.is_empty() && self.first_frame.is_none() {
-                self.first_frame = Some(Instant::now());
-            }
-            for fr in frames {
-                if let Some(s) = self.sink.as_mut() {
-                    s(&fr);
-                }
-                self.frames.push(fr);
-            }
-        }
-    }
-}
-
-/// The last [`CONSOLE_TAIL_BYTES`] of a byte stream.
-#[derive(Default)]
-struct ConsoleTail {
-    buf: Vec<u8>,
-}
-
-impl ConsoleTail {
-    fn push(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
-        if self.buf.len() > 2 * CONSOLE_TAIL_BYTES {
-            let cut = self.buf.len() - CONSOLE_TAIL_BYTES;
-            self.buf.drain(..cut);
-        }
-    }
-    fn text(&self) -> String {
-        let start = self.buf.len().saturating_sub(CONSOLE_TAIL_BYTES);
-        String::from_utf8_lossy(&self.buf[start..]).replace('\r', "")
-    }
-}
-
-fn pump(
-    mut from: impl Read + Send + 'static,
-    to: Arc<Mutex<ConsoleTail>>,
-    echo: bool,
-) -> JoinHandle<()> {
+/// Copies a pipe into a console until the pipe closes.
+fn pump(mut from: impl Read + Send + 'static, to: Console) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    to.lock().unwrap().push(&buf[..n]);
-                    if echo {
-                        let _ = std::io::stderr().write_all(&buf[..n]);
-                    }
-                }
+                Ok(n) => to.push(&buf[..n]),
             }
         }
     })
@@ -746,18 +652,5 @@ mod tests {
         assert_eq!(classify_exit(st(1)), VmEnd::GuestExit { status: 0 });
         assert_eq!(classify_exit(st(0)), VmEnd::Reboot);
         assert!(matches!(classify_exit(st(2)), VmEnd::BackendError { .. }));
-    }
-
-    #[test]
-    fn panic_is_recognised_on_the_console() {
-        let c = "[    1.0] foo\n[    2.5] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n";
-        assert_eq!(
-            refine_end(VmEnd::Reboot, c, ""),
-            VmEnd::Panic {
-                message: "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"
-                    .into()
-            }
-        );
-        assert_eq!(refine_end(VmEnd::Reboot, "fine\n", ""), VmEnd::Reboot);
     }
 }

@@ -4,16 +4,15 @@
 //! else. With a split irqchip the IOAPIC's MMIO window is served here too. The console is kept
 //! (its tail) for failure reports and scanned for kernel panics.
 
-use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ioapic::IoapicDevice;
-use crate::vm::{ConsoleMode, VmEnd, CONSOLE_TAIL_BYTES};
+use crate::vm::console::Console;
+use crate::vm::VmEnd;
 
 /// COM1 base port.
 pub const COM1_PORT: u16 = 0x3F8;
@@ -35,8 +34,6 @@ pub const PIC_MASTER_IMR: u16 = 0x21;
 pub const PIC_SLAVE: u16 = 0xA0;
 /// 8259 slave data port (IMR).
 pub const PIC_SLAVE_IMR: u16 = 0xA1;
-/// The console line that marks a kernel panic.
-pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
 
 /// How a device raises its (edge-triggered ISA) interrupt.
 #[derive(Debug)]
@@ -66,116 +63,21 @@ impl Trigger for IrqLine {
     }
 }
 
-/// What the console has shown so far.
-#[derive(Debug)]
-pub struct ConsoleState {
-    mode: ConsoleMode,
-    tail: VecDeque<u8>,
-    line: Vec<u8>,
-    panic: Option<(String, Instant)>,
-}
-
-impl ConsoleState {
-    fn new(mode: ConsoleMode) -> Self {
-        ConsoleState {
-            mode,
-            tail: VecDeque::with_capacity(4096),
-            line: Vec::new(),
-            panic: None,
-        }
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        match self.mode {
-            ConsoleMode::Capture => {}
-            // Best effort: a closed stderr/stdout must not stop the guest.
-            ConsoleMode::Stderr => {
-                let _ = io::stderr().write_all(bytes);
-            }
-            ConsoleMode::Interactive => {
-                let mut o = io::stdout();
-                let _ = o.write_all(bytes).and_then(|_| o.flush());
-            }
-        }
-        for &b in bytes {
-            if self.tail.len() == CONSOLE_TAIL_BYTES {
-                self.tail.pop_front();
-            }
-            self.tail.push_back(b);
-            if b == b'\n' {
-                self.end_line();
-            } else if self.line.len() < 4096 {
-                self.line.push(b);
-            }
-        }
-    }
-
-    fn end_line(&mut self) {
-        if self.panic.is_none() {
-            let l = String::from_utf8_lossy(&self.line);
-            if let Some(i) = l.find(PANIC_MARKER) {
-                self.panic = Some((l[i..].trim_end().to_string(), Instant::now()));
-            }
-        }
-        self.line.clear();
-    }
-
-    /// The kept tail of the console.
-    pub fn tail(&self) -> String {
-        let (a, b) = self.tail.as_slices();
-        let mut v = Vec::with_capacity(a.len() + b.len());
-        v.extend_from_slice(a);
-        v.extend_from_slice(b);
-        String::from_utf8_lossy(&v).into_owned()
-    }
-
-    /// The panic line and when it was seen, if the guest panicked.
-    pub fn panic(&self) -> Option<(String, Instant)> {
-        self.panic.clone()
-    }
-}
-
-/// The serial device's output sink: a shared [`ConsoleState`].
-#[derive(Debug, Clone)]
-pub struct ConsoleWriter(pub Arc<Mutex<ConsoleState>>);
-
-impl ConsoleWriter {
-    /// A new, empty console.
-    pub fn new(mode: ConsoleMode) -> Self {
-        ConsoleWriter(Arc::new(Mutex::new(ConsoleState::new(mode))))
-    }
-
-    /// Locks the state (a poisoned lock still yields the data: it is only bytes).
-    pub fn state(&self) -> MutexGuard<'_, ConsoleState> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Write for ConsoleWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.state().push(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The 16550 type used for COM1.
-pub type Com1 = Serial<IrqLine, vm_superio::serial::NoEvents, ConsoleWriter>;
+pub type Com1 = Serial<IrqLine, vm_superio::serial::NoEvents, Console>;
 
 /// All emulated devices of a VM, shared by the vCPU threads.
 #[derive(Debug)]
 pub struct Devices {
     serial: Mutex<Com1>,
-    console: ConsoleWriter,
+    console: Console,
     ioapic: Option<Arc<IoapicDevice>>,
 }
 
 impl Devices {
     /// COM1 raising `irq` and writing to `console`; `ioapic` is the userspace IOAPIC of a
     /// split-irqchip VM (`None` with the in-kernel irqchip).
-    pub fn new(irq: IrqLine, console: ConsoleWriter, ioapic: Option<Arc<IoapicDevice>>) -> Self {
+    pub fn new(irq: IrqLine, console: Console, ioapic: Option<Arc<IoapicDevice>>) -> Self {
         Devices {
             serial: Mutex::new(Serial::new(irq, console.clone())),
             console,
@@ -209,7 +111,7 @@ impl Devices {
     }
 
     /// The console sink.
-    pub fn console(&self) -> &ConsoleWriter {
+    pub fn console(&self) -> &Console {
         &self.console
     }
 
@@ -262,12 +164,14 @@ impl Devices {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::{ConsoleMode, CONSOLE_TAIL_BYTES};
     use crate::vmm::ioapic::{Msi, MsiSink, IOAPIC_GPA, IOWIN};
+    use std::io::Write;
 
     fn devices() -> Devices {
         Devices::new(
             IrqLine::Irqfd(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-            ConsoleWriter::new(ConsoleMode::Capture),
+            Console::new(ConsoleMode::Capture),
             None,
         )
     }
@@ -291,7 +195,7 @@ mod tests {
                 ioapic: io.clone(),
                 pin: COM1_GSI as usize,
             },
-            ConsoleWriter::new(ConsoleMode::Capture),
+            Console::new(ConsoleMode::Capture),
             Some(io.clone()),
         );
         // Pin 4 -> vector 0x24 on APIC 433, as Linux programs it (destination bits 14:8 in

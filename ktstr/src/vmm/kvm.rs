@@ -2,8 +2,9 @@
 //! (in-kernel irqchip and PIT for xAPIC shapes; split irqchip, x2APIC API and a userspace IOAPIC
 //! for x2APIC shapes, see [`IrqChip`]), back guest memory per NUMA range, write the boot structures, create one vCPU per CPU
 //! with vcpu_id = APIC ID and its own CPUID, set the BSP's long-mode state, wire COM1's irqfd,
-//! start the vCPU threads, then watch the run (watchdog, cancel flag, result channel) and tear
-//! everything down in order: vCPU fds, VM fd, memory.
+//! start the vCPU threads, then hand the run to the [`Session`] (watchdog, cancel flag, result
+//! channel, console) through [`KvmMachine`], and tear everything down in order: vCPU fds, VM
+//! fd, memory.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,21 +22,16 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::boot::{self, gdt_bytes, page_tables};
-use super::devices::{ConsoleWriter, Devices, IrqLine, COM1_GSI};
+use super::devices::{Devices, IrqLine, COM1_GSI};
 use super::ioapic::{IoapicDevice, Msi, MsiSink, IOAPIC_PINS};
-use super::layout::{MemoryLayout, ACPI_GPA, GDT_GPA, IDENTITY_MAP_GPA, LAPIC_GPA, TSS_GPA};
+use super::layout::{
+    GuestRange, MemoryLayout, ACPI_GPA, GDT_GPA, IDENTITY_MAP_GPA, LAPIC_GPA, TSS_GPA,
+};
 use super::vcpu::{self, Shared, VcpuContext};
 use super::{acpi, cpuid, VmmError};
-use crate::shm::{Frame, FrameReader, FrameType};
 use crate::topology::Topology;
-use crate::vm::{
-    BackendKind, ConsoleMode, FrameSink, PhaseTimes, VmEnd, VmOutcome, CONSOLE_TAIL_BYTES,
-};
-
-/// How often the monitor polls the result channel.
-const POLL: Duration = Duration::from_millis(20);
-/// How long a panicked guest gets to reboot on its own before the VMM ends it.
-const PANIC_GRACE: Duration = Duration::from_secs(2);
+use crate::vm::session::{Machine, MonitorTarget, Session};
+use crate::vm::{BackendKind, ConsoleMode, VmEnd, VmOutcome};
 
 fn ioctl(name: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Ioctl {
@@ -418,16 +414,8 @@ pub struct MachineSpec<'a> {
     pub topology: Topology,
     /// Memory layout.
     pub layout: MemoryLayout,
-    /// Watchdog bound.
-    pub timeout: Duration,
-    /// Console destination.
-    pub console: ConsoleMode,
-    /// Live frame consumer.
-    pub frame_sink: Option<FrameSink>,
-    /// Host cancel flag.
-    pub cancel: Arc<AtomicBool>,
-    /// The host-side monitor to run beside the guest.
-    pub monitor: Option<crate::monitor::MonitorSpec>,
+    /// The session that watches the run (watchdog, cancel, console, channel, monitor).
+    pub session: Session,
     /// Writes the payload into guest memory; gets the RSDP address, returns the entry point.
     pub load: LoadFn<'a>,
 }
@@ -470,11 +458,10 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
             (line, Some(io))
         }
     };
-    let console = ConsoleWriter::new(spec.console);
-    let devices = Arc::new(Devices::new(irq, console.clone(), ioapic));
+    let session = spec.session;
+    let devices = Arc::new(Devices::new(irq, session.console().clone(), ioapic));
     let shared = Arc::new(Shared::default());
 
-    // From here on the guest runs: the watchdog starts now, not before setup.
     let mut threads = Vec::with_capacity(vcpus.len());
     let mut spawn_err = None;
     for (i, fd) in vcpus.into_iter().enumerate() {
@@ -491,64 +478,89 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
             }
         }
     }
-    let t_started = Instant::now();
-    let monitor_run = spec
-        .monitor
-        .as_ref()
-        .filter(|_| spawn_err.is_none())
-        .map(|m| {
-            crate::monitor::start(
-                m,
-                Arc::new(mem.clone()),
-                topo.num_cpus() as usize,
-                crate::monitor::VcpuThreads {
-                    pid: std::process::id(),
-                    naming: crate::monitor::ThreadNaming::Ktstr,
-                },
-            )
-        });
-    let stdin = (spec.console == ConsoleMode::Interactive && spawn_err.is_none())
-        .then(|| StdinForwarder::start(devices.clone()));
-    let mut monitor = Monitor {
-        reader: FrameReader::new(),
-        frames: Vec::new(),
-        sink: spec.frame_sink,
-        hello_at: None,
-        channel_error: None,
+    // From here on the guest runs: the watchdog starts now, not before setup.
+    let started = Instant::now();
+    let mut machine = KvmMachine {
+        mem: mem.clone(),
+        shm: spec.layout.shm,
+        shared,
+        threads,
+        stopped_fds: Vec::new(),
     };
-    if spawn_err.is_none() {
-        let deadline = t_started + spec.timeout;
-        loop {
-            monitor.poll(&mem, &spec.layout);
-            if shared.end().is_some() {
-                break;
-            }
-            if spec.cancel.load(Ordering::SeqCst) {
-                shared.finish(VmEnd::Cancelled);
-            } else if Instant::now() >= deadline {
-                shared.finish(VmEnd::Timeout {
-                    after: spec.timeout,
-                });
-            } else if let Some((msg, at)) = console.state().panic() {
-                if at.elapsed() >= PANIC_GRACE {
-                    shared.finish(VmEnd::Panic { message: msg });
-                }
-            }
-            shared.wait(POLL);
-        }
+    if let Some(source) = spawn_err {
+        machine.shared.finish(VmEnd::Cancelled);
+        machine.halt(VmEnd::Cancelled);
+        return Err(VmmError::Host {
+            what: "starting a vCPU thread",
+            source,
+        });
     }
-    let ended = Instant::now();
-    let stopped = vcpu::stop_all(&shared, threads, vcpu::STOP_GRACE);
+    let interactive = session.console_mode() == ConsoleMode::Interactive;
+    let stdin = interactive.then(|| StdinForwarder::start(devices.clone()));
+    let target = MonitorTarget {
+        ram: Arc::new(mem.clone()),
+        cpus: topo.num_cpus() as usize,
+        threads: crate::monitor::VcpuThreads {
+            pid: std::process::id(),
+            naming: crate::monitor::ThreadNaming::Ktstr,
+        },
+    };
+    let finished = session.run(&mut machine, started, Some(target));
     if let Some(s) = stdin {
         s.stop();
     }
-    // The guest is stopped: read what it left in the channel, and the monitor's last sample.
-    monitor.poll(&mem, &spec.layout);
-    let recording = monitor_run.map(crate::monitor::finish);
-    let (end, end_at) = shared.end().unwrap_or((VmEnd::Cancelled, ended));
-    let end = if stopped.stuck.is_empty() {
-        end
-    } else {
+    // Teardown order (vmm.md §8): vCPU fds, then the VM fd (the userspace IOAPIC holds the
+    // last reference to it with a split irqchip), then memory.
+    drop(machine);
+    drop(vm);
+    drop(devices);
+    drop(mem);
+    drop(kvm);
+    Ok(finished.outcome(BackendKind::Kvm, t0))
+}
+
+/// The running in-process VM as the session drives it.
+struct KvmMachine {
+    mem: GuestMemoryMmap,
+    shm: GuestRange,
+    shared: Arc<Shared>,
+    threads: Vec<vcpu::VcpuThread>,
+    /// The fds of the vCPU threads that stopped, dropped with the machine (before the VM fd).
+    stopped_fds: Vec<kvm_ioctls::VcpuFd>,
+}
+
+impl Machine for KvmMachine {
+    /// Copies through vm-memory (never a reference into guest RAM).
+    fn read_channel(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.mem
+            .read_slice(buf, GuestAddress(self.shm.base + offset))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    fn ended(&mut self) -> Option<VmEnd> {
+        self.shared.end().map(|(end, _)| end)
+    }
+
+    fn wait(&mut self, d: Duration) {
+        self.shared.wait(d);
+    }
+
+    fn stop(&mut self, why: &VmEnd) {
+        self.shared.finish(why.clone());
+    }
+
+    fn halt(&mut self, end: VmEnd) -> VmEnd {
+        let stopped = vcpu::stop_all(
+            &self.shared,
+            std::mem::take(&mut self.threads),
+            vcpu::STOP_GRACE,
+        );
+        self.stopped_fds = stopped.fds;
+        // A vCPU thread that died while stopping recorded a backend error only if nothing had
+        // ended the VM before: `end` stands.
+        if stopped.stuck.is_empty() {
+            return end;
+        }
         VmEnd::BackendError {
             detail: format!(
                 "{}; then vCPU(s) {:?} did not leave KVM_RUN within {:?} of being kicked and were abandoned (the host kernel kept them in the guest)",
@@ -556,88 +568,6 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
                 stopped.stuck,
                 vcpu::STOP_GRACE
             ),
-        }
-    };
-    drop(stopped.fds);
-    // The userspace IOAPIC holds the last reference to the VM fd (split irqchip): both go
-    // before the memory.
-    drop(vm);
-    drop(devices);
-    drop(mem);
-    drop(kvm);
-    if let Some(source) = spawn_err {
-        return Err(VmmError::Host {
-            what: "starting a vCPU thread",
-            source,
-        });
-    }
-    let st = console.state();
-    let end = match (end, st.panic()) {
-        (VmEnd::Reboot | VmEnd::TripleFault { .. } | VmEnd::Timeout { .. }, Some((message, _))) => {
-            VmEnd::Panic { message }
-        }
-        (e, _) => e,
-    };
-    let setup = t_started - t0;
-    let times = PhaseTimes {
-        setup,
-        boot_to_init: monitor
-            .hello_at
-            .map(|h| h.saturating_duration_since(t_started)),
-        init_to_exit: monitor
-            .hello_at
-            .map(|h| end_at.saturating_duration_since(h)),
-        teardown: ended.elapsed(),
-        total: t0.elapsed(),
-    };
-    let mut console_tail = st.tail();
-    if console_tail.len() > CONSOLE_TAIL_BYTES {
-        console_tail = console_tail[console_tail.len() - CONSOLE_TAIL_BYTES..].to_string();
-    }
-    Ok(VmOutcome {
-        backend: BackendKind::Kvm,
-        end,
-        frames: monitor.frames,
-        channel_error: monitor.channel_error,
-        console_tail,
-        monitor: recording,
-        times,
-    })
-}
-
-struct Monitor {
-    reader: FrameReader,
-    frames: Vec<Frame>,
-    sink: Option<FrameSink>,
-    hello_at: Option<Instant>,
-    channel_error: Option<String>,
-}
-
-impl Monitor {
-    /// Reads new frames out of the SHM, copying through vm-memory (never a reference into
-    /// guest RAM).
-    fn poll(&mut self, mem: &GuestMemoryMmap, layout: &MemoryLayout) {
-        if self.channel_error.is_some() {
-            return;
-        }
-        let shm = layout.shm;
-        let r = self.reader.poll(shm.len, |off, buf| {
-            mem.read_slice(buf, GuestAddress(shm.base + off))
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        });
-        match r {
-            Ok(frames) => {
-                for f in frames {
-                    if f.kind == FrameType::Hello && self.hello_at.is_none() {
-                        self.hello_at = Some(Instant::now());
-                    }
-                    if let Some(s) = self.sink.as_mut() {
-                        s(&f);
-                    }
-                    self.frames.push(f);
-                }
-            }
-            Err(e) => self.channel_error = Some(e.to_string()),
         }
     }
 }

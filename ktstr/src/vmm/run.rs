@@ -9,6 +9,7 @@ use super::boot::{self, BootParamsInput};
 use super::kvm::{run_machine, write_guest, MachineSpec};
 use super::layout::{MemoryLayout, BOOT_PARAMS_GPA, CMDLINE_GPA};
 use super::VmmError;
+use crate::vm::session::Session;
 use crate::vm::{VmOutcome, VmSpec};
 
 /// Boots `spec.kernel` (ELF vmlinux entered at `startup_64`, or a bzImage at its 64-bit entry)
@@ -16,7 +17,7 @@ use crate::vm::{VmOutcome, VmSpec};
 ///
 /// Everything that can be checked without KVM (kernel format, initramfs, memory layout,
 /// command line) is checked first, so a bad input fails before any VM or vCPU exists.
-pub fn run(spec: VmSpec) -> Result<VmOutcome, VmmError> {
+pub fn run(mut spec: VmSpec) -> Result<VmOutcome, VmmError> {
     let kind = boot::probe_kernel_file(&spec.kernel)?;
     let initramfs_len = std::fs::metadata(&spec.initramfs)
         .map_err(|source| VmmError::Initramfs {
@@ -61,11 +62,7 @@ pub fn run(spec: VmSpec) -> Result<VmOutcome, VmmError> {
     run_machine(MachineSpec {
         topology: spec.topology,
         layout,
-        timeout: spec.timeout,
-        console: spec.console,
-        frame_sink: spec.frame_sink,
-        cancel: spec.cancel,
-        monitor: spec.monitor,
+        session: Session::new(&mut spec),
         load: Box::new(load),
     })
 }

@@ -1,5 +1,6 @@
 //! Cases whose verdicts the harness must get right: a failing body, `expect_err` both ways, a
-//! panicking body and a panicking guest kernel. `tests/harness_verdicts.rs` runs this binary
+//! panicking body and a panicking guest kernel, a hung body, a corrupt result channel and a
+//! console flood. `tests/harness_verdicts.rs` runs this binary
 //! with `--exact NAME` and checks exit codes and reports; it is not a suite to run by itself.
 
 use ktstr::prelude::*;
@@ -111,6 +112,36 @@ fn channel_corrupted(_ctx: &Ctx) -> Result<AssertResult> {
     // writer (which keeps its own offset) writes the result over it.
     std::thread::sleep(std::time::Duration::from_secs(2));
     Ok(AssertResult::pass())
+}
+
+/// Lines [`console_flood`] writes: about 180 KiB, almost three times the console tail the host
+/// keeps ([`ktstr::vm::CONSOLE_TAIL_BYTES`]).
+pub const FLOOD_LINES: usize = 4096;
+
+/// Floods the serial console, waits until the line has drained, then fails deliberately: the
+/// flood must cost neither the verdict nor the console's last line, on either backend.
+#[ktstr_test(llcs = 1, cores = 1)]
+fn console_flood(_ctx: &Ctx) -> Result<AssertResult> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut con = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/console")?;
+    let pad = "x".repeat(32);
+    let mut text = String::with_capacity(FLOOD_LINES * 48);
+    for i in 0..FLOOD_LINES {
+        text.push_str(&format!("flood {i:05} {pad}\n"));
+    }
+    text.push_str("flood done\n");
+    con.write_all(text.as_bytes())?;
+    // SAFETY: tcdrain on an fd this function owns; it only waits.
+    if unsafe { libc::tcdrain(con.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(AssertResult::fail(
+        DetailKind::Other,
+        format!("deliberate: flooded the console with {} bytes", text.len()),
+    ))
 }
 
 fn main() {

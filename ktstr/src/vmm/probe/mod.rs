@@ -13,7 +13,8 @@ use super::kvm::{run_machine, write_guest, MachineSpec};
 use super::layout::{MemoryLayout, BOOT_PARAMS_GPA, CMDLINE_GPA, HIGH_MEM_START};
 use super::VmmError;
 use crate::topology::Topology;
-use crate::vm::{ConsoleMode, VmEnd, VmOutcome};
+use crate::vm::session::Session;
+use crate::vm::{VmEnd, VmOutcome};
 mod report;
 
 pub use report::{ProbeCpu, ProbeIrq, ProbeLeaf, ProbeReport};
@@ -73,14 +74,11 @@ fn run_code_with_layout(
         write_guest(mem, BOOT_PARAMS_GPA, &bp, "writing boot_params")?;
         Ok(PROBE_ENTRY)
     };
+    let session = Session::bare(timeout, cancel, layout.shm.len);
     run_machine(MachineSpec {
         topology: *topo,
         layout,
-        timeout,
-        console: ConsoleMode::Capture,
-        frame_sink: None,
-        cancel,
-        monitor: None,
+        session,
         load: Box::new(load),
     })
 }
