@@ -29,7 +29,7 @@ pub struct Durations {
     pub total_ms: u64,
     /// The guest kernel's own uptime when its init started (from init's hello): the part of
     /// `boot_ms` the kernel's clock saw. Absent in sidecars written before it existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub guest_boot_ms: Option<u64>,
 }
 
