@@ -75,6 +75,7 @@ fn bracketed(s: Option<String>) -> Option<String> {
 fn uname() -> (Option<String>, Option<String>, Option<String>) {
     // SAFETY: utsname is plain data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
     if unsafe { libc::uname(&mut u) } != 0 {
         return (None, None, None);
     }

@@ -31,7 +31,14 @@ use report::ExitCode;
 use topology::LlcMap;
 
 /// The generated libbpf-rs skeleton for `src/bpf/scx_demo.bpf.c`.
-#[allow(clippy::all, unused_imports, dead_code, missing_docs)]
+#[allow(
+    clippy::all,
+    clippy::undocumented_unsafe_blocks,
+    unused_imports,
+    dead_code,
+    missing_docs,
+    unsafe_op_in_unsafe_fn
+)]
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/scx_demo.skel.rs"));
 }

@@ -263,6 +263,7 @@ impl WorkloadHandle {
             // SAFETY: killing and reaping our own child (no-op if it already exited).
             unsafe { libc::kill(w.pid, libc::SIGKILL) };
             let mut st = 0;
+            // SAFETY: reaping our own child into a local status word.
             unsafe { libc::waitpid(w.pid, &mut st, 0) };
             w.reaped = true;
             // How the process ended says more than a missing report: a worker that exited

@@ -354,6 +354,8 @@ fn affinity_churn(rec: &mut Recorder, stop: &AtomicBool, spin_iters: u64) {
         let cpu = cpus[rng.below(cpus.len() as u64) as usize];
         // SAFETY: zeroed cpu_set_t is valid; CPU_SET index < CPU_SETSIZE.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid cpu_set_t and `cpu` is below CPU_SETSIZE (it came from
+        // the allowed set); setting our own affinity from a valid set touches nothing else.
         unsafe {
             libc::CPU_SET(cpu, &mut set);
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);

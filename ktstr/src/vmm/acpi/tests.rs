@@ -33,8 +33,12 @@ impl AcpiHandler for BufHandler {
             off + size <= self.bytes.len(),
             "mapping {pa:#x}+{size} past the tables"
         );
-        let ptr = NonNull::new(self.bytes.as_ptr().add(off) as *mut T).unwrap();
-        PhysicalMapping::new(pa, ptr, size, size, self.clone())
+        // SAFETY: `off + size` is within `bytes` (asserted above), so the pointer stays in the
+        // buffer; the mapping keeps a clone of the Rc, so the buffer outlives it.
+        unsafe {
+            let ptr = NonNull::new(self.bytes.as_ptr().add(off) as *mut T).unwrap();
+            PhysicalMapping::new(pa, ptr, size, size, self.clone())
+        }
     }
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
 }
@@ -44,6 +48,7 @@ impl AcpiHandler for BufHandler {
 struct RawSrat {
     header: SdtHeader,
 }
+// SAFETY: RawSrat is a packed header whose layout is the table's, and SIGNATURE is SRAT's.
 unsafe impl AcpiTable for RawSrat {
     const SIGNATURE: Signature = Signature::SRAT;
     fn header(&self) -> &SdtHeader {
@@ -54,6 +59,7 @@ unsafe impl AcpiTable for RawSrat {
 struct RawSlit {
     header: SdtHeader,
 }
+// SAFETY: RawSlit is a packed header whose layout is the table's, and SIGNATURE is SLIT's.
 unsafe impl AcpiTable for RawSlit {
     const SIGNATURE: Signature = Signature::SLIT;
     fn header(&self) -> &SdtHeader {
@@ -145,6 +151,7 @@ fn check_shape(label: &str, mem: &[NodeMemRange]) {
         base: t.base_gpa as usize,
         bytes: Rc::new(t.bytes.clone()),
     };
+    // SAFETY: the handler maps only addresses inside the built tables (it panics otherwise).
     let tables = unsafe { acpi::AcpiTables::from_rsdp(h, t.rsdp_gpa as usize) }
         .unwrap_or_else(|e| panic!("{label}: acpi crate rejected the RSDP/XSDT: {e:?}"));
     assert_eq!(tables.revision(), 2);
