@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ktstr::guest::shell::ShellRequest;
+use ktstr::vm::kvm::probe::{measure_probe_on, ProbeHost};
 use ktstr::vm::{self, BackendKind, PhaseTimes, VmEnd};
-use ktstr::vmm::probe::{measure_probe_on, ProbeHost};
 use ktstr::Topology;
 
 use crate::shell::BusyboxVm;

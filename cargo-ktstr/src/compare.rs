@@ -169,7 +169,7 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
         (_, Some(p)) => Policy::load(p)?,
         _ => Policy::default(),
     };
-    let pool = crate::stats::load_pool(a.dir.clone())?;
+    let pool = crate::pool::load_pool(a.dir.clone())?;
     for w in a
         .work_type
         .iter()

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ktstr::kernel_build::{self, BuildOptions, BuildSource, Outcome};
-use ktstr::kernel_cache::{clean_plan, Entry, KernelCache};
+use ktstr::kernel::build::{self, BuildOptions, BuildSource, Outcome};
+use ktstr::kernel::cache::{clean_plan, Entry, KernelCache};
 
 /// `kernel` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -106,9 +106,7 @@ fn build(a: BuildArgs, cache: &KernelCache) -> Result<ExitCode> {
         }
         BuildSource::Tarball(p)
     } else {
-        BuildSource::Tarball(kernel_build::find_tarball(std::path::Path::new(
-            "/usr/src",
-        ))?)
+        BuildSource::Tarball(build::find_tarball(std::path::Path::new("/usr/src"))?)
     };
     let opts = BuildOptions {
         force: a.force,
@@ -117,7 +115,7 @@ fn build(a: BuildArgs, cache: &KernelCache) -> Result<ExitCode> {
     };
     let t0 = Instant::now();
     let mut say = |s: &str| eprintln!("ktstr: kernel [{:>4} s] {s}", t0.elapsed().as_secs());
-    match kernel_build::build(&src, &opts, cache, &mut say)? {
+    match build::build(&src, &opts, cache, &mut say)? {
         Outcome::Cached(e) => {
             eprintln!(
                 "ktstr: kernel {} is cached (use --force to rebuild)",

@@ -4,9 +4,9 @@
 //! the cache entry directories it names; every other selector passes through unchanged.
 
 use anyhow::{Context, Result};
-use ktstr::kernel_build::{self, BuildOptions, BuildSource, Outcome};
-use ktstr::kernel_cache::KernelCache;
-use ktstr::kernel_range;
+use ktstr::kernel::build::{self, BuildOptions, BuildSource, Outcome};
+use ktstr::kernel::cache::KernelCache;
+use ktstr::kernel::range;
 
 /// Expands ranges and git sources in `specs` into cache entry directories.
 pub fn expand(specs: &[String], cache: &KernelCache) -> Result<Vec<String>> {
@@ -14,9 +14,8 @@ pub fn expand(specs: &[String], cache: &KernelCache) -> Result<Vec<String>> {
     for spec in specs {
         if spec.starts_with("git+") {
             out.push(build_git(spec, cache).with_context(|| format!("--kernel {spec}"))?);
-        } else if kernel_range::is_range(spec) && !std::path::Path::new(spec).exists() {
-            let x =
-                kernel_range::expand(spec, cache).with_context(|| format!("--kernel {spec}"))?;
+        } else if range::is_range(spec) && !std::path::Path::new(spec).exists() {
+            let x = range::expand(spec, cache).with_context(|| format!("--kernel {spec}"))?;
             let picked: Vec<String> = x
                 .picked
                 .iter()
@@ -43,7 +42,7 @@ pub fn expand(specs: &[String], cache: &KernelCache) -> Result<Vec<String>> {
 
 /// Finds `git+URL#REF` in the cache or builds it there; returns the entry directory.
 fn build_git(spec: &str, cache: &KernelCache) -> Result<String> {
-    let (url, git_ref) = ktstr::kernel_git::parse_spec(spec)?;
+    let (url, git_ref) = ktstr::kernel::git::parse_spec(spec)?;
     let opts = BuildOptions {
         force: false,
         clean: false,
@@ -52,7 +51,7 @@ fn build_git(spec: &str, cache: &KernelCache) -> Result<String> {
     let t0 = std::time::Instant::now();
     let mut say = |s: &str| eprintln!("ktstr: kernel [{:>4} s] {s}", t0.elapsed().as_secs());
     let src = BuildSource::Git { url, git_ref };
-    match kernel_build::build(&src, &opts, cache, &mut say)? {
+    match build::build(&src, &opts, cache, &mut say)? {
         Outcome::Cached(e) | Outcome::Built(e) => Ok(e.dir.display().to_string()),
         // A git export is always clean, so this does not happen; say so if it ever does.
         Outcome::Uncached { image, why } => anyhow::bail!(

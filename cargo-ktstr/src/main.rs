@@ -10,6 +10,7 @@ mod explain;
 mod kernel_cmd;
 mod kernel_spec;
 mod locks;
+mod pool;
 mod probe;
 mod replay;
 mod run_tests;

@@ -49,7 +49,7 @@ pub fn run(a: ProbeArgs) -> Result<ExitCode> {
     };
     let mismatches = match backend {
         BackendKind::Kvm => {
-            let r = ktstr::vmm::probe::run_probe(&a.topology, Duration::from_secs(60))
+            let r = ktstr::vm::kvm::probe::run_probe(&a.topology, Duration::from_secs(60))
                 .context("running the probe guest")?;
             let m = r.check(&a.topology);
             if a.json {

@@ -36,9 +36,9 @@ pub fn filterset<'a>(tests: impl IntoIterator<Item = &'a str>) -> String {
 
 /// Runs `replay`.
 pub fn run(a: ReplayArgs) -> Result<ExitCode> {
-    let root = a.dir.clone().unwrap_or_else(crate::stats::runs_root);
+    let root = a.dir.clone().unwrap_or_else(crate::pool::runs_root);
     let mut failed = BTreeSet::new();
-    for (_, s) in crate::stats::load_pool(a.dir)? {
+    for (_, s) in crate::pool::load_pool(a.dir)? {
         // `passed` is recorded before `expect_err` is applied; a test that failed as it
         // declared it would is not a failure to replay.
         let bad = runs::verdict(&s).is_failure();

@@ -60,13 +60,13 @@ pub struct SelectedKernel {
 /// deduplicated by the image they resolve to. Raw images get an error that says what to pass
 /// instead.
 pub fn select_kernels(specs: &[String]) -> Result<Vec<SelectedKernel>> {
-    select_kernels_in(specs, &ktstr::kernel_cache::KernelCache::open_default())
+    select_kernels_in(specs, &ktstr::kernel::cache::KernelCache::open_default())
 }
 
 /// [`select_kernels`] against a given kernel cache (versions and keys are looked up there).
 pub fn select_kernels_in(
     specs: &[String],
-    cache: &ktstr::kernel_cache::KernelCache,
+    cache: &ktstr::kernel::cache::KernelCache,
 ) -> Result<Vec<SelectedKernel>> {
     let mut out: Vec<SelectedKernel> = Vec::new();
     let mut images: Vec<PathBuf> = Vec::new();
@@ -337,12 +337,12 @@ mod tests {
         std::fs::write(k.join("vmlinux"), &elf).unwrap();
         let ks = select_kernels_in(
             &[k.display().to_string(), format!("{}/.", k.display())],
-            &ktstr::kernel_cache::KernelCache::at(&d.path().join("empty-cache")),
+            &ktstr::kernel::cache::KernelCache::at(&d.path().join("empty-cache")),
         )
         .unwrap();
         assert_eq!(ks.len(), 1, "{ks:?}");
         assert_eq!(ks[0].label, "k");
-        let empty_cache = ktstr::kernel_cache::KernelCache::at(&d.path().join("empty-cache"));
+        let empty_cache = ktstr::kernel::cache::KernelCache::at(&d.path().join("empty-cache"));
         let err = |s: &str| {
             format!(
                 "{:#}",
@@ -362,16 +362,16 @@ mod tests {
         let e = err("git+https://127.0.0.1:1/linux#v6.12");
         assert!(e.contains("cannot reach 127.0.0.1:1"), "{e}");
         // A cached version selects its cache entry.
-        let cache = ktstr::kernel_cache::KernelCache::at(&d.path().join("cache"));
+        let cache = ktstr::kernel::cache::KernelCache::at(&d.path().join("cache"));
         let stage = cache.staging("key1").unwrap();
         std::fs::write(stage.join("vmlinux"), &elf).unwrap();
-        let src = ktstr::kernel_cache::Source::Local {
+        let src = ktstr::kernel::cache::Source::Local {
             path: "/l".into(),
             commit: None,
         };
-        let meta = ktstr::kernel_cache::Metadata {
+        let meta = ktstr::kernel::cache::Metadata {
             image_name: "vmlinux".into(),
-            ..ktstr::kernel_cache::Metadata::new("6.12.57", src)
+            ..ktstr::kernel::cache::Metadata::new("6.12.57", src)
         };
         cache.store("key1", &stage, &meta).unwrap();
         let ks = select_kernels_in(&["6.12".to_string()], &cache).unwrap();

@@ -117,7 +117,11 @@ impl BusyboxVm {
         let memory_mib = memory_mib
             .map(u64::from)
             .unwrap_or_else(|| estimate_memory_mib(&topology, built.uncompressed_bytes));
-        let mut spec = VmSpec::new(kernel.boot_image(backend), built.path.clone(), topology);
+        let mut spec = VmSpec::new(
+            kernel.boot_image(backend == BackendKind::Kvm),
+            built.path.clone(),
+            topology,
+        );
         spec.memory_mib = memory_mib;
         Ok(BusyboxVm { spec })
     }

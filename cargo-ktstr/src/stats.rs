@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use ktstr::runs::{self, LoadedRun, RunsError, Verdict};
+use ktstr::runs::{self, Verdict};
+
+use crate::pool::{load, load_pool, no_runs, runs_root};
 use ktstr::sidecar::Sidecar;
 
 /// Arguments of `cargo ktstr stats`.
@@ -95,30 +97,6 @@ pub fn run(a: StatsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `{CARGO_TARGET_DIR}/ktstr`, else the nearest `target/ktstr` above the current directory
-/// (so it works from any directory of the workspace), else `target/ktstr`.
-pub(crate) fn runs_root() -> PathBuf {
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
-        return PathBuf::from(t).join("ktstr");
-    }
-    let cwd = std::env::current_dir().unwrap_or_default();
-    cwd.ancestors()
-        .map(|d| d.join("target/ktstr"))
-        .find(|d| d.is_dir())
-        .unwrap_or_else(|| PathBuf::from("target/ktstr"))
-}
-
-pub(crate) fn no_runs(e: RunsError) -> anyhow::Error {
-    match e {
-        RunsError::NoRuns(root) => anyhow::anyhow!(
-            "no ktstr runs under {}\nhint: run the tests first (cargo ktstr test, or cargo \
-             nextest run); set CARGO_TARGET_DIR if your target directory is elsewhere",
-            root.display()
-        ),
-        e => e.into(),
-    }
-}
-
 /// The newest run's directory and key: `KTSTR_SIDECAR_DIR` names it directly.
 fn newest() -> Result<(String, PathBuf)> {
     if let Some(d) = std::env::var_os("KTSTR_SIDECAR_DIR").filter(|d| !d.is_empty()) {
@@ -142,15 +120,6 @@ fn find_run(dir: Option<PathBuf>, key: &str) -> Result<runs::RunDir> {
     runs::find_run(&root, key).map_err(|e| {
         anyhow::anyhow!("{e}\nhint: `cargo ktstr stats list` shows the recorded run keys")
     })
-}
-
-/// Loads a run and warns (stderr) about sidecars that did not parse.
-pub(crate) fn load(dir: &Path) -> Result<LoadedRun> {
-    let run = runs::load_run(dir)?;
-    for (p, e) in &run.corrupt {
-        eprintln!("warning: {} is not a readable sidecar: {e}", p.display());
-    }
-    Ok(run)
 }
 
 fn table(header: &[&str]) -> Table {
@@ -331,25 +300,6 @@ fn parity(dir: &Path, against: Option<PathBuf>) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Every sidecar of every run under `dir` (default: the runs root). Rows from a root other
-/// than the default are archived runs: their run source reads `archive`.
-pub(crate) fn load_pool(dir: Option<PathBuf>) -> Result<Vec<(PathBuf, Sidecar)>> {
-    let default = runs_root();
-    let root = dir.clone().unwrap_or_else(|| default.clone());
-    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-    let archive = dir.is_some_and(|d| canon(&d) != canon(&default));
-    let mut pool = Vec::new();
-    for r in runs::list_runs(&root).map_err(no_runs)? {
-        for (p, mut s) in load(&r.path)?.sidecars {
-            if archive {
-                s.run_source = "archive".into();
-            }
-            pool.push((p, s));
-        }
-    }
-    Ok(pool)
 }
 
 /// `stats list-values`: the distinct values of each dimension `compare` filters on, under

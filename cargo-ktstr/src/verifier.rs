@@ -502,7 +502,7 @@ pub fn run(a: VerifierArgs) -> Result<ExitCode> {
         let kernels: Vec<Option<String>> = if chosen.is_empty() {
             vec![None]
         } else {
-            let cache = ktstr::kernel_cache::KernelCache::open_default();
+            let cache = ktstr::kernel::cache::KernelCache::open_default();
             crate::kernel_spec::expand(chosen, &cache)?
                 .into_iter()
                 .map(Some)

@@ -600,7 +600,7 @@ fn a_closed_stdout_ends_commands_quietly() {
 /// terminal unless --force. `kernel build` refuses what it cannot build, with hints.
 #[test]
 fn kernel_list_and_clean_over_a_cache() {
-    use ktstr::kernel_cache::{kconfig_tag, KernelCache, Metadata, Source};
+    use ktstr::kernel::cache::{kconfig_tag, KernelCache, Metadata, Source};
     let d = tempfile::tempdir().unwrap();
     let cache = KernelCache::at(d.path());
     let add = |key: &str, tag: String, built_at: u64| {

@@ -14,11 +14,6 @@ pub mod host_context;
 pub mod host_cpus;
 pub mod initramfs;
 pub mod kernel;
-pub mod kernel_build;
-pub mod kernel_cache;
-pub mod kernel_config;
-pub mod kernel_git;
-pub mod kernel_range;
 pub mod locks;
 pub mod metrics;
 pub mod monitor;
@@ -35,7 +30,6 @@ pub mod stats;
 pub mod topology;
 pub mod unrunnable;
 pub mod vm;
-pub mod vmm;
 pub mod workload;
 
 #[cfg(test)]

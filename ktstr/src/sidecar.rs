@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::assert::StimulusEvent;
 use crate::assert::{Assert, AssertDetail, ScenarioStats};
-use crate::scenario::StimulusEvent;
 
 pub use crate::host_context::HostContext;
 
@@ -286,18 +286,25 @@ impl Sidecar {
     }
 }
 
-/// The runs root: `{CARGO_TARGET_DIR or target}/ktstr`. Without `CARGO_TARGET_DIR`, the
-/// target directory is the one the running test binary was built in
-/// (`<target>/<profile>/deps/<binary>`), because cargo and nextest run a package's tests from
-/// the package's directory, where a relative `target` would be the wrong place.
+/// The runs root, the one rule both the sidecar writer and the commands that read runs
+/// follow: `{CARGO_TARGET_DIR}/ktstr` when set; else the target directory the running binary
+/// was built in (`<target>/<profile>/deps/<binary>`: cargo and nextest run a package's tests
+/// from the package's directory, where a relative `target` would be the wrong place, and a
+/// `cargo ktstr` built in the workspace reads what its tests wrote); else (an installed
+/// `cargo-ktstr`) the nearest `target/ktstr` above the current directory; else `target/ktstr`.
 pub fn runs_root() -> PathBuf {
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
         return PathBuf::from(t).join("ktstr");
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    target_of_exe(&exe)
-        .unwrap_or_else(|| PathBuf::from("target"))
-        .join("ktstr")
+    if let Some(t) = target_of_exe(&exe) {
+        return t.join("ktstr");
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    cwd.ancestors()
+        .map(|d| d.join("target/ktstr"))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| PathBuf::from("target/ktstr"))
 }
 
 /// `<target>` for an executable at `<target>/<profile>/deps/<name>` or

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{hardware_kvm, kvm_available};
+use ktstr::vm::kvm::{self as vmm, probe, VmmError};
 use ktstr::vm::{VmEnd, VmSpec};
-use ktstr::vmm::{self, probe, VmmError};
 use ktstr::Topology;
 
 const SHAPES: [&str; 7] = [
@@ -58,7 +58,7 @@ fn cpuid_read_back_equals_what_was_set() {
     for s in &labels {
         let s = s.as_str();
         let t = Topology::parse(s).unwrap();
-        let pairs = vmm::kvm::cpuid_roundtrip(&t).unwrap();
+        let pairs = vmm::machine::cpuid_roundtrip(&t).unwrap();
         assert_eq!(pairs.len() as u32, t.num_cpus());
         for (cpu, (set, got)) in pairs.iter().enumerate() {
             let ids = |v: &[kvm_bindings::kvm_cpuid_entry2]| {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use ktstr::vmm::probe;
+use ktstr::vm::kvm::probe;
 use ktstr::Topology;
 
 fn count(dir: &str) -> usize {

@@ -309,6 +309,22 @@ pub const NOT_EVALUATED: &[&str] = &[
     "max_slow_tier_ratio",
 ];
 
+/// One op or step boundary, as it happened (sidecar `stimulus_events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StimulusEvent {
+    /// Since the scenario started.
+    pub elapsed_ms: u64,
+    /// `step N` / `backdrop` / `teardown`.
+    pub label: String,
+    /// snake_case op kind, or `step_start` / `step_end`.
+    pub op_kind: String,
+    /// What it did.
+    pub detail: String,
+    /// Work iterations collected so far (workers report when they stop, so this counts
+    /// stopped workers only).
+    pub total_iterations: u64,
+}
+
 /// Outcome of a test body or an assertion pass.
 ///
 /// `merge` folds results: fail > inconclusive > skip > pass; details accumulate.
@@ -328,7 +344,7 @@ pub struct AssertResult {
     pub stats: Option<ScenarioStats>,
     /// Ops and step boundaries as they happened (sidecar `stimulus_events`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<crate::scenario::StimulusEvent>,
+    pub events: Vec<StimulusEvent>,
 }
 
 impl Default for AssertResult {

@@ -10,6 +10,9 @@
 
 pub mod matrix;
 mod suggest;
+mod topo;
+
+pub use topo::TestTopology;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use serde::Serialize;
 
 use crate::assert::{Assert, AssertResult};
 use crate::cgroup::{CgroupFs, CgroupOps};
-use crate::scenario::TestTopology;
+
 use crate::topology::Topology;
 use crate::workload::WorkType;
 

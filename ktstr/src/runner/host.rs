@@ -138,7 +138,11 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         .div_ceil(128 * topo.numa_nodes as u64)
         * 128
         * topo.numa_nodes as u64;
-    let mut spec = VmSpec::new(kernel.boot_image(backend), built.path.clone(), topo);
+    let mut spec = VmSpec::new(
+        kernel.boot_image(backend == BackendKind::Kvm),
+        built.path.clone(),
+        topo,
+    );
     spec.memory_mib = memory_mib;
     spec.cmdline_extra = case.scheduler.kargs.iter().map(|s| s.to_string()).collect();
     let run_s = case.test.duration_s as f64 + 30.0;
@@ -174,7 +178,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     let summary = monitor_summary(&monitor, out.monitor.as_ref(), &case.assert);
     verdict.add_monitor(&case.name, &summary, &MonitorLimits::of(&case.assert));
     verdict.check_cleanup_budget(&case.name, out.times.teardown, case.test.cleanup_budget_ms);
-    let kernel_commit = crate::kernel_cache::commit_of(&kernel.image);
+    let kernel_commit = crate::kernel::cache::commit_of(&kernel.image);
     write_sidecar(
         case,
         &cf,

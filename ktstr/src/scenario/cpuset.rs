@@ -1,6 +1,6 @@
 //! [`CpusetSpec`]: cpusets described relative to the topology, resolved to CPU lists.
 
-use super::topo::TestTopology;
+use crate::registry::TestTopology;
 
 /// A cpuset described against the topology the guest sees.
 #[derive(Debug, Clone, PartialEq)]

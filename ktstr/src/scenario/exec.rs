@@ -6,32 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::cpuset::resolve_cpuset;
 use super::validate::{validate, ScenarioError};
 use super::{AffinityKind, Backdrop, CgroupDef, HoldSpec, MemPolicy, Op, Payload, Step, Work};
 use crate::assert::eval::{evaluate, CgroupRun, WorkerAffinity, WorkerRun};
+pub use crate::assert::StimulusEvent;
 use crate::assert::{Assert, AssertResult, DetailKind};
 use crate::registry::Ctx;
 use crate::workload::spawn::set_affinity;
 use crate::workload::{WorkType, WorkerReport, WorkloadConfig, WorkloadHandle};
-
-/// One op or step boundary, as it happened (sidecar `stimulus_events`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StimulusEvent {
-    /// Since the scenario started.
-    pub elapsed_ms: u64,
-    /// `step N` / `backdrop` / `teardown`.
-    pub label: String,
-    /// snake_case op kind, or `step_start` / `step_end`.
-    pub op_kind: String,
-    /// What it did.
-    pub detail: String,
-    /// Work iterations collected so far (workers report when they stop, so this counts
-    /// stopped workers only).
-    pub total_iterations: u64,
-}
 
 /// The work type a [`Work`] runs in `ctx` (a sweep replaces the default `SpinWait`).
 pub(crate) fn effective_work_type(ctx: &Ctx, w: &Work) -> WorkType {

@@ -1,10 +1,11 @@
-//! One interface over the two VM backends: the in-process KVM VMM ([`crate::vmm`]) and qemu
+//! One interface over the two VM backends: the in-process KVM VMM ([`kvm`]) and qemu
 //! ([`qemu`]). A [`VmSpec`] says what to boot; a backend runs it to the end and returns a
 //! [`VmOutcome`] that says how the VM ended, what the guest sent over the result channel, and
 //! how long each phase took.
 
 pub mod backend;
 pub mod console;
+pub mod kvm;
 pub mod qemu;
 pub mod session;
 
@@ -215,7 +216,7 @@ pub enum VmError {
     Qemu(#[from] qemu::QemuError),
     /// The KVM backend failed.
     #[error("KVM backend: {0}")]
-    Kvm(#[from] crate::vmm::VmmError),
+    Kvm(#[from] crate::vm::kvm::VmmError),
     /// The VM could not be confined to its host CPUs.
     #[error(transparent)]
     HostCpus(#[from] crate::host_cpus::CapError),
@@ -240,7 +241,7 @@ pub fn check_kernel_supports(spec: &VmSpec) -> Result<(), VmError> {
     if !spec.topology.needs_x2apic() {
         return Ok(());
     }
-    match crate::kernel_config::KernelConfig::find(&spec.kernel) {
+    match crate::kernel::config::KernelConfig::find(&spec.kernel) {
         Some(cfg) if !cfg.is_enabled("CONFIG_X86_X2APIC") => Err(VmError::KernelLacksX2apic {
             topology: spec.topology.label(),
             max_apic_id: spec.topology.max_apic_id(),
@@ -270,7 +271,7 @@ pub fn run(backend: BackendKind, spec: VmSpec) -> Result<VmOutcome, VmError> {
                 Some(cpus) => Some(AffinityRestore::confine(cpus)?),
                 None => None,
             };
-            Ok(crate::vmm::run(spec)?)
+            Ok(kvm::run(spec)?)
         }
     }
 }

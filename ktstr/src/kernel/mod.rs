@@ -6,6 +6,12 @@
 //! and no `KTSTR_KERNEL`, the newest usable cached kernel. The image's sibling `vmlinux` is
 //! remembered so the KVM backend can boot it directly (no decompressor).
 
+pub mod build;
+pub mod cache;
+pub mod config;
+pub mod git;
+pub mod range;
+
 use std::path::{Path, PathBuf};
 
 /// A kernel ready to boot.
@@ -20,11 +26,11 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The image to boot on `backend`: the in-process VMM boots the ELF vmlinux directly when
-    /// there is one (no decompressor); qemu boots the image.
-    pub fn boot_image(&self, backend: crate::vm::BackendKind) -> PathBuf {
-        match (backend, &self.vmlinux) {
-            (crate::vm::BackendKind::Kvm, Some(v)) => v.clone(),
+    /// The image to boot: the ELF vmlinux when `direct_elf` (the in-process VMM boots it
+    /// directly, no decompressor) and there is one; else the image (qemu boots that).
+    pub fn boot_image(&self, direct_elf: bool) -> PathBuf {
+        match (direct_elf, &self.vmlinux) {
+            (true, Some(v)) => v.clone(),
             _ => self.image.clone(),
         }
     }
@@ -102,13 +108,13 @@ pub fn image_kind(path: &Path) -> Result<ImageKind, KernelError> {
 
 /// Resolves `spec` (or `KTSTR_KERNEL` when `spec` is `None`, or the newest cached kernel).
 pub fn resolve(spec: Option<&str>) -> Result<Kernel, KernelError> {
-    resolve_in(spec, &crate::kernel_cache::KernelCache::open_default())
+    resolve_in(spec, &crate::kernel::cache::KernelCache::open_default())
 }
 
 /// [`resolve`] against a given cache.
 pub fn resolve_in(
     spec: Option<&str>,
-    cache: &crate::kernel_cache::KernelCache,
+    cache: &crate::kernel::cache::KernelCache,
 ) -> Result<Kernel, KernelError> {
     let s = match spec
         .map(str::to_string)
@@ -125,7 +131,7 @@ pub fn resolve_in(
     if s.starts_with("git+") {
         return Err(KernelError::GitSource(s));
     }
-    if crate::kernel_range::is_range(&s) {
+    if crate::kernel::range::is_range(&s) {
         return Err(KernelError::Range(s));
     }
     let p = Path::new(&s);
@@ -156,7 +162,7 @@ pub fn resolve_in(
 
 /// The newest usable cached kernel's key and version, if any (for runs that name no kernel).
 pub fn newest_cached() -> Option<(String, String)> {
-    crate::kernel_cache::KernelCache::open_default()
+    crate::kernel::cache::KernelCache::open_default()
         .newest()
         .and_then(|e| Some((e.key.clone(), e.meta.ok()?.version)))
 }
@@ -247,7 +253,7 @@ mod tests {
 
     #[test]
     fn versions_and_keys_resolve_through_the_cache() {
-        use crate::kernel_cache::{KernelCache, Metadata, Source};
+        use crate::kernel::cache::{KernelCache, Metadata, Source};
         let d = tempfile::tempdir().unwrap();
         let c = KernelCache::at(d.path());
         let e = resolve_in(Some("6.12"), &c).unwrap_err().to_string();

@@ -10,12 +10,12 @@ use serde::Serialize;
 use super::code::{IRQ_PIN, IRQ_RTE_LOW, LEAVES, MAX_SIGS, RECORD_DONE, RECORD_HEADER, RECORD_LEN};
 use crate::shm::FrameType;
 use crate::topology::Topology;
-use crate::vm::{PhaseTimes, VmOutcome};
-use crate::vmm::boot::{
+use crate::vm::kvm::boot::{
     BP_ACPI_RSDP_ADDR, BP_CMD_LINE_PTR, BP_E820_ENTRIES, BP_E820_TABLE, E820_MAX,
 };
-use crate::vmm::cpuid::{decode_linux_view, CpuVendor};
-use crate::vmm::layout::{HOLE_END, HOLE_START};
+use crate::vm::kvm::cpuid::{decode_linux_view, CpuVendor};
+use crate::vm::kvm::layout::{HOLE_END, HOLE_START};
+use crate::vm::{PhaseTimes, VmOutcome};
 
 /// One CPUID result as a vCPU saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -261,7 +261,7 @@ impl ProbeReport {
                 bad.push(format!("e820 entry {a:#x}+{s:#x} overlaps [3G, 4G)"));
             }
         }
-        if self.cmdline_ptr != crate::vmm::layout::CMDLINE_GPA as u32 {
+        if self.cmdline_ptr != crate::vm::kvm::layout::CMDLINE_GPA as u32 {
             bad.push(format!("cmd_line_ptr {:#x}", self.cmdline_ptr));
         }
         match (&self.irq, want.len()) {

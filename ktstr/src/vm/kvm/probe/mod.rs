@@ -9,8 +9,8 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 
 use super::boot::{self, BootParamsInput};
-use super::kvm::{run_machine, write_guest, MachineSpec};
 use super::layout::{MemoryLayout, BOOT_PARAMS_GPA, CMDLINE_GPA, HIGH_MEM_START};
+use super::machine::{run_machine, write_guest, MachineSpec};
 use super::VmmError;
 use crate::topology::Topology;
 use crate::vm::session::Session;

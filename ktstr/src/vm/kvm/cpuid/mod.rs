@@ -159,7 +159,7 @@ pub enum CpuidError {
 const L1_EBX_APIC_SHIFT: u32 = 24;
 const L1_ECX_X2APIC: u32 = 1 << 21;
 /// Leaf 1 ECX bit 24: the LAPIC timer has TSC-deadline mode. KVM emulates it in its in-kernel
-/// LAPIC (both [`super::kvm::IrqChip`] modes have one) but never reports it in
+/// LAPIC (both [`super::machine::IrqChip`] modes have one) but never reports it in
 /// KVM_GET_SUPPORTED_CPUID: the VMM must set it, as qemu does.
 pub const L1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 ECX bit 31: running under a hypervisor. KVM_GET_SUPPORTED_CPUID leaves it clear;

@@ -15,7 +15,7 @@ use acpi::sdt::{SdtHeader, Signature};
 use acpi::{AcpiHandler, AcpiTable, PhysicalMapping};
 
 use super::*;
-use crate::vmm::cpuid::TEST_SHAPES;
+use crate::vm::kvm::cpuid::TEST_SHAPES;
 
 /// Maps "physical" addresses onto the generated buffer.
 #[derive(Clone)]

@@ -22,8 +22,8 @@ use iced_x86::code_asm::*;
 use iced_x86::{Code, IcedError, Instruction};
 
 use super::code::{self, CRC_TABLE, PD, PD_SHM_BASE, PD_SHM_LEN, TRAMPOLINE};
-use crate::vmm::boot::{gdt, gdt_bytes, page_tables, selector, BP_ACPI_RSDP_ADDR};
-use crate::vmm::layout::{BOOT_PARAMS_GPA, BOOT_STACK, GDT_GPA, PML4_GPA};
+use crate::vm::kvm::boot::{gdt, gdt_bytes, page_tables, selector, BP_ACPI_RSDP_ADDR};
+use crate::vm::kvm::layout::{BOOT_PARAMS_GPA, BOOT_STACK, GDT_GPA, PML4_GPA};
 
 /// Where qemu loads the image (1 MiB, like a kernel).
 pub const MB_LOAD: u64 = 0x10_0000;

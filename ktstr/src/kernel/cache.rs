@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::kernel::Kernel;
 
 /// ktstr's kconfig fragment, applied over `make allnoconfig` (see `ktstr/kconfig/`).
-pub const KCONFIG: &str = include_str!("../kconfig/ktstr.kconfig");
+pub const KCONFIG: &str = include_str!("../../kconfig/ktstr.kconfig");
 
 /// Options a kernel must have for ktstr (a build without them fails; see [`missing_required`]).
 pub const REQUIRED: &[&str] = &[
@@ -274,7 +274,7 @@ impl KernelCache {
     /// series `version` names (`6.12` matches `6.12.57` before `6.12.9`); among equal
     /// versions the newest build.
     pub fn find_version(&self, version: &str) -> Option<Entry> {
-        use crate::kernel_range::Version;
+        use crate::kernel::range::Version;
         self.usable()
             .into_iter()
             .filter(|e| {

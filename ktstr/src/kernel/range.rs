@@ -6,7 +6,7 @@
 //! (when both ends share a major, where the series in between are known) so the caller can
 //! warn that the expansion is partial.
 
-use crate::kernel_cache::{Entry, KernelCache};
+use crate::kernel::cache::{Entry, KernelCache};
 
 /// A parsed kernel version: `6.12.57`, `6.12`, `6.15-rc3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -165,7 +165,7 @@ pub fn expand(spec: &str, cache: &KernelCache) -> Result<Expansion, RangeError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel_cache::{Metadata, Source};
+    use crate::kernel::cache::{Metadata, Source};
 
     fn cache_with(versions: &[&str]) -> (tempfile::TempDir, KernelCache) {
         let d = tempfile::tempdir().unwrap();

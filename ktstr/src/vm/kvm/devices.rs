@@ -164,8 +164,8 @@ impl Devices {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::kvm::ioapic::{Msi, MsiSink, IOAPIC_GPA, IOWIN};
     use crate::vm::{ConsoleMode, CONSOLE_TAIL_BYTES};
-    use crate::vmm::ioapic::{Msi, MsiSink, IOAPIC_GPA, IOWIN};
     use std::io::Write;
 
     fn devices() -> Devices {

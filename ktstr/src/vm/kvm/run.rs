@@ -6,8 +6,8 @@ use std::io::Read;
 use vm_memory::GuestMemoryMmap;
 
 use super::boot::{self, BootParamsInput};
-use super::kvm::{run_machine, write_guest, MachineSpec};
 use super::layout::{MemoryLayout, BOOT_PARAMS_GPA, CMDLINE_GPA};
+use super::machine::{run_machine, write_guest, MachineSpec};
 use super::VmmError;
 use crate::vm::session::Session;
 use crate::vm::{VmOutcome, VmSpec};

@@ -2,7 +2,7 @@
 //! independent parser of our bytes.
 
 use super::*;
-use crate::vmm::layout::{MemoryLayout, E820_RAM};
+use crate::vm::kvm::layout::{MemoryLayout, E820_RAM};
 use linux_loader::loader::bootparam::boot_params as BootParams;
 
 fn parse(b: &[u8; BOOT_PARAMS_LEN]) -> BootParams {

@@ -2,7 +2,7 @@
 //! a kernel tree or a git commit, configured with ktstr's fragment over `allnoconfig`.
 //!
 //! Phases: unpack (tarballs, once per tarball; git commits, once per commit: see
-//! [`crate::kernel_git`]) → configure → build (`make bzImage`, output in
+//! [`crate::kernel::git`]) → configure → build (`make bzImage`, output in
 //! a log file) → strip (`objcopy`: a vmlinux without DWARF, its BTF) → store (atomic rename
 //! into the cache). A tree with uncommitted changes, or outside git, is built but not cached.
 //!
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::kernel_cache::{
+use crate::kernel::cache::{
     kconfig_tag, missing_required, now_s, CacheError, Entry, KernelCache, Metadata, Source, KCONFIG,
 };
 
@@ -114,7 +114,7 @@ pub enum BuildError {
     Cache(#[from] CacheError),
     /// A git source.
     #[error(transparent)]
-    Git(#[from] crate::kernel_git::GitError),
+    Git(#[from] crate::kernel::git::GitError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -180,7 +180,7 @@ fn run_logged(step: &'static str, cmd: &mut Command, log: &Path) -> Result<(), B
         step,
         cmd: shown,
         log: log.to_path_buf(),
-        tail: crate::vm::tail_lines(&text, 25),
+        tail: last_lines(&text, 25),
     })
 }
 
@@ -370,7 +370,7 @@ fn source_root(cache: &KernelCache) -> Result<PathBuf, BuildError> {
 fn git_key(git_ref: &str, commit: &str, arch: &str, tag: &str) -> String {
     format!(
         "{}-git-{}-{arch}-{tag}",
-        crate::kernel_git::ref_label(git_ref),
+        crate::kernel::git::ref_label(git_ref),
         &commit[..7.min(commit.len())]
     )
 }
@@ -414,7 +414,7 @@ pub fn build(
             (unpack(t, &src_root, size, say)?, source, Ok(()))
         }
         BuildSource::Git { url, git_ref } => {
-            use crate::kernel_git::{self as git, GitUrl};
+            use crate::kernel::git::{self as git, GitUrl};
             let src_root = source_root(cache)?;
             let resolved = match git::classify(url)? {
                 GitUrl::Local(p) => git::resolve_local(&p, git_ref)?,
@@ -593,6 +593,12 @@ pub fn build(
     };
     say(&format!("store as {key}"));
     Ok(Outcome::Built(cache.store(&key, &stage, &meta)?))
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use iced_x86::code_asm::*;
 use iced_x86::{Code, IcedError, Instruction};
 
 use crate::shm::{FrameType, HEADER_LEN, MAGIC, VERSION};
-use crate::vmm::boot::selector;
-use crate::vmm::layout::{GDT_GPA, LAPIC_GPA};
+use crate::vm::kvm::boot::selector;
+use crate::vm::kvm::layout::{GDT_GPA, LAPIC_GPA};
 
 /// CRC-32 (IEEE, reflected) lookup table, 256 × u32.
 pub const CRC_TABLE: u64 = 0x5000;
@@ -277,7 +277,7 @@ pub fn trampoline() -> Result<Vec<u8>, IcedError> {
     let mut out = a.assemble(0)?;
     assert!(out.len() <= GDTR_OFF as usize, "16-bit trampoline too long");
     out.resize(GDTR_OFF as usize, 0x90);
-    let limit = (crate::vmm::boot::gdt().len() * 8 - 1) as u16;
+    let limit = (crate::vm::kvm::boot::gdt().len() * 8 - 1) as u16;
     out.extend_from_slice(&limit.to_le_bytes());
     out.extend_from_slice(&(GDT_GPA as u32).to_le_bytes());
     out.resize(IDTR_OFF as usize, 0);

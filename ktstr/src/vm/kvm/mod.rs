@@ -7,22 +7,22 @@
 //! including software hypervisors that cannot run Linux.
 //!
 //! Code map: [`layout`] (GPAs, per-node RAM, SHM, e820, initrd placement), [`boot`] (kernel
-//! formats, boot_params, command line, page tables, GDT, BSP registers), [`kvm`] (the linear
+//! formats, boot_params, command line, page tables, GDT, BSP registers), [`machine`] (the linear
 //! setup recipe and the run monitor), [`vcpu`] (threads, kicks, teardown), [`devices`] (COM1,
 //! exit port, i8042, MMIO), [`ioapic`] (the userspace IOAPIC of x2APIC shapes), [`acpi`] and
 //! [`cpuid`] (topology tables), [`probe`] (the probe guest).
 //!
 //! Interrupt controllers: shapes whose APIC IDs fit xAPIC (up to 0xFE) use KVM's in-kernel
 //! irqchip and PIT; larger (x2APIC) shapes use a split irqchip with 32-bit x2APIC IDs, a
-//! userspace IOAPIC and KVM's extended destination ID feature ([`kvm::IrqChip`]).
+//! userspace IOAPIC and KVM's extended destination ID feature ([`machine::IrqChip`]).
 
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod devices;
 pub mod ioapic;
-pub mod kvm;
 pub mod layout;
+pub mod machine;
 pub mod probe;
 mod run;
 pub mod vcpu;
