@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod parity;
 pub mod prelude;
+pub mod protocol;
 pub mod registry;
 pub mod runner;
 pub mod runs;

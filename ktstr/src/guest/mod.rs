@@ -20,10 +20,10 @@ pub const EXIT_SETUP_FAILED: u8 = 253;
 
 /// Path of the last file in every ktstr initramfs; its absence means the unpack ran out of
 /// memory part-way (the kernel does not report that).
-pub const SENTINEL: &str = "/.ktstr-initramfs-complete";
+pub use crate::protocol::SENTINEL_PATH as SENTINEL;
 
 /// The guest I/O port whose writes end the VM (qemu's isa-debug-exit convention).
-pub const EXIT_PORT: u16 = 0xF4;
+pub use crate::protocol::EXIT_PORT;
 
 static CHANNEL: Mutex<Option<FrameWriter>> = Mutex::new(None);
 
@@ -74,7 +74,7 @@ pub fn boot() -> Result<(), GuestError> {
         return Err(GuestError::IncompleteInitramfs);
     }
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (size, base) = parse_shm_arg(&cmdline).map_err(GuestError::NoChannel)?;
+    let (size, base) = crate::protocol::parse_shm_arg(&cmdline).map_err(GuestError::NoChannel)?;
     let writer = map_channel(base, size)?;
     *CHANNEL.lock().unwrap() = Some(writer);
     let hello = serde_json::json!({
@@ -86,29 +86,6 @@ pub fn boot() -> Result<(), GuestError> {
     });
     send(FrameType::Hello, hello.to_string().as_bytes())?;
     Ok(())
-}
-
-/// Parses `ktstr_shm=<size>@<base>` (hex with 0x or decimal) from a kernel command line.
-pub fn parse_shm_arg(cmdline: &str) -> Result<(u64, u64), String> {
-    let arg = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ktstr_shm="))
-        .ok_or_else(|| "ktstr_shm= not present".to_string())?;
-    let (size, base) = arg
-        .split_once('@')
-        .ok_or_else(|| format!("{arg:?} is not <size>@<base>"))?;
-    let num = |s: &str| -> Result<u64, String> {
-        match s.strip_prefix("0x") {
-            Some(h) => u64::from_str_radix(h, 16),
-            None => s.parse(),
-        }
-        .map_err(|_| format!("{s:?} is not a number"))
-    };
-    let (size, base) = (num(size)?, num(base)?);
-    if size < 4096 || size % 4096 != 0 || base % 4096 != 0 {
-        return Err(format!("size {size:#x} / base {base:#x} not page aligned"));
-    }
-    Ok((size, base))
 }
 
 fn map_channel(base: u64, size: u64) -> Result<FrameWriter, GuestError> {
@@ -235,28 +212,4 @@ fn mount(src: &str, target: &str, fstype: &str) -> Result<(), GuestError> {
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shm_arg_parsing() {
-        assert_eq!(
-            parse_shm_arg("console=ttyS0 ktstr_shm=0x800000@0x3f800000 quiet"),
-            Ok((0x800000, 0x3f800000))
-        );
-        assert_eq!(parse_shm_arg("ktstr_shm=8192@4096"), Ok((8192, 4096)));
-        assert!(parse_shm_arg("quiet").unwrap_err().contains("not present"));
-        assert!(parse_shm_arg("ktstr_shm=0x800000")
-            .unwrap_err()
-            .contains("<size>@<base>"));
-        assert!(parse_shm_arg("ktstr_shm=0x801@0x1000")
-            .unwrap_err()
-            .contains("aligned"));
-        assert!(parse_shm_arg("ktstr_shm=zz@0x1000")
-            .unwrap_err()
-            .contains("not a number"));
-    }
 }

@@ -32,4 +32,4 @@ pub use error::{CpioReadError, InitramfsError};
 /// The guest path of the completion sentinel: an empty file that is the **last** entry of the
 /// initramfs. The kernel silently stops unpacking when guest RAM runs out, so `/init` checks
 /// that this file exists before trusting its root filesystem.
-pub const SENTINEL_PATH: &str = "/.ktstr-initramfs-complete";
+pub use crate::protocol::SENTINEL_PATH;

@@ -24,7 +24,7 @@ use crate::vm::{self, BackendChoice, BackendKind, VmSpec};
 pub fn time_scale(backend: BackendKind) -> f64 {
     match backend {
         BackendKind::Kvm => 1.0,
-        BackendKind::Qemu if std::env::var("KTSTR_QEMU_ACCEL").as_deref() == Ok("kvm") => 1.0,
+        BackendKind::Qemu if vm::qemu::Accel::from_env() == vm::qemu::Accel::Kvm => 1.0,
         BackendKind::Qemu => 4.0,
     }
 }

@@ -257,14 +257,7 @@ pub fn check_kernel_supports(spec: &VmSpec) -> Result<(), VmError> {
 pub fn run(backend: BackendKind, spec: VmSpec) -> Result<VmOutcome, VmError> {
     check_kernel_supports(&spec)?;
     match backend {
-        BackendKind::Qemu => {
-            let accel = if std::env::var("KTSTR_QEMU_ACCEL").as_deref() == Ok("kvm") {
-                qemu::Accel::Kvm
-            } else {
-                qemu::Accel::Tcg
-            };
-            Ok(qemu::run(spec, accel)?)
-        }
+        BackendKind::Qemu => Ok(qemu::run(spec, qemu::Accel::from_env())?),
         BackendKind::Kvm => {
             // vCPU and device threads inherit the calling thread's mask; put it back after.
             let _restore = match &spec.host_cpus {

@@ -95,6 +95,18 @@ pub enum Accel {
     Kvm,
 }
 
+impl Accel {
+    /// `KTSTR_QEMU_ACCEL=kvm` asks for `-accel kvm` (only sensible on hardware KVM); TCG
+    /// otherwise. The one reading of that variable (the backend and the time scale use it).
+    pub fn from_env() -> Self {
+        if std::env::var("KTSTR_QEMU_ACCEL").as_deref() == Ok("kvm") {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+}
+
 /// Guest memory placement under qemu's q35 machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuMemory {
@@ -189,7 +201,7 @@ pub fn base_cmdline(mem: &QemuMemory, shm_size: u64, console: ConsoleMode) -> Ve
         // unstable when a loaded host delays a vCPU, which would move the guest to the HPET.
         "tsc=reliable".into(),
         format!("memmap={shm_size:#x}${:#x}", mem.shm_gpa),
-        format!("ktstr_shm={shm_size:#x}@{:#x}", mem.shm_gpa),
+        crate::protocol::shm_arg(shm_size, mem.shm_gpa),
     ]
 }
 
@@ -365,7 +377,13 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
             dir.path(),
             &cpu_model(std::env::var("KTSTR_QEMU_CPU").ok().as_deref()),
         ))
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"]);
+        .args([
+            "-device",
+            &format!(
+                "isa-debug-exit,iobase={:#x},iosize=0x01",
+                crate::protocol::EXIT_PORT
+            ),
+        ]);
     if let Some(bios) = firmware(
         std::env::var("KTSTR_QEMU_FIRMWARE").ok().as_deref(),
         Path::new(QBOOT_ROM).is_file(),

@@ -265,7 +265,8 @@ pub fn kernel_cmdline(
     if kind == KernelKind::BzImage {
         s.push_str(" nokaslr");
     }
-    s.push_str(&format!(" ktstr_shm={:#x}@{:#x}", shm.len, shm.base));
+    s.push(' ');
+    s.push_str(&crate::protocol::shm_arg(shm.len, shm.base));
     for w in extra {
         s.push(' ');
         s.push_str(w);

@@ -19,7 +19,7 @@ pub const COM1_PORT: u16 = 0x3F8;
 /// COM1's GSI.
 pub const COM1_GSI: u32 = 4;
 /// isa-debug-exit style port: a byte written here ends the VM with that status.
-pub const EXIT_PORT: u16 = 0xF4;
+pub use crate::protocol::EXIT_PORT;
 /// i8042 data port.
 pub const I8042_DATA: u16 = 0x60;
 /// i8042 command/status port.
