@@ -65,8 +65,9 @@ pub struct MonitorSummary {
     pub stall_count: u64,
     /// The longest stall of each CPU that stalled.
     pub stalls: Vec<Stall>,
-    /// CPU-intervals skipped because the vCPU's host thread was kept off the host CPUs (or,
-    /// without host data, the whole guest stood still).
+    /// CPU-intervals skipped because the vCPU's host thread was kept off the host CPUs half
+    /// the interval or more, or because the whole guest stood still (its jiffies did not
+    /// advance).
     pub preempted_intervals: u64,
     /// Samples taken before the guest's runqueues were set up.
     pub uninitialized_samples: u64,
@@ -267,9 +268,18 @@ fn stalls(valid: &[&Sample], n: u64) -> (Vec<Stall>, u64) {
                 (Some(p), Some(q)) => Some(q.saturating_sub(p) / 1_000_000),
                 _ => None,
             };
-            // Without host data, a guest whose clocks all stood still was not running at all.
-            let frozen =
-                waited.is_none() && a.cpus.iter().zip(&b.cpus).all(|(p, q)| p.clock == q.clock);
+            // A guest whose jiffies stood still did not run at all: its host stopped it as a
+            // whole (a nested hypervisor descheduled, a host under load), which is no
+            // scheduler's doing. A real stall of some CPUs leaves the others ticking, and
+            // even a guest whose CPUs are all idle takes timer interrupts, which move jiffies.
+            // Without jiffies or host data, every clock standing still says the same.
+            let frozen = match (a.jiffies, b.jiffies) {
+                (Some(p), Some(q)) => p == q,
+                _ => {
+                    waited.is_none()
+                        && a.cpus.iter().zip(&b.cpus).all(|(p, q)| p.clock == q.clock)
+                }
+            };
             if waited.is_some_and(|w| 2 * w >= dt) || frozen {
                 preempted += 1;
                 continue;

@@ -26,6 +26,7 @@ fn run(samples: usize, cpu: impl Fn(usize, usize) -> (u64, u32, u32), ncpus: usi
                 .collect(),
             scx_state: Some(1),
             scx_exit_kind: None,
+            jiffies: Some(1000 + 25 * i as u64),
         })
         .collect();
     Recording {
@@ -163,9 +164,36 @@ fn without_host_data_a_guest_frozen_as_a_whole_is_not_a_stall() {
         s.cpus[0].clock = 5;
         s.cpus[1].clock = 7;
         s.cpus.iter_mut().for_each(|c| c.host_wait_ns = None);
+        s.jiffies = None;
     }
     let s = summarize(&r, 5, name);
     assert!(!s.stall_detected && s.preempted_intervals == 38, "{s:?}");
+}
+
+/// The KVM lane's false alarm: one vCPU's clock still for 0.7 s, its host thread never seen
+/// waiting, because the nested hypervisor running the whole guest was itself descheduled.
+/// The guest's jiffies stood still too: not a stall. With jiffies moving it is one.
+#[test]
+fn a_guest_whose_jiffies_stood_still_was_stopped_as_a_whole_not_stalled() {
+    let mut r = run(
+        30,
+        |i, c| match (c, i) {
+            (1, 10..=17) => (0, 1, 0),
+            _ => (100_000_000, 0, 0),
+        },
+        4,
+    );
+    let frozen = r.clone();
+    for (i, s) in r.samples.iter_mut().enumerate().skip(10).take(8) {
+        s.jiffies = Some(1000 + 25 * 9 + (i as u64 == 17) as u64 * 200);
+    }
+    let s = summarize(&r, 5, name);
+    assert!(!s.stall_detected, "{s:?}");
+    assert_eq!(s.preempted_intervals, 4 * 7, "{s:?}");
+    // Same clocks, jiffies moving: CPU 1 really stalled.
+    let s = summarize(&frozen, 5, name);
+    assert_eq!(s.stalls.len(), 1, "{s:?}");
+    assert_eq!(s.stalls[0].cpu, 1);
 }
 
 #[test]

@@ -56,6 +56,10 @@ pub struct Sample {
     pub scx_state: Option<u32>,
     /// `scx_exit_info->kind` once sched_ext has an exit record.
     pub scx_exit_kind: Option<u32>,
+    /// `jiffies_64`: the guest's global tick count. It stands still only when no guest CPU
+    /// ran at all (a guest whose host stopped it as a whole).
+    #[serde(default)]
+    pub jiffies: Option<u64>,
 }
 
 /// The sched_ext exit the monitor read out of the guest.
@@ -183,6 +187,7 @@ fn sample(
         });
     }
     out.scx_state = s.scx_enable_state.and_then(|a| k.u32(a));
+    out.jiffies = k.u64(s.jiffies);
     out.scx_exit_kind = exit_info(&k, layout).map(|(kind, _)| kind);
     Ok(out)
 }
