@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -182,69 +182,19 @@ pub fn project_commit(dir: &Path) -> String {
     }
 }
 
-/// `2026-11-28T06:42:18Z` for `t`.
+/// `2026-11-28T06:42:18Z` for `t` (humantime's RFC 3339, whole seconds).
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days since 1970-01-01 to a proleptic Gregorian date (era-based conversion).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// SipHash-1-3 with zero keys: a fixed algorithm, so variant hashes stay stable across
-/// Rust releases (std's `DefaultHasher` makes no such promise).
+/// SipHash-1-3 with zero keys (the siphasher crate): a fixed algorithm, so variant hashes,
+/// which name sidecar files, stay stable across Rust releases (std's `DefaultHasher` makes no
+/// such promise).
 pub fn siphash13(data: &[u8]) -> u64 {
-    let mut v = [
-        0x736f_6d65_7073_6575u64,
-        0x646f_7261_6e64_6f6du64,
-        0x6c79_6765_6e65_7261u64,
-        0x7465_6462_7974_6573u64,
-    ];
-    fn round(v: &mut [u64; 4]) {
-        v[0] = v[0].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(13) ^ v[0];
-        v[0] = v[0].rotate_left(32);
-        v[2] = v[2].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(16) ^ v[2];
-        v[0] = v[0].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(21) ^ v[0];
-        v[2] = v[2].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(17) ^ v[2];
-        v[2] = v[2].rotate_left(32);
-    }
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let m = u64::from_le_bytes(c.try_into().expect("8-byte chunk"));
-        v[3] ^= m;
-        round(&mut v);
-        v[0] ^= m;
-    }
-    let mut last = [0u8; 8];
-    let rest = chunks.remainder();
-    last[..rest.len()].copy_from_slice(rest);
-    last[7] = data.len() as u8;
-    let m = u64::from_le_bytes(last);
-    v[3] ^= m;
-    round(&mut v);
-    v[0] ^= m;
-    v[2] ^= 0xff;
-    for _ in 0..3 {
-        round(&mut v);
-    }
-    v[0] ^ v[1] ^ v[2] ^ v[3]
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+    h.write(data);
+    h.finish()
 }
 
 impl Sidecar {
@@ -374,6 +324,7 @@ pub fn write_atomic(dir: &Path, s: &Sidecar) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn binary_identity_is_the_files_sha256() {
@@ -408,6 +359,18 @@ mod tests {
         assert_eq!(siphash13(b"abc"), siphash13(b"abc"));
         assert_ne!(siphash13(b"a"), siphash13(b"b"));
         assert_ne!(siphash13(&[0; 8]), siphash13(&[0; 7]));
+        // The values the hand-written SipHash-1-3 gave before the siphasher crate replaced
+        // it: sidecar file names carry them, so they must not change.
+        let pinned: [(&[u8], u64); 5] = [
+            (b"", 0xd1fb_a762_150c_532c),
+            (b"abc", 0xc03b_c3a0_0426_30f2),
+            (b"scenario|1n1l1c1t|6.12", 0x68ad_f211_f8c7_b43a),
+            (&[0; 8], 0xbd60_acb6_58c7_9e45),
+            (&[7; 15], 0xa183_affa_115b_bf42),
+        ];
+        for (data, want) in pinned {
+            assert_eq!(siphash13(data), want, "{data:?}");
+        }
     }
 
     #[test]
