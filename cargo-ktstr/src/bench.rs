@@ -69,6 +69,10 @@ fn median(mut v: Vec<Duration>) -> Option<Duration> {
 }
 
 /// Runs the benchmark and prints one line per cell.
+///
+/// The lines are formatted by hand, not with comfy-table as elsewhere: each is printed as soon
+/// as its cell finishes (a cell is several VM boots, a whole run takes minutes), and a table
+/// crate lays a table out only once it has every row.
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     println!(
         "{:<8} {:>5} {:>5} {:>9} {:>12} {:>12} {:>11} {:>9}  result",

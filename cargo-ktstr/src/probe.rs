@@ -101,20 +101,19 @@ pub fn run(a: ProbeArgs) -> Result<ExitCode> {
                     serde_json::json!({"backend": "qemu", "topology": a.topology.label(), "view": view, "mismatches": m})
                 );
             } else {
-                println!(
-                    "{:>5} {:>7} {:>7} {:>10} {:>10}",
-                    "cpu", "package", "core_id", "siblings", "llc"
-                );
+                let mut t = comfy_table::Table::new();
+                t.load_preset(comfy_table::presets::NOTHING)
+                    .set_header(["cpu", "package", "core_id", "siblings", "llc"]);
                 for c in &view.cpus {
-                    println!(
-                        "{:>5} {:>7} {:>7} {:>10} {:>10}",
-                        c.cpu,
-                        c.package,
-                        c.core_id,
+                    t.add_row([
+                        c.cpu.to_string(),
+                        c.package.to_string(),
+                        c.core_id.to_string(),
                         ktstr::cgroup::cpulist(&c.siblings),
-                        ktstr::cgroup::cpulist(&c.llc)
-                    );
+                        ktstr::cgroup::cpulist(&c.llc),
+                    ]);
                 }
+                println!("{t}");
                 for (n, cpus) in &view.nodes {
                     println!("node{n}: {}", ktstr::cgroup::cpulist(cpus));
                 }
