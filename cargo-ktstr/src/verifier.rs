@@ -463,29 +463,8 @@ pub fn run(a: VerifierArgs) -> Result<ExitCode> {
     let mut failed = false;
     let stdout = std::io::stdout();
     for d in &declared {
-        // The scheduler binaries declared beside this one (KTSTR_SCHEDULER alone is refused
-        // when there are several).
-        let mut siblings: Vec<&str> = declared
-            .iter()
-            .filter(|o| o.from == d.from)
-            .map(|o| o.binary.as_str())
-            .collect();
-        siblings.sort_unstable();
-        siblings.dedup();
-        let sched_bin = match ktstr::runner::discover_scheduler_for(&d.binary, &d.from, &siblings) {
-            Ok(p) => p,
-            // Scanning the workspace: an unbuilt scheduler is skipped with the build hint;
-            // asked for by name, it is an error.
-            Err(e) => {
-                let asked = a.schedulers.contains(&d.name);
-                eprintln!(
-                    "ktstr: {} scheduler {}: {e}",
-                    if asked { "error:" } else { "skipping" },
-                    d.name
-                );
-                failed |= asked;
-                continue;
-            }
+        let Some(sched_bin) = scheduler_binary(d, &declared, &a, &mut failed) else {
+            continue;
         };
         let profs: Vec<_> = profiles(d)
             .into_iter()
@@ -494,21 +473,7 @@ pub fn run(a: VerifierArgs) -> Result<ExitCode> {
         if profs.is_empty() {
             continue;
         }
-        let chosen = if a.kernels.is_empty() {
-            &d.kernels
-        } else {
-            &a.kernels
-        };
-        let kernels: Vec<Option<String>> = if chosen.is_empty() {
-            vec![None]
-        } else {
-            let cache = ktstr::kernel::cache::KernelCache::open_default();
-            crate::kernel_spec::expand(chosen, &cache)?
-                .into_iter()
-                .map(Some)
-                .collect()
-        };
-        for k in &kernels {
+        for k in &kernels_for(d, &a)? {
             let kname = k.clone().unwrap_or_else(|| "default".into());
             eprintln!(
                 "ktstr: verifying {} ({}) on kernel {kname}: {} profile(s), topology {}",
@@ -527,36 +492,7 @@ pub fn run(a: VerifierArgs) -> Result<ExitCode> {
             };
             let runs = parse_output(&text);
             let order: Vec<String> = profs.iter().map(|(l, _)| l.clone()).collect();
-            for label in &order {
-                match runs.get(label) {
-                    Some(r) if r.rc == Some(0) && !r.counts.is_empty() => {}
-                    Some(r) => {
-                        failed = true;
-                        let attached = !r.errors.iter().any(|e| e.ends_with("not attached"));
-                        let what = if a.verify_only || a.raw {
-                            "verification failed (with --verify-only: does the scheduler have that option?)"
-                        } else if attached {
-                            "no BPF programs were listed"
-                        } else {
-                            "the scheduler did not attach (failed to load or verify)"
-                        };
-                        eprintln!(
-                            "ktstr: {label}: {what} (exit {:?}){}{}",
-                            r.rc,
-                            r.errors
-                                .iter()
-                                .filter(|e| !e.ends_with("not attached"))
-                                .map(|e| format!("\n  {e}"))
-                                .collect::<String>(),
-                            crate::verifier::tail(&r.raw, 15)
-                        );
-                    }
-                    None => {
-                        failed = true;
-                        eprintln!("ktstr: {label}: no output from the guest");
-                    }
-                }
-            }
+            failed |= report_failed_profiles(&a, &runs, &order);
             let mut o = stdout.lock();
             if a.raw {
                 for label in &order {
@@ -573,6 +509,97 @@ pub fn run(a: VerifierArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The binary of `d`, or `None` (reported, and a failure when asked for by name) if unbuilt.
+fn scheduler_binary(
+    d: &Declared,
+    declared: &[Declared],
+    a: &VerifierArgs,
+    failed: &mut bool,
+) -> Option<PathBuf> {
+    // The scheduler binaries declared beside this one (KTSTR_SCHEDULER alone is refused
+    // when there are several).
+    let mut siblings: Vec<&str> = declared
+        .iter()
+        .filter(|o| o.from == d.from)
+        .map(|o| o.binary.as_str())
+        .collect();
+    siblings.sort_unstable();
+    siblings.dedup();
+    match ktstr::runner::discover_scheduler_for(&d.binary, &d.from, &siblings) {
+        Ok(p) => Some(p),
+        // Scanning the workspace: an unbuilt scheduler is skipped with the build hint;
+        // asked for by name, it is an error.
+        Err(e) => {
+            let asked = a.schedulers.contains(&d.name);
+            eprintln!(
+                "ktstr: {} scheduler {}: {e}",
+                if asked { "error:" } else { "skipping" },
+                d.name
+            );
+            *failed |= asked;
+            None
+        }
+    }
+}
+
+/// The kernels to verify `d` on: `--kernel`, else its declared ones, else the default (`None`).
+fn kernels_for(d: &Declared, a: &VerifierArgs) -> Result<Vec<Option<String>>> {
+    let chosen = if a.kernels.is_empty() {
+        &d.kernels
+    } else {
+        &a.kernels
+    };
+    Ok(if chosen.is_empty() {
+        vec![None]
+    } else {
+        let cache = ktstr::kernel::cache::KernelCache::open_default();
+        crate::kernel_spec::expand(chosen, &cache)?
+            .into_iter()
+            .map(Some)
+            .collect()
+    })
+}
+
+/// Reports every profile of `order` that failed or gave no counts; returns whether any did.
+fn report_failed_profiles(
+    a: &VerifierArgs,
+    runs: &BTreeMap<String, ProfileRun>,
+    order: &[String],
+) -> bool {
+    let mut failed = false;
+    for label in order {
+        match runs.get(label) {
+            Some(r) if r.rc == Some(0) && !r.counts.is_empty() => {}
+            Some(r) => {
+                failed = true;
+                let attached = !r.errors.iter().any(|e| e.ends_with("not attached"));
+                let what = if a.verify_only || a.raw {
+                    "verification failed (with --verify-only: does the scheduler have that option?)"
+                } else if attached {
+                    "no BPF programs were listed"
+                } else {
+                    "the scheduler did not attach (failed to load or verify)"
+                };
+                eprintln!(
+                    "ktstr: {label}: {what} (exit {:?}){}{}",
+                    r.rc,
+                    r.errors
+                        .iter()
+                        .filter(|e| !e.ends_with("not attached"))
+                        .map(|e| format!("\n  {e}"))
+                        .collect::<String>(),
+                    crate::verifier::tail(&r.raw, 15)
+                );
+            }
+            None => {
+                failed = true;
+                eprintln!("ktstr: {label}: no output from the guest");
+            }
+        }
+    }
+    failed
 }
 
 /// The last `n` lines of `text`, indented, after a newline (empty for empty text).

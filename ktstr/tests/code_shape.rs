@@ -25,26 +25,6 @@ const LONG_FN_ALLOWED: &[(&str, &str)] = &[(
     "the probe guest's assembler listing: one straight sequence of instructions",
 )];
 
-/// Functions over the limit today, being split (issue "One VM session"): file and name. A
-/// long function not listed fails; a listed one that is no longer long fails too, so the list
-/// only shrinks.
-const KNOWN_LONG: &[(&str, &str)] = &[
-    ("ktstr/src/assert/eval.rs", "evaluate"),
-    ("ktstr/src/kernel/build.rs", "build"),
-    ("ktstr/src/registry/matrix.rs", "resolve"),
-    ("ktstr/src/runner/host.rs", "run_case"),
-    ("ktstr/src/runner/host.rs", "write_sidecar"),
-    ("ktstr/src/runner/report.rs", "judge"),
-    ("ktstr/src/runner/sched.rs", "diagnose"),
-    ("ktstr/src/scenario/exec.rs", "apply"),
-    ("ktstr/src/vm/kvm/cpuid/decode.rs", "decode_linux_view"),
-    ("ktstr/src/vm/kvm/cpuid/mod.rs", "vcpu_cpuid"),
-    ("ktstr/src/vm/kvm/probe/report.rs", "check"),
-    ("ktstr/src/vm/qemu.rs", "run"),
-    ("ktstr/src/workload/worker.rs", "run"),
-    ("cargo-ktstr/src/verifier.rs", "run"),
-];
-
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -435,7 +415,6 @@ fn no_module_cycles() {
 #[test]
 fn no_function_over_100_lines() {
     let mut long = Vec::new();
-    let mut known_seen = BTreeSet::new();
     let mut all = Vec::new();
     let mut unsafe_total = 0;
     for krate in CRATES {
@@ -453,10 +432,7 @@ fn no_function_over_100_lines() {
             for (name, line, len) in functions(&text) {
                 all.push((len, format!("{rel}:{line} {name}")));
                 let allowed = LONG_FN_ALLOWED.iter().any(|(p, _)| *p == rel);
-                let known = KNOWN_LONG.iter().any(|(p, n)| *p == rel && *n == name);
-                if len > MAX_FN_LINES && known {
-                    known_seen.insert((rel.clone(), name.clone()));
-                } else if len > MAX_FN_LINES && !allowed {
+                if len > MAX_FN_LINES && !allowed {
                     long.push(format!("{rel}:{line} {name} ({len} lines)"));
                 }
             }
@@ -470,13 +446,9 @@ fn no_function_over_100_lines() {
         }
         println!("non-test unsafe blocks, impls and fns: {unsafe_total}");
     }
-    let gone: Vec<_> = KNOWN_LONG
-        .iter()
-        .filter(|(p, n)| !known_seen.contains(&(p.to_string(), n.to_string())))
-        .collect();
     assert!(
-        long.is_empty() && gone.is_empty(),
-        "functions over {MAX_FN_LINES} lines (split them):\n  {}\nlisted in KNOWN_LONG but no longer long (remove them): {gone:?}",
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines (split them):\n  {}",
         long.join("\n  ")
     );
 }

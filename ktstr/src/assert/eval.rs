@@ -405,181 +405,12 @@ pub fn evaluate(a: &Assert, runs: &[CgroupRun], time_scale: f64) -> AssertResult
     let scale = time_scale.max(1.0);
     let total_cpus = runs.iter().map(|r| r.cpus).max().unwrap_or(0);
     let mut res = AssertResult::pass();
-    let scaled = |limit: f64| {
-        if scale > 1.0 {
-            format!("{limit:.0} × time scale {scale}")
-        } else {
-            format!("{limit:.0}")
-        }
-    };
-    let scaled_us = |limit: f64| {
-        if scale > 1.0 {
-            format!("{limit} × time scale {scale}")
-        } else {
-            format!("{limit}")
-        }
-    };
     for run in runs {
-        let cg = &run.name;
         for w in &run.workers {
-            let r = &w.report;
-            match &r.exit_info {
-                Some(ExitInfo::Code(c)) => res.push_failure(
-                    DetailKind::Other,
-                    format!(
-                        "cgroup {cg}: worker {} ({}) exited with code {c}",
-                        r.tid, w.work_type
-                    ),
-                ),
-                Some(ExitInfo::Signal(s)) => res.push_failure(
-                    DetailKind::Other,
-                    format!(
-                        "cgroup {cg}: worker {} ({}) was killed by signal {s}",
-                        r.tid, w.work_type
-                    ),
-                ),
-                _ => {}
-            }
-            if a.not_starved == Some(true) && w.telemetry && r.work_units == 0 {
-                let why = match &r.exit_info {
-                    Some(ExitInfo::NoReport(e)) => format!(" and did not report ({e})"),
-                    _ => String::new(),
-                };
-                res.push_failure(
-                    DetailKind::Starved,
-                    format!(
-                        "cgroup {cg}: worker {} ({}) made no progress in {:.1} s (0 work units, {:.1}% off-CPU){why}",
-                        r.tid,
-                        w.work_type,
-                        secs(r),
-                        r.off_cpu_pct()
-                    ),
-                );
-            }
-            if a.isolation == Some(true) {
-                if let Some(allowed) = &w.allowed {
-                    let out: Vec<u32> = r
-                        .cpus_used
-                        .iter()
-                        .copied()
-                        .filter(|c| !allowed.contains(c))
-                        .collect();
-                    if !out.is_empty() {
-                        res.push_failure(
-                            DetailKind::Isolation,
-                            format!(
-                                "cgroup {cg}: worker {} ({}) ran on CPU(s) {} outside its cpuset {} (seen on {})",
-                                r.tid,
-                                w.work_type,
-                                cpulist(&out),
-                                cpulist(allowed),
-                                cpulist(&r.cpus_used)
-                            ),
-                        );
-                    }
-                }
-            }
-            if let Some(limit) = a.max_gap_ms {
-                let lim = limit as f64 * scale;
-                if w.telemetry && r.max_gap_ms > lim {
-                    res.push_failure(
-                        DetailKind::Stuck,
-                        format!(
-                            "cgroup {cg}: worker {} ({}) went {:.0} ms without progress (limit {} ms), resuming on CPU {} at {:.0} ms",
-                            r.tid,
-                            w.work_type,
-                            r.max_gap_ms,
-                            scaled(limit as f64),
-                            r.max_gap_cpu,
-                            r.max_gap_at_ms
-                        ),
-                    );
-                }
-            }
-            if let Some(min) = a.min_work_rate {
-                if w.telemetry && r.work_rate() < min {
-                    res.push_failure(
-                        DetailKind::Benchmark,
-                        format!(
-                            "cgroup {cg}: worker {} work rate {:.1}/s < {min}/s",
-                            r.tid,
-                            r.work_rate()
-                        ),
-                    );
-                }
-            }
-            if let Some(min) = a.min_iteration_rate {
-                let rate = if r.wall_time_ns == 0 {
-                    0.0
-                } else {
-                    r.iterations as f64 / secs(r)
-                };
-                if w.telemetry && rate < min {
-                    res.push_failure(
-                        DetailKind::Benchmark,
-                        format!(
-                            "cgroup {cg}: worker {} iteration rate {rate:.1}/s < {min}/s",
-                            r.tid
-                        ),
-                    );
-                }
-            }
-            if let Some(max) = a.max_migration_ratio {
-                if w.telemetry && r.migration_ratio() > max {
-                    res.push_failure(
-                        DetailKind::Migration,
-                        format!(
-                            "cgroup {cg}: worker {} migrated {} times in {} iterations (ratio {:.4} > {max})",
-                            r.tid,
-                            r.migration_count,
-                            r.iterations,
-                            r.migration_ratio()
-                        ),
-                    );
-                }
-            }
+            check_worker_health(a, &run.name, w, &mut res);
+            check_worker_limits(a, &run.name, w, scale, &mut res);
         }
-        let st = cgroup_stats(run);
-        if let (Some(max), Some((s, lo, hi, t))) = (a.max_spread_pct, spread_by_type(run)) {
-            if s > max {
-                res.push_failure(
-                    DetailKind::Unfair,
-                    format!(
-                        "cgroup {cg} spread {s:.1}% > {max:.1}% ({t}: worker {} {:.1}% off-CPU, worker {} {:.1}% off-CPU)",
-                        lo.0, lo.1, hi.0, hi.1
-                    ),
-                );
-            }
-        }
-        if let (Some(max), Some(c)) = (a.max_throughput_cv, st.throughput_cv) {
-            if c > max {
-                res.push_failure(
-                    DetailKind::Benchmark,
-                    format!("cgroup {cg}: work-rate CV {c:.3} > {max}"),
-                );
-            }
-        }
-        if let (Some(max), Some(p99)) = (a.max_p99_wake_latency_ns, st.p99_wake_latency_us) {
-            let lim = max as f64 * scale / 1e3;
-            if p99 > lim {
-                res.push_failure(
-                    DetailKind::Benchmark,
-                    // Both sides in µs: the limit is set in ns, the latency kept in µs.
-                    format!(
-                        "cgroup {cg}: p99 wake latency {p99:.1} µs > {} µs",
-                        scaled_us(max as f64 / 1e3)
-                    ),
-                );
-            }
-        }
-        if let (Some(max), Some(c)) = (a.max_wake_latency_cv, st.wake_latency_cv) {
-            if c > max {
-                res.push_failure(
-                    DetailKind::Benchmark,
-                    format!("cgroup {cg}: wake latency CV {c:.3} > {max}"),
-                );
-            }
-        }
+        check_cgroup(a, run, scale, &mut res);
     }
     if let (Some(max), Some((s, lo, hi, t, n))) =
         (a.max_cgroup_spread_pct, cross_cgroup_spread(runs))
@@ -596,6 +427,195 @@ pub fn evaluate(a: &Assert, runs: &[CgroupRun], time_scale: f64) -> AssertResult
     }
     res.stats = Some(scenario_stats(runs, total_cpus));
     res
+}
+
+/// A limit as shown in a message, whole units: with the time scale when one applies.
+fn scaled(limit: f64, scale: f64) -> String {
+    if scale > 1.0 {
+        format!("{limit:.0} × time scale {scale}")
+    } else {
+        format!("{limit:.0}")
+    }
+}
+
+/// A limit as shown in a message, as given (µs from ns keep their fraction).
+fn scaled_us(limit: f64, scale: f64) -> String {
+    if scale > 1.0 {
+        format!("{limit} × time scale {scale}")
+    } else {
+        format!("{limit}")
+    }
+}
+
+/// The checks of one worker that need no limit: how it exited, starvation, isolation.
+fn check_worker_health(a: &Assert, cg: &str, w: &WorkerRun, res: &mut AssertResult) {
+    let r = &w.report;
+    match &r.exit_info {
+        Some(ExitInfo::Code(c)) => res.push_failure(
+            DetailKind::Other,
+            format!(
+                "cgroup {cg}: worker {} ({}) exited with code {c}",
+                r.tid, w.work_type
+            ),
+        ),
+        Some(ExitInfo::Signal(s)) => res.push_failure(
+            DetailKind::Other,
+            format!(
+                "cgroup {cg}: worker {} ({}) was killed by signal {s}",
+                r.tid, w.work_type
+            ),
+        ),
+        _ => {}
+    }
+    if a.not_starved == Some(true) && w.telemetry && r.work_units == 0 {
+        let why = match &r.exit_info {
+            Some(ExitInfo::NoReport(e)) => format!(" and did not report ({e})"),
+            _ => String::new(),
+        };
+        res.push_failure(
+            DetailKind::Starved,
+            format!(
+                "cgroup {cg}: worker {} ({}) made no progress in {:.1} s (0 work units, {:.1}% off-CPU){why}",
+                r.tid,
+                w.work_type,
+                secs(r),
+                r.off_cpu_pct()
+            ),
+        );
+    }
+    if a.isolation == Some(true) {
+        if let Some(allowed) = &w.allowed {
+            let out: Vec<u32> = r
+                .cpus_used
+                .iter()
+                .copied()
+                .filter(|c| !allowed.contains(c))
+                .collect();
+            if !out.is_empty() {
+                res.push_failure(
+                    DetailKind::Isolation,
+                    format!(
+                        "cgroup {cg}: worker {} ({}) ran on CPU(s) {} outside its cpuset {} (seen on {})",
+                        r.tid,
+                        w.work_type,
+                        cpulist(&out),
+                        cpulist(allowed),
+                        cpulist(&r.cpus_used)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The per-worker limits: longest gap, work and iteration rates, migration ratio.
+fn check_worker_limits(a: &Assert, cg: &str, w: &WorkerRun, scale: f64, res: &mut AssertResult) {
+    let r = &w.report;
+    if let Some(limit) = a.max_gap_ms {
+        let lim = limit as f64 * scale;
+        if w.telemetry && r.max_gap_ms > lim {
+            res.push_failure(
+                DetailKind::Stuck,
+                format!(
+                    "cgroup {cg}: worker {} ({}) went {:.0} ms without progress (limit {} ms), resuming on CPU {} at {:.0} ms",
+                    r.tid,
+                    w.work_type,
+                    r.max_gap_ms,
+                    scaled(limit as f64, scale),
+                    r.max_gap_cpu,
+                    r.max_gap_at_ms
+                ),
+            );
+        }
+    }
+    if let Some(min) = a.min_work_rate {
+        if w.telemetry && r.work_rate() < min {
+            res.push_failure(
+                DetailKind::Benchmark,
+                format!(
+                    "cgroup {cg}: worker {} work rate {:.1}/s < {min}/s",
+                    r.tid,
+                    r.work_rate()
+                ),
+            );
+        }
+    }
+    if let Some(min) = a.min_iteration_rate {
+        let rate = if r.wall_time_ns == 0 {
+            0.0
+        } else {
+            r.iterations as f64 / secs(r)
+        };
+        if w.telemetry && rate < min {
+            res.push_failure(
+                DetailKind::Benchmark,
+                format!(
+                    "cgroup {cg}: worker {} iteration rate {rate:.1}/s < {min}/s",
+                    r.tid
+                ),
+            );
+        }
+    }
+    if let Some(max) = a.max_migration_ratio {
+        if w.telemetry && r.migration_ratio() > max {
+            res.push_failure(
+                DetailKind::Migration,
+                format!(
+                    "cgroup {cg}: worker {} migrated {} times in {} iterations (ratio {:.4} > {max})",
+                    r.tid,
+                    r.migration_count,
+                    r.iterations,
+                    r.migration_ratio()
+                ),
+            );
+        }
+    }
+}
+
+/// The checks of one cgroup as a whole: spread, work-rate CV, wake latency p99 and CV.
+fn check_cgroup(a: &Assert, run: &CgroupRun, scale: f64, res: &mut AssertResult) {
+    let cg = &run.name;
+    let st = cgroup_stats(run);
+    if let (Some(max), Some((s, lo, hi, t))) = (a.max_spread_pct, spread_by_type(run)) {
+        if s > max {
+            res.push_failure(
+                DetailKind::Unfair,
+                format!(
+                    "cgroup {cg} spread {s:.1}% > {max:.1}% ({t}: worker {} {:.1}% off-CPU, worker {} {:.1}% off-CPU)",
+                    lo.0, lo.1, hi.0, hi.1
+                ),
+            );
+        }
+    }
+    if let (Some(max), Some(c)) = (a.max_throughput_cv, st.throughput_cv) {
+        if c > max {
+            res.push_failure(
+                DetailKind::Benchmark,
+                format!("cgroup {cg}: work-rate CV {c:.3} > {max}"),
+            );
+        }
+    }
+    if let (Some(max), Some(p99)) = (a.max_p99_wake_latency_ns, st.p99_wake_latency_us) {
+        let lim = max as f64 * scale / 1e3;
+        if p99 > lim {
+            res.push_failure(
+                DetailKind::Benchmark,
+                // Both sides in µs: the limit is set in ns, the latency kept in µs.
+                format!(
+                    "cgroup {cg}: p99 wake latency {p99:.1} µs > {} µs",
+                    scaled_us(max as f64 / 1e3, scale)
+                ),
+            );
+        }
+    }
+    if let (Some(max), Some(c)) = (a.max_wake_latency_cv, st.wake_latency_cv) {
+        if c > max {
+            res.push_failure(
+                DetailKind::Benchmark,
+                format!("cgroup {cg}: wake latency CV {c:.3} > {max}"),
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -375,6 +375,16 @@ fn git_key(git_ref: &str, commit: &str, arch: &str, tag: &str) -> String {
     )
 }
 
+/// A source made ready: already in the cache, or a tree to build (and whether it may be cached).
+enum Prepared {
+    Cached(Entry),
+    Tree {
+        tree: PathBuf,
+        source: Source,
+        cacheable: Result<(), String>,
+    },
+}
+
 /// Builds `src` into `cache` (or finds it there). `say` receives one line per phase.
 pub fn build(
     src: &BuildSource,
@@ -386,102 +396,25 @@ pub fn build(
     let tag = kconfig_tag();
     let arch = "x86_64";
     cache.sweep_staging();
-    let (tree, source, cacheable) = match src {
-        BuildSource::Tarball(t) => {
-            let md = std::fs::metadata(t).map_err(io("reading", t))?;
-            let (size, mtime) = (
-                md.len(),
-                md.modified()
-                    .ok()
-                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_secs()),
-            );
-            let source = Source::Tarball {
-                path: t.canonicalize().unwrap_or_else(|_| t.clone()),
-                size,
-                mtime,
-            };
-            if !opts.force {
-                if let Some(e) = cache
-                    .usable()
-                    .into_iter()
-                    .find(|e| e.meta.as_ref().is_ok_and(|m| m.source == source))
-                {
-                    return Ok(Outcome::Cached(e));
-                }
-            }
-            let src_root = source_root(cache)?;
-            (unpack(t, &src_root, size, say)?, source, Ok(()))
-        }
+    let prepared = match src {
+        BuildSource::Tarball(t) => prepare_tarball(t, opts, cache, say)?,
         BuildSource::Git { url, git_ref } => {
-            use crate::kernel::git::{self as git, GitUrl};
-            let src_root = source_root(cache)?;
-            let resolved = match git::classify(url)? {
-                GitUrl::Local(p) => git::resolve_local(&p, git_ref)?,
-                GitUrl::Network { url, host, port } => {
-                    git::check_reachable(&url, &host, port, std::time::Duration::from_secs(5))?;
-                    say(&format!("fetch {url} {git_ref} (git fetch --depth 1)"));
-                    git::fetch(&url, git_ref, &src_root)?
-                }
-            };
-            let source = Source::Git {
-                url: url.clone(),
-                git_ref: git_ref.clone(),
-                commit: resolved.commit.clone(),
-            };
-            if !opts.force {
-                let key = git_key(git_ref, &resolved.commit, arch, &tag);
-                if let Some(e) = cache
-                    .get(&key)
-                    .filter(|e| e.corrupt().is_none() && !e.stale())
-                {
-                    return Ok(Outcome::Cached(e));
-                }
-            }
-            say(&format!(
-                "export {git_ref} ({}) into {}",
-                resolved.short(),
-                src_root.display()
-            ));
-            let (tree, files) = git::export(&resolved, &src_root)?;
-            if files > 0 {
-                say(&format!("exported {files} files"));
-            }
-            (tree, source, Ok(()))
+            prepare_git(url, git_ref, opts, cache, arch, &tag, say)?
         }
-        BuildSource::Tree(t) => {
-            if !t.join("Makefile").is_file() {
-                return Err(BuildError::NoSource(format!(
-                    "{} is not a kernel tree (no Makefile)",
-                    t.display()
-                )));
-            }
-            let tree = t.canonicalize().map_err(io("reading", t))?;
-            let (commit, cacheable) = match git_state(&tree) {
-                Ok(c) => (Some(c), Ok(())),
-                Err(why) => (None, Err(why)),
-            };
-            let source = Source::Local {
-                path: tree.clone(),
-                commit,
-            };
-            (tree, source, cacheable)
-        }
+        BuildSource::Tree(t) => prepare_tree(t)?,
+    };
+    let (tree, source, cacheable) = match prepared {
+        Prepared::Cached(e) => return Ok(Outcome::Cached(e)),
+        Prepared::Tree {
+            tree,
+            source,
+            cacheable,
+        } => (tree, source, cacheable),
     };
     let log = tree.join("ktstr-build.log");
     let _ = std::fs::remove_file(&log);
     if opts.clean {
-        match src {
-            BuildSource::Tree(_) => {
-                say("clean: make mrproper");
-                run_logged(
-                    "clean",
-                    Command::new("make").arg("-C").arg(&tree).arg("mrproper"),
-                    &log,
-                )?;
-            }
-            _ => say("--clean only applies to --source trees; ignored"),
-        }
+        clean(src, &tree, &log, say)?;
     }
     // Sources ktstr unpacked itself always get its configuration; a user's tree keeps a
     // .config that already has what ktstr needs.
@@ -494,14 +427,187 @@ pub fn build(
             .arg("kernelversion"),
     )
     .unwrap_or_else(|| "unknown".into());
-    let key = match (&source, &cacheable) {
+    let key = cache_key(&source, &cacheable, &version, arch, &tag);
+    if cacheable.is_ok() && !opts.force {
+        if let Some(e) = cache
+            .get(&key)
+            .filter(|e| e.corrupt().is_none() && !e.stale())
+        {
+            return Ok(Outcome::Cached(e));
+        }
+    }
+    let _lock = cache.lock(&key)?;
+    make_bzimage(&tree, opts, &version, &log, say)?;
+    let image = tree.join("arch/x86/boot/bzImage");
+    if let Err(why) = cacheable {
+        return Ok(Outcome::Uncached { image, why });
+    }
+    let stage = stage_artifacts(cache, &key, &tree, &image, &log, say)?;
+    let config = std::fs::read(tree.join(".config")).unwrap_or_default();
+    let meta = Metadata {
+        version,
+        source,
+        arch: arch.into(),
+        image_name: "bzImage".into(),
+        config_hash: format!("{:08x}", crc32fast::hash(&config)),
+        ktstr_kconfig_hash: tag,
+        built_at: now_s(),
+        has_vmlinux: true,
+        vmlinux_stripped: true,
+        build_s: t0.elapsed().as_secs(),
+    };
+    say(&format!("store as {key}"));
+    Ok(Outcome::Built(cache.store(&key, &stage, &meta)?))
+}
+
+/// A tarball: found in the cache by its path, size and mtime, else unpacked.
+fn prepare_tarball(
+    t: &Path,
+    opts: &BuildOptions,
+    cache: &KernelCache,
+    say: &mut dyn FnMut(&str),
+) -> Result<Prepared, BuildError> {
+    let md = std::fs::metadata(t).map_err(io("reading", t))?;
+    let (size, mtime) = (
+        md.len(),
+        md.modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs()),
+    );
+    let source = Source::Tarball {
+        path: t.canonicalize().unwrap_or_else(|_| t.to_path_buf()),
+        size,
+        mtime,
+    };
+    if !opts.force {
+        if let Some(e) = cache
+            .usable()
+            .into_iter()
+            .find(|e| e.meta.as_ref().is_ok_and(|m| m.source == source))
+        {
+            return Ok(Prepared::Cached(e));
+        }
+    }
+    let src_root = source_root(cache)?;
+    Ok(Prepared::Tree {
+        tree: unpack(t, &src_root, size, say)?,
+        source,
+        cacheable: Ok(()),
+    })
+}
+
+/// A git commit: resolved (fetched when remote), found in the cache by its key, else exported.
+fn prepare_git(
+    url: &str,
+    git_ref: &str,
+    opts: &BuildOptions,
+    cache: &KernelCache,
+    arch: &str,
+    tag: &str,
+    say: &mut dyn FnMut(&str),
+) -> Result<Prepared, BuildError> {
+    use crate::kernel::git::{self as git, GitUrl};
+    let src_root = source_root(cache)?;
+    let resolved = match git::classify(url)? {
+        GitUrl::Local(p) => git::resolve_local(&p, git_ref)?,
+        GitUrl::Network { url, host, port } => {
+            git::check_reachable(&url, &host, port, std::time::Duration::from_secs(5))?;
+            say(&format!("fetch {url} {git_ref} (git fetch --depth 1)"));
+            git::fetch(&url, git_ref, &src_root)?
+        }
+    };
+    let source = Source::Git {
+        url: url.to_string(),
+        git_ref: git_ref.to_string(),
+        commit: resolved.commit.clone(),
+    };
+    if !opts.force {
+        let key = git_key(git_ref, &resolved.commit, arch, tag);
+        if let Some(e) = cache
+            .get(&key)
+            .filter(|e| e.corrupt().is_none() && !e.stale())
+        {
+            return Ok(Prepared::Cached(e));
+        }
+    }
+    say(&format!(
+        "export {git_ref} ({}) into {}",
+        resolved.short(),
+        src_root.display()
+    ));
+    let (tree, files) = git::export(&resolved, &src_root)?;
+    if files > 0 {
+        say(&format!("exported {files} files"));
+    }
+    Ok(Prepared::Tree {
+        tree,
+        source,
+        cacheable: Ok(()),
+    })
+}
+
+/// A kernel tree: built in place, cacheable only when it is a clean git checkout.
+fn prepare_tree(t: &Path) -> Result<Prepared, BuildError> {
+    if !t.join("Makefile").is_file() {
+        return Err(BuildError::NoSource(format!(
+            "{} is not a kernel tree (no Makefile)",
+            t.display()
+        )));
+    }
+    let tree = t.canonicalize().map_err(io("reading", t))?;
+    let (commit, cacheable) = match git_state(&tree) {
+        Ok(c) => (Some(c), Ok(())),
+        Err(why) => (None, Err(why)),
+    };
+    let source = Source::Local {
+        path: tree.clone(),
+        commit,
+    };
+    Ok(Prepared::Tree {
+        tree,
+        source,
+        cacheable,
+    })
+}
+
+/// `--clean`: `make mrproper` on a user's tree; sources ktstr unpacked need none.
+fn clean(
+    src: &BuildSource,
+    tree: &Path,
+    log: &Path,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), BuildError> {
+    match src {
+        BuildSource::Tree(_) => {
+            say("clean: make mrproper");
+            run_logged(
+                "clean",
+                Command::new("make").arg("-C").arg(tree).arg("mrproper"),
+                log,
+            )?;
+        }
+        _ => say("--clean only applies to --source trees; ignored"),
+    }
+    Ok(())
+}
+
+/// The cache key: by version for tarballs, by commit for git and clean trees, else by path.
+fn cache_key(
+    source: &Source,
+    cacheable: &Result<(), String>,
+    version: &str,
+    arch: &str,
+    tag: &str,
+) -> String {
+    match (source, cacheable) {
         (Source::Tarball { .. }, _) => format!("{version}-tarball-{arch}-{tag}"),
         (
             Source::Git {
                 git_ref, commit, ..
             },
             _,
-        ) => git_key(git_ref, commit, arch, &tag),
+        ) => git_key(git_ref, commit, arch, tag),
         (
             Source::Local {
                 commit: Some(c), ..
@@ -512,16 +618,17 @@ pub fn build(
             "local-unknown-{:08x}-{arch}-{tag}",
             crc32fast::hash(path.to_string_lossy().as_bytes())
         ),
-    };
-    if cacheable.is_ok() && !opts.force {
-        if let Some(e) = cache
-            .get(&key)
-            .filter(|e| e.corrupt().is_none() && !e.stale())
-        {
-            return Ok(Outcome::Cached(e));
-        }
     }
-    let _lock = cache.lock(&key)?;
+}
+
+/// `make bzImage`, on the capped CPUs when `--cpu-cap` is given.
+fn make_bzimage(
+    tree: &Path,
+    opts: &BuildOptions,
+    version: &str,
+    log: &Path,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), BuildError> {
     let tb = Instant::now();
     let allowed = allowed_cpus();
     let cpus: Vec<u32> = match opts.cpu_cap {
@@ -540,21 +647,29 @@ pub fn build(
     ));
     let mut make = Command::new("make");
     make.arg("-C")
-        .arg(&tree)
+        .arg(tree)
         .arg(format!("-j{jobs}"))
         .arg("bzImage")
         .arg("KCFLAGS=-Wno-error");
     if opts.cpu_cap.is_some() {
         confine(&mut make, &cpus);
     }
-    run_logged("build", &mut make, &log)?;
+    run_logged("build", &mut make, log)?;
     say(&format!("built in {} s", tb.elapsed().as_secs()));
-    let image = tree.join("arch/x86/boot/bzImage");
-    if let Err(why) = cacheable {
-        return Ok(Outcome::Uncached { image, why });
-    }
+    Ok(())
+}
+
+/// Stages the stripped vmlinux, its BTF, the image and the `.config` for `key`; returns the dir.
+fn stage_artifacts(
+    cache: &KernelCache,
+    key: &str,
+    tree: &Path,
+    image: &Path,
+    log: &Path,
+    say: &mut dyn FnMut(&str),
+) -> Result<PathBuf, BuildError> {
     say("strip: vmlinux without DWARF (symbols and BTF kept), vmlinux.btf");
-    let stage = cache.staging(&key)?;
+    let stage = cache.staging(key)?;
     let vmlinux = tree.join("vmlinux");
     run_logged(
         "strip",
@@ -562,7 +677,7 @@ pub fn build(
             .arg("--strip-debug")
             .arg(&vmlinux)
             .arg(stage.join("vmlinux")),
-        &log,
+        log,
     )?;
     run_logged(
         "strip",
@@ -570,29 +685,12 @@ pub fn build(
             .args(["-O", "binary", "--only-section=.BTF"])
             .arg(&vmlinux)
             .arg(stage.join("vmlinux.btf")),
-        &log,
+        log,
     )?;
-    for (from, to) in [
-        (image.as_path(), "bzImage"),
-        (&tree.join(".config"), ".config"),
-    ] {
+    for (from, to) in [(image, "bzImage"), (&tree.join(".config"), ".config")] {
         std::fs::copy(from, stage.join(to)).map_err(io("copying", from))?;
     }
-    let config = std::fs::read(tree.join(".config")).unwrap_or_default();
-    let meta = Metadata {
-        version,
-        source,
-        arch: arch.into(),
-        image_name: "bzImage".into(),
-        config_hash: format!("{:08x}", crc32fast::hash(&config)),
-        ktstr_kconfig_hash: tag,
-        built_at: now_s(),
-        has_vmlinux: true,
-        vmlinux_stripped: true,
-        build_s: t0.elapsed().as_secs(),
-    };
-    say(&format!("store as {key}"));
-    Ok(Outcome::Built(cache.store(&key, &stage, &meta)?))
+    Ok(stage)
 }
 
 /// The last `n` lines of `text`.

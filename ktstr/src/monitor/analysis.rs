@@ -276,8 +276,7 @@ fn stalls(valid: &[&Sample], n: u64) -> (Vec<Stall>, u64) {
             let frozen = match (a.jiffies, b.jiffies) {
                 (Some(p), Some(q)) => p == q,
                 _ => {
-                    waited.is_none()
-                        && a.cpus.iter().zip(&b.cpus).all(|(p, q)| p.clock == q.clock)
+                    waited.is_none() && a.cpus.iter().zip(&b.cpus).all(|(p, q)| p.clock == q.clock)
                 }
             };
             if waited.is_some_and(|w| 2 * w >= dt) || frozen {

@@ -667,50 +667,8 @@ impl Matrix {
                 if want == 4 { "/kernel" } else { "" }
             )));
         }
-        // Scenario: scheduler name, then flags in strictly increasing declaration order.
-        let mut parts = segs[1].split('+');
-        let sched = test.scheduler;
-        if parts.next() != Some(sched.name) {
-            return Err(not_a_case(format!(
-                "scenario {:?} does not start with the test's scheduler {:?}",
-                segs[1], sched.name
-            )));
-        }
-        let mut mask = 0u32;
-        let mut last: Option<usize> = None;
-        for flag in parts {
-            let i = sched
-                .flag_index(flag)
-                .ok_or_else(|| not_a_case(format!("{flag:?} is not a flag of {:?}", sched.name)))?;
-            if last.is_some_and(|l| i <= l) {
-                return Err(not_a_case(
-                    "flags must appear once each, in declaration order".to_string(),
-                ));
-            }
-            last = Some(i);
-            mask |= 1 << i;
-        }
-        if !table.is_valid(mask) {
-            return Err(not_a_case(format!(
-                "flag set {:?} violates requires/excludes or the test's flag constraints",
-                segs[1]
-            )));
-        }
-        let topo = Topology::parse_label(segs[2]).map_err(|e| not_a_case(e.to_string()))?;
-        if topo.label() != segs[2] {
-            return Err(not_a_case(format!(
-                "topology {:?} is not canonical",
-                segs[2]
-            )));
-        }
-        let gates = test.effective_gates();
-        let listed = topo == declared || PRESETS.iter().any(|(_, p)| *p == topo && gates.admits(p));
-        if !listed {
-            return Err(not_a_case(format!(
-                "topology {} is neither the declared one ({declared}) nor a preset admitted by the test's gates",
-                segs[2]
-            )));
-        }
+        let mask = scenario_mask(test, &table, segs[1]).map_err(not_a_case)?;
+        let topo = case_topology(test, declared, segs[2]).map_err(not_a_case)?;
         let kernel = if want == 4 {
             let k = self
                 .kernels
@@ -731,6 +689,52 @@ impl Matrix {
             mask == base_mask && topo == declared,
         ))
     }
+}
+
+/// The flag mask of a case name's scenario segment (scheduler, then flags in order), or why not.
+fn scenario_mask(test: &KtstrTest, table: &FlagTable, seg: &str) -> Result<u32, String> {
+    let mut parts = seg.split('+');
+    let sched = test.scheduler;
+    if parts.next() != Some(sched.name) {
+        return Err(format!(
+            "scenario {seg:?} does not start with the test's scheduler {:?}",
+            sched.name
+        ));
+    }
+    let mut mask = 0u32;
+    let mut last: Option<usize> = None;
+    for flag in parts {
+        let i = sched
+            .flag_index(flag)
+            .ok_or_else(|| format!("{flag:?} is not a flag of {:?}", sched.name))?;
+        if last.is_some_and(|l| i <= l) {
+            return Err("flags must appear once each, in declaration order".to_string());
+        }
+        last = Some(i);
+        mask |= 1 << i;
+    }
+    if !table.is_valid(mask) {
+        return Err(format!(
+            "flag set {seg:?} violates requires/excludes or the test's flag constraints"
+        ));
+    }
+    Ok(mask)
+}
+
+/// The topology of a case name's topology segment (canonical, listed for the test), or why not.
+fn case_topology(test: &KtstrTest, declared: Topology, seg: &str) -> Result<Topology, String> {
+    let topo = Topology::parse_label(seg).map_err(|e| e.to_string())?;
+    if topo.label() != seg {
+        return Err(format!("topology {seg:?} is not canonical"));
+    }
+    let gates = test.effective_gates();
+    let listed = topo == declared || PRESETS.iter().any(|(_, p)| *p == topo && gates.admits(p));
+    if !listed {
+        return Err(format!(
+            "topology {seg} is neither the declared one ({declared}) nor a preset admitted by the test's gates"
+        ));
+    }
+    Ok(topo)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The host side of a case: resolve kernel and scheduler, build the initramfs, boot the VM on
 //! the chosen backend, judge the outcome.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::case_file::{CaseFile, CASE_FILE};
 use super::discover::discover_scheduler;
 use super::report::{judge, CaseVerdict};
-use crate::assert::{AssertDetail, DetailKind};
+use crate::assert::{AssertDetail, AssertResult, DetailKind, ScenarioStats};
 use crate::initramfs::{self, InitramfsSpec};
 use crate::monitor::{KernelLayout, MonitorLimits, MonitorSpec, MonitorSummary};
 use crate::registry::{CaseSpec, Ctx, SchedulerBinary};
@@ -48,19 +48,8 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     if case.host_only() {
         return run_host_only(case);
     }
-    // Tier-1 host isolation (reserved host LLCs, pinned vCPUs, hugepages) does not exist yet:
-    // such a case must not pass as if it had run isolated.
-    if case.test.performance_mode && !crate::host_cpus::no_perf_mode() {
-        let why = "performance_mode needs tier-1 host isolation (reserved host LLCs, pinned \
-                   vCPUs, hugepages), which ktstr does not provide yet; run it with \
-                   --no-perf-mode (KTSTR_NO_PERF_MODE=1) on capped host CPUs"
-            .to_string();
-        // Listed as ignored outside strict mode; run anyway (`--run-ignored`), it fails:
-        // a run-time skip would count as a pass in nextest.
-        return Ok(CaseVerdict::infra_failure(
-            &case.name,
-            format!("Skip: {why}"),
-        ));
+    if let Some(v) = performance_mode_refused(case) {
+        return Ok(v);
     }
     let spec = case.kernel.as_ref().map(|k| k.spec.as_str());
     // A case that cannot find its kernel fails with the reason: a skip here would read as a
@@ -92,52 +81,11 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         #[allow(unreachable_patterns)]
         _ => return Err("unsupported scheduler binary kind".into()),
     };
-    // The guest has no kernel list: drop a kernel segment (the 4th) if the name has one.
-    let guest_name = match case.name.match_indices('/').nth(2) {
-        Some((i, _)) => case.name[..i].to_string(),
-        None => case.name.clone(),
-    };
-    let cf = CaseFile {
-        name: guest_name,
-        scheduler: sched_host.as_ref().map(|p| {
-            format!(
-                "/bin/{}",
-                p.file_name().unwrap_or_default().to_string_lossy()
-            )
-        }),
-        sched_argv: case.sched_argv(),
-        sysctls: case
-            .scheduler
-            .sysctls
-            .iter()
-            .map(|s| (s.key.to_string(), s.value.to_string()))
-            .collect(),
-        time_scale: scale,
-    };
-    let exe = std::env::current_exe().map_err(|e| format!("locating the test binary: {e}"))?;
-    let ispec = InitramfsSpec {
-        init: exe,
-        binaries: sched_host.iter().cloned().collect(),
-        include_files: Vec::new(),
-        busybox: false,
-        files: vec![(
-            CASE_FILE.trim_start_matches('/').to_string(),
-            serde_json::to_vec(&cf).map_err(|e| e.to_string())?,
-            0o644,
-        )],
-    };
-    let built = initramfs::build(&ispec, &crate::cache::initramfs_dir())
-        .map_err(|e| format!("building the initramfs: {e}"))?;
+    let cf = case_file(case, sched_host.as_deref(), scale);
+    let built = build_initramfs(&cf, sched_host.as_ref())?;
 
     let topo = case.topology;
-    let initramfs_mib = built.uncompressed_bytes >> 20;
-    let memory_mib = (topo.num_cpus() as u64 * 64)
-        .max(256)
-        .max(case.test.memory_mib as u64)
-        .max(2 * initramfs_mib + 320)
-        .div_ceil(128 * topo.numa_nodes as u64)
-        * 128
-        * topo.numa_nodes as u64;
+    let memory_mib = vm_memory_mib(case, built.uncompressed_bytes);
     let mut spec = VmSpec::new(
         kernel.boot_image(backend == BackendKind::Kvm),
         built.path.clone(),
@@ -162,18 +110,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     let monitor = monitor_for(&kernel, scale);
     spec.monitor = monitor.as_ref().ok().cloned();
     let out = vm::run(backend, spec).map_err(|e| e.to_string())?;
-    let diag = format!(
-        "kernel: {}\ntopology: {} ({} vCPUs), memory {memory_mib} MiB\nscheduler: {}{}",
-        kernel.image.display(),
-        topo,
-        topo.num_cpus(),
-        case.scenario(),
-        if cf.sched_argv.is_empty() {
-            String::new()
-        } else {
-            format!(" (args: {})", cf.sched_argv.join(" "))
-        }
-    );
+    let diag = case_diagnostics(case, &kernel, &cf, memory_mib);
     let mut verdict = judge(&case.name, &diag, &out);
     let summary = monitor_summary(&monitor, out.monitor.as_ref(), &case.assert);
     verdict.add_monitor(&case.name, &summary, &MonitorLimits::of(&case.assert));
@@ -189,6 +126,108 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         kernel_commit,
     );
     Ok(verdict)
+}
+
+/// The failing verdict of a `performance_mode` case outside `--no-perf-mode`; `None` runs it.
+fn performance_mode_refused(case: &CaseSpec) -> Option<CaseVerdict> {
+    // Tier-1 host isolation (reserved host LLCs, pinned vCPUs, hugepages) does not exist yet:
+    // such a case must not pass as if it had run isolated.
+    if case.test.performance_mode && !crate::host_cpus::no_perf_mode() {
+        let why = "performance_mode needs tier-1 host isolation (reserved host LLCs, pinned \
+                   vCPUs, hugepages), which ktstr does not provide yet; run it with \
+                   --no-perf-mode (KTSTR_NO_PERF_MODE=1) on capped host CPUs"
+            .to_string();
+        // Listed as ignored outside strict mode; run anyway (`--run-ignored`), it fails:
+        // a run-time skip would count as a pass in nextest.
+        return Some(CaseVerdict::infra_failure(
+            &case.name,
+            format!("Skip: {why}"),
+        ));
+    }
+    None
+}
+
+/// The case file the guest reads: what to run, with the scheduler at its in-guest path.
+fn case_file(case: &CaseSpec, sched_host: Option<&Path>, scale: f64) -> CaseFile {
+    // The guest has no kernel list: drop a kernel segment (the 4th) if the name has one.
+    let guest_name = match case.name.match_indices('/').nth(2) {
+        Some((i, _)) => case.name[..i].to_string(),
+        None => case.name.clone(),
+    };
+    CaseFile {
+        name: guest_name,
+        scheduler: sched_host.map(|p| {
+            format!(
+                "/bin/{}",
+                p.file_name().unwrap_or_default().to_string_lossy()
+            )
+        }),
+        sched_argv: case.sched_argv(),
+        sysctls: case
+            .scheduler
+            .sysctls
+            .iter()
+            .map(|s| (s.key.to_string(), s.value.to_string()))
+            .collect(),
+        time_scale: scale,
+    }
+}
+
+/// The initramfs: this test binary as init, the scheduler binary, and the case file.
+fn build_initramfs(
+    cf: &CaseFile,
+    sched_host: Option<&PathBuf>,
+) -> Result<initramfs::Built, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating the test binary: {e}"))?;
+    let ispec = InitramfsSpec {
+        init: exe,
+        binaries: sched_host.into_iter().cloned().collect(),
+        include_files: Vec::new(),
+        busybox: false,
+        files: vec![(
+            CASE_FILE.trim_start_matches('/').to_string(),
+            serde_json::to_vec(cf).map_err(|e| e.to_string())?,
+            0o644,
+        )],
+    };
+    initramfs::build(&ispec, &crate::cache::initramfs_dir())
+        .map_err(|e| format!("building the initramfs: {e}"))
+}
+
+/// Guest memory: enough for the CPUs, the test's ask and the unpacked initramfs, rounded up
+/// to whole 128 MiB per NUMA node so every node gets the same share.
+fn vm_memory_mib(case: &CaseSpec, initramfs_bytes: u64) -> u64 {
+    let topo = case.topology;
+    let initramfs_mib = initramfs_bytes >> 20;
+    (topo.num_cpus() as u64 * 64)
+        .max(256)
+        .max(case.test.memory_mib as u64)
+        .max(2 * initramfs_mib + 320)
+        .div_ceil(128 * topo.numa_nodes as u64)
+        * 128
+        * topo.numa_nodes as u64
+}
+
+/// The report's description of what ran: kernel, shape and scheduler with its arguments.
+fn case_diagnostics(
+    case: &CaseSpec,
+    kernel: &crate::kernel::Kernel,
+    cf: &CaseFile,
+    memory_mib: u64,
+) -> String {
+    let topo = case.topology;
+    format!(
+        "kernel: {}\ntopology: {} ({} vCPUs), memory {memory_mib} MiB\nscheduler: {}{}",
+        kernel.image.display(),
+        topo,
+        topo.num_cpus(),
+        case.scenario(),
+        if cf.sched_argv.is_empty() {
+            String::new()
+        } else {
+            format!(" (args: {})", cf.sched_argv.join(" "))
+        }
+    )
 }
 
 /// The monitor for a VM of `kernel`, sampling every 100 ms × `scale`; `Err` says why there
@@ -259,14 +298,7 @@ fn write_sidecar(
     let ms = |d: Duration| d.as_millis() as u64;
     let t = &out.times;
     let stats = result.as_ref().and_then(|r| r.stats.clone());
-    let mut work_types: Vec<String> = stats
-        .iter()
-        .flat_map(|s| s.cgroups.iter())
-        .flat_map(|c| c.work_types.split(',').map(str::to_string))
-        .filter(|w| !w.is_empty())
-        .collect();
-    work_types.sort();
-    work_types.dedup();
+    let work_types = work_types_of(stats.as_ref());
     let mut sc = Sidecar {
         kernel_commit,
         test_name: case.test.name.to_string(),
@@ -306,6 +338,40 @@ fn write_sidecar(
         ..Default::default()
     };
     sc.scheduler_binary = sched_host.and_then(|p| sidecar::BinaryIdentity::of(p).ok());
+    add_outcome(&mut sc, case, out, result, verdict, monitor);
+    let dir = sidecar::run_dir(&sc.kernel_version, &commit);
+    if let Err(e) = sidecar::write_atomic(&dir, &sc) {
+        eprintln!(
+            "ktstr: could not write the sidecar of {} in {}: {e}",
+            case.name,
+            dir.display()
+        );
+    }
+}
+
+/// The distinct work types the scenario's cgroups ran, sorted (a cgroup may list several).
+fn work_types_of(stats: Option<&ScenarioStats>) -> Vec<String> {
+    let mut work_types: Vec<String> = stats
+        .iter()
+        .flat_map(|s| s.cgroups.iter())
+        .flat_map(|c| c.work_types.split(',').map(str::to_string))
+        .filter(|w| !w.is_empty())
+        .collect();
+    work_types.sort();
+    work_types.dedup();
+    work_types
+}
+
+/// Records what happened in the sidecar: scheduler attach, the guest's verdict, the
+/// monitor's findings, and the host's reasons when the guest judged nothing.
+fn add_outcome(
+    sc: &mut Sidecar,
+    case: &CaseSpec,
+    out: &vm::VmOutcome,
+    result: Option<AssertResult>,
+    verdict: &CaseVerdict,
+    monitor: &MonitorSummary,
+) {
     if let Some((ops, enable_ms)) = scheduler_attached(out) {
         sc.scheduler_ops = Some(ops);
         sc.scheduler_enable_ms = Some(enable_ms);
@@ -320,7 +386,7 @@ fn write_sidecar(
         monitor,
         &MonitorLimits::of(&case.assert),
     ));
-    if !passed && sc.details.is_empty() {
+    if !verdict.passed && sc.details.is_empty() {
         // The guest judged nothing (it died, or the VM never got that far): keep the host's
         // reasons, so the sidecar says why the case failed.
         let kind = if verdict.sched_exit.is_some() {
@@ -336,14 +402,6 @@ fn write_sidecar(
                 message: m.clone(),
             })
             .collect();
-    }
-    let dir = sidecar::run_dir(&sc.kernel_version, &commit);
-    if let Err(e) = sidecar::write_atomic(&dir, &sc) {
-        eprintln!(
-            "ktstr: could not write the sidecar of {} in {}: {e}",
-            case.name,
-            dir.display()
-        );
     }
 }
 

@@ -148,27 +148,7 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
     let mut reasons: Vec<String> = Vec::new();
     let result = result_of(out);
     let deliberate = matches!(out.end, VmEnd::GuestExit { .. });
-    let passed = match (&result, deliberate) {
-        (Ok(Some(r)), true) => {
-            for d in &r.details {
-                if !r.passed {
-                    reasons.push(d.reason());
-                }
-            }
-            if r.skipped {
-                reasons.push("skipped".into());
-            }
-            r.passed
-        }
-        (Ok(Some(_)), false) | (Ok(None), _) => {
-            reasons.push(format!("no verdict from the guest: {}", out.end.describe()));
-            false
-        }
-        (Err(e), _) => {
-            reasons.push(e.clone());
-            false
-        }
-    };
+    let passed = guest_verdict(out, &result, deliberate, &mut reasons);
     for p in out.frames.iter().filter(|f| f.kind == FrameType::Panic) {
         reasons.push(format!("guest panic: {}", p.text()));
     }
@@ -189,71 +169,7 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
         report.push_str(&format!("  {r}\n"));
     }
     if !passed {
-        section(
-            &mut report,
-            "scheduler log",
-            &frames_text(&out.frames, FrameType::Log),
-        );
-        let t = &out.times;
-        let mut verdict_why = reasons.first().cloned().unwrap_or_default();
-        if let Some(x) = &sched_exit {
-            verdict_why.push_str(&format!(
-                "\nscheduler exit: phase {}, exit code {}, kind {}{}, reason {:?}, msg {:?}{}",
-                x.phase,
-                x.code.map_or("-".into(), |c| c.to_string()),
-                x.kind.map_or("-".into(), |k| k.to_string()),
-                x.kind_name
-                    .as_ref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default(),
-                x.reason.as_deref().unwrap_or(""),
-                x.msg.as_deref().unwrap_or(""),
-                x.died_after_ms
-                    .map(|ms| format!(", noticed {ms} ms after enable"))
-                    .unwrap_or_default()
-            ));
-        }
-        let diag = format!(
-            "verdict: {verdict_why}\n{diagnostics}\nvm end: {}\nbackend: {}\ntimes: setup {:?}, boot to init {:?}, init to exit {:?}, teardown {:?}, total {:?}",
-            out.end.describe(),
-            out.backend,
-            t.setup,
-            t.boot_to_init,
-            t.init_to_exit,
-            t.teardown,
-            t.total
-        );
-        section(&mut report, "diagnostics", &diag);
-        let mut dump = match &sched_exit {
-            Some(x) => x.kernel_lines.clone(),
-            None => {
-                super::sched::sched_ext_kernel_lines(&frames_text(&out.frames, FrameType::Dmesg))
-            }
-        };
-        if let Some(x) = sched_exit.as_ref().filter(|x| !x.verifier_tail.is_empty()) {
-            dump.push(format!(
-                "verifier log tail ({}):",
-                x.failed_prog.as_deref().unwrap_or("?")
-            ));
-            dump.extend(x.verifier_tail.iter().map(|l| format!("  {l}")));
-        }
-        if let Some(x) = sched_exit.as_ref().filter(|x| !x.dump.is_empty()) {
-            // The section keeps its last lines: put the head of a long dump before the
-            // kernel's exit lines so both stay visible.
-            const DUMP_HEAD: usize = 30;
-            let mut head = vec![format!("debug dump ({} lines):", x.dump.len())];
-            head.extend(x.dump.iter().take(DUMP_HEAD).map(|l| format!("  {l}")));
-            if x.dump.len() > DUMP_HEAD {
-                head.push(format!(
-                    "  ... {} more lines in the scheduler log",
-                    x.dump.len() - DUMP_HEAD
-                ));
-            }
-            head.append(&mut dump);
-            dump = head;
-        }
-        section(&mut report, "sched_ext dump", &dump.join("\n"));
-        section(&mut report, "console tail", &out.console_tail);
+        failure_sections(&mut report, diagnostics, out, &reasons, sched_exit.as_ref());
     }
     CaseVerdict {
         passed,
@@ -263,6 +179,129 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
         infra: !passed && !gave_verdict,
         skipped: None,
     }
+}
+
+/// Whether the guest's own verdict passes; only a deliberate exit with a result counts, so
+/// anything else adds why there was no usable verdict to `reasons`.
+fn guest_verdict(
+    out: &VmOutcome,
+    result: &Result<Option<AssertResult>, String>,
+    deliberate: bool,
+    reasons: &mut Vec<String>,
+) -> bool {
+    match (result, deliberate) {
+        (Ok(Some(r)), true) => {
+            for d in &r.details {
+                if !r.passed {
+                    reasons.push(d.reason());
+                }
+            }
+            if r.skipped {
+                reasons.push("skipped".into());
+            }
+            r.passed
+        }
+        (Ok(Some(_)), false) | (Ok(None), _) => {
+            reasons.push(format!("no verdict from the guest: {}", out.end.describe()));
+            false
+        }
+        (Err(e), _) => {
+            reasons.push(e.clone());
+            false
+        }
+    }
+}
+
+/// Appends the evidence a person needs to debug a failed case: scheduler log, diagnostics,
+/// sched_ext dump and console tail, in that order.
+fn failure_sections(
+    report: &mut String,
+    diagnostics: &str,
+    out: &VmOutcome,
+    reasons: &[String],
+    sched_exit: Option<&SchedulerExit>,
+) {
+    section(
+        report,
+        "scheduler log",
+        &frames_text(&out.frames, FrameType::Log),
+    );
+    let diag = diagnostics_text(diagnostics, out, reasons, sched_exit);
+    section(report, "diagnostics", &diag);
+    let dump = sched_ext_dump(out, sched_exit);
+    section(report, "sched_ext dump", &dump.join("\n"));
+    section(report, "console tail", &out.console_tail);
+}
+
+/// The diagnostics section: the first reason with the scheduler's exit, the caller's
+/// diagnostics, how the VM ended and its phase times.
+fn diagnostics_text(
+    diagnostics: &str,
+    out: &VmOutcome,
+    reasons: &[String],
+    sched_exit: Option<&SchedulerExit>,
+) -> String {
+    let t = &out.times;
+    let mut verdict_why = reasons.first().cloned().unwrap_or_default();
+    if let Some(x) = sched_exit {
+        verdict_why.push_str(&format!(
+            "\nscheduler exit: phase {}, exit code {}, kind {}{}, reason {:?}, msg {:?}{}",
+            x.phase,
+            x.code.map_or("-".into(), |c| c.to_string()),
+            x.kind.map_or("-".into(), |k| k.to_string()),
+            x.kind_name
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default(),
+            x.reason.as_deref().unwrap_or(""),
+            x.msg.as_deref().unwrap_or(""),
+            x.died_after_ms
+                .map(|ms| format!(", noticed {ms} ms after enable"))
+                .unwrap_or_default()
+        ));
+    }
+    format!(
+        "verdict: {verdict_why}\n{diagnostics}\nvm end: {}\nbackend: {}\ntimes: setup {:?}, boot to init {:?}, init to exit {:?}, teardown {:?}, total {:?}",
+        out.end.describe(),
+        out.backend,
+        t.setup,
+        t.boot_to_init,
+        t.init_to_exit,
+        t.teardown,
+        t.total
+    )
+}
+
+/// The sched_ext dump section's lines: the kernel's sched_ext lines (from the scheduler's
+/// exit, else from dmesg), the verifier log tail, and the head of the debug dump first.
+fn sched_ext_dump(out: &VmOutcome, sched_exit: Option<&SchedulerExit>) -> Vec<String> {
+    let mut dump = match sched_exit {
+        Some(x) => x.kernel_lines.clone(),
+        None => super::sched::sched_ext_kernel_lines(&frames_text(&out.frames, FrameType::Dmesg)),
+    };
+    if let Some(x) = sched_exit.filter(|x| !x.verifier_tail.is_empty()) {
+        dump.push(format!(
+            "verifier log tail ({}):",
+            x.failed_prog.as_deref().unwrap_or("?")
+        ));
+        dump.extend(x.verifier_tail.iter().map(|l| format!("  {l}")));
+    }
+    if let Some(x) = sched_exit.filter(|x| !x.dump.is_empty()) {
+        // The section keeps its last lines: put the head of a long dump before the
+        // kernel's exit lines so both stay visible.
+        const DUMP_HEAD: usize = 30;
+        let mut head = vec![format!("debug dump ({} lines):", x.dump.len())];
+        head.extend(x.dump.iter().take(DUMP_HEAD).map(|l| format!("  {l}")));
+        if x.dump.len() > DUMP_HEAD {
+            head.push(format!(
+                "  ... {} more lines in the scheduler log",
+                x.dump.len() - DUMP_HEAD
+            ));
+        }
+        head.append(&mut dump);
+        dump = head;
+    }
+    dump
 }
 
 #[cfg(test)]

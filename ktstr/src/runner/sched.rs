@@ -211,6 +211,33 @@ pub fn diagnose(exit: &SchedExit, log: &str, dmesg: &str) -> SchedulerExit {
         kernel_lines: sched_ext_kernel_lines(dmesg),
         ..Default::default()
     };
+    read_loader_log(&mut d, log);
+    if d.reason.is_none() {
+        read_kernel_report(&mut d);
+    }
+    match exit {
+        SchedExit::SpawnFailed(_) | SchedExit::EnableTimeout { .. } => {
+            d.phase = "load".into();
+            d.summary = exit.describe();
+        }
+        SchedExit::ExitedBeforeEnable { code } => {
+            d.phase = "load".into();
+            d.code = Some(*code);
+            d.summary = load_failure_summary(&d, *code, log);
+        }
+        SchedExit::Died { code, state, after } => {
+            d.phase = "run".into();
+            d.code = *code;
+            d.died_after_ms = Some(after.as_millis() as u64);
+            d.summary = run_exit_summary(&d, exit, *code, state, *after);
+        }
+    }
+    d
+}
+
+/// Fills `d` from the loader's output: its exit record, debug dump and verifier report are
+/// the most precise account of why the scheduler went away.
+fn read_loader_log(d: &mut SchedulerExit, log: &str) {
     // The loader's own exit record (`NAME: exit kind=.. reason=".." msg=".."`).
     for line in log.lines() {
         let Some(i) = line.find(": exit kind=") else {
@@ -231,92 +258,93 @@ pub fn diagnose(exit: &SchedExit, log: &str, dmesg: &str) -> SchedulerExit {
         d.reason = kv(&p, "reason").map(str::to_string);
         d.msg = kv(&p, "msg").filter(|m| !m.is_empty()).map(str::to_string);
     }
-    // The kernel's report, for schedulers that print nothing: `sched_ext: BPF scheduler
-    // "NAME" disabled (REASON)` then `sched_ext: NAME: MSG`.
-    if d.reason.is_none() {
-        for (n, line) in d.kernel_lines.iter().enumerate() {
-            if let (Some(a), Some(b)) = (line.find(" disabled ("), line.rfind(')')) {
-                if a < b {
-                    d.reason = Some(line[a + " disabled (".len()..b].to_string());
-                    d.msg = d.kernel_lines.get(n + 1).and_then(|next| {
-                        let rest = &next[next.find("sched_ext: ")? + "sched_ext: ".len()..];
-                        rest.split_once(": ").map(|(_, m)| m.to_string())
-                    });
-                }
+}
+
+/// Takes the reason and message from the kernel's report, for schedulers that print nothing.
+fn read_kernel_report(d: &mut SchedulerExit) {
+    // `sched_ext: BPF scheduler "NAME" disabled (REASON)` then `sched_ext: NAME: MSG`.
+    for (n, line) in d.kernel_lines.iter().enumerate() {
+        if let (Some(a), Some(b)) = (line.find(" disabled ("), line.rfind(')')) {
+            if a < b {
+                d.reason = Some(line[a + " disabled (".len()..b].to_string());
+                d.msg = d.kernel_lines.get(n + 1).and_then(|next| {
+                    let rest = &next[next.find("sched_ext: ")? + "sched_ext: ".len()..];
+                    rest.split_once(": ").map(|(_, m)| m.to_string())
+                });
             }
         }
     }
+}
+
+/// The summary of a scheduler that exited before it was enabled: the verifier's verdict if
+/// it rejected a program, else the log's last failure line.
+fn load_failure_summary(d: &SchedulerExit, code: i32, log: &str) -> String {
+    if let Some(p) = &d.failed_prog {
+        let last = d
+            .verifier_tail
+            .iter()
+            .rev()
+            .find(|l| !l.starts_with("processed ") && !l.trim().is_empty())
+            .map(|l| format!(": {l}"))
+            .unwrap_or_default();
+        format!("scheduler failed to load: verifier rejected program {p}{last} (exit code {code})")
+    } else {
+        let why = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("failed") || l.contains("error"))
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default();
+        format!("scheduler failed to load: it exited with code {code} before sched_ext reported it enabled{why}")
+    }
+}
+
+/// The summary of a scheduler that went away while the test ran: a stall, an error exit, a
+/// non-error exit, or a bare process exit, most specific first.
+fn run_exit_summary(
+    d: &SchedulerExit,
+    exit: &SchedExit,
+    code: Option<i32>,
+    state: &str,
+    after: Duration,
+) -> String {
     let code_note = |c: Option<i32>| c.map(|c| format!(", exit code {c}")).unwrap_or_default();
-    match exit {
-        SchedExit::SpawnFailed(_) | SchedExit::EnableTimeout { .. } => {
-            d.phase = "load".into();
-            d.summary = exit.describe();
-        }
-        SchedExit::ExitedBeforeEnable { code } => {
-            d.phase = "load".into();
-            d.code = Some(*code);
-            d.summary = if let Some(p) = &d.failed_prog {
-                let last = d
-                    .verifier_tail
-                    .iter()
-                    .rev()
-                    .find(|l| !l.starts_with("processed ") && !l.trim().is_empty())
-                    .map(|l| format!(": {l}"))
-                    .unwrap_or_default();
-                format!("scheduler failed to load: verifier rejected program {p}{last} (exit code {code})")
-            } else {
-                let why = log
-                    .lines()
-                    .rev()
-                    .find(|l| l.contains("failed") || l.contains("error"))
-                    .map(|l| format!(": {}", l.trim()))
-                    .unwrap_or_default();
-                format!("scheduler failed to load: it exited with code {code} before sched_ext reported it enabled{why}")
-            };
-        }
-        SchedExit::Died { code, state, after } => {
-            d.phase = "run".into();
-            d.code = *code;
-            d.died_after_ms = Some(after.as_millis() as u64);
-            let when = format!("{:.1} s after it was enabled", after.as_secs_f64());
-            let msg = d.msg.clone().unwrap_or_default();
-            let reason = d.reason.clone().unwrap_or_default();
-            d.summary = if d.is_stall() {
-                format!(
-                    "stall detected: {msg} (sched_ext watchdog ejected the scheduler: {reason}; {when}{})",
-                    code_note(*code)
-                )
-            } else if d.kind.is_some_and(|k| k >= SCX_EXIT_ERROR)
-                || (d.kind.is_none() && !reason.is_empty())
-            {
-                // Without the loader's record, a kernel "disabled (REASON)" report is an error.
-                let name = d
-                    .kind_name
-                    .clone()
-                    .or(d.kind.map(|k| k.to_string()))
-                    .unwrap_or_else(|| "?".into());
-                format!(
-                    "scheduler exited with error {name} ({reason}): {msg} ({when}{})",
-                    code_note(*code)
-                )
-            } else if !reason.is_empty() {
-                // A non-error exit while the test ran (unregistered, SysRq, ...).
-                let name = d.kind_name.clone().unwrap_or_default();
-                format!(
-                    "scheduler exited during the test: {name} ({reason}) ({when}{})",
-                    code_note(*code)
-                )
-            } else {
-                match code {
-                    Some(c) => {
-                        format!("scheduler exited with code {c} {when} (sched_ext state {state:?})")
-                    }
-                    None => exit.describe(),
-                }
-            };
+    let when = format!("{:.1} s after it was enabled", after.as_secs_f64());
+    let msg = d.msg.clone().unwrap_or_default();
+    let reason = d.reason.clone().unwrap_or_default();
+    if d.is_stall() {
+        format!(
+            "stall detected: {msg} (sched_ext watchdog ejected the scheduler: {reason}; {when}{})",
+            code_note(code)
+        )
+    } else if d.kind.is_some_and(|k| k >= SCX_EXIT_ERROR)
+        || (d.kind.is_none() && !reason.is_empty())
+    {
+        // Without the loader's record, a kernel "disabled (REASON)" report is an error.
+        let name = d
+            .kind_name
+            .clone()
+            .or(d.kind.map(|k| k.to_string()))
+            .unwrap_or_else(|| "?".into());
+        format!(
+            "scheduler exited with error {name} ({reason}): {msg} ({when}{})",
+            code_note(code)
+        )
+    } else if !reason.is_empty() {
+        // A non-error exit while the test ran (unregistered, SysRq, ...).
+        let name = d.kind_name.clone().unwrap_or_default();
+        format!(
+            "scheduler exited during the test: {name} ({reason}) ({when}{})",
+            code_note(code)
+        )
+    } else {
+        match code {
+            Some(c) => {
+                format!("scheduler exited with code {c} {when} (sched_ext state {state:?})")
+            }
+            None => exit.describe(),
         }
     }
-    d
 }
 
 fn read_trim(p: &str) -> String {

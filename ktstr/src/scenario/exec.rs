@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::cpuset::resolve_cpuset;
 use super::validate::{validate, ScenarioError};
-use super::{AffinityKind, Backdrop, CgroupDef, HoldSpec, MemPolicy, Op, Payload, Step, Work};
+use super::{
+    AffinityKind, Backdrop, CgroupDef, CpusetSpec, HoldSpec, MemPolicy, Op, Payload, Step, Work,
+};
 use crate::assert::eval::{evaluate, CgroupRun, WorkerAffinity, WorkerRun};
 pub use crate::assert::StimulusEvent;
 use crate::assert::{Assert, AssertResult, DetailKind};
@@ -413,43 +415,10 @@ impl<'a> Runner<'a> {
                 name.clone()
             }
             Op::RemoveCgroup { cgroup } => {
-                let prefix = format!("{cgroup}/");
-                let inside = |c: &str| c == cgroup || c.starts_with(&prefix);
-                self.finish(inside);
-                let mut i = 0;
-                while i < self.payloads.len() {
-                    if self.payloads[i].cgroup.as_deref().is_some_and(inside) {
-                        let mut p = self.payloads.remove(i);
-                        let _ = p.child.kill();
-                        let _ = p.child.wait();
-                    } else {
-                        i += 1;
-                    }
-                }
-                self.ctx
-                    .cgroups
-                    .remove(cgroup)
-                    .map_err(|cause| ScenarioError::Cgroup {
-                        at: at.into(),
-                        cause,
-                    })?;
-                self.cpusets.retain(|k, _| !inside(k));
-                self.created.retain(|k| !inside(k));
+                self.remove_cgroup(at, cgroup)?;
                 cgroup.clone()
             }
-            Op::SetCpuset { cgroup, spec } => {
-                let cpus = resolve_cpuset(spec, &self.ctx.topo).map_err(|problem| {
-                    ScenarioError::Cpuset {
-                        at: at.into(),
-                        cgroup: cgroup.clone(),
-                        spec: spec.clone(),
-                        problem,
-                    }
-                })?;
-                let d = format!("{cgroup} -> {}", crate::cgroup::cpulist(&cpus));
-                self.write_cpuset(at, cgroup, Some(cpus))?;
-                d
-            }
+            Op::SetCpuset { cgroup, spec } => self.set_cpuset(at, cgroup, spec)?,
             Op::ClearCpuset { cgroup } => {
                 self.write_cpuset(at, cgroup, None)?;
                 cgroup.clone()
@@ -493,32 +462,7 @@ impl<'a> Runner<'a> {
                     work.count(self.ctx)
                 )
             }
-            Op::MoveAllTasks { from, to } => {
-                let ops = self.ctx.cgroups.clone();
-                let pids = ops.procs(from).map_err(|cause| ScenarioError::Cgroup {
-                    at: at.into(),
-                    cause,
-                })?;
-                for pid in &pids {
-                    ops.move_task(to, *pid)
-                        .map_err(|cause| ScenarioError::Cgroup {
-                            at: at.into(),
-                            cause,
-                        })?;
-                }
-                for g in self.groups.iter_mut().filter(|g| g.cgroup == *from) {
-                    g.cgroup = to.clone();
-                }
-                for p in self
-                    .payloads
-                    .iter_mut()
-                    .filter(|p| p.cgroup.as_deref() == Some(from))
-                {
-                    p.cgroup = Some(to.clone());
-                }
-                self.refresh_allowed();
-                format!("{} tasks {from} -> {to}", pids.len())
-            }
+            Op::MoveAllTasks { from, to } => self.move_all_tasks(at, from, to)?,
             Op::RunPayload {
                 payload,
                 args,
@@ -527,42 +471,7 @@ impl<'a> Runner<'a> {
                 self.start_payload(at, payload, args, cgroup.clone())?;
                 payload.name.to_string()
             }
-            Op::WaitPayload { name, cgroup } => {
-                let mut p = self.take_payload(at, op, name, cgroup)?;
-                let limit = self.ctx.duration.mul_f64(self.ctx.time_scale.max(1.0))
-                    + Duration::from_secs(30);
-                let deadline = Instant::now() + limit;
-                let status = loop {
-                    match p.child.try_wait() {
-                        Ok(Some(st)) => break Some(st),
-                        Ok(None) if Instant::now() < deadline => {
-                            std::thread::sleep(Duration::from_millis(10))
-                        }
-                        _ => {
-                            let _ = p.child.kill();
-                            let _ = p.child.wait();
-                            break None;
-                        }
-                    }
-                };
-                match status.and_then(|s| s.code()) {
-                    Some(0) => format!("{name} exited with code 0"),
-                    Some(c) => {
-                        self.failures.push_failure(
-                            DetailKind::Benchmark,
-                            format!("payload {name} exited with code {c}"),
-                        );
-                        format!("{name} exited with code {c}")
-                    }
-                    None => {
-                        self.failures.push_failure(
-                            DetailKind::Benchmark,
-                            format!("payload {name} did not exit normally within {limit:?}"),
-                        );
-                        format!("{name} did not exit normally")
-                    }
-                }
-            }
+            Op::WaitPayload { name, cgroup } => self.wait_payload(at, op, name, cgroup)?,
             Op::KillPayload { name, cgroup } => {
                 let mut p = self.take_payload(at, op, name, cgroup)?;
                 let still_running = matches!(p.child.try_wait(), Ok(None));
@@ -573,6 +482,124 @@ impl<'a> Runner<'a> {
         };
         self.event(label, op.kind(), detail);
         Ok(())
+    }
+
+    /// `RemoveCgroup`: stops the workers and payloads in and below it, then removes it.
+    fn remove_cgroup(&mut self, at: &str, cgroup: &str) -> Result<(), ScenarioError> {
+        let prefix = format!("{cgroup}/");
+        let inside = |c: &str| c == cgroup || c.starts_with(&prefix);
+        self.finish(inside);
+        let mut i = 0;
+        while i < self.payloads.len() {
+            if self.payloads[i].cgroup.as_deref().is_some_and(inside) {
+                let mut p = self.payloads.remove(i);
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            } else {
+                i += 1;
+            }
+        }
+        self.ctx
+            .cgroups
+            .remove(cgroup)
+            .map_err(|cause| ScenarioError::Cgroup {
+                at: at.into(),
+                cause,
+            })?;
+        self.cpusets.retain(|k, _| !inside(k));
+        self.created.retain(|k| !inside(k));
+        Ok(())
+    }
+
+    /// `SetCpuset`: resolves `spec` and writes it; returns the event's detail.
+    fn set_cpuset(
+        &mut self,
+        at: &str,
+        cgroup: &str,
+        spec: &CpusetSpec,
+    ) -> Result<String, ScenarioError> {
+        let cpus =
+            resolve_cpuset(spec, &self.ctx.topo).map_err(|problem| ScenarioError::Cpuset {
+                at: at.into(),
+                cgroup: cgroup.to_string(),
+                spec: spec.clone(),
+                problem,
+            })?;
+        let d = format!("{cgroup} -> {}", crate::cgroup::cpulist(&cpus));
+        self.write_cpuset(at, cgroup, Some(cpus))?;
+        Ok(d)
+    }
+
+    /// `MoveAllTasks`: moves every task of `from` into `to`; returns the event's detail.
+    fn move_all_tasks(&mut self, at: &str, from: &str, to: &str) -> Result<String, ScenarioError> {
+        let ops = self.ctx.cgroups.clone();
+        let pids = ops.procs(from).map_err(|cause| ScenarioError::Cgroup {
+            at: at.into(),
+            cause,
+        })?;
+        for pid in &pids {
+            ops.move_task(to, *pid)
+                .map_err(|cause| ScenarioError::Cgroup {
+                    at: at.into(),
+                    cause,
+                })?;
+        }
+        for g in self.groups.iter_mut().filter(|g| g.cgroup == *from) {
+            g.cgroup = to.to_string();
+        }
+        for p in self
+            .payloads
+            .iter_mut()
+            .filter(|p| p.cgroup.as_deref() == Some(from))
+        {
+            p.cgroup = Some(to.to_string());
+        }
+        self.refresh_allowed();
+        Ok(format!("{} tasks {from} -> {to}", pids.len()))
+    }
+
+    /// `WaitPayload`: waits (bounded) for the payload; a failure unless it exits 0.
+    fn wait_payload(
+        &mut self,
+        at: &str,
+        op: &Op,
+        name: &str,
+        cgroup: &Option<String>,
+    ) -> Result<String, ScenarioError> {
+        let mut p = self.take_payload(at, op, name, cgroup)?;
+        let limit =
+            self.ctx.duration.mul_f64(self.ctx.time_scale.max(1.0)) + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            match p.child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    let _ = p.child.kill();
+                    let _ = p.child.wait();
+                    break None;
+                }
+            }
+        };
+        Ok(match status.and_then(|s| s.code()) {
+            Some(0) => format!("{name} exited with code 0"),
+            Some(c) => {
+                self.failures.push_failure(
+                    DetailKind::Benchmark,
+                    format!("payload {name} exited with code {c}"),
+                );
+                format!("{name} exited with code {c}")
+            }
+            None => {
+                self.failures.push_failure(
+                    DetailKind::Benchmark,
+                    format!("payload {name} did not exit normally within {limit:?}"),
+                );
+                format!("{name} did not exit normally")
+            }
+        })
     }
 
     fn hold(&mut self, label: &str, step: &Step, share: Duration) -> Result<(), ScenarioError> {

@@ -355,63 +355,7 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
         .prefix("ktstr-qemu-")
         .tempdir_in(shm_tmp_root())
         .map_err(io_err("creating the qemu memory directory"))?;
-    let mut cmdline = base_cmdline(&mem, spec.shm_size, spec.console);
-    cmdline.extend(spec.cmdline_extra.iter().cloned());
-
-    let mut cmd = Command::new(QEMU_BINARY);
-    cmd.args(["-accel", accel_arg(accel)])
-        .args([
-            "-M",
-            "q35",
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-no-reboot",
-            // Names the vCPU threads ("CPU 1/KVM", "ALL CPUs/TCG") for the monitor.
-            "-name",
-            "ktstr,debug-threads=on",
-        ])
-        .args(topology_args(
-            &spec.topology,
-            &mem,
-            dir.path(),
-            &cpu_model(std::env::var("KTSTR_QEMU_CPU").ok().as_deref()),
-        ))
-        .args([
-            "-device",
-            &format!(
-                "isa-debug-exit,iobase={:#x},iosize=0x01",
-                crate::protocol::EXIT_PORT
-            ),
-        ]);
-    if let Some(bios) = firmware(
-        std::env::var("KTSTR_QEMU_FIRMWARE").ok().as_deref(),
-        Path::new(QBOOT_ROM).is_file(),
-    ) {
-        cmd.args(["-bios", &bios]);
-    }
-    cmd.arg("-kernel")
-        .arg(&spec.kernel)
-        .arg("-initrd")
-        .arg(&spec.initramfs)
-        .arg("-append")
-        .arg(cmdline.join(" "));
-    if spec.console == ConsoleMode::Interactive {
-        // qemu puts the terminal in raw mode itself; signal=off sends ^C to the guest.
-        cmd.args([
-            "-chardev",
-            "stdio,id=con0,signal=off",
-            "-serial",
-            "chardev:con0",
-        ])
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit());
-    } else {
-        cmd.args(["-serial", "stdio"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-    }
-    cmd.stderr(Stdio::piped());
+    let mut cmd = qemu_command(&spec, accel, &mem, dir.path());
     if let Some(cpus) = &spec.host_cpus {
         crate::host_cpus::confine_command(&mut cmd, cpus);
     }
@@ -450,6 +394,70 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     drop(machine);
     drop(dir);
     Ok(finished.outcome(BackendKind::Qemu, t0))
+}
+
+/// The qemu command line for `spec`, with guest RAM files in `mem_dir`: machine, topology,
+/// exit device, firmware, direct kernel boot and the serial console's plumbing, kept apart
+/// from the run so the whole invocation reads in one place.
+fn qemu_command(spec: &VmSpec, accel: Accel, mem: &QemuMemory, mem_dir: &Path) -> Command {
+    let mut cmdline = base_cmdline(mem, spec.shm_size, spec.console);
+    cmdline.extend(spec.cmdline_extra.iter().cloned());
+
+    let mut cmd = Command::new(QEMU_BINARY);
+    cmd.args(["-accel", accel_arg(accel)])
+        .args([
+            "-M",
+            "q35",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            // Names the vCPU threads ("CPU 1/KVM", "ALL CPUs/TCG") for the monitor.
+            "-name",
+            "ktstr,debug-threads=on",
+        ])
+        .args(topology_args(
+            &spec.topology,
+            mem,
+            mem_dir,
+            &cpu_model(std::env::var("KTSTR_QEMU_CPU").ok().as_deref()),
+        ))
+        .args([
+            "-device",
+            &format!(
+                "isa-debug-exit,iobase={:#x},iosize=0x01",
+                crate::protocol::EXIT_PORT
+            ),
+        ]);
+    if let Some(bios) = firmware(
+        std::env::var("KTSTR_QEMU_FIRMWARE").ok().as_deref(),
+        Path::new(QBOOT_ROM).is_file(),
+    ) {
+        cmd.args(["-bios", &bios]);
+    }
+    cmd.arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&spec.initramfs)
+        .arg("-append")
+        .arg(cmdline.join(" "));
+    if spec.console == ConsoleMode::Interactive {
+        // qemu puts the terminal in raw mode itself; signal=off sends ^C to the guest.
+        cmd.args([
+            "-chardev",
+            "stdio,id=con0,signal=off",
+            "-serial",
+            "chardev:con0",
+        ])
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit());
+    } else {
+        cmd.args(["-serial", "stdio"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+    }
+    cmd.stderr(Stdio::piped());
+    cmd
 }
 
 /// A running qemu child as the session drives it.

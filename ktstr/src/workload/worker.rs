@@ -134,75 +134,17 @@ pub fn run(work: &WorkType, ctx: &WorkerCtx) -> WorkerReport {
         WorkType::PipeIo { burst_iters } => pipe_io(&mut rec, ctx, burst_iters),
         WorkType::FutexPingPong { spin_iters } => ping_pong(&mut rec, ctx, spin_iters),
         WorkType::CachePressure { size_kb, stride } => {
-            let mut buf = vec![0u8; (size_kb * 1024) as usize];
-            let stride = stride.max(1) as usize;
-            while !stop() {
-                for i in (0..buf.len()).step_by(stride) {
-                    buf[i] = buf[i].wrapping_add(1);
-                }
-                black_box(&buf);
-                rec.tick(1);
-            }
+            cache_pressure(&mut rec, ctx.stop, size_kb, stride)
         }
         WorkType::FutexFanOut {
             fan_out: _,
             spin_iters,
         } => fan_out(&mut rec, ctx, spin_iters),
-        WorkType::Sequence { first, rest } => {
-            let phases: Vec<Phase> = std::iter::once(first)
-                .chain(rest.into_iter().flatten())
-                .collect();
-            while !stop() {
-                for p in &phases {
-                    run_phase(&mut rec, ctx.stop, *p);
-                    if stop() {
-                        break;
-                    }
-                }
-            }
-        }
-        WorkType::ForkExit => {
-            while !stop() {
-                // SAFETY: the child only calls _exit, which is async-signal-safe.
-                let pid = unsafe { libc::fork() };
-                if pid == 0 {
-                    // SAFETY: immediate exit without running destructors.
-                    unsafe { libc::_exit(0) };
-                }
-                if pid > 0 {
-                    let mut st = 0;
-                    // SAFETY: reaping our own child.
-                    unsafe { libc::waitpid(pid, &mut st, 0) };
-                }
-                rec.tick(1);
-            }
-        }
-        WorkType::NiceSweep => {
-            let mut nice = -20;
-            while !stop() {
-                spin(512);
-                // SAFETY: changes only this process's nice value.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-                nice = if nice >= 19 { -20 } else { nice + 1 };
-                yield_now();
-                rec.tick(1);
-            }
-            // SAFETY: as above.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
-        }
+        WorkType::Sequence { first, rest } => sequence(&mut rec, ctx.stop, first, rest),
+        WorkType::ForkExit => fork_exit(&mut rec, ctx.stop),
+        WorkType::NiceSweep => nice_sweep(&mut rec, ctx.stop),
         WorkType::AffinityChurn { spin_iters } => affinity_churn(&mut rec, ctx.stop, spin_iters),
-        WorkType::PolicyChurn { spin_iters } => {
-            let policies = [libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE];
-            let mut i = 0;
-            while !stop() {
-                let param = libc::sched_param { sched_priority: 0 };
-                // SAFETY: changes only this process's policy; param is valid.
-                unsafe { libc::sched_setscheduler(0, policies[i % 3], &param) };
-                i += 1;
-                spin(spin_iters);
-                rec.tick(1);
-            }
-        }
+        WorkType::PolicyChurn { spin_iters } => policy_churn(&mut rec, ctx.stop, spin_iters),
         WorkType::PageFaultChurn {
             region_kb,
             touches_per_cycle,
@@ -216,6 +158,81 @@ pub fn run(work: &WorkType, ctx: &WorkerCtx) -> WorkerReport {
         WorkType::Custom { .. } => unreachable!("handled above"),
     }
     rec.finish()
+}
+
+/// `CachePressure`: touches a buffer of `size_kb` every `stride` bytes, over and over.
+fn cache_pressure(rec: &mut Recorder, stop: &AtomicBool, size_kb: u64, stride: u64) {
+    let mut buf = vec![0u8; (size_kb * 1024) as usize];
+    let stride = stride.max(1) as usize;
+    while !stop.load(Ordering::Relaxed) {
+        for i in (0..buf.len()).step_by(stride) {
+            buf[i] = buf[i].wrapping_add(1);
+        }
+        black_box(&buf);
+        rec.tick(1);
+    }
+}
+
+/// `Sequence`: runs its phases in order, round and round.
+fn sequence(rec: &mut Recorder, stop: &AtomicBool, first: Phase, rest: [Option<Phase>; 7]) {
+    let phases: Vec<Phase> = std::iter::once(first)
+        .chain(rest.into_iter().flatten())
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        for p in &phases {
+            run_phase(rec, stop, *p);
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    }
+}
+
+/// `ForkExit`: forks a child that exits at once, and reaps it.
+fn fork_exit(rec: &mut Recorder, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: the child only calls _exit, which is async-signal-safe.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: immediate exit without running destructors.
+            unsafe { libc::_exit(0) };
+        }
+        if pid > 0 {
+            let mut st = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+        }
+        rec.tick(1);
+    }
+}
+
+/// `NiceSweep`: spins, steps its nice value through −20..19, yields; nice 0 again at the end.
+fn nice_sweep(rec: &mut Recorder, stop: &AtomicBool) {
+    let mut nice = -20;
+    while !stop.load(Ordering::Relaxed) {
+        spin(512);
+        // SAFETY: changes only this process's nice value.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        nice = if nice >= 19 { -20 } else { nice + 1 };
+        yield_now();
+        rec.tick(1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
+}
+
+/// `PolicyChurn`: cycles through SCHED_OTHER, SCHED_BATCH and SCHED_IDLE, spinning between.
+fn policy_churn(rec: &mut Recorder, stop: &AtomicBool, spin_iters: u64) {
+    let policies = [libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE];
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: changes only this process's policy; param is valid.
+        unsafe { libc::sched_setscheduler(0, policies[i % 3], &param) };
+        i += 1;
+        spin(spin_iters);
+        rec.tick(1);
+    }
 }
 
 fn run_phase(rec: &mut Recorder, stop: &AtomicBool, p: Phase) {

@@ -89,6 +89,9 @@ fn count_order(n: u32) -> u32 {
     }
 }
 
+/// An LLC as Linux names it: (`cpu_llc_id`, APIC-ID bits it spans).
+type Llc = (u32, u32);
+
 struct Decoder<'a> {
     e: &'a [kvm_cpuid_entry2],
     flavor: Flavor,
@@ -204,6 +207,58 @@ impl Decoder<'_> {
     fn topoext(&self) -> bool {
         self.max_ext >= 0x8000_0001 && self.cpuid(0x8000_0001, 0).ecx & super::E1_ECX_TOPOEXT != 0
     }
+
+    /// Linux's AMD/Hygon topology and LLC path (`topology_amd.c`, `cacheinfo.c`), kept apart
+    /// because its APIC-ID and LLC rules differ from Intel's. Returns the topology leaf, the
+    /// AMD node id and the LLC (id, shift) if one is set.
+    fn parse_amd(&mut self) -> Result<(u32, u32, Option<Llc>), CpuidError> {
+        let mut amd_node_id = 0;
+        let mut llc: Option<Llc> = None;
+        // 6.12 reads the extended leaves on AMD only with TOPOEXT.
+        let ext = if self.topoext() {
+            self.parse_ext()?
+        } else {
+            None
+        };
+        let topology_leaf = match ext {
+            Some(l) => l,
+            None if self.parse_8000_0008() => 0x8000_0008,
+            None => 1,
+        };
+        if (ext.is_some() || topology_leaf == 0x8000_0008) && self.topoext() {
+            // parse_8000_001e()
+            let l = self.cpuid(0x8000_001E, 0);
+            if ext.is_none() {
+                self.apic = l.eax;
+                if self.family >= 0x17 {
+                    let n = ((l.ebx >> 8) & 0xff) + 1;
+                    self.scan.update_dom(SMT, count_order(n), n);
+                }
+            } else if l.eax != self.apic {
+                return Err(CpuidError::ApicIdMismatch {
+                    which: "leaf 0x8000001e EAX".into(),
+                    initial: self.apic,
+                    found: l.eax,
+                });
+            }
+            amd_node_id = l.ecx & 0xff;
+            let has_l3 = self.max_ext >= 0x8000_0006 && self.cpuid(0x8000_0006, 0).edx != 0;
+            llc = if self.flavor == Flavor::Hygon || (self.family == 0x17 && self.model <= 0x1F) {
+                has_l3.then_some((self.apic >> 3, 3))
+            } else if self.family < 0x17 {
+                has_l3.then_some((amd_node_id, 0))
+            } else if has_l3 {
+                amd_llc_from_8000001d(self)
+            } else {
+                None
+            };
+        } else if topology_leaf != 1 {
+            // legacy_set_llc(): the LLC is the die.
+            let s = self.scan.shifts[CORE];
+            llc = Some((self.apic >> s, s));
+        }
+        Ok((topology_leaf, amd_node_id, llc))
+    }
 }
 
 /// Decodes a CPUID table the way Linux 6.12 derives topology (spec §2.2): initial APIC ID,
@@ -234,67 +289,23 @@ pub fn decode_linux_view(entries: &[kvm_cpuid_entry2]) -> Result<DecodedCpu, Cpu
     };
     let leaf1_apic = d.apic;
 
-    let mut amd_node_id = 0;
-    let mut llc: Option<(u32, u32)> = None; // (llc_id, llc_shift)
-    let topology_leaf;
-    match d.flavor {
-        Flavor::Amd | Flavor::Hygon => {
-            // 6.12 reads the extended leaves on AMD only with TOPOEXT.
-            let ext = if d.topoext() { d.parse_ext()? } else { None };
-            topology_leaf = match ext {
-                Some(l) => l,
-                None if d.parse_8000_0008() => 0x8000_0008,
-                None => 1,
-            };
-            if (ext.is_some() || topology_leaf == 0x8000_0008) && d.topoext() {
-                // parse_8000_001e()
-                let l = d.cpuid(0x8000_001E, 0);
-                if ext.is_none() {
-                    d.apic = l.eax;
-                    if d.family >= 0x17 {
-                        let n = ((l.ebx >> 8) & 0xff) + 1;
-                        d.scan.update_dom(SMT, count_order(n), n);
-                    }
-                } else if l.eax != d.apic {
-                    return Err(CpuidError::ApicIdMismatch {
-                        which: "leaf 0x8000001e EAX".into(),
-                        initial: d.apic,
-                        found: l.eax,
-                    });
-                }
-                amd_node_id = l.ecx & 0xff;
-                let has_l3 = d.max_ext >= 0x8000_0006 && d.cpuid(0x8000_0006, 0).edx != 0;
-                llc = if d.flavor == Flavor::Hygon || (d.family == 0x17 && d.model <= 0x1F) {
-                    has_l3.then_some((d.apic >> 3, 3))
-                } else if d.family < 0x17 {
-                    has_l3.then_some((amd_node_id, 0))
-                } else if has_l3 {
-                    amd_llc_from_8000001d(&d)
-                } else {
-                    None
-                };
-            } else if topology_leaf != 1 {
-                // legacy_set_llc(): the LLC is the die.
-                let s = d.scan.shifts[CORE];
-                llc = Some((d.apic >> s, s));
-            }
-        }
+    let (topology_leaf, amd_node_id, llc) = match d.flavor {
+        Flavor::Amd | Flavor::Hygon => d.parse_amd()?,
         Flavor::Intel => {
-            topology_leaf = match d.parse_ext()? {
+            let topology_leaf = match d.parse_ext()? {
                 Some(l) => l,
                 None => {
                     d.parse_legacy();
                     1
                 }
             };
-            llc = intel_llc_from_leaf4(&d);
+            (topology_leaf, 0, intel_llc_from_leaf4(&d))
         }
         Flavor::Other => {
             d.parse_legacy();
-            topology_leaf = 1;
-            llc = intel_llc_from_leaf4(&d);
+            (1, 0, intel_llc_from_leaf4(&d))
         }
-    }
+    };
     if leaf1_apic != d.apic & 0xff {
         return Err(CpuidError::ApicIdMismatch {
             which: "leaf 0x1 EBX[31:24]".into(),

@@ -280,15 +280,46 @@ pub fn vcpu_cpuid(
     }
     let flavor = Flavor::of(supported);
     let layout = topo.apic_layout();
-    let (smt_shift, llc_shift, pkg_shift) =
-        (layout.smt_shift(), layout.llc_shift(), layout.pkg_shift());
+    let (smt_shift, pkg_shift) = (layout.smt_shift(), layout.pkg_shift());
     let apic = topo.apic_id(cpu);
     let place = topo.place(cpu);
-    let per_pkg = topo.cpus_per_node();
+    let max_ext = lookup(supported, 0x8000_0000, 0).eax;
+    check_supported(supported, topo, flavor)?;
+
+    let mut out: Vec<kvm_cpuid_entry2> = supported
+        .iter()
+        .filter(|e| e.function != 0xB)
+        .copied()
+        .collect();
+    let core_id = (apic & ((1 << pkg_shift) - 1)) >> smt_shift;
+    patch_leaves(&mut out, flavor, topo, apic, core_id, place.node);
+    insert_leaf_b(&mut out, topo, apic);
+
+    if flavor.amd_like() {
+        amd_checks(&mut out, max_ext, apic, core_id, topo, place.node)?;
+    } else if flavor == Flavor::Intel && !has_l3(&out, 4) {
+        return Err(CpuidError::NoL3Cache { leaf: 4 });
+    }
+
+    if out.len() > MAX_CPUID_ENTRIES {
+        return Err(CpuidError::TooManyEntries {
+            count: out.len(),
+            max: MAX_CPUID_ENTRIES,
+        });
+    }
+    Ok(out)
+}
+
+/// Rejects shapes the host's table cannot show before anything is patched: fields too narrow,
+/// Zen1/Hygon's fixed LLC rule, and x2APIC shapes without x2APIC or leaf 0x4000_0001.
+fn check_supported(
+    supported: &[kvm_cpuid_entry2],
+    topo: &Topology,
+    flavor: Flavor,
+) -> Result<(), CpuidError> {
+    let pkg_shift = topo.apic_layout().pkg_shift();
     let leaf1 = lookup(supported, 1, 0);
     let (family, model) = family_model(leaf1.eax);
-    let max_ext = lookup(supported, 0x8000_0000, 0).eax;
-
     if pkg_shift > 15 {
         return Err(CpuidError::FieldOverflow {
             field: "0x80000008 ECX[15:12] (package shift)",
@@ -309,13 +340,23 @@ pub fn vcpu_cpuid(
         // Without KVM_FEATURE_MSI_EXT_DEST_ID Linux keeps APIC IDs above 255 offline.
         return Err(CpuidError::MissingLeaf { leaf: 0x4000_0001 });
     }
+    Ok(())
+}
 
-    let mut out: Vec<kvm_cpuid_entry2> = supported
-        .iter()
-        .filter(|e| e.function != 0xB)
-        .copied()
-        .collect();
-    let core_id = (apic & ((1 << pkg_shift) - 1)) >> smt_shift;
+/// Rewrites the host's leaves in place for the vCPU with APIC ID `apic` (see [`vcpu_cpuid`]'s
+/// list), so each one tells Linux this vCPU's place rather than the host CPU's.
+fn patch_leaves(
+    out: &mut [kvm_cpuid_entry2],
+    flavor: Flavor,
+    topo: &Topology,
+    apic: u32,
+    core_id: u32,
+    node: u32,
+) {
+    let layout = topo.apic_layout();
+    let (smt_shift, llc_shift, pkg_shift) =
+        (layout.smt_shift(), layout.llc_shift(), layout.pkg_shift());
+    let per_pkg = topo.cpus_per_node();
     for e in out.iter_mut() {
         match e.function {
             0 if e.eax < 0xB => e.eax = 0xB,
@@ -358,13 +399,20 @@ pub fn vcpu_cpuid(
             0x8000_001E if flavor.amd_like() => {
                 e.eax = apic;
                 e.ebx = (core_id & 0xff) | ((topo.threads - 1) << 8);
-                e.ecx = place.node & 0xff;
+                e.ecx = node & 0xff;
                 e.edx = 0;
             }
             _ => {}
         }
     }
+}
 
+/// Inserts our own leaf 0xB (the host's was dropped): Linux derives the SMT and package
+/// shifts from it on every vendor.
+fn insert_leaf_b(out: &mut Vec<kvm_cpuid_entry2>, topo: &Topology, apic: u32) {
+    let layout = topo.apic_layout();
+    let (smt_shift, pkg_shift) = (layout.smt_shift(), layout.pkg_shift());
+    let per_pkg = topo.cpus_per_node();
     // The three 0xB subleaves, in leaf order after the last leaf below 0xB.
     let sub = |index: u32, eax: u32, ebx: u32, ecx: u32| kvm_cpuid_entry2 {
         function: 0xB,
@@ -387,20 +435,6 @@ pub fn vcpu_cpuid(
         .position(|e| e.function > 0xB)
         .unwrap_or(out.len());
     out.splice(pos..pos, leaf_b);
-
-    if flavor.amd_like() {
-        amd_checks(&mut out, max_ext, apic, core_id, topo, place.node)?;
-    } else if flavor == Flavor::Intel && !has_l3(&out, 4) {
-        return Err(CpuidError::NoL3Cache { leaf: 4 });
-    }
-
-    if out.len() > MAX_CPUID_ENTRIES {
-        return Err(CpuidError::TooManyEntries {
-            count: out.len(),
-            max: MAX_CPUID_ENTRIES,
-        });
-    }
-    Ok(out)
 }
 
 fn has_l3(entries: &[kvm_cpuid_entry2], leaf: u32) -> bool {

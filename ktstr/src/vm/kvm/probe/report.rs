@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::code::{IRQ_PIN, IRQ_RTE_LOW, LEAVES, MAX_SIGS, RECORD_DONE, RECORD_HEADER, RECORD_LEN};
 use crate::shm::FrameType;
-use crate::topology::Topology;
+use crate::topology::{ApicLayout, Topology};
 use crate::vm::kvm::boot::{
     BP_ACPI_RSDP_ADDR, BP_CMD_LINE_PTR, BP_E820_ENTRIES, BP_E820_TABLE, E820_MAX,
 };
@@ -242,6 +242,22 @@ impl ProbeReport {
         // MADT order and the set of reported LAPIC IDs.
         let mut bad = self.check_apic_ids(topo);
         let want: Vec<u32> = (0..topo.num_cpus()).map(|c| topo.apic_id(c)).collect();
+        self.check_boot_tables(&mut bad);
+        self.check_irq(&want, &mut bad);
+        let l = topo.apic_layout();
+        let mut groups: [BTreeMap<(u32, u32), u32>; 3] = Default::default();
+        for c in &self.cpus {
+            let Some(idx) = want.iter().position(|a| *a == c.apic_id) else {
+                continue;
+            };
+            check_cpu(c, idx, topo, &l, &mut groups, &mut bad);
+        }
+        check_groups(topo, &groups, &mut bad);
+        bad
+    }
+
+    /// The ACPI tables, e820 map and command line the VMM hands the guest at boot.
+    fn check_boot_tables(&self, bad: &mut Vec<String>) {
         for sig in ["XSDT", "FACP", "DSDT", "APIC", "SRAT"] {
             if !self.acpi_signatures.iter().any(|s| s == sig) {
                 bad.push(format!(
@@ -264,6 +280,11 @@ impl ProbeReport {
         if self.cmdline_ptr != crate::vm::kvm::layout::CMDLINE_GPA as u32 {
             bad.push(format!("cmd_line_ptr {:#x}", self.cmdline_ptr));
         }
+    }
+
+    /// The IOAPIC interrupt test: it must run with more than one CPU, reach the last MADT
+    /// CPU, and leave the RTE's remote IRR clear after the EOI.
+    fn check_irq(&self, want: &[u32], bad: &mut Vec<String>) {
         match (&self.irq, want.len()) {
             (None, 1) => {}
             (None, _) => bad.push("the IOAPIC interrupt test did not run".into()),
@@ -289,90 +310,6 @@ impl ProbeReport {
                 }
             }
         }
-        let l = topo.apic_layout();
-        let mut groups: [BTreeMap<(u32, u32), u32>; 3] = Default::default();
-        for c in &self.cpus {
-            let Some(idx) = want.iter().position(|a| *a == c.apic_id) else {
-                continue;
-            };
-            let p = topo.place(idx as u32);
-            let d = match decode_linux_view(&c.cpuid_entries()) {
-                Ok(d) => d,
-                Err(e) => {
-                    bad.push(format!("cpu{idx}: CPUID does not decode: {e}"));
-                    continue;
-                }
-            };
-            let leaf1 = c.leaf(1, 0).map(|x| x.ebx >> 24);
-            let mut expect = |what: &str, got: u32, exp: u32| {
-                if got != exp {
-                    bad.push(format!(
-                        "cpu{idx} (APIC {}): {what} {got}, expected {exp}",
-                        c.apic_id
-                    ));
-                }
-            };
-            expect(
-                "leaf 0x1 initial APIC ID",
-                leaf1.unwrap_or(u32::MAX),
-                c.apic_id & 0xFF,
-            );
-            expect("decoded APIC ID", d.apic_id, c.apic_id);
-            expect("package id", d.pkg_id, p.node);
-            expect(
-                "core id",
-                d.core_id,
-                (p.llc_in_node << l.core_bits) | p.core,
-            );
-            // Linux forms cpu_llc_id per vendor (arch/x86/kernel/cpu/cacheinfo.c): Intel masks
-            // the APIC id, AMD (family >= 0x17) shifts it. Either way the shift must be ours.
-            let llc_mask = !((1u32 << l.llc_shift()) - 1);
-            let llc_exp = match d.vendor {
-                CpuVendor::Intel | CpuVendor::Other => c.apic_id & llc_mask,
-                CpuVendor::Amd => c.apic_id >> l.llc_shift(),
-            };
-            expect("LLC id", d.llc_id, llc_exp);
-            expect("LLC shift", d.llc_shift, l.llc_shift());
-            // Enabled at 0xFEE00000, BSP flag on APIC 0 only, x2APIC mode iff the shape
-            // needs it (the VMM starts x2APIC shapes in x2APIC mode, as firmware would).
-            let base = 0xFEE0_0800
-                | if c.apic_id == 0 { 0x100 } else { 0 }
-                | if topo.needs_x2apic() { 0x400 } else { 0 };
-            expect("IA32_APIC_BASE", c.apic_base, base);
-            if topo.needs_x2apic() {
-                // Linux needs the x2APIC bit, and the extended destination ID to address
-                // CPUs above 255 without interrupt remapping.
-                let bit = |leaf, sub, f: fn(&ProbeLeaf) -> u32, b: u32| {
-                    c.leaf(leaf, sub).map_or(0, |x| (f(x) >> b) & 1)
-                };
-                expect("leaf 0x1 ECX.x2APIC", bit(1, 0, |x| x.ecx, 21), 1);
-                expect(
-                    "leaf 0x40000001 EAX.MSI_EXT_DEST_ID",
-                    bit(0x4000_0001, 0, |x| x.eax, 15),
-                    1,
-                );
-            }
-            expect("SMT shift", d.smt_shift, l.smt_shift());
-            expect("threads per core", d.threads_per_core, topo.threads);
-            *groups[0].entry((d.pkg_id, d.core_id)).or_default() += 1;
-            *groups[1].entry((d.llc_id, 0)).or_default() += 1;
-            *groups[2].entry((d.pkg_id, 0)).or_default() += 1;
-        }
-        for (i, (what, size)) in [
-            ("SMT sibling group", topo.threads),
-            ("LLC group", topo.cpus_per_llc()),
-            ("package", topo.cpus_per_node()),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            for (k, n) in &groups[i] {
-                if *n != size {
-                    bad.push(format!("{what} {k:?} has {n} CPUs, expected {size}"));
-                }
-            }
-        }
-        bad
     }
 
     /// A human-readable table: one row per vCPU (in APIC ID order) with the ids Linux would
@@ -431,5 +368,98 @@ impl ProbeReport {
             let _ = writeln!(s, "e820: {a:#014x}-{:#014x} type {t}", a + len);
         }
         s
+    }
+}
+
+/// One vCPU's CPUID and APIC base against its place in `topo` (vCPU `idx`); counts it into
+/// `groups` (SMT siblings, LLC, package) so the group sizes can be checked after all CPUs.
+fn check_cpu(
+    c: &ProbeCpu,
+    idx: usize,
+    topo: &Topology,
+    l: &ApicLayout,
+    groups: &mut [BTreeMap<(u32, u32), u32>; 3],
+    bad: &mut Vec<String>,
+) {
+    let p = topo.place(idx as u32);
+    let d = match decode_linux_view(&c.cpuid_entries()) {
+        Ok(d) => d,
+        Err(e) => {
+            bad.push(format!("cpu{idx}: CPUID does not decode: {e}"));
+            return;
+        }
+    };
+    let leaf1 = c.leaf(1, 0).map(|x| x.ebx >> 24);
+    let mut expect = |what: &str, got: u32, exp: u32| {
+        if got != exp {
+            bad.push(format!(
+                "cpu{idx} (APIC {}): {what} {got}, expected {exp}",
+                c.apic_id
+            ));
+        }
+    };
+    expect(
+        "leaf 0x1 initial APIC ID",
+        leaf1.unwrap_or(u32::MAX),
+        c.apic_id & 0xFF,
+    );
+    expect("decoded APIC ID", d.apic_id, c.apic_id);
+    expect("package id", d.pkg_id, p.node);
+    expect(
+        "core id",
+        d.core_id,
+        (p.llc_in_node << l.core_bits) | p.core,
+    );
+    // Linux forms cpu_llc_id per vendor (arch/x86/kernel/cpu/cacheinfo.c): Intel masks
+    // the APIC id, AMD (family >= 0x17) shifts it. Either way the shift must be ours.
+    let llc_mask = !((1u32 << l.llc_shift()) - 1);
+    let llc_exp = match d.vendor {
+        CpuVendor::Intel | CpuVendor::Other => c.apic_id & llc_mask,
+        CpuVendor::Amd => c.apic_id >> l.llc_shift(),
+    };
+    expect("LLC id", d.llc_id, llc_exp);
+    expect("LLC shift", d.llc_shift, l.llc_shift());
+    // Enabled at 0xFEE00000, BSP flag on APIC 0 only, x2APIC mode iff the shape
+    // needs it (the VMM starts x2APIC shapes in x2APIC mode, as firmware would).
+    let base = 0xFEE0_0800
+        | if c.apic_id == 0 { 0x100 } else { 0 }
+        | if topo.needs_x2apic() { 0x400 } else { 0 };
+    expect("IA32_APIC_BASE", c.apic_base, base);
+    if topo.needs_x2apic() {
+        // Linux needs the x2APIC bit, and the extended destination ID to address
+        // CPUs above 255 without interrupt remapping.
+        let bit = |leaf, sub, f: fn(&ProbeLeaf) -> u32, b: u32| {
+            c.leaf(leaf, sub).map_or(0, |x| (f(x) >> b) & 1)
+        };
+        expect("leaf 0x1 ECX.x2APIC", bit(1, 0, |x| x.ecx, 21), 1);
+        expect(
+            "leaf 0x40000001 EAX.MSI_EXT_DEST_ID",
+            bit(0x4000_0001, 0, |x| x.eax, 15),
+            1,
+        );
+    }
+    expect("SMT shift", d.smt_shift, l.smt_shift());
+    expect("threads per core", d.threads_per_core, topo.threads);
+    *groups[0].entry((d.pkg_id, d.core_id)).or_default() += 1;
+    *groups[1].entry((d.llc_id, 0)).or_default() += 1;
+    *groups[2].entry((d.pkg_id, 0)).or_default() += 1;
+}
+
+/// Every SMT sibling group, LLC and package the guest derived holds as many CPUs as `topo`
+/// gives it.
+fn check_groups(topo: &Topology, groups: &[BTreeMap<(u32, u32), u32>; 3], bad: &mut Vec<String>) {
+    for (i, (what, size)) in [
+        ("SMT sibling group", topo.threads),
+        ("LLC group", topo.cpus_per_llc()),
+        ("package", topo.cpus_per_node()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (k, n) in &groups[i] {
+            if *n != size {
+                bad.push(format!("{what} {k:?} has {n} CPUs, expected {size}"));
+            }
+        }
     }
 }
