@@ -2,9 +2,9 @@
 //! `/dev/kvm` with an exact CPU topology. See doc/ and ../shared/spec/vmm.md for the facts it
 //! encodes.
 //!
-//! [`run`] is the backend entry point; [`probe::run_probe`] boots a tiny probe guest through the
-//! same machinery to show what a guest sees (e820, ACPI tables, APIC IDs, CPUID) on any KVM,
-//! including software hypervisors that cannot run Linux.
+//! [`run`] is the backend entry point; `probe::run_probe` (cargo feature `probe`) boots a tiny
+//! probe guest through the same machinery to show what a guest sees (e820, ACPI tables, APIC
+//! IDs, CPUID) on any KVM, including software hypervisors that cannot run Linux.
 //!
 //! Code map: [`layout`] (GPAs, per-node RAM, SHM, e820, initrd placement), [`boot`] (kernel
 //! formats, boot_params, command line, page tables, GDT, BSP registers), [`machine`] (the linear
@@ -23,6 +23,7 @@ pub mod devices;
 pub mod ioapic;
 pub mod layout;
 pub mod machine;
+#[cfg(feature = "probe")]
 pub mod probe;
 mod run;
 pub mod vcpu;
