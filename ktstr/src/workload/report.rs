@@ -108,9 +108,7 @@ pub struct Recorder {
 
 /// The CPU this thread runs on (vDSO `getcpu`; cheap).
 pub fn current_cpu() -> u32 {
-    // SAFETY: sched_getcpu takes no arguments and has no preconditions.
-    let c = unsafe { libc::sched_getcpu() };
-    c.max(0) as u32
+    nix::sched::sched_getcpu().map_or(0, |c| c as u32)
 }
 
 impl Recorder {
@@ -132,8 +130,7 @@ impl Recorder {
             rng: super::rng::XorShift64::per_process(0x9E37_79B9_7F4A_7C15),
             cpu_at_start: process_cpu_time_ns(),
             report: WorkerReport {
-                // SAFETY: getpid has no preconditions.
-                tid: unsafe { libc::getpid() },
+                tid: nix::unistd::getpid().as_raw(),
                 ..Default::default()
             },
         };
@@ -216,13 +213,10 @@ pub fn process_cpu_time_ns() -> u64 {
 
 /// Reads `clock` in ns.
 pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // A failed read counts as 0, as an untouched zeroed timespec did.
+    nix::time::clock_gettime(nix::time::ClockId::from_raw(clock)).map_or(0, |ts| {
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    })
 }
 
 /// Parses `/proc/<pid>/schedstat`: CPU time, run delay, timeslices.

@@ -1,15 +1,22 @@
 //! Forking workers: two-phase start (placed in their cgroup, pinned and given their policy
 //! before they run a single iteration), stop through SIGUSR1, reports back over a pipe.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sched::CpuSet;
+use nix::sys::signal::{kill, pthread_sigmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{setpgid, Pid};
+
 use super::report::{ExitInfo, WorkerReport};
 use super::types::{check_group_size, GroupSizeError, WorkType};
-use super::worker::{self, GroupShared, WorkerCtx};
-use crate::host_cpus::cpu_set;
+use super::worker::{self, GroupShared, PairPipes, WorkerCtx};
 
 /// Where a worker may run.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -81,9 +88,13 @@ pub enum WorkloadError {
 }
 
 fn sys(what: impl Into<String>) -> WorkloadError {
+    sys_errno(what, Errno::last())
+}
+
+fn sys_errno(what: impl Into<String>, e: Errno) -> WorkloadError {
     WorkloadError::Sys {
         what: what.into(),
-        source: std::io::Error::last_os_error(),
+        source: e.into(),
     }
 }
 
@@ -108,23 +119,18 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), WorkloadError> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(sys("pipe2"));
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| sys_errno("pipe2", e))
 }
 
 /// Pins `pid` to `cpus`.
 pub fn set_affinity(pid: i32, cpus: &[u32]) -> Result<(), WorkloadError> {
-    let set = cpu_set(cpus);
-    // SAFETY: valid set pointer and size.
-    if unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(sys(format!("sched_setaffinity({pid}, {cpus:?})")));
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        // CPUs past the set's size are skipped, as `host_cpus::cpu_set` skips them.
+        let _ = set.set(c as usize);
     }
-    Ok(())
+    nix::sched::sched_setaffinity(Pid::from_raw(pid), &set)
+        .map_err(|e| sys_errno(format!("sched_setaffinity({pid}, {cpus:?})"), e))
 }
 
 /// Applies a scheduling policy to `pid`.
@@ -139,7 +145,8 @@ pub fn set_policy(pid: i32, p: SchedPolicy) -> Result<(), WorkloadError> {
     let param = libc::sched_param {
         sched_priority: prio,
     };
-    // SAFETY: valid param pointer.
+    // SAFETY: `param` is a live sched_param the call only reads. (nix 0.31 has no
+    // sched_setscheduler wrapper.)
     if unsafe { libc::sched_setscheduler(pid, pol, &param) } != 0 {
         return Err(sys(format!("sched_setscheduler({pid}, {p:?})")));
     }
@@ -195,9 +202,9 @@ impl WorkloadHandle {
             for index in 0..gsize {
                 let pipes = pair_pipes.as_ref().map(|(ab, ba)| {
                     if index == 0 {
-                        (ba.0.as_raw_fd(), ab.1.as_raw_fd())
+                        (ba.0.as_fd(), ab.1.as_fd())
                     } else {
-                        (ab.0.as_raw_fd(), ba.1.as_raw_fd())
+                        (ab.0.as_fd(), ba.1.as_fd())
                     }
                 });
                 let w = fork_worker(cfg, index, shared.cast(), pipes)?;
@@ -222,8 +229,9 @@ impl WorkloadHandle {
         let at = super::worker::mono_ns().to_ne_bytes();
         for w in &mut self.workers {
             if let Some(fd) = w.release.take() {
-                // SAFETY: 8 bytes from a valid buffer to our pipe end (atomic: < PIPE_BUF).
-                unsafe { libc::write(fd.as_raw_fd(), at.as_ptr().cast(), at.len()) };
+                // 8 bytes: one atomic write (< PIPE_BUF). A worker already gone shows up at
+                // collection.
+                let _ = nix::unistd::write(&fd, &at);
             }
         }
         self.started = true;
@@ -234,8 +242,7 @@ impl WorkloadHandle {
     /// another handle is being collected.
     pub fn signal_stop(&self) {
         for w in &self.workers {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(w.pid, libc::SIGUSR1) };
+            let _ = kill(Pid::from_raw(w.pid), Signal::SIGUSR1);
         }
     }
 
@@ -243,8 +250,7 @@ impl WorkloadHandle {
     /// `grace` (e.g. because it never gets a CPU) is killed and reported with `exit_info`.
     pub fn stop_and_collect(mut self, grace: Duration) -> Vec<WorkerReport> {
         for w in &self.workers {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(w.pid, libc::SIGUSR1) };
+            let _ = kill(Pid::from_raw(w.pid), Signal::SIGUSR1);
         }
         let deadline = Instant::now() + grace;
         let mut out = Vec::new();
@@ -260,10 +266,12 @@ impl WorkloadHandle {
                     ..Default::default()
                 },
             };
-            // SAFETY: killing and reaping our own child (no-op if it already exited).
-            unsafe { libc::kill(w.pid, libc::SIGKILL) };
+            // Kill (no-op if it already exited) and reap our own child.
+            let _ = kill(Pid::from_raw(w.pid), Signal::SIGKILL);
             let mut st = 0;
-            // SAFETY: reaping our own child into a local status word.
+            // SAFETY: `st` is a live local the call writes the status word into. Raw waitpid,
+            // not nix's: nix cannot decode a death by a real-time signal (it reaps the child,
+            // then returns EINVAL), and that death must still be reported.
             unsafe { libc::waitpid(w.pid, &mut st, 0) };
             w.reaped = true;
             // How the process ended says more than a missing report: a worker that exited
@@ -288,22 +296,15 @@ fn read_until(fd: &OwnedFd, deadline: Instant) -> (Vec<u8>, Option<String>) {
         if left.is_zero() {
             return (out, Some("did not report before the stop deadline".into()));
         }
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
-        if n <= 0 {
+        let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+        if !matches!(nix::poll::poll(&mut pfd, timeout), Ok(n) if n > 0) {
             continue;
         }
-        // SAFETY: reading into a valid buffer.
-        let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        match r {
-            0 => return (out, None),
-            r if r < 0 => return (out, Some(std::io::Error::last_os_error().to_string())),
-            r => out.extend_from_slice(&buf[..r as usize]),
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return (out, None),
+            Ok(r) => out.extend_from_slice(&buf[..r]),
+            Err(e) => return (out, Some(std::io::Error::from(e).to_string())),
         }
     }
 }
@@ -336,35 +337,29 @@ fn fork_worker(
     cfg: &WorkloadConfig,
     index: u32,
     shared: *mut GroupShared,
-    pipes: Option<(i32, i32)>,
+    pipes: Option<PairPipes<'_>>,
 ) -> Result<Worker, WorkloadError> {
     let (rel_r, rel_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
     // SIGUSR1 stays blocked across the fork until the child has its handler: a stop that
     // arrives that early must set the flag, not kill the worker by the default action.
-    // SAFETY: plain signal-mask manipulation with valid set pointers.
-    let old = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGUSR1);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        old
-    };
+    let mut block = SigSet::empty();
+    block.add(Signal::SIGUSR1);
+    let mut old = SigSet::empty();
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&block), Some(&mut old));
     // SAFETY: the child runs only the worker loop and then _exits; it never returns into the
     // parent's code. glibc makes malloc usable after fork.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         child(cfg, index, shared, pipes, rel_r, rep_w, &old);
     }
-    // SAFETY: restoring the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     if pid < 0 {
         return Err(sys("fork of a worker"));
     }
-    // SAFETY: putting our own child in its own process group (also done by the child; the
-    // double call closes the race either way).
-    unsafe { libc::setpgid(pid, pid) };
+    // Our child in its own process group (also done by the child; the double call closes the
+    // race either way).
+    let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
     drop(rel_r);
     drop(rep_w);
     Ok(Worker {
@@ -379,21 +374,23 @@ fn child(
     cfg: &WorkloadConfig,
     index: u32,
     shared: *mut GroupShared,
-    pipes: Option<(i32, i32)>,
+    pipes: Option<PairPipes<'_>>,
     release: OwnedFd,
     report: OwnedFd,
-    old_mask: &libc::sigset_t,
+    old_mask: &SigSet,
 ) -> ! {
-    // SAFETY: async-signal-safe setup in the fresh child: own process group, die with the
-    // parent, a SIGUSR1 handler that only stores an atomic.
+    // Async-signal-safe setup in the fresh child (thin wrappers, no allocation): own process
+    // group, die with the parent, a SIGUSR1 handler, then the saved mask back.
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // SAFETY: `sa` is fully initialised (zeroed: empty mask, no flags) and names a handler
+    // that only stores an atomic, which is async-signal-safe. (nix's sigaction is unsafe too.)
     unsafe {
-        libc::setpgid(0, 0);
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigusr1 as *const () as usize;
         libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
-        libc::pthread_sigmask(libc::SIG_SETMASK, old_mask, std::ptr::null_mut());
     }
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
     if let Some((mode, mask)) = &cfg.mem_policy {
         // SAFETY: set_mempolicy reads `mask.len() * 64` bits from a live buffer.
         let rc = unsafe {
@@ -414,10 +411,9 @@ fn child(
         }
     }
     let mut b = [0u8; 8];
-    // SAFETY: blocking read of the release time (8 bytes, written atomically); EOF means the
-    // parent gave up.
-    let n = unsafe { libc::read(release.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
-    if n != b.len() as isize {
+    // Blocking read of the release time (8 bytes, written atomically); EOF means the parent
+    // gave up.
+    if !matches!(nix::unistd::read(&release, &mut b), Ok(8)) {
         // SAFETY: exit without running the parent's destructors.
         unsafe { libc::_exit(3) };
     }
@@ -437,18 +433,10 @@ fn child(
     let bytes = serde_json::to_vec(&rep).unwrap_or_default();
     let mut off = 0;
     while off < bytes.len() {
-        // SAFETY: writing from a valid buffer to our pipe end.
-        let n = unsafe {
-            libc::write(
-                report.as_raw_fd(),
-                bytes[off..].as_ptr().cast(),
-                bytes.len() - off,
-            )
-        };
-        if n <= 0 {
-            break;
+        match nix::unistd::write(&report, &bytes[off..]) {
+            Ok(n) if n > 0 => off += n,
+            _ => break,
         }
-        off += n as usize;
     }
     // SAFETY: exit without running the parent's destructors or atexit handlers.
     unsafe { libc::_exit(0) }
@@ -458,13 +446,10 @@ impl Drop for WorkloadHandle {
     fn drop(&mut self) {
         for w in &self.workers {
             if !w.reaped {
-                // SAFETY: killing our own child's process group and reaping the child.
-                unsafe {
-                    libc::kill(-w.pid, libc::SIGKILL);
-                    libc::kill(w.pid, libc::SIGKILL);
-                    let mut st = 0;
-                    libc::waitpid(w.pid, &mut st, 0);
-                }
+                // Kill our child's process group and the child, then reap it.
+                let _ = kill(Pid::from_raw(-w.pid), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(w.pid), Signal::SIGKILL);
+                let _ = waitpid(Pid::from_raw(w.pid), None);
             }
         }
         for (p, len) in self.groups.drain(..) {

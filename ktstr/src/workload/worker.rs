@@ -2,8 +2,13 @@
 
 use std::hint::black_box;
 use std::io::Write;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags};
+use nix::sched::CpuSet;
+use nix::unistd::Pid;
 
 use super::report::{clock_ns, Recorder, WorkerReport};
 use super::rng::XorShift64;
@@ -22,7 +27,7 @@ pub struct GroupShared {
 }
 
 /// Pipe ends of a pipe-exchanging pair member: (read from partner, write to partner).
-pub type PairPipes = (i32, i32);
+pub type PairPipes<'a> = (BorrowedFd<'a>, BorrowedFd<'a>);
 
 /// Everything a worker loop needs besides its work type.
 pub struct WorkerCtx<'a> {
@@ -35,7 +40,7 @@ pub struct WorkerCtx<'a> {
     /// The group's shared state, for group work types.
     pub group: Option<&'a GroupShared>,
     /// Pipes to the partner, for pipe work types.
-    pub pipes: Option<PairPipes>,
+    pub pipes: Option<PairPipes<'a>>,
 }
 
 /// CLOCK_MONOTONIC in ns (shared by all processes, unlike `Instant`'s opaque value).
@@ -79,8 +84,7 @@ fn futex_wake(word: &AtomicU32, n: i32) {
 }
 
 fn yield_now() {
-    // SAFETY: no preconditions.
-    unsafe { libc::sched_yield() };
+    let _ = nix::sched::sched_yield();
 }
 
 /// Sleeps `d` and records how late the wake-up came.
@@ -198,9 +202,7 @@ fn fork_exit(rec: &mut Recorder, stop: &AtomicBool) {
             unsafe { libc::_exit(0) };
         }
         if pid > 0 {
-            let mut st = 0;
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(pid, &mut st, 0) };
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
         }
         rec.tick(1);
     }
@@ -211,7 +213,8 @@ fn nice_sweep(rec: &mut Recorder, stop: &AtomicBool) {
     let mut nice = -20;
     while !stop.load(Ordering::Relaxed) {
         spin(512);
-        // SAFETY: changes only this process's nice value.
+        // SAFETY: integer arguments only; changes only this process's nice value. (nix 0.31
+        // has no setpriority wrapper.)
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
         nice = if nice >= 19 { -20 } else { nice + 1 };
         yield_now();
@@ -227,7 +230,8 @@ fn policy_churn(rec: &mut Recorder, stop: &AtomicBool, spin_iters: u64) {
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
         let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: changes only this process's policy; param is valid.
+        // SAFETY: `param` is a live sched_param the call only reads; changes only this
+        // process's policy. (nix 0.31 has no sched_setscheduler wrapper.)
         unsafe { libc::sched_setscheduler(0, policies[i % 3], &param) };
         i += 1;
         spin(spin_iters);
@@ -285,24 +289,16 @@ fn pipe_io(rec: &mut Recorder, ctx: &WorkerCtx, burst_iters: u64) {
         if my_turn {
             spin(burst_iters);
             g.wake_ns.store(mono_ns(), Ordering::Release);
-            // SAFETY: writing one byte from a valid buffer to our pipe end.
-            unsafe { libc::write(wr, byte.as_ptr().cast(), 1) };
+            let _ = nix::unistd::write(wr, &byte);
             rec.tick(1);
             my_turn = false;
         } else {
-            let mut pfd = libc::pollfd {
-                fd: rd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, POLL_SLICE.as_millis() as i32) };
-            if n == 1 {
-                // SAFETY: reading one byte into a valid buffer.
-                if unsafe { libc::read(rd, byte.as_mut_ptr().cast(), 1) } == 1 {
-                    rec.latency(mono_ns().saturating_sub(g.wake_ns.load(Ordering::Acquire)));
-                    my_turn = true;
-                }
+            let mut pfd = [PollFd::new(rd, PollFlags::POLLIN)];
+            if matches!(poll(&mut pfd, POLL_SLICE.as_millis() as u16), Ok(1))
+                && matches!(nix::unistd::read(rd, &mut byte), Ok(1))
+            {
+                rec.latency(mono_ns().saturating_sub(g.wake_ns.load(Ordering::Acquire)));
+                my_turn = true;
             }
         }
     }
@@ -358,25 +354,18 @@ fn fan_out(rec: &mut Recorder, ctx: &WorkerCtx, spin_iters: u64) {
 }
 
 fn affinity_churn(rec: &mut Recorder, stop: &AtomicBool, spin_iters: u64) {
-    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
-    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out-pointer and size.
-    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) };
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: index within CPU_SETSIZE.
-        .filter(|c| unsafe { libc::CPU_ISSET(*c, &allowed) })
+    // If the query fails the set is empty and the loop never runs.
+    let allowed = nix::sched::sched_getaffinity(Pid::from_raw(0)).unwrap_or_else(|_| CpuSet::new());
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|c| allowed.is_set(*c).unwrap_or(false))
         .collect();
     let mut rng = XorShift64::per_process(0x2545_F491_4F6C_DD1D);
     while !stop.load(Ordering::Relaxed) && !cpus.is_empty() {
         let cpu = cpus[rng.below(cpus.len() as u64) as usize];
-        // SAFETY: zeroed cpu_set_t is valid; CPU_SET index < CPU_SETSIZE.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid cpu_set_t and `cpu` is below CPU_SETSIZE (it came from
-        // the allowed set); setting our own affinity from a valid set touches nothing else.
-        unsafe {
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+        let mut set = CpuSet::new();
+        // `cpu` came from the allowed set, so it is in range.
+        let _ = set.set(cpu);
+        let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &set);
         spin(spin_iters);
         rec.tick(1);
     }
@@ -414,12 +403,13 @@ fn page_fault_churn(
             // SAFETY: page < pages, so the byte lies inside the mapping.
             unsafe { std::ptr::write_volatile((p as *mut u8).add(page * 4096), 1) };
         }
-        // SAFETY: drops our own pages; later touches fault them back in.
+        // SAFETY: drops our own private pages (only raw-pointer writes reach them, no
+        // references); later touches fault in zeroed pages.
         unsafe { libc::madvise(p, len, libc::MADV_DONTNEED) };
         spin(spin_iters);
         rec.tick(1);
     }
-    // SAFETY: unmapping the mapping created above.
+    // SAFETY: unmapping the mapping created above; `p` is not used afterwards.
     unsafe { libc::munmap(p, len) };
 }
 
