@@ -69,6 +69,10 @@ pub struct MonitorSummary {
     /// the interval or more, or because the whole guest stood still (its jiffies did not
     /// advance).
     pub preempted_intervals: u64,
+    /// CPU-intervals judged in all (samples less one, times CPUs): the base of
+    /// `preempted_intervals`.
+    #[serde(default)]
+    pub cpu_intervals: u64,
     /// Samples taken before the guest's runqueues were set up.
     pub uninitialized_samples: u64,
     /// sched_ext's state in the last sample (`SCX_OPS_ENABLED`, ...).
@@ -91,6 +95,14 @@ pub struct MonitorSummary {
 }
 
 impl MonitorSummary {
+    /// The share of CPU-intervals lost to the host, when it is large enough to say so (a
+    /// tenth or more): an overcommitted or nested host, whose scheduling the guest's own
+    /// timings then contain.
+    pub fn host_contention(&self) -> Option<f64> {
+        let share = self.preempted_intervals as f64 / self.cpu_intervals.max(1) as f64;
+        (self.cpu_intervals > 0 && share >= 0.1).then_some(share)
+    }
+
     /// A few lines for a failure report's `--- monitor ---` section.
     pub fn describe(&self) -> String {
         if let Some(u) = &self.unavailable {
@@ -123,6 +135,12 @@ impl MonitorSummary {
                 f(self.avg_local_dsq_depth)
             ),
         ];
+        if let Some(share) = self.host_contention() {
+            out.push(format!(
+                "host contention: in {:.0}% of CPU-intervals a vCPU waited for a host CPU half the time or more, or the guest was stopped as a whole; latencies and gaps measured in the guest include that time, which is the host's, not the scheduler's",
+                share * 100.0
+            ));
+        }
         for st in &self.stalls {
             out.push(format!(
                 "stall: CPU {} clock still for {} ms ({} samples) from {} ms, {} runnable",
@@ -244,6 +262,7 @@ pub fn summarize(
     }
     let (stalls, preempted) = stalls(&valid, n as u64);
     out.preempted_intervals = preempted;
+    out.cpu_intervals = (valid.len().saturating_sub(1) * valid[0].cpus.len()) as u64;
     out.stall_count = stalls.len() as u64;
     out.stall_detected = !stalls.is_empty();
     out.stalls = stalls;

@@ -197,6 +197,33 @@ fn a_guest_whose_jiffies_stood_still_was_stopped_as_a_whole_not_stalled() {
 }
 
 #[test]
+fn heavy_host_contention_is_named_in_the_report() {
+    // CPU 0's host thread waits most of every other interval: 2 CPUs × 19 intervals, 10 lost.
+    let mut r = run(20, |_, _| (100_000_000, 1, 0), 2);
+    let mut wait = 0;
+    for (i, s) in r.samples.iter_mut().enumerate() {
+        if i % 2 == 1 && i < 20 {
+            wait += 80_000_000;
+        }
+        s.cpus[0].host_wait_ns = Some(wait);
+    }
+    let s = summarize(&r, 5, name);
+    assert_eq!((s.preempted_intervals, s.cpu_intervals), (10, 38), "{s:?}");
+    let share = s.host_contention().expect("26% is named");
+    assert!((share - 10.0 / 38.0).abs() < 1e-9);
+    assert!(
+        s.describe()
+            .contains("host contention: in 26% of CPU-intervals"),
+        "{}",
+        s.describe()
+    );
+    // Under a tenth: not named.
+    let quiet = summarize(&run(20, |_, _| (100_000_000, 1, 0), 2), 5, name);
+    assert_eq!(quiet.host_contention(), None);
+    assert!(!quiet.describe().contains("host contention"));
+}
+
+#[test]
 fn samples_before_the_runqueues_exist_are_ignored() {
     let mut r = run(20, |_, _| (100_000_000, 1, 0), 2);
     for s in r.samples.iter_mut().take(5) {
