@@ -73,7 +73,8 @@ pub struct MonitorSummary {
     /// `preempted_intervals`.
     #[serde(default)]
     pub cpu_intervals: u64,
-    /// Samples taken before the guest's runqueues were set up.
+    /// Samples taken before the guest's runqueues were set up or before its init started
+    /// (the kernel's boot is not judged).
     pub uninitialized_samples: u64,
     /// sched_ext's state in the last sample (`SCX_OPS_ENABLED`, ...).
     pub scx_state: Option<String>,
@@ -112,7 +113,7 @@ impl MonitorSummary {
         let i = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
         let mut out = vec![
             format!(
-                "{} samples every {} ms (sustained = {} samples); {} before the runqueues existed, {} CPU-intervals skipped as host-preempted; the monitor used {} ms of host CPU ({}% of one CPU)",
+                "{} samples every {} ms (sustained = {} samples); {} before init started (boot is not judged), {} CPU-intervals skipped as host-preempted; the monitor used {} ms of host CPU ({}% of one CPU)",
                 self.total_samples,
                 self.period_ms,
                 self.sustained_samples,
@@ -229,7 +230,12 @@ pub fn summarize(
         )],
         ..Default::default()
     };
-    let valid: Vec<&Sample> = rec.samples.iter().filter(|s| initialized(s)).collect();
+    let from = rec.judged_from_ms.unwrap_or(0);
+    let valid: Vec<&Sample> = rec
+        .samples
+        .iter()
+        .filter(|s| s.at_ms >= from && initialized(s))
+        .collect();
     out.uninitialized_samples = (rec.samples.len() - valid.len()) as u64;
     out.scx_state = rec.samples.last().and_then(|s| s.scx_state).map(state_name);
     if valid.is_empty() {

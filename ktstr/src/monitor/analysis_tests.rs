@@ -196,6 +196,79 @@ fn a_guest_whose_jiffies_stood_still_was_stopped_as_a_whole_not_stalled() {
     assert_eq!(s.stalls[0].cpu, 1);
 }
 
+/// The KVM lane's false alarm: during the kernel's boot (8 s there) a CPU's runqueue clock
+/// stood still for 0.5-0.8 s with one task. Boot is not judged: only samples from init's hello.
+#[test]
+fn the_kernels_boot_is_not_judged() {
+    let mut r = run(
+        40,
+        |i, c| match (c, i) {
+            (1, 5..=14) => (0, 1, 0),
+            _ => (100_000_000, 1, 0),
+        },
+        2,
+    );
+    assert!(summarize(&r, 5, name).stall_detected);
+    // Init said hello at 1.5 s: the stall (0.5-1.4 s) was boot.
+    r.judged_from_ms = Some(1500);
+    let s = summarize(&r, 5, name);
+    assert!(!s.stall_detected, "{s:?}");
+    assert_eq!(s.uninitialized_samples, 15);
+    assert!(
+        s.describe().contains("15 before init started"),
+        "{}",
+        s.describe()
+    );
+}
+
+/// Uninitialized samples: one CPU whose clock is 0, or several CPUs whose clocks are all the
+/// same (the runqueues' static image), are not judged; one CPU with a clock is.
+#[test]
+fn a_single_cpu_is_initialized_once_its_clock_runs() {
+    let one = |clock: u64| Sample {
+        cpus: vec![CpuSample {
+            clock,
+            nr_running: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(!initialized(&one(0)));
+    assert!(initialized(&one(5)));
+    let two = |a: u64, b: u64| Sample {
+        cpus: [a, b]
+            .iter()
+            .map(|&clock| CpuSample {
+                clock,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    assert!(!initialized(&two(7, 7)));
+    assert!(!initialized(&two(0, 0)));
+    assert!(initialized(&two(7, 9)));
+    assert!(initialized(&two(0, 9)));
+}
+
+/// The ratio is max over min (not a product), and the means are the samples' means.
+#[test]
+fn imbalance_is_a_ratio_and_means_are_means() {
+    let r = run(
+        10,
+        |_, c| match c {
+            0 => (100_000_000, 4, 3),
+            _ => (100_000_000, 2, 1),
+        },
+        2,
+    );
+    let s = summarize(&r, 5, name);
+    assert_eq!(s.max_imbalance_ratio, Some(2.0), "{s:?}");
+    assert_eq!(s.avg_imbalance_ratio, Some(2.0), "{s:?}");
+    assert_eq!(s.avg_nr_running, Some(3.0), "{s:?}");
+    assert_eq!(s.avg_local_dsq_depth, Some(2.0), "{s:?}");
+}
+
 #[test]
 fn heavy_host_contention_is_named_in_the_report() {
     // CPU 0's host thread waits most of every other interval: 2 CPUs × 19 intervals, 10 lost.

@@ -88,6 +88,11 @@ pub struct Recording {
     pub cpu_us: Option<u64>,
     /// How long the monitor ran, in ms.
     pub ran_ms: u64,
+    /// When the guest's init said hello, in ms of the monitor's clock: samples before it are
+    /// the kernel's boot, which is not judged (a CPU being brought up, an initcall, is no
+    /// scheduler's stall). `None`: init never started; everything is judged.
+    #[serde(default)]
+    pub judged_from_ms: Option<u64>,
 }
 
 /// Where the host threads that run each vCPU are: `/proc/{pid}/task/*/comm` names.

@@ -111,6 +111,7 @@ impl Session {
         started: Instant,
         monitor: Option<MonitorTarget>,
     ) -> Finished {
+        let monitor_t0 = Instant::now();
         let monitor_run = self
             .monitor
             .as_ref()
@@ -153,7 +154,12 @@ impl Session {
         let end = machine.halt(end);
         // No guest code runs now: read what it left in the channel, and the last sample.
         channel.poll(machine);
-        let recording = monitor_run.map(crate::monitor::finish);
+        let recording = monitor_run.map(crate::monitor::finish).map(|mut r| {
+            r.judged_from_ms = channel
+                .hello_at
+                .map(|h| h.saturating_duration_since(monitor_t0).as_millis() as u64);
+            r
+        });
         let st = self.console.state();
         let end = classify(end, st.panic().map(|(m, _)| m));
         Finished {
