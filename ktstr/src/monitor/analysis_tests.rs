@@ -269,6 +269,29 @@ fn imbalance_is_a_ratio_and_means_are_means() {
     assert_eq!(s.avg_local_dsq_depth, Some(2.0), "{s:?}");
 }
 
+/// The summary carries the exit record and says why the event counters are null; the mean of
+/// nothing is none.
+#[test]
+fn the_summary_keeps_the_exit_record_and_the_counters_note() {
+    let mut r = run(10, |_, _| (100_000_000, 1, 0), 2);
+    let exit = crate::monitor::sampler::ScxExit {
+        kind: "SCX_EXIT_ERROR_STALL".into(),
+        reason: "runnable task stall".into(),
+        msg: "kworker/1:1 failed to run for 5s".into(),
+    };
+    r.scx_exit = Some(exit.clone());
+    let s = summarize(&r, 5, name);
+    assert_eq!(s.scx_exit, Some(exit));
+    assert!(
+        s.notes.iter().any(|n| n.contains(NO_EVENT_COUNTERS)),
+        "{:?}",
+        s.notes
+    );
+    assert!(s.describe().contains("SCX_EXIT_ERROR_STALL"));
+    assert_eq!(mean(std::iter::empty()), None);
+    assert_eq!(mean([1.0, 2.0].into_iter()), Some(1.5));
+}
+
 #[test]
 fn heavy_host_contention_is_named_in_the_report() {
     // CPU 0's host thread waits most of every other interval: 2 CPUs × 19 intervals, 10 lost.
