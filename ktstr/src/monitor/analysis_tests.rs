@@ -292,6 +292,64 @@ fn the_summary_keeps_the_exit_record_and_the_counters_note() {
     assert_eq!(mean([1.0, 2.0].into_iter()), Some(1.5));
 }
 
+/// An interval counts toward a stall only when the CPU had tasks at both ends: one that
+/// became runnable (or emptied) within it may not have ticked yet. Small host waits (under
+/// half the interval, in ns) do not excuse a stall.
+#[test]
+fn a_stall_needs_tasks_at_both_ends_of_each_interval() {
+    // CPU 1 still from sample 10 to 15; tasks at samples 11-15 (became runnable after 10).
+    let rising = |i: usize, c: usize| match (c, i) {
+        (1, 10) => (0, 0, 0),
+        (1, 11..=15) => (0, 2, 0),
+        _ => (100_000_000, 1, 0),
+    };
+    let mut r = run(30, rising, 2);
+    for (i, s) in r.samples.iter_mut().enumerate() {
+        s.cpus[1].host_wait_ns = Some(i as u64 * 10_000_000); // 10 ms per 100 ms interval
+    }
+    // 11→15 is 4 intervals with tasks at both ends: under 5.
+    let s5 = summarize(&r, 5, name);
+    assert!(!s5.stall_detected, "{:?}", s5.stalls);
+    assert!(summarize(&r, 4, name).stall_detected);
+    // Clock still from sample 10 to 15, tasks at 10-14, gone at 15: again 4.
+    let falling = |i: usize, c: usize| match (c, i) {
+        (1, 10) => (100_000_000, 2, 0),
+        (1, 11..=14) => (0, 2, 0),
+        (1, 15) => (0, 0, 0),
+        _ => (100_000_000, 1, 0),
+    };
+    let r = run(30, falling, 2);
+    assert!(!summarize(&r, 5, name).stall_detected);
+    assert!(summarize(&r, 4, name).stall_detected);
+}
+
+/// With host data but no jiffies, every clock standing still with tasks queued is a stall of
+/// every CPU (the host says the vCPUs were not kept waiting); the monitor's own CPU share
+/// needs a run time to divide by.
+#[test]
+fn all_cpus_still_with_host_data_is_a_stall_of_each() {
+    let mut r = run(
+        20,
+        |i, _| {
+            if i >= 5 {
+                (0, 2, 0)
+            } else {
+                (100_000_000, 2, 0)
+            }
+        },
+        2,
+    );
+    for s in &mut r.samples {
+        s.jiffies = None;
+    }
+    r.cpu_us = Some(5000);
+    r.ran_ms = 0;
+    let s = summarize(&r, 5, name);
+    assert_eq!(s.stalls.len(), 2, "{s:?}");
+    assert_eq!(s.monitor_cpu_pct, None);
+    assert_eq!(s.monitor_cpu_ms, Some(5.0));
+}
+
 #[test]
 fn heavy_host_contention_is_named_in_the_report() {
     // CPU 0's host thread waits most of every other interval: 2 CPUs × 19 intervals, 10 lost.
