@@ -350,6 +350,26 @@ fn all_cpus_still_with_host_data_is_a_stall_of_each() {
     assert_eq!(s.monitor_cpu_ms, Some(5.0));
 }
 
+/// Two stalls of one CPU: the longer is reported, whichever came first.
+#[test]
+fn of_two_stalls_of_a_cpu_the_longer_is_kept() {
+    let episodes = |first: usize, second: usize| {
+        move |i: usize, c: usize| {
+            let (a, b) = (5..5 + first, 20..20 + second);
+            if c == 1 && (a.contains(&i) || b.contains(&i)) {
+                (0, 2, 0)
+            } else {
+                (100_000_000, 2, 0)
+            }
+        }
+    };
+    let s = summarize(&run(40, episodes(6, 9), 2), 5, name);
+    assert_eq!(s.stalls.len(), 1, "{s:?}");
+    assert_eq!(s.stalls[0].samples, 9);
+    let s = summarize(&run(40, episodes(9, 6), 2), 5, name);
+    assert_eq!(s.stalls[0].samples, 9, "{s:?}");
+}
+
 #[test]
 fn heavy_host_contention_is_named_in_the_report() {
     // CPU 0's host thread waits most of every other interval: 2 CPUs × 19 intervals, 10 lost.
