@@ -367,6 +367,7 @@ mod tests {
         }
         let mut layout = KernelLayout::default();
         layout.symbols.linux_banner = 0xffff_ffff_8100_0000;
+        let t = std::time::Instant::now();
         let h = start(
             Arc::new(layout),
             Arc::new(NoRam),
@@ -381,7 +382,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         let r = h.finish();
         assert!(r.samples.is_empty());
-        assert!(r.ran_ms >= 30, "{r:?}");
+        // The thread's own clock: within the test's, and running (a loaded host may start
+        // the thread late, so no lower bound beyond that).
+        assert!(r.ran_ms > 0 && r.ran_ms as u128 <= t.elapsed().as_millis(), "{r:?}");
         if std::path::Path::new("/proc/thread-self/schedstat").exists() {
             assert!(r.cpu_us.is_some(), "{r:?}");
         }
