@@ -585,6 +585,13 @@ mod tests {
         assert!(
             at("  Monitor: CPU 3") < at("--- scheduler log ---").min(at("--- diagnostics ---"))
         );
+        // The reason is a line of its own, right after the guest's reasons.
+        assert!(
+            v.report
+                .contains("  Starved: worker 7 made no progress\n  Monitor: CPU 3 stalled"),
+            "{}",
+            v.report
+        );
         assert!(
             at("--- monitor ---") < at("--- console tail ---"),
             "{}",
