@@ -350,7 +350,8 @@ fn all_cpus_still_with_host_data_is_a_stall_of_each() {
     assert_eq!(s.monitor_cpu_ms, Some(5.0));
 }
 
-/// Two stalls of one CPU: the longer is reported, whichever came first.
+/// Two stalls of one CPU: the longer is reported, whichever came first (of two as long, the
+/// earlier).
 #[test]
 fn of_two_stalls_of_a_cpu_the_longer_is_kept() {
     let episodes = |first: usize, second: usize| {
@@ -368,6 +369,9 @@ fn of_two_stalls_of_a_cpu_the_longer_is_kept() {
     assert_eq!(s.stalls[0].samples, 9);
     let s = summarize(&run(40, episodes(9, 6), 2), 5, name);
     assert_eq!(s.stalls[0].samples, 9, "{s:?}");
+    // Of two as long, the first.
+    let s = summarize(&run(40, episodes(6, 6), 2), 5, name);
+    assert_eq!(s.stalls[0].from_ms, 400, "{s:?}");
 }
 
 #[test]

@@ -384,7 +384,10 @@ mod tests {
         assert!(r.samples.is_empty());
         // The thread's own clock: within the test's, and running (a loaded host may start
         // the thread late, so no lower bound beyond that).
-        assert!(r.ran_ms > 0 && r.ran_ms as u128 <= t.elapsed().as_millis(), "{r:?}");
+        assert!(
+            r.ran_ms > 0 && r.ran_ms as u128 <= t.elapsed().as_millis(),
+            "{r:?}"
+        );
         if std::path::Path::new("/proc/thread-self/schedstat").exists() {
             assert!(r.cpu_us.is_some(), "{r:?}");
         }
