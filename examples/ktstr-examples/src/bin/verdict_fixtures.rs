@@ -75,29 +75,40 @@ fn body_hangs(_ctx: &Ctx) -> Result<AssertResult> {
     }
 }
 
-/// Appends a frame with a wrong checksum to the result channel (through /dev/mem, at the
-/// region `ktstr_shm=SIZE@ADDR` names on the kernel command line), waits for the host to read
-/// it, then passes: the case must fail on the corrupt channel all the same.
+/// Appends a frame with a wrong checksum to the result channel (mapped from /dev/mem at the
+/// region `ktstr_shm=SIZE@ADDR` names on the kernel command line, as the guest's own writer
+/// maps it: under the in-process VMM the region is not RAM, and read/write on /dev/mem refuse
+/// it with EFAULT), waits for the host to read it, then passes: the case must fail on the
+/// corrupt channel all the same.
 #[ktstr_test(llcs = 1, cores = 1)]
 fn channel_corrupted(_ctx: &Ctx) -> Result<AssertResult> {
-    use std::os::unix::fs::FileExt;
+    use std::os::fd::AsRawFd;
     let cmdline = std::fs::read_to_string("/proc/cmdline")?;
-    let region = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ktstr_shm="))
-        .ok_or_else(|| anyhow!("no ktstr_shm= on the kernel command line"))?;
-    let (_, addr) = region
-        .split_once('@')
-        .ok_or_else(|| anyhow!("ktstr_shm={region} has no @ADDR"))?;
-    let base = u64::from_str_radix(addr.trim_start_matches("0x"), 16)?;
+    let (size, base) = ktstr::protocol::parse_shm_arg(&cmdline).map_err(|e| anyhow!(e))?;
     let mem = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/mem")?;
+    // SAFETY: a shared mapping of the result region, which the kernel does not manage; only
+    // this function touches it through this mapping, and it is unmapped before returning.
+    let region = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            mem.as_raw_fd(),
+            base as libc::off_t,
+        )
+    };
+    if region == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let region = region.cast::<u8>();
+    let header = ktstr::shm::HEADER_LEN as usize;
     // Header: write_off (u64) at byte 24; frames start after the header.
-    let mut word = [0u8; 8];
-    mem.read_at(&mut word, base + 24)?;
-    let write_off = u64::from_le_bytes(word);
+    // SAFETY: byte 24 of the mapped region, 8-byte aligned (the region is page aligned).
+    let write_off = unsafe { std::ptr::read_volatile(region.add(24).cast::<u64>()) } as usize;
     // A frame header (kind 1, an out-of-order sequence number, 8 payload bytes) whose
     // checksum is wrong, then its payload.
     let mut frame = [0u8; ktstr::shm::FRAME_HEADER_LEN + 8];
@@ -106,11 +117,21 @@ fn channel_corrupted(_ctx: &Ctx) -> Result<AssertResult> {
     frame[8..12].copy_from_slice(&8u32.to_le_bytes());
     frame[12..16].copy_from_slice(&0xdead_beefu32.to_le_bytes());
     frame[16..24].copy_from_slice(b"garbage!");
-    mem.write_at(&frame, base + ktstr::shm::HEADER_LEN as u64 + write_off)?;
-    mem.write_at(&(write_off + frame.len() as u64).to_le_bytes(), base + 24)?;
+    if header + write_off + frame.len() > size as usize {
+        return Err(anyhow!("the result region is full"));
+    }
+    for (i, b) in frame.iter().enumerate() {
+        // SAFETY: within the mapped region (checked above).
+        unsafe { std::ptr::write_volatile(region.add(header + write_off + i), *b) };
+    }
+    let published = (write_off + frame.len()) as u64;
+    // SAFETY: the aligned write_off word of the mapped region, published after the frame.
+    unsafe { std::ptr::write_volatile(region.add(24).cast::<u64>(), published) };
     // The host polls the region; give it time to read the bad frame before the guest's own
     // writer (which keeps its own offset) writes the result over it.
     std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(region.cast(), size as usize) };
     Ok(AssertResult::pass())
 }
 
