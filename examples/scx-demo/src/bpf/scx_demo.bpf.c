@@ -415,6 +415,12 @@ void BPF_STRUCT_OPS(demo_dispatch, s32 cpu, struct task_struct *prev)
 void BPF_STRUCT_OPS(demo_tick, struct task_struct *p)
 {
 	maybe_crash();
+	/* The task that was running on the stalled CPU when the stall began is not
+	 * re-enqueued by itself (nothing kicks that CPU): end its slice, so it goes
+	 * through enqueue and is parked like the rest. Without this the stall did not
+	 * engage in about one run in six (the running spinner kept the CPU). */
+	if (p->tgid != self_tgid && cpu_stalled(bpf_get_smp_processor_id()))
+		p->scx.slice = 0;
 }
 
 s32 BPF_STRUCT_OPS_SLEEPABLE(demo_init)
