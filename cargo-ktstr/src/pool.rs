@@ -5,13 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use ktstr::runs::{self, LoadedRun, RunsError};
-use ktstr::sidecar::Sidecar;
-
-/// The runs root, by the same rule the sidecar writer follows
-/// ([`ktstr::sidecar::runs_root`]), so what a test run wrote is what these commands read.
-pub(crate) fn runs_root() -> PathBuf {
-    ktstr::sidecar::runs_root()
-}
+// The runs root is the sidecar writer's own rule, so what a test run wrote is what these
+// commands read.
+use ktstr::sidecar::{runs_root, Sidecar};
 
 /// The error for a runs root without runs, with what to do about it.
 pub(crate) fn no_runs(e: RunsError) -> anyhow::Error {

@@ -36,7 +36,7 @@ pub fn filterset<'a>(tests: impl IntoIterator<Item = &'a str>) -> String {
 
 /// Runs `replay`.
 pub fn run(a: ReplayArgs) -> Result<ExitCode> {
-    let root = a.dir.clone().unwrap_or_else(crate::pool::runs_root);
+    let root = a.dir.clone().unwrap_or_else(ktstr::sidecar::runs_root);
     let mut failed = BTreeSet::new();
     for (_, s) in crate::pool::load_pool(a.dir)? {
         // `passed` is recorded before `expect_err` is applied; a test that failed as it

@@ -11,7 +11,8 @@ use clap::{Args, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use ktstr::runs::{self, Verdict};
 
-use crate::pool::{load, load_pool, no_runs, runs_root};
+use crate::pool::{load, load_pool, no_runs};
+use ktstr::sidecar::runs_root;
 use ktstr::sidecar::Sidecar;
 
 /// Arguments of `cargo ktstr stats`.

@@ -429,21 +429,13 @@ pub fn evaluate(a: &Assert, runs: &[CgroupRun], time_scale: f64) -> AssertResult
     res
 }
 
-/// A limit as shown in a message, whole units: with the time scale when one applies.
-fn scaled(limit: f64, scale: f64) -> String {
+/// A limit as shown in a message (`shown`, already formatted), with the time scale when one
+/// applies.
+fn scaled(shown: String, scale: f64) -> String {
     if scale > 1.0 {
-        format!("{limit:.0} × time scale {scale}")
+        format!("{shown} × time scale {scale}")
     } else {
-        format!("{limit:.0}")
-    }
-}
-
-/// A limit as shown in a message, as given (µs from ns keep their fraction).
-fn scaled_us(limit: f64, scale: f64) -> String {
-    if scale > 1.0 {
-        format!("{limit} × time scale {scale}")
-    } else {
-        format!("{limit}")
+        shown
     }
 }
 
@@ -521,7 +513,7 @@ fn check_worker_limits(a: &Assert, cg: &str, w: &WorkerRun, scale: f64, res: &mu
                     r.tid,
                     w.work_type,
                     r.max_gap_ms,
-                    scaled(limit as f64, scale),
+                    scaled(format!("{:.0}", limit as f64), scale),
                     r.max_gap_cpu,
                     r.max_gap_at_ms
                 ),
@@ -603,7 +595,7 @@ fn check_cgroup(a: &Assert, run: &CgroupRun, scale: f64, res: &mut AssertResult)
                 // Both sides in µs: the limit is set in ns, the latency kept in µs.
                 format!(
                     "cgroup {cg}: p99 wake latency {p99:.1} µs > {} µs",
-                    scaled_us(max as f64 / 1e3, scale)
+                    scaled(format!("{}", max as f64 / 1e3), scale)
                 ),
             );
         }
