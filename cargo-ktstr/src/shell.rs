@@ -86,6 +86,8 @@ fn estimate_memory_mib(topo: &Topology, initramfs_bytes: u64) -> u64 {
 pub struct BusyboxVm {
     /// The VM spec (initramfs built, memory sized).
     pub spec: VmSpec,
+    /// Owns the per-VM archive `spec` names, which is deleted when this drops.
+    _initramfs: initramfs::Built,
 }
 
 impl BusyboxVm {
@@ -123,7 +125,10 @@ impl BusyboxVm {
             topology,
         );
         spec.memory_mib = memory_mib;
-        Ok(BusyboxVm { spec })
+        Ok(BusyboxVm {
+            spec,
+            _initramfs: built,
+        })
     }
 }
 
@@ -171,7 +176,11 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
         exec: a.exec.clone(),
         report_topology: false,
     };
-    let BusyboxVm { mut spec, .. } = BusyboxVm::prepare(
+    // `_archive` (not `_`) keeps the per-VM archive alive until the VM is done.
+    let BusyboxVm {
+        mut spec,
+        _initramfs: _archive,
+    } = BusyboxVm::prepare(
         a.kernel.as_deref(),
         backend,
         a.topology,

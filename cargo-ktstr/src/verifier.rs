@@ -414,7 +414,7 @@ fn run_vm(
         )),
         report_topology: false,
     };
-    let BusyboxVm { mut spec } = BusyboxVm::prepare(
+    let mut vmb = BusyboxVm::prepare(
         kernel_spec,
         backend,
         d.topology,
@@ -423,10 +423,10 @@ fn run_vm(
         &req,
         &[sched_bin.to_path_buf()],
     )?;
-    spec.console = ConsoleMode::Capture;
-    spec.timeout = Duration::from_secs(120 + 60 * profiles.len() as u64);
-    spec.cancel = Arc::new(AtomicBool::new(false));
-    let out = vm::run(backend, spec).context("running the VM")?;
+    vmb.spec.console = ConsoleMode::Capture;
+    vmb.spec.timeout = Duration::from_secs(120 + 60 * profiles.len() as u64);
+    vmb.spec.cancel = Arc::new(AtomicBool::new(false));
+    let out = vm::run(backend, vmb.spec).context("running the VM")?;
     let text: String = out
         .frames
         .iter()

@@ -29,9 +29,11 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::cache::{self, KeyHasher};
+use super::cache::{self, KeyHasher, RemoveOnDrop, Retention};
 use super::cpio::CpioWriter;
 use super::elf_deps::{inspect, is_elf, LibResolver, Placement};
 use super::error::InitramfsError;
@@ -44,10 +46,18 @@ const FORMAT_VERSION: u64 = 1;
 pub const INCLUDE_DIR: &str = "/include-files";
 /// Where the host busybox may be installed, in order of preference.
 pub const BUSYBOX_PATHS: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
-/// Final archives unused for this long are deleted (each is specific to one case).
-const FINAL_MAX_AGE: Duration = Duration::from_secs(3600);
-/// Bases and manifests unused for this long are deleted.
-const BASE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Per-case archives are deleted when their [`Built`] drops; one left by a process that died
+/// goes after this long (no VM of ours runs that long on one archive it has not read yet).
+const FINAL_RETENTION: Retention = Retention {
+    max_age: Duration::from_secs(3600),
+    max_bytes: u64::MAX,
+};
+/// Bases and manifests go when unused for a day, or beyond the newest 2 GiB (about twenty
+/// debug test binaries' worth).
+const BASE_RETENTION: Retention = Retention {
+    max_age: Duration::from_secs(24 * 3600),
+    max_bytes: 2 << 30,
+};
 
 /// What goes into a guest's initramfs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,9 +83,11 @@ pub struct InitramfsSpec {
 }
 
 /// A built initramfs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Built {
     /// The complete archive (base followed by the case part), ready to load as the initrd.
+    /// It is this build's own file, deleted when the last clone of this value drops: keep the
+    /// value alive until the VM has read it.
     pub path: PathBuf,
     /// Its size; the kernel unpacks it as is (no compression), so this is also what it costs
     /// in guest RAM, twice during unpacking.
@@ -84,6 +96,7 @@ pub struct Built {
     pub cache_hit: bool,
     /// The cached base archive alone, which `path` starts with.
     pub base: PathBuf,
+    _remove_when_done: Arc<RemoveOnDrop>,
 }
 
 /// Builds (or reuses) the initramfs for `spec`, caching under `cache_dir` (created if
@@ -105,14 +118,15 @@ pub fn build(spec: &InitramfsSpec, cache_dir: &Path) -> Result<Built, InitramfsE
         match assemble(cache_dir, &base, &base_key, &case) {
             Ok((path, uncompressed_bytes)) => {
                 let manifest = manifest_path(cache_dir, &shape);
-                cache::prune(cache_dir, &["initramfs-"], FINAL_MAX_AGE, &[&path]);
+                cache::prune(cache_dir, &["initramfs-"], FINAL_RETENTION, &[&path]);
                 cache::prune(
                     cache_dir,
                     &["base-", "manifest-"],
-                    BASE_MAX_AGE,
+                    BASE_RETENTION,
                     &[&base, &manifest],
                 );
                 return Ok(Built {
+                    _remove_when_done: Arc::new(RemoveOnDrop(path.clone())),
                     path,
                     uncompressed_bytes,
                     cache_hit,
@@ -439,15 +453,18 @@ fn assemble(
     base_key: &str,
     case: &[u8],
 ) -> Result<(PathBuf, u64), InitramfsError> {
+    // Each build gets its own file (process id and a counter in the name), because each is
+    // deleted when its owner is done and another process may be booting the same case.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let key = KeyHasher::default()
         .field(base_key.as_bytes())
         .field(case)
         .hex();
-    let path = cache_dir.join(format!("initramfs-{key}.cpio"));
-    if let Ok(m) = fs::metadata(&path) {
-        cache::touch(&path);
-        return Ok((path, m.len()));
-    }
+    let path = cache_dir.join(format!(
+        "initramfs-{key}-{}-{}.cpio",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     cache::write_atomic(&path, |out| {
         let mut src = File::open(base).map_err(|e| InitramfsError::io("open", base, e))?;
         // std::io::copy uses copy_file_range between files: no user-space copy.

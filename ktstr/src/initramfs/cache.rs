@@ -120,30 +120,69 @@ pub fn touch(path: &Path) {
     }
 }
 
-/// Deletes files in `dir` whose name starts with one of `prefixes` and that were not used for
-/// `max_age`, except `keep`. Also removes temporary files abandoned by crashed writers. Errors
-/// are ignored: pruning is housekeeping, and another process may be pruning too.
-pub fn prune(dir: &Path, prefixes: &[&str], max_age: Duration, keep: &[&Path]) {
+/// What [`prune`] keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Files unused for longer than this go.
+    pub max_age: Duration,
+    /// Of the rest, newest first, files go once the running total passes this many bytes:
+    /// many test binaries (or many builds in scratch target directories, as cargo-mutants
+    /// makes) each leave a base of ~100 MB, and a full disk fails everything else.
+    pub max_bytes: u64,
+}
+
+/// Deletes files in `dir` whose name starts with one of `prefixes` that `keep_for` does not
+/// retain, except `keep` (which still count towards the byte budget). Also removes temporary
+/// files abandoned by crashed writers. Errors are ignored: pruning is housekeeping, and another
+/// process may be pruning too.
+pub fn prune(dir: &Path, prefixes: &[&str], keep_for: Retention, keep: &[&Path]) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     let now = SystemTime::now();
+    let mut ours = Vec::new();
     for entry in rd.filter_map(Result::ok) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = prefixes.iter().any(|p| name.starts_with(p))
-            || (name.starts_with('.') && name.contains(".tmp-"));
-        let path = entry.path();
-        if !ours || keep.contains(&path.as_path()) {
+        let abandoned = name.starts_with('.') && name.contains(".tmp-");
+        if !abandoned && !prefixes.iter().any(|p| name.starts_with(p)) {
             continue;
         }
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
+        let Ok(meta) = entry.metadata() else { continue };
+        let age = meta
+            .modified()
             .ok()
             .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > max_age);
-        if old {
+            .unwrap_or_default();
+        ours.push((entry.path(), age, meta.len(), abandoned));
+    }
+    ours.sort_by_key(|&(_, age, _, _)| age);
+    let mut total: u64 = keep
+        .iter()
+        .filter_map(|k| fs::metadata(k).ok())
+        .map(|m| m.len())
+        .sum();
+    for (path, age, len, abandoned) in ours {
+        if keep.contains(&path.as_path()) {
+            continue;
+        }
+        total = total.saturating_add(len);
+        let stale = age > keep_for.max_age || (abandoned && age > TMP_MAX_AGE);
+        if stale || (!abandoned && total > keep_for.max_bytes) {
             let _ = fs::remove_file(&path);
         }
+    }
+}
+
+/// A temporary file this old has no live writer (archives take seconds to write).
+const TMP_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// A file that is deleted when the last owner drops: the per-case archive, which only lives as
+/// long as the VM that boots from it.
+#[derive(Debug)]
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -245,9 +284,56 @@ mod tests {
             .unwrap()
             .set_modified(SystemTime::now() - Duration::from_secs(7200))
             .unwrap();
-        prune(tmp.path(), &["base-"], Duration::from_secs(3600), &[]);
+        let hour = Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: u64::MAX,
+        };
+        prune(tmp.path(), &["base-"], hour, &[]);
         assert!(!old.exists());
         assert!(p.exists());
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_within_the_byte_budget_and_the_kept_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let aged = |name: &str, secs_ago: u64| {
+            let p = tmp.path().join(name);
+            fs::write(&p, [0u8; 100]).unwrap();
+            File::options()
+                .append(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(SystemTime::now() - Duration::from_secs(secs_ago))
+                .unwrap();
+            p
+        };
+        let newest = aged("base-a", 10);
+        let middle = aged("base-b", 20);
+        let oldest = aged("base-c", 30);
+        let kept = aged("base-k", 40);
+        let other = aged("unrelated", 50);
+        let budget = Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: 250,
+        };
+        prune(tmp.path(), &["base-"], budget, &[&kept]);
+        // kept (100) + newest (200) fit; middle would make 300.
+        assert!(kept.exists() && newest.exists());
+        assert!(!middle.exists() && !oldest.exists());
+        assert!(other.exists(), "files without our prefixes are not ours");
+    }
+
+    #[test]
+    fn remove_on_drop_deletes_with_the_last_owner() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("initramfs-x.cpio");
+        fs::write(&p, b"x").unwrap();
+        let a = std::sync::Arc::new(RemoveOnDrop(p.clone()));
+        let b = a.clone();
+        drop(a);
+        assert!(p.exists());
+        drop(b);
+        assert!(!p.exists());
     }
 
     #[test]

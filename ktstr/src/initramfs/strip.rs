@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cache::{self, KeyHasher};
 
@@ -31,7 +32,13 @@ pub(crate) fn stripped_copy(host: &Path, cache_dir: &Path) -> PathBuf {
     if std::fs::create_dir_all(&dir).is_err() {
         return host.to_path_buf();
     }
-    let tmp = dir.join(format!(".{name}-{}.tmp", std::process::id()));
+    // Unique per call, not only per process: threads of one test process strip at once.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{name}-{}-{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let ok = Command::new("objcopy")
         .arg("--strip-debug")
         .arg(host)
@@ -56,8 +63,16 @@ pub(crate) fn stripped_copy(host: &Path, cache_dir: &Path) -> PathBuf {
             }
         }
     }
+    // Test binaries carry cargo's hash in their name, so each rebuild is a new name here.
+    cache::prune(&dir, &[""], STRIPPED_RETENTION, &[&out]);
     out
 }
+
+/// Stripped copies go when unused for a day or beyond the newest 1 GiB.
+const STRIPPED_RETENTION: cache::Retention = cache::Retention {
+    max_age: std::time::Duration::from_secs(24 * 3600),
+    max_bytes: 1 << 30,
+};
 
 #[cfg(test)]
 mod tests {

@@ -181,8 +181,13 @@ fn cache_hit_is_identical_and_inputs_invalidate() {
 
     let second = build(&spec, &cache).unwrap();
     assert!(second.cache_hit);
-    assert_eq!(second.path, first.path);
+    assert_eq!(second.base, first.base);
+    assert_ne!(second.path, first.path, "each build owns its archive");
     assert_eq!(fs::read(&second.path).unwrap(), first_bytes);
+    // The per-case archive goes with its owner; the cached base stays.
+    let second_path = second.path.clone();
+    drop(second);
+    assert!(!second_path.exists() && first.path.exists() && first.base.exists());
 
     // A different case part reuses the base but yields a different final archive.
     let mut other = spec.clone();
@@ -190,7 +195,7 @@ fn cache_hit_is_identical_and_inputs_invalidate() {
     let third = build(&other, &cache).unwrap();
     assert!(third.cache_hit);
     assert_eq!(third.base, first.base);
-    assert_ne!(third.path, first.path);
+    assert_ne!(fs::read(&third.path).unwrap(), first_bytes);
 
     // Touching an include file changes the key: rebuilt, new base.
     let f = tmp.path().join("payload/top.txt");
@@ -227,7 +232,7 @@ fn concurrent_builds_agree() {
     });
     let bytes = fs::read(&results[0].path).unwrap();
     for r in &results {
-        assert_eq!(r.path, results[0].path);
+        assert_eq!(r.base, results[0].base, "one base for all");
         assert_eq!(fs::read(&r.path).unwrap(), bytes);
     }
     // No temporary files left behind.
