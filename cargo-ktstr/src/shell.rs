@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use ktstr::guest::shell::{ShellRequest, REQUEST_PATH};
 use ktstr::initramfs::{self, InitramfsSpec};
 use ktstr::shm::FrameType;
+use ktstr::vm::launch::{self, LaunchRequest};
 use ktstr::vm::{self, BackendChoice, BackendKind, ConsoleMode, VmEnd, VmSpec};
 use ktstr::Topology;
 
@@ -72,15 +73,6 @@ pub fn describe_topology(t: &Topology) -> String {
     )
 }
 
-/// Guest RAM when --memory-mib is absent: room for the kernel and the unpacked initramfs
-/// (twice its size) plus 64 MiB per 2 vCPUs, never below 256 MiB per node, in whole 128 MiB
-/// blocks per node.
-fn estimate_memory_mib(topo: &Topology, initramfs_bytes: u64) -> u64 {
-    let nodes = topo.numa_nodes as u64;
-    let mib = 256 + 2 * (initramfs_bytes >> 20) + 32 * topo.num_cpus() as u64;
-    mib.max(256 * nodes).div_ceil(128 * nodes) * 128 * nodes
-}
-
 /// A busybox VM with `cargo-ktstr` itself as its init: what `shell`, `probe --backend qemu`
 /// and `bench` boot.
 pub struct BusyboxVm {
@@ -91,7 +83,8 @@ pub struct BusyboxVm {
 }
 
 impl BusyboxVm {
-    /// Resolves the kernel, builds the initramfs for `req` and sizes memory.
+    /// Prepares the VM through [`ktstr::vm::launch`]: resolves the kernel, builds the
+    /// initramfs for `req` and sizes memory (`memory_mib` overrides the sizing).
     pub fn prepare(
         kernel: Option<&str>,
         backend: BackendKind,
@@ -101,9 +94,8 @@ impl BusyboxVm {
         req: &ShellRequest,
         binaries: &[PathBuf],
     ) -> Result<Self> {
-        let kernel = ktstr::kernel::resolve(kernel).context("resolving the kernel")?;
         let exe = std::env::current_exe().context("locating the cargo-ktstr binary")?;
-        let spec = InitramfsSpec {
+        let initramfs = InitramfsSpec {
             init: exe,
             binaries: binaries.to_vec(),
             include_files: include_files.to_vec(),
@@ -114,37 +106,30 @@ impl BusyboxVm {
                 0o644,
             )],
         };
-        let built = initramfs::build(&spec, &ktstr::cache::initramfs_dir())
-            .context("building the initramfs")?;
-        let memory_mib = memory_mib
-            .map(u64::from)
-            .unwrap_or_else(|| estimate_memory_mib(&topology, built.uncompressed_bytes));
-        let mut spec = VmSpec::new(
-            kernel.boot_image(backend == BackendKind::Kvm),
-            built.path.clone(),
+        let vm = launch::prepare(LaunchRequest {
+            kernel,
+            backend,
             topology,
-        );
-        spec.memory_mib = memory_mib;
+            initramfs,
+            memory_mib: memory_mib.map(u64::from),
+            min_memory_mib: 0,
+        })?;
         Ok(BusyboxVm {
-            spec,
-            _initramfs: built,
+            spec: vm.spec,
+            _initramfs: vm.initramfs,
         })
     }
 }
 
-/// Picks the backend from a flag or `KTSTR_BACKEND`, and says why on stderr.
+/// Picks the backend from a flag or `KTSTR_BACKEND`, and says which and why on stderr (with
+/// a warning where it is unlikely to boot Linux).
 pub fn choose_backend(flag: Option<BackendChoice>) -> Result<BackendKind> {
-    let choice = match flag {
-        Some(c) => c,
-        None => BackendChoice::from_env().context("reading KTSTR_BACKEND")?,
-    };
-    let host = vm::backend::HostVirt::probe();
-    let (backend, why) = vm::select_backend(choice, &host);
-    eprintln!("ktstr: backend {backend} ({why})");
-    if backend == BackendKind::Kvm && host.kvm_usable && !host.hardware_virt {
-        eprintln!("ktstr: warning: this host's /dev/kvm has no hardware virtualization (no vmx/svm): it emulates the guest kernel, and Linux guests rarely boot under it; the watchdog is cut to {EMULATED_KVM_TIMEOUT_S} s");
+    let pick = launch::choose_backend(flag).context("reading KTSTR_BACKEND")?;
+    eprintln!("ktstr: {}", pick.note());
+    if let Some(w) = pick.warning() {
+        eprintln!("ktstr: warning: {w}; the watchdog is cut to {EMULATED_KVM_TIMEOUT_S} s");
     }
-    Ok(backend)
+    Ok(pick.kind)
 }
 
 /// The watchdog for Linux on software-emulated KVM: long enough to see how far it gets, short
@@ -313,15 +298,6 @@ mod tests {
             describe_topology(&t),
             "topology 2n2l2c2t: 8 CPUs = 2 nodes × 1 LLC per node × 2 cores per LLC × 2 threads per core (LLCs count in total); node0 = CPUs 0-3"
         );
-    }
-
-    #[test]
-    fn memory_estimate_scales_with_cpus_and_nodes() {
-        let t = Topology::parse("1,1,1,1").unwrap();
-        assert_eq!(estimate_memory_mib(&t, 10 << 20), 384);
-        let t = Topology::parse("4,4,8,2").unwrap();
-        assert!(estimate_memory_mib(&t, 0) >= 1024);
-        assert_eq!(estimate_memory_mib(&t, 0) % 128, 0);
     }
 
     #[test]

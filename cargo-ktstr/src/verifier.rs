@@ -34,7 +34,7 @@ use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use ktstr::guest::shell::ShellRequest;
 use ktstr::shm::FrameType;
-use ktstr::vm::{self, BackendChoice, ConsoleMode, VmEnd};
+use ktstr::vm::{self, ConsoleMode, VmEnd};
 use ktstr::Topology;
 use serde_json::Value;
 
@@ -394,12 +394,15 @@ fn run_vm(
     a: &VerifierArgs,
 ) -> Result<String> {
     let choice = match &a.backend {
-        Some(b) => b
-            .parse()
-            .map_err(|e: vm::BackendSelectError| anyhow::anyhow!("{e}"))?,
-        None => BackendChoice::from_env().context("reading KTSTR_BACKEND")?,
+        Some(b) => Some(
+            b.parse()
+                .map_err(|e: vm::BackendSelectError| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
     };
-    let (backend, _why) = vm::select_backend(choice, &vm::backend::HostVirt::probe());
+    let backend = ktstr::vm::launch::choose_backend(choice)
+        .context("reading KTSTR_BACKEND")?
+        .kind;
     let bin_name = sched_bin
         .file_name()
         .context("scheduler binary has no file name")?

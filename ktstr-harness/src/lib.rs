@@ -201,14 +201,15 @@ pub fn show_thresholds(t: &KtstrTest, backend: &str, scale: f64) -> String {
 
 /// The backend a case would run on now, and its time scale (for `show_thresholds`).
 fn backend_and_scale() -> (String, f64) {
-    use ktstr::vm::{backend::HostVirt, select_backend, BackendChoice};
-    let choice = BackendChoice::from_env().unwrap_or(BackendChoice::Auto);
-    let (b, _) = select_backend(choice, &HostVirt::probe());
-    let label = match b {
-        ktstr::vm::BackendKind::Qemu if ktstr::runner::time_scale(b) > 1.0 => "qemu (TCG)".into(),
+    use ktstr::vm::{launch, BackendChoice, BackendKind};
+    let pick = launch::choose_backend(None)
+        .or_else(|_| launch::choose_backend(Some(BackendChoice::Auto)))
+        .expect("auto always picks a backend");
+    let label = match pick.kind {
+        BackendKind::Qemu if pick.time_scale > 1.0 => "qemu (TCG)".into(),
         b => b.to_string(),
     };
-    (label, ktstr::runner::time_scale(b))
+    (label, pick.time_scale)
 }
 
 /// Compiles the README's "write your first test" example as a doctest.

@@ -66,7 +66,7 @@ fn satisfied_note(case: &CaseSpec, verdict: &CaseVerdict, completed: bool) -> Op
         format!(
             "ktstr case '{}' failed as expected: {}",
             case.name,
-            verdict.reasons.join(" | ")
+            verdict.reason_lines().join(" | ")
         )
     })
 }
@@ -155,7 +155,24 @@ mod tests {
         CaseVerdict {
             passed,
             report: format!("REPORT passed={passed}"),
-            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+            reasons: reasons
+                .iter()
+                .map(|r| {
+                    use ktstr::assert::{AssertDetail, DetailKind};
+                    let (k, message) = r.split_once(": ").unwrap();
+                    let kind = match k {
+                        "Unfair" => DetailKind::Unfair,
+                        "Stuck" => DetailKind::Stuck,
+                        "SchedulerDied" => DetailKind::SchedulerDied,
+                        "Other" => DetailKind::Other,
+                        other => panic!("kind {other} not in this test's table"),
+                    };
+                    AssertDetail {
+                        kind,
+                        message: message.into(),
+                    }
+                })
+                .collect(),
             sched_exit: None,
             infra: false,
             skipped: None,

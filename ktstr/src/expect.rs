@@ -19,16 +19,15 @@ pub struct Expectation<'a> {
     pub allowed: Vec<&'a str>,
 }
 
+use crate::assert::AssertDetail;
+
 fn is_kind(k: &str) -> bool {
     !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
-/// The kind of a reason line `Kind: message`, if it has one.
-fn kind_of(reason: &str) -> Option<&str> {
-    reason
-        .split_once(": ")
-        .map(|(k, _)| k)
-        .filter(|k| is_kind(k))
+/// A reason's kind as patterns spell it (`Starved`, `SchedulerDied`).
+fn kind_name(d: &AssertDetail) -> String {
+    format!("{:?}", d.kind)
 }
 
 impl<'a> Expectation<'a> {
@@ -58,58 +57,75 @@ impl<'a> Expectation<'a> {
         }
     }
 
-    /// Whether `reasons` (one `Kind: message` line per failure) meet the expectation; the
-    /// error says what was missing or what else failed.
-    pub fn check(&self, reasons: &[String]) -> Result<(), String> {
+    /// Whether `reasons` (every failure of the case) meet the expectation; the error says
+    /// what was missing or what else failed.
+    pub fn check(&self, reasons: &[AssertDetail]) -> Result<(), String> {
         let Some(kind) = self.kind else {
-            return if reasons.iter().any(|r| r.contains(self.text)) {
+            return if reasons.iter().any(|r| r.reason().contains(self.text)) {
                 Ok(())
             } else {
                 Err(format!("no failure mentions {:?}", self.text))
             };
         };
-        let hit = reasons.iter().any(|r| {
-            r.split_once(": ")
-                .is_some_and(|(k, m)| k == kind && m.contains(self.text))
-        });
+        let hit = reasons
+            .iter()
+            .any(|r| kind_name(r) == kind && r.message.contains(self.text));
         if !hit {
             return Err(format!("no {kind} failure mentions {:?}", self.text));
         }
-        let extra: Vec<&String> = reasons
+        let extra: Vec<&AssertDetail> = reasons
             .iter()
-            .filter(|r| kind_of(r).is_none_or(|k| k != kind && !self.allowed.contains(&k)))
+            .filter(|r| {
+                let k = kind_name(r);
+                k != kind && !self.allowed.contains(&k.as_str())
+            })
             .collect();
         if extra.is_empty() {
-            Ok(())
-        } else {
-            let list: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
-            Err(format!(
-                "it also failed with {} (if the fault really causes that too, allow its kind: \
-                 \"{kind}: {}; allow {}\")",
-                list.join(" | "),
-                self.text,
-                extra
-                    .iter()
-                    .map(|r| kind_of(r).unwrap_or("Other"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+            return Ok(());
         }
+        let lines: Vec<String> = extra.iter().map(|r| r.reason()).collect();
+        let mut kinds: Vec<String> = extra.iter().map(|r| kind_name(r)).collect();
+        kinds.dedup();
+        Err(format!(
+            "it also failed with {} (if the fault really causes that too, allow its kind: \
+             \"{kind}: {}; allow {}\")",
+            lines.join(" | "),
+            self.text,
+            kinds.join(", ")
+        ))
     }
 }
 
 /// Whether a failed case's `reasons` meet `pattern` (see the module docs).
-pub fn check(pattern: &str, reasons: &[String]) -> Result<(), String> {
+pub fn check(pattern: &str, reasons: &[AssertDetail]) -> Result<(), String> {
     Expectation::parse(pattern).check(reasons)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assert::DetailKind;
+
+    /// A reason from its `Kind: message` line (only the kinds these tests use).
+    fn parse_reason(line: &str) -> AssertDetail {
+        let (k, m) = line.split_once(": ").unwrap();
+        let kind = match k {
+            "SchedulerDied" => DetailKind::SchedulerDied,
+            "Starved" => DetailKind::Starved,
+            "Stuck" => DetailKind::Stuck,
+            "Unfair" => DetailKind::Unfair,
+            "GuestPanic" => DetailKind::GuestPanic,
+            other => panic!("kind {other} not in this test's table"),
+        };
+        AssertDetail {
+            kind,
+            message: m.to_string(),
+        }
+    }
 
     #[test]
     fn a_named_diagnosis_must_be_present_and_alone() {
-        let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let r = |v: &[&str]| v.iter().map(|s| parse_reason(s)).collect::<Vec<_>>();
         let stall = "SchedulerDied: stall detected: sh[1] failed to run for 4.1s";
         let starved = "Starved: worker 3 made no progress";
         assert!(check("SchedulerDied: stall detected", &r(&[stall])).is_ok());
@@ -130,8 +146,8 @@ mod tests {
         )
         .is_ok());
         // A reason without a kind (a panic, no verdict) is never allowed implicitly.
-        let e = check("Starved:", &r(&[starved, "guest panic: Oops"])).unwrap_err();
-        assert!(e.contains("guest panic"), "{e}");
+        let e = check("Starved:", &r(&[starved, "GuestPanic: Oops"])).unwrap_err();
+        assert!(e.contains("GuestPanic: Oops"), "{e}");
         // A pattern without a kind matches text anywhere and restricts nothing else.
         assert!(check("failed to run for", &r(&[stall, starved])).is_ok());
         assert_eq!(

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::assert::AssertDetail;
 use crate::sidecar::Sidecar;
 
 /// Why runs could not be read.
@@ -171,8 +170,7 @@ pub fn verdict(s: &Sidecar) -> Verdict {
     } else if s.passed == s.expect_err {
         Verdict::Fail
     } else if let (false, Some(pattern)) = (s.passed, &s.expect_err_match) {
-        let reasons: Vec<String> = s.details.iter().map(AssertDetail::reason).collect();
-        if crate::expect::check(pattern, &reasons).is_ok() {
+        if crate::expect::check(pattern, &s.details).is_ok() {
             Verdict::Pass
         } else {
             Verdict::Fail

@@ -15,9 +15,11 @@
 //! everything in the region as hostile: it clamps `write_off`, bounds every length, and stops at
 //! the first bad magic or CRC.
 
+use std::mem::offset_of;
 use std::sync::atomic::{fence, Ordering};
 
 use serde::{Deserialize, Serialize};
+use vm_memory::ByteValued;
 
 /// "KTSTRSHM" as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"KTSTRSHM");
@@ -30,13 +32,49 @@ pub const FRAME_HEADER_LEN: usize = 16;
 /// Largest payload the host accepts in one frame.
 pub const MAX_PAYLOAD: u32 = 4 << 20;
 
-const OFF_MAGIC: usize = 0;
-const OFF_VERSION: usize = 8;
-const OFF_HEADER_LEN: usize = 12;
-const OFF_CAPACITY: usize = 16;
-const OFF_WRITE_OFF: usize = 24;
-const OFF_HOST_REQ: usize = 32;
-const OFF_GUEST_STATE: usize = 36;
+#[cfg(not(target_endian = "little"))]
+compile_error!("the result channel is little-endian and read in place");
+
+/// The region header as it lies in memory (little-endian, as are all targets ktstr builds for).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct RegionHeader {
+    magic: u64,
+    version: u32,
+    header_len: u32,
+    capacity: u64,
+    /// Guest-owned: bytes of frame area in use.
+    write_off: u64,
+    host_req: u32,
+    guest_state: u32,
+    _reserved: [u64; 3],
+}
+// SAFETY: repr(C) of integers only, laid out without padding (checked by the size assertion
+// below): every bit pattern is a valid value.
+unsafe impl ByteValued for RegionHeader {}
+const _: () = assert!(std::mem::size_of::<RegionHeader>() == HEADER_LEN as usize);
+
+/// A frame's header.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct FrameHeader {
+    kind: u32,
+    seq: u32,
+    len: u32,
+    /// CRC-32 over kind, seq, len and the payload.
+    crc: u32,
+}
+// SAFETY: as for RegionHeader.
+unsafe impl ByteValued for FrameHeader {}
+const _: () = assert!(std::mem::size_of::<FrameHeader>() == FRAME_HEADER_LEN);
+
+const OFF_MAGIC: usize = offset_of!(RegionHeader, magic);
+const OFF_VERSION: usize = offset_of!(RegionHeader, version);
+const OFF_HEADER_LEN: usize = offset_of!(RegionHeader, header_len);
+const OFF_CAPACITY: usize = offset_of!(RegionHeader, capacity);
+const OFF_WRITE_OFF: usize = offset_of!(RegionHeader, write_off);
+const OFF_HOST_REQ: usize = offset_of!(RegionHeader, host_req);
+const OFF_GUEST_STATE: usize = offset_of!(RegionHeader, guest_state);
 
 /// Kinds of frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -148,14 +186,6 @@ fn padded(len: usize) -> usize {
     (len + 7) & !7
 }
 
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
 /// Host side: reads frames incrementally from a region through a caller-supplied reader, so
 /// the same code serves guest memory (KVM), a memory-backend file (qemu) and plain buffers.
 #[derive(Debug, Default)]
@@ -192,15 +222,14 @@ impl FrameReader {
         if let Some(e) = &self.poisoned {
             return Err(e.clone());
         }
-        let mut hdr = [0u8; HEADER_LEN as usize];
+        let mut hdr = RegionHeader::default();
         if region_len < HEADER_LEN as u64 {
             return Err(ShmError::BadHeader(format!(
                 "region of {region_len} bytes is smaller than the header"
             )));
         }
-        read_at(0, &mut hdr).map_err(|e| ShmError::Io(e.to_string()))?;
-        let magic = le64(&hdr, OFF_MAGIC);
-        if magic == 0 {
+        read_at(0, hdr.as_mut_slice()).map_err(|e| ShmError::Io(e.to_string()))?;
+        if hdr.magic == 0 {
             return Ok(Vec::new());
         }
         let res = self.poll_inner(&hdr, region_len, &mut read_at);
@@ -216,23 +245,21 @@ impl FrameReader {
 
     fn poll_inner(
         &mut self,
-        hdr: &[u8],
+        hdr: &RegionHeader,
         region_len: u64,
         read_at: &mut impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
     ) -> Result<Vec<Frame>, ShmError> {
-        let magic = le64(hdr, OFF_MAGIC);
-        if magic != MAGIC {
-            return Err(ShmError::BadMagic(magic));
+        if hdr.magic != MAGIC {
+            return Err(ShmError::BadMagic(hdr.magic));
         }
-        let version = le32(hdr, OFF_VERSION);
-        if version != VERSION {
-            return Err(ShmError::BadVersion(version));
+        if hdr.version != VERSION {
+            return Err(ShmError::BadVersion(hdr.version));
         }
-        let header_len = le32(hdr, OFF_HEADER_LEN) as u64;
+        let header_len = hdr.header_len as u64;
         if header_len != HEADER_LEN as u64 {
             return Err(ShmError::BadHeader(format!("header_len {header_len}")));
         }
-        let capacity = le64(hdr, OFF_CAPACITY);
+        let capacity = hdr.capacity;
         if capacity > region_len - header_len {
             return Err(ShmError::BadHeader(format!(
                 "capacity {capacity} exceeds the region ({region_len} bytes)"
@@ -246,7 +273,7 @@ impl FrameReader {
             }
         }
         self.capacity = Some(capacity);
-        let write_off = le64(hdr, OFF_WRITE_OFF);
+        let write_off = hdr.write_off;
         if write_off > capacity {
             return Err(ShmError::BadHeader(format!(
                 "write_off {write_off} beyond capacity {capacity}"
@@ -260,9 +287,14 @@ impl FrameReader {
             if left < FRAME_HEADER_LEN as u64 {
                 return Err(bad(format!("truncated frame header ({left} bytes)")));
             }
-            let mut fh = [0u8; FRAME_HEADER_LEN];
-            read_at(header_len + at, &mut fh).map_err(|e| ShmError::Io(e.to_string()))?;
-            let (kind, seq, len, sum) = (le32(&fh, 0), le32(&fh, 4), le32(&fh, 8), le32(&fh, 12));
+            let mut fh = FrameHeader::default();
+            read_at(header_len + at, fh.as_mut_slice()).map_err(|e| ShmError::Io(e.to_string()))?;
+            let FrameHeader {
+                kind,
+                seq,
+                len,
+                crc: sum,
+            } = fh;
             if len > MAX_PAYLOAD {
                 return Err(bad(format!("payload length {len} exceeds {MAX_PAYLOAD}")));
             }
@@ -308,7 +340,10 @@ impl FrameReader {
 
     /// The host's request word, for backends that want to show it in diagnostics.
     pub fn host_req(region_header: &[u8]) -> u32 {
-        le32(region_header, OFF_HOST_REQ)
+        let mut h = RegionHeader::default();
+        let n = region_header.len().min(HEADER_LEN as usize);
+        h.as_mut_slice()[..n].copy_from_slice(&region_header[..n]);
+        h.host_req
     }
 }
 
@@ -391,12 +426,13 @@ impl FrameWriter {
         }
         let at = HEADER_LEN as usize + self.off as usize;
         let k = kind as u32;
-        let mut fh = [0u8; FRAME_HEADER_LEN];
-        fh[0..4].copy_from_slice(&k.to_le_bytes());
-        fh[4..8].copy_from_slice(&self.seq.to_le_bytes());
-        fh[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        fh[12..16].copy_from_slice(&crc(k, self.seq, payload).to_le_bytes());
-        self.put(at, &fh);
+        let fh = FrameHeader {
+            kind: k,
+            seq: self.seq,
+            len: payload.len() as u32,
+            crc: crc(k, self.seq, payload),
+        };
+        self.put(at, fh.as_slice());
         self.put(at + FRAME_HEADER_LEN, payload);
         let pad = padded(payload.len()) - payload.len();
         self.put(at + FRAME_HEADER_LEN + payload.len(), &[0u8; 8][..pad]);
@@ -452,6 +488,34 @@ mod tests {
             w.write(*k, p).unwrap();
         }
         buf
+    }
+
+    #[test]
+    fn the_layout_is_the_documented_one() {
+        // The module docs' layout, which guests of other builds write.
+        assert_eq!(
+            [
+                OFF_MAGIC,
+                OFF_VERSION,
+                OFF_HEADER_LEN,
+                OFF_CAPACITY,
+                OFF_WRITE_OFF,
+                OFF_HOST_REQ,
+                OFF_GUEST_STATE
+            ],
+            [0, 8, 12, 16, 24, 32, 36]
+        );
+        let fh = FrameHeader {
+            kind: 1,
+            seq: 2,
+            len: 3,
+            crc: 4,
+        };
+        let b: Vec<u8> = [1u32, 2, 3, 4]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(fh.as_slice(), b.as_slice());
     }
 
     #[test]

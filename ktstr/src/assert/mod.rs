@@ -271,12 +271,19 @@ pub enum DetailKind {
     SchedulerDied,
     /// The case was skipped.
     Skip,
+    /// The VM ended without a verdict from the guest (watchdog, crash, kernel panic, a guest
+    /// that powered off early).
+    NoVerdict,
+    /// The result channel was corrupt or its verdict unreadable: frames may have been lost.
+    ResultChannel,
+    /// The test binary, running as the guest's init, panicked (in the body or around it).
+    GuestPanic,
     /// Anything else.
     Other,
 }
 
 /// One reason attached to a result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssertDetail {
     /// What kind of finding this is.
     pub kind: DetailKind,

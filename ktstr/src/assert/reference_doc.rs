@@ -57,6 +57,9 @@ fn every_failure_kind_has_a_row() {
         | DetailKind::Monitor
         | DetailKind::SchedulerDied
         | DetailKind::Skip
+        | DetailKind::NoVerdict
+        | DetailKind::ResultChannel
+        | DetailKind::GuestPanic
         | DetailKind::Other => format!("{k:?}"),
     };
     for k in [
@@ -72,6 +75,9 @@ fn every_failure_kind_has_a_row() {
         DetailKind::Monitor,
         DetailKind::SchedulerDied,
         DetailKind::Skip,
+        DetailKind::NoVerdict,
+        DetailKind::ResultChannel,
+        DetailKind::GuestPanic,
         DetailKind::Other,
     ] {
         let n = name(k);

@@ -10,24 +10,12 @@ use super::case_file::{CaseFile, CASE_FILE};
 use super::discover::discover_scheduler;
 use super::report::{judge, CaseVerdict};
 use crate::assert::{AssertDetail, AssertResult, DetailKind, ScenarioStats};
-use crate::initramfs::{self, InitramfsSpec};
+use crate::initramfs::InitramfsSpec;
 use crate::monitor::{KernelLayout, MonitorLimits, MonitorSpec, MonitorSummary};
 use crate::registry::{CaseSpec, Ctx, SchedulerBinary};
 use crate::sidecar::{self, HostContext, Sidecar};
-use crate::vm::backend::HostVirt;
-use crate::vm::{self, BackendChoice, BackendKind, VmSpec};
-
-/// How much slower than hardware KVM a backend runs the guest: guest-side timeouts and the
-/// host watchdog scale with it, so a slow emulator does not turn a healthy scheduler into a
-/// false alarm. TCG is taken as 4× (measured: a 16-vCPU boot takes ~5 s under TCG on this
-/// 2-core host, against well under 1 s on hardware KVM).
-pub fn time_scale(backend: BackendKind) -> f64 {
-    match backend {
-        BackendKind::Kvm => 1.0,
-        BackendKind::Qemu if vm::qemu::Accel::from_env() == vm::qemu::Accel::Kvm => 1.0,
-        BackendKind::Qemu => 4.0,
-    }
-}
+use crate::vm;
+use crate::vm::launch::{self, Launch, LaunchRequest};
 
 static BACKEND_NOTE: Once = Once::new();
 
@@ -51,14 +39,9 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     if let Some(v) = performance_mode_refused(case) {
         return Ok(v);
     }
-    let spec = case.kernel.as_ref().map(|k| k.spec.as_str());
-    // A case that cannot find its kernel fails with the reason: a skip here would read as a
-    // pass. (Without any kernel named, the harness lists VM cases as ignored instead.)
-    let kernel = crate::kernel::resolve(spec).map_err(|e| e.to_string())?;
-    let choice = BackendChoice::from_env().map_err(|e| e.to_string())?;
-    let (backend, why) = vm::select_backend(choice, &HostVirt::probe());
-    BACKEND_NOTE.call_once(|| eprintln!("ktstr: backend {backend} ({why})"));
-    let scale = time_scale(backend);
+    let pick = launch::choose_backend(None).map_err(|e| e.to_string())?;
+    BACKEND_NOTE.call_once(|| eprintln!("ktstr: {}", pick.note()));
+    let (backend, scale) = (pick.kind, pick.time_scale);
 
     let sched_host: Option<PathBuf> = match case.scheduler.binary {
         SchedulerBinary::Eevdf => None,
@@ -70,7 +53,10 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
             Err(e) => {
                 return Ok(CaseVerdict::infra_failure(
                     &case.name,
-                    format!("Other: {e}"),
+                    AssertDetail {
+                        kind: DetailKind::Other,
+                        message: e,
+                    },
                 ))
             }
         },
@@ -82,16 +68,24 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         _ => return Err("unsupported scheduler binary kind".into()),
     };
     let cf = case_file(case, sched_host.as_deref(), scale);
-    let built = build_initramfs(&cf, sched_host.as_ref())?;
-
-    let topo = case.topology;
-    let memory_mib = vm_memory_mib(case, built.uncompressed_bytes);
-    let mut spec = VmSpec::new(
-        kernel.boot_image(backend == BackendKind::Kvm),
-        built.path.clone(),
-        topo,
-    );
-    spec.memory_mib = memory_mib;
+    // A case that cannot find its kernel fails with the reason: a skip here would read as a
+    // pass. (Without any kernel named, the harness lists VM cases as ignored instead.)
+    let vm = launch::prepare(LaunchRequest {
+        kernel: case.kernel.as_ref().map(|k| k.spec.as_str()),
+        backend,
+        topology: case.topology,
+        initramfs: initramfs_spec(&cf, sched_host.as_ref())?,
+        memory_mib: None,
+        min_memory_mib: case.test.memory_mib as u64,
+    })
+    .map_err(|e| e.to_string())?;
+    // `_archive` keeps the per-case initramfs until the VM is done.
+    let Launch {
+        mut spec,
+        kernel,
+        initramfs: _archive,
+    } = vm;
+    let memory_mib = spec.memory_mib;
     spec.cmdline_extra = case.scheduler.kargs.iter().map(|s| s.to_string()).collect();
     let run_s = case.test.duration_s as f64 + 30.0;
     spec.timeout = vm_timeout(
@@ -141,7 +135,10 @@ fn performance_mode_refused(case: &CaseSpec) -> Option<CaseVerdict> {
         // a run-time skip would count as a pass in nextest.
         return Some(CaseVerdict::infra_failure(
             &case.name,
-            format!("Skip: {why}"),
+            AssertDetail {
+                kind: DetailKind::Skip,
+                message: why,
+            },
         ));
     }
     None
@@ -174,12 +171,9 @@ fn case_file(case: &CaseSpec, sched_host: Option<&Path>, scale: f64) -> CaseFile
 }
 
 /// The initramfs: this test binary as init, the scheduler binary, and the case file.
-fn build_initramfs(
-    cf: &CaseFile,
-    sched_host: Option<&PathBuf>,
-) -> Result<initramfs::Built, String> {
+fn initramfs_spec(cf: &CaseFile, sched_host: Option<&PathBuf>) -> Result<InitramfsSpec, String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating the test binary: {e}"))?;
-    let ispec = InitramfsSpec {
+    Ok(InitramfsSpec {
         init: exe,
         binaries: sched_host.into_iter().cloned().collect(),
         include_files: Vec::new(),
@@ -189,23 +183,7 @@ fn build_initramfs(
             serde_json::to_vec(cf).map_err(|e| e.to_string())?,
             0o644,
         )],
-    };
-    initramfs::build(&ispec, &crate::cache::initramfs_dir())
-        .map_err(|e| format!("building the initramfs: {e}"))
-}
-
-/// Guest memory: enough for the CPUs, the test's ask and the unpacked initramfs, rounded up
-/// to whole 128 MiB per NUMA node so every node gets the same share.
-fn vm_memory_mib(case: &CaseSpec, initramfs_bytes: u64) -> u64 {
-    let topo = case.topology;
-    let initramfs_mib = initramfs_bytes >> 20;
-    (topo.num_cpus() as u64 * 64)
-        .max(256)
-        .max(case.test.memory_mib as u64)
-        .max(2 * initramfs_mib + 320)
-        .div_ceil(128 * topo.numa_nodes as u64)
-        * 128
-        * topo.numa_nodes as u64
+    })
 }
 
 /// The report's description of what ran: kernel, shape and scheduler with its arguments.
@@ -338,7 +316,7 @@ fn write_sidecar(
         ..Default::default()
     };
     sc.scheduler_binary = sched_host.and_then(|p| sidecar::BinaryIdentity::of(p).ok());
-    add_outcome(&mut sc, case, out, result, verdict, monitor);
+    add_outcome(&mut sc, out, result, verdict);
     let dir = sidecar::run_dir(&sc.kernel_version, &commit);
     if let Err(e) = sidecar::write_atomic(&dir, &sc) {
         eprintln!(
@@ -362,15 +340,13 @@ fn work_types_of(stats: Option<&ScenarioStats>) -> Vec<String> {
     work_types
 }
 
-/// Records what happened in the sidecar: scheduler attach, the guest's verdict, the
-/// monitor's findings, and the host's reasons when the guest judged nothing.
+/// Records what happened in the sidecar: scheduler attach, the guest's verdict and details,
+/// and every reason the case failed on (the monitor's and the host's included).
 fn add_outcome(
     sc: &mut Sidecar,
-    case: &CaseSpec,
     out: &vm::VmOutcome,
     result: Option<AssertResult>,
     verdict: &CaseVerdict,
-    monitor: &MonitorSummary,
 ) {
     if let Some((ops, enable_ms)) = scheduler_attached(out) {
         sc.scheduler_ops = Some(ops);
@@ -382,26 +358,12 @@ fn add_outcome(
         sc.details = r.details;
         sc.stimulus_events = r.events;
     }
-    sc.details.extend(crate::monitor::findings(
-        monitor,
-        &MonitorLimits::of(&case.assert),
-    ));
-    if !verdict.passed && sc.details.is_empty() {
-        // The guest judged nothing (it died, or the VM never got that far): keep the host's
-        // reasons, so the sidecar says why the case failed.
-        let kind = if verdict.sched_exit.is_some() {
-            DetailKind::SchedulerDied
-        } else {
-            DetailKind::Other
-        };
-        sc.details = verdict
-            .reasons
-            .iter()
-            .map(|m| AssertDetail {
-                kind,
-                message: m.clone(),
-            })
-            .collect();
+    // Every reason the verdict failed on, host-side ones (monitor, channel, no verdict,
+    // teardown) included, so `stats` and `replay` judge from the same list the harness did.
+    for r in &verdict.reasons {
+        if !sc.details.contains(r) {
+            sc.details.push(r.clone());
+        }
     }
 }
 
@@ -528,7 +490,7 @@ mod tests {
             payload: payload.as_bytes().to_vec(),
         };
         let mut out = vm::VmOutcome {
-            backend: BackendKind::Qemu,
+            backend: vm::BackendKind::Qemu,
             end: vm::VmEnd::GuestExit { status: 0 },
             frames: vec![
                 frame(FrameType::Log, "scheduler_attached"),

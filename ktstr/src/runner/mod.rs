@@ -23,6 +23,6 @@ pub fn strict_mode() -> bool {
     let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0");
     set("CI") || set("KTSTR_NO_SKIP_MODE")
 }
-pub use host::{run_case, time_scale};
+pub use host::run_case;
 pub use report::{sched_exit_of, CaseVerdict};
 pub use sched::{diagnose, parse_kv, SchedExit, SchedulerExit, SchedulerProcess};

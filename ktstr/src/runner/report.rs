@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::sched::SchedulerExit;
-use crate::assert::AssertResult;
+use crate::assert::{AssertDetail, AssertResult, DetailKind};
 use crate::monitor::{MonitorLimits, MonitorSummary};
 use crate::shm::{Frame, FrameType};
 use crate::vm::{VmEnd, VmOutcome};
@@ -15,9 +15,9 @@ pub struct CaseVerdict {
     pub passed: bool,
     /// Failure report or summary, printed by the harness.
     pub report: String,
-    /// One line per failure reason, `Kind: message` for the guest's failing details (what
-    /// `expect_err = "Kind: text"` matches against).
-    pub reasons: Vec<String>,
+    /// Every failure reason, host and guest alike (what `expect_err = "Kind: text"` is
+    /// checked against, and what the sidecar records as its details).
+    pub reasons: Vec<AssertDetail>,
     /// Why the scheduler went away, when it did.
     pub sched_exit: Option<SchedulerExit>,
     /// The case could not run at all (e.g. its scheduler binary is missing), or its guest gave
@@ -30,11 +30,16 @@ pub struct CaseVerdict {
 }
 
 impl CaseVerdict {
-    /// A case that could not run, failing with `reason` (`Kind: message`).
-    pub fn infra_failure(name: &str, reason: String) -> Self {
+    /// The reasons as `Kind: message` lines, as reports print them.
+    pub fn reason_lines(&self) -> Vec<String> {
+        self.reasons.iter().map(AssertDetail::reason).collect()
+    }
+
+    /// A case that could not run, failing with `reason`.
+    pub fn infra_failure(name: &str, reason: AssertDetail) -> Self {
         CaseVerdict {
             passed: false,
-            report: format!("ktstr case '{name}' failed:\n  {reason}\n"),
+            report: format!("ktstr case '{name}' failed:\n  {}\n", reason.reason()),
             reasons: vec![reason],
             sched_exit: None,
             infra: true,
@@ -50,14 +55,18 @@ impl CaseVerdict {
         if took <= budget {
             return;
         }
-        let reason = format!(
-            "Other: host teardown took {took} ms, over the test's cleanup_budget_ms of {budget} ms"
-        );
+        let reason = AssertDetail {
+            kind: DetailKind::Other,
+            message: format!(
+                "host teardown took {took} ms, over the test's cleanup_budget_ms of {budget} ms"
+            ),
+        };
+        let line = reason.reason();
         if self.passed {
-            self.report = format!("ktstr case '{name}' failed:\n  {reason}\n");
+            self.report = format!("ktstr case '{name}' failed:\n  {line}\n");
         } else {
             let at = self.report.find('\n').map_or(self.report.len(), |i| i + 1);
-            self.report.insert_str(at, &format!("  {reason}\n"));
+            self.report.insert_str(at, &format!("  {line}\n"));
         }
         self.passed = false;
         self.infra = true;
@@ -71,10 +80,7 @@ impl CaseVerdict {
     /// report gains a `--- monitor ---` section with the summary (found something or not: it
     /// is evidence either way).
     pub fn add_monitor(&mut self, name: &str, summary: &MonitorSummary, limits: &MonitorLimits) {
-        let found: Vec<String> = crate::monitor::findings(summary, limits)
-            .iter()
-            .map(|d| d.reason())
-            .collect();
+        let found = crate::monitor::findings(summary, limits);
         if self.passed && found.is_empty() {
             return;
         }
@@ -82,7 +88,10 @@ impl CaseVerdict {
             self.passed = false;
             self.report = format!("ktstr case '{name}' failed:\n");
         }
-        let lines: String = found.iter().map(|r| format!("  {r}\n")).collect();
+        let lines: String = found
+            .iter()
+            .map(|r| format!("  {}\n", r.reason()))
+            .collect();
         let at = self
             .report
             .find("\n--- ")
@@ -145,19 +154,19 @@ pub fn result_of(out: &VmOutcome) -> Result<Option<AssertResult>, String> {
 /// Judges a finished VM: a deliberate exit with a passing result passes; anything else fails
 /// with the reasons, scheduler log, diagnostics and console tail.
 pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
-    let mut reasons: Vec<String> = Vec::new();
+    let mut reasons: Vec<AssertDetail> = Vec::new();
     let result = result_of(out);
     let deliberate = matches!(out.end, VmEnd::GuestExit { .. });
     let passed = guest_verdict(out, &result, deliberate, &mut reasons);
     for p in out.frames.iter().filter(|f| f.kind == FrameType::Panic) {
-        reasons.push(format!("guest panic: {}", p.text()));
+        reasons.push(detail(DetailKind::GuestPanic, p.text()));
     }
     let sched_exit = sched_exit_of(out);
     // A corrupt result channel fails the case even after a passing verdict: frames after the
     // corruption (a later failure, a panic) may be lost.
     let passed = passed && out.channel_error.is_none();
     if let Some(e) = &out.channel_error {
-        reasons.push(format!("result channel: {e}"));
+        reasons.push(detail(DetailKind::ResultChannel, e.to_string()));
     }
     let gave_verdict = deliberate && matches!(result, Ok(Some(_))) && out.channel_error.is_none();
     let mut report = if passed {
@@ -166,7 +175,7 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
         format!("ktstr case '{name}' failed:\n")
     };
     for r in &reasons {
-        report.push_str(&format!("  {r}\n"));
+        report.push_str(&format!("  {}\n", r.reason()));
     }
     if !passed {
         failure_sections(&mut report, diagnostics, out, &reasons, sched_exit.as_ref());
@@ -187,28 +196,33 @@ fn guest_verdict(
     out: &VmOutcome,
     result: &Result<Option<AssertResult>, String>,
     deliberate: bool,
-    reasons: &mut Vec<String>,
+    reasons: &mut Vec<AssertDetail>,
 ) -> bool {
     match (result, deliberate) {
         (Ok(Some(r)), true) => {
-            for d in &r.details {
-                if !r.passed {
-                    reasons.push(d.reason());
-                }
+            if !r.passed {
+                reasons.extend(r.details.iter().cloned());
             }
             if r.skipped {
-                reasons.push("skipped".into());
+                reasons.push(detail(DetailKind::Skip, "skipped"));
             }
             r.passed
         }
         (Ok(Some(_)), false) | (Ok(None), _) => {
-            reasons.push(format!("no verdict from the guest: {}", out.end.describe()));
+            reasons.push(detail(DetailKind::NoVerdict, out.end.describe()));
             false
         }
         (Err(e), _) => {
-            reasons.push(e.clone());
+            reasons.push(detail(DetailKind::ResultChannel, e.clone()));
             false
         }
+    }
+}
+
+fn detail(kind: DetailKind, message: impl Into<String>) -> AssertDetail {
+    AssertDetail {
+        kind,
+        message: message.into(),
     }
 }
 
@@ -218,7 +232,7 @@ fn failure_sections(
     report: &mut String,
     diagnostics: &str,
     out: &VmOutcome,
-    reasons: &[String],
+    reasons: &[AssertDetail],
     sched_exit: Option<&SchedulerExit>,
 ) {
     section(
@@ -238,11 +252,14 @@ fn failure_sections(
 fn diagnostics_text(
     diagnostics: &str,
     out: &VmOutcome,
-    reasons: &[String],
+    reasons: &[AssertDetail],
     sched_exit: Option<&SchedulerExit>,
 ) -> String {
     let t = &out.times;
-    let mut verdict_why = reasons.first().cloned().unwrap_or_default();
+    let mut verdict_why = reasons
+        .first()
+        .map(AssertDetail::reason)
+        .unwrap_or_default();
     if let Some(x) = sched_exit {
         verdict_why.push_str(&format!(
             "\nscheduler exit: phase {}, exit code {}, kind {}{}, reason {:?}, msg {:?}{}",
@@ -347,7 +364,7 @@ mod tests {
         let r = AssertResult::fail(DetailKind::Unfair, "spread 99%");
         let v = judge("c", "", &outcome(EXIT, Some(&r), None));
         assert!(!v.passed && !v.infra, "{v:?}");
-        assert_eq!(v.reasons, ["Unfair: spread 99%"]);
+        assert_eq!(v.reason_lines(), ["Unfair: spread 99%"]);
     }
 
     #[test]
@@ -361,7 +378,7 @@ mod tests {
         v.check_cleanup_budget("c", Duration::from_millis(1500), Some(1000));
         assert!(!v.passed && v.infra, "{v:?}");
         assert_eq!(
-            v.reasons,
+            v.reason_lines(),
             ["Other: host teardown took 1500 ms, over the test's cleanup_budget_ms of 1000 ms"]
         );
         assert!(v
@@ -384,9 +401,9 @@ mod tests {
 
     #[test]
     fn an_infrastructure_failure_carries_its_reason() {
-        let v = CaseVerdict::infra_failure("c", "Other: no kernel".into());
+        let v = CaseVerdict::infra_failure("c", detail(DetailKind::Other, "no kernel"));
         assert!(!v.passed && v.infra && v.skipped.is_none() && v.sched_exit.is_none());
-        assert_eq!(v.reasons, ["Other: no kernel"]);
+        assert_eq!(v.reason_lines(), ["Other: no kernel"]);
         assert_eq!(v.report, "ktstr case 'c' failed:\n  Other: no kernel\n");
     }
 
@@ -482,7 +499,8 @@ mod tests {
         let v = judge("c", "", &outcome(VmEnd::Reboot, None, None));
         assert!(!v.passed && v.infra, "{v:?}");
         assert!(
-            v.reasons[0].starts_with("no verdict from the guest"),
+            v.reasons[0].kind == DetailKind::NoVerdict
+                && v.reasons[0].message == VmEnd::Reboot.describe(),
             "{v:?}"
         );
     }
@@ -500,9 +518,9 @@ mod tests {
         );
         assert!(!v.passed && v.infra, "{v:?}");
         assert!(
-            v.reasons
+            v.reason_lines()
                 .iter()
-                .any(|r| r == "result channel: bad CRC in frame 3"),
+                .any(|r| r == "ResultChannel: bad CRC in frame 3"),
             "{v:?}"
         );
     }
@@ -540,7 +558,10 @@ mod tests {
         v.add_monitor("c", &stalled(), &ON);
         assert!(!v.passed && !v.infra, "a finding is a test failure: {v:?}");
         assert_eq!(v.reasons.len(), 1);
-        assert!(v.reasons[0].starts_with("Monitor: CPU 3 stalled"), "{v:?}");
+        assert!(
+            v.reason_lines()[0].starts_with("Monitor: CPU 3 stalled"),
+            "{v:?}"
+        );
         let lines: Vec<&str> = v.report.lines().collect();
         assert_eq!(lines[0], "ktstr case 'c' failed:");
         assert!(
@@ -574,8 +595,11 @@ mod tests {
         out.console_tail = "[ 1.0] console line".into();
         let mut v = judge("c", "", &out);
         v.add_monitor("c", &stalled(), &ON);
-        assert_eq!(v.reasons[0], "Starved: worker 7 made no progress");
-        assert!(v.reasons[1].starts_with("Monitor: CPU 3 stalled"), "{v:?}");
+        assert_eq!(v.reason_lines()[0], "Starved: worker 7 made no progress");
+        assert!(
+            v.reason_lines()[1].starts_with("Monitor: CPU 3 stalled"),
+            "{v:?}"
+        );
         let at = |needle: &str| v.report.find(needle).unwrap_or(usize::MAX);
         assert!(
             at("  Starved: worker 7") < at("  Monitor: CPU 3"),

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod console;
 pub mod kvm;
+pub mod launch;
 pub mod qemu;
 pub mod session;
 

@@ -7,8 +7,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
+use std::mem::offset_of;
+
+use linux_loader::loader::bootparam::{boot_params, setup_header};
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
     E820Entry, GuestRange, BOOT_PARAMS_GPA, BOOT_STACK, CMDLINE_GPA, CMDLINE_MAX, GDT_GPA,
@@ -16,51 +19,65 @@ use super::layout::{
 };
 
 /// Size of boot_params.
-pub const BOOT_PARAMS_LEN: usize = 4096;
+pub const BOOT_PARAMS_LEN: usize = std::mem::size_of::<boot_params>();
 
-// boot_params offsets (linux:arch/x86/include/uapi/asm/bootparam.h, Documentation/arch/x86/zero-page.rst).
+// boot_params offsets (Documentation/arch/x86/zero-page.rst), taken from linux-loader's bindgen
+// structs rather than typed in; `boot_tests` pins them to the spec's numbers. The probe guest
+// and the tests read fields back at these offsets.
 /// acpi_rsdp_addr (u64).
-pub const BP_ACPI_RSDP_ADDR: usize = 0x070;
+pub const BP_ACPI_RSDP_ADDR: usize = offset_of!(boot_params, acpi_rsdp_addr);
 /// e820_entries (u8).
-pub const BP_E820_ENTRIES: usize = 0x1E8;
-/// sentinel (u8): non-zero makes the kernel wipe most fields.
-pub const BP_SENTINEL: usize = 0x1EF;
+pub const BP_E820_ENTRIES: usize = offset_of!(boot_params, e820_entries);
 /// Start of the setup header.
-pub const BP_SETUP_HEADER: usize = 0x1F1;
+pub const BP_SETUP_HEADER: usize = offset_of!(boot_params, hdr);
 /// End of the setup header as of protocol 2.15 (kernel_info_offset ends here).
-pub const BP_SETUP_HEADER_END: usize = 0x26C;
+pub const BP_SETUP_HEADER_END: usize = BP_SETUP_HEADER + std::mem::size_of::<setup_header>();
 /// setup_sects (u8).
-pub const BP_SETUP_SECTS: usize = 0x1F1;
+pub const BP_SETUP_SECTS: usize = BP_SETUP_HEADER + offset_of!(setup_header, setup_sects);
 /// boot_flag (u16) = 0xAA55.
-pub const BP_BOOT_FLAG: usize = 0x1FE;
+pub const BP_BOOT_FLAG: usize = BP_SETUP_HEADER + offset_of!(setup_header, boot_flag);
 /// header (u32) = "HdrS".
-pub const BP_HEADER: usize = 0x202;
+pub const BP_HEADER: usize = BP_SETUP_HEADER + offset_of!(setup_header, header);
 /// version (u16).
-pub const BP_VERSION: usize = 0x206;
-/// type_of_loader (u8).
-pub const BP_TYPE_OF_LOADER: usize = 0x210;
+pub const BP_VERSION: usize = BP_SETUP_HEADER + offset_of!(setup_header, version);
 /// loadflags (u8).
-pub const BP_LOADFLAGS: usize = 0x211;
-/// ramdisk_image (u32).
-pub const BP_RAMDISK_IMAGE: usize = 0x218;
-/// ramdisk_size (u32).
-pub const BP_RAMDISK_SIZE: usize = 0x21C;
+pub const BP_LOADFLAGS: usize = BP_SETUP_HEADER + offset_of!(setup_header, loadflags);
 /// cmd_line_ptr (u32).
-pub const BP_CMD_LINE_PTR: usize = 0x228;
+pub const BP_CMD_LINE_PTR: usize = BP_SETUP_HEADER + offset_of!(setup_header, cmd_line_ptr);
 /// xloadflags (u16).
-pub const BP_XLOADFLAGS: usize = 0x236;
+pub const BP_XLOADFLAGS: usize = BP_SETUP_HEADER + offset_of!(setup_header, xloadflags);
 /// cmdline_size (u32).
-pub const BP_CMDLINE_SIZE: usize = 0x238;
-/// hardware_subarch (u32).
-pub const BP_HARDWARE_SUBARCH: usize = 0x23C;
+pub const BP_CMDLINE_SIZE: usize = BP_SETUP_HEADER + offset_of!(setup_header, cmdline_size);
 /// pref_address (u64).
-pub const BP_PREF_ADDRESS: usize = 0x258;
+pub const BP_PREF_ADDRESS: usize = BP_SETUP_HEADER + offset_of!(setup_header, pref_address);
 /// init_size (u32).
-pub const BP_INIT_SIZE: usize = 0x260;
+pub const BP_INIT_SIZE: usize = BP_SETUP_HEADER + offset_of!(setup_header, init_size);
 /// e820_table: 128 packed 20-byte entries.
-pub const BP_E820_TABLE: usize = 0x2D0;
+pub const BP_E820_TABLE: usize = offset_of!(boot_params, e820_table);
 /// Entries e820_table holds.
 pub const E820_MAX: usize = 128;
+
+/// The zero page as linux-loader's bindgen struct, made [`ByteValued`] (the orphan rule keeps
+/// us from implementing a vm-memory trait on a linux-loader type directly).
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct ZeroPage(boot_params);
+// SAFETY: boot_params is repr(C, packed) and made only of integers and arrays of them (bindgen
+// from the kernel's uapi header): no padding, no pointers, and every bit pattern is valid.
+unsafe impl ByteValued for ZeroPage {}
+
+/// A setup header read from a kernel image's bytes.
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct Header(setup_header);
+// SAFETY: as for ZeroPage: a packed struct of integers, valid for any bytes.
+unsafe impl ByteValued for Header {}
+
+/// The setup header in the first bytes of a bzImage (`None` if `head` is too short).
+pub fn setup_header_of(head: &[u8]) -> Option<setup_header> {
+    let bytes = head.get(BP_SETUP_HEADER..BP_SETUP_HEADER_END)?;
+    Header::from_slice(bytes).map(|h| h.0)
+}
 
 /// "HdrS".
 const HDRS: u32 = u32::from_le_bytes(*b"HdrS");
@@ -162,9 +179,9 @@ pub fn detect_kernel(path: &Path, head: &[u8]) -> Result<KernelKind, KernelError
         }
         return Ok(KernelKind::Vmlinux);
     }
-    if head.len() >= BP_SETUP_HEADER_END && le32(head, BP_HEADER) == HDRS {
-        let version = le16(head, BP_VERSION);
-        if version < MIN_BZIMAGE_PROTOCOL || le16(head, BP_XLOADFLAGS) & XLF_KERNEL_64 == 0 {
+    if let Some(h) = setup_header_of(head).filter(|h| h.header == HDRS) {
+        let version = h.version;
+        if version < MIN_BZIMAGE_PROTOCOL || h.xloadflags & XLF_KERNEL_64 == 0 {
             return Err(KernelError::BzImageTooOld {
                 path: path.to_path_buf(),
                 version,
@@ -187,8 +204,8 @@ pub struct LoadedKernel {
     pub entry: u64,
     /// First byte above everything the kernel occupies (decompression included).
     pub end: u64,
-    /// bzImage: the setup header bytes [0x1F1, 0x26C) to copy into boot_params.
-    pub setup_header: Option<Vec<u8>>,
+    /// bzImage: its setup header, to copy into boot_params.
+    pub setup_header: Option<setup_header>,
 }
 
 /// Reads the first bytes of `path` and detects its format, before any guest memory exists.
@@ -232,16 +249,15 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, K
         }
         KernelKind::BzImage => {
             let r = BzImage::load(mem, None, &mut f, high).map_err(load_err)?;
-            let mut head = vec![0u8; BP_SETUP_HEADER_END];
-            let mut f = File::open(path).map_err(read_err)?;
-            f.read_exact(&mut head).map_err(read_err)?;
+            // linux-loader returns the image's setup header for every bzImage it loads.
+            let h = r.setup_header.unwrap_or_default();
             // The decompressor writes up to pref_address + init_size.
-            let decompressed_end = le64(&head, BP_PREF_ADDRESS) + le32(&head, BP_INIT_SIZE) as u64;
+            let decompressed_end = h.pref_address + h.init_size as u64;
             Ok(LoadedKernel {
                 kind,
                 entry: r.kernel_load.0 + BZIMAGE_ENTRY64,
                 end: r.kernel_end.max(decompressed_end),
-                setup_header: Some(head[BP_SETUP_HEADER..BP_SETUP_HEADER_END].to_vec()),
+                setup_header: Some(h),
             })
         }
     }
@@ -293,7 +309,7 @@ pub fn check_cmdline(s: &str) -> Result<(), CmdlineError> {
 #[derive(Debug, Clone)]
 pub struct BootParamsInput<'a> {
     /// bzImage: its setup header; `None` builds a vmlinux header from zero.
-    pub setup_header: Option<&'a [u8]>,
+    pub setup_header: Option<setup_header>,
     /// The initrd, if any.
     pub initrd: Option<GuestRange>,
     /// RSDP address.
@@ -302,59 +318,49 @@ pub struct BootParamsInput<'a> {
     pub e820: &'a [E820Entry],
 }
 
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+/// Builds the 4 KiB zero page.
+pub fn boot_params(input: &BootParamsInput<'_>) -> [u8; BOOT_PARAMS_LEN] {
+    let mut page = ZeroPage::default();
+    let bp = &mut page.0;
+    match input.setup_header {
+        Some(h) => bp.hdr = h,
+        None => {
+            bp.hdr.boot_flag = 0xAA55;
+            bp.hdr.header = HDRS;
+            bp.hdr.version = VMLINUX_PROTOCOL;
+            bp.hdr.loadflags = LOADED_HIGH;
+            bp.hdr.cmdline_size = CMDLINE_MAX as u32;
+        }
+    }
+    bp.hdr.type_of_loader = 0xFF;
+    bp.hdr.hardware_subarch = 0;
+    bp.hdr.cmd_line_ptr = CMDLINE_GPA as u32;
+    // Non-zero makes the kernel wipe most fields as written by a broken loader.
+    bp.sentinel = 0;
+    if let Some(rd) = input.initrd {
+        bp.hdr.ramdisk_image = rd.base as u32;
+        bp.hdr.ramdisk_size = rd.len as u32;
+    }
+    bp.acpi_rsdp_addr = input.rsdp;
+    let n = input.e820.len().min(E820_MAX);
+    bp.e820_entries = n as u8;
+    for (slot, e) in bp.e820_table.iter_mut().zip(&input.e820[..n]) {
+        slot.addr = e.addr;
+        slot.size = e.size;
+        slot.type_ = e.kind;
+    }
+    let mut out = [0u8; BOOT_PARAMS_LEN];
+    out.copy_from_slice(page.as_slice());
+    out
 }
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
+
 fn put64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
+
+#[cfg(test)]
 fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Builds the 4 KiB zero page.
-pub fn boot_params(input: &BootParamsInput<'_>) -> [u8; BOOT_PARAMS_LEN] {
-    let mut b = [0u8; BOOT_PARAMS_LEN];
-    match input.setup_header {
-        Some(h) => {
-            let n = h.len().min(BP_SETUP_HEADER_END - BP_SETUP_HEADER);
-            b[BP_SETUP_HEADER..BP_SETUP_HEADER + n].copy_from_slice(&h[..n]);
-        }
-        None => {
-            put16(&mut b, BP_BOOT_FLAG, 0xAA55);
-            put32(&mut b, BP_HEADER, HDRS);
-            put16(&mut b, BP_VERSION, VMLINUX_PROTOCOL);
-            b[BP_LOADFLAGS] = LOADED_HIGH;
-            put32(&mut b, BP_CMDLINE_SIZE, CMDLINE_MAX as u32);
-        }
-    }
-    b[BP_TYPE_OF_LOADER] = 0xFF;
-    b[BP_SENTINEL] = 0;
-    put32(&mut b, BP_HARDWARE_SUBARCH, 0);
-    put32(&mut b, BP_CMD_LINE_PTR, CMDLINE_GPA as u32);
-    if let Some(rd) = input.initrd {
-        put32(&mut b, BP_RAMDISK_IMAGE, rd.base as u32);
-        put32(&mut b, BP_RAMDISK_SIZE, rd.len as u32);
-    }
-    put64(&mut b, BP_ACPI_RSDP_ADDR, input.rsdp);
-    let n = input.e820.len().min(E820_MAX);
-    b[BP_E820_ENTRIES] = n as u8;
-    for (i, e) in input.e820[..n].iter().enumerate() {
-        let at = BP_E820_TABLE + i * 20;
-        put64(&mut b, at, e.addr);
-        put64(&mut b, at + 8, e.size);
-        put32(&mut b, at + 16, e.kind);
-    }
-    b
 }
 
 /// Identity page tables: PML4 → PDPT → [`IDENTITY_MAPPED_GIB`] page directories of 2 MiB

@@ -17,6 +17,26 @@ fn layout() -> MemoryLayout {
 }
 
 #[test]
+fn offsets_are_the_specs() {
+    // Documentation/arch/x86/zero-page.rst and boot.rst, protocol 2.15.
+    assert_eq!(BOOT_PARAMS_LEN, 4096);
+    assert_eq!(BP_ACPI_RSDP_ADDR, 0x070);
+    assert_eq!(BP_E820_ENTRIES, 0x1E8);
+    assert_eq!(BP_SETUP_HEADER, 0x1F1);
+    assert_eq!(BP_SETUP_HEADER_END, 0x26C);
+    assert_eq!(
+        (BP_BOOT_FLAG, BP_HEADER, BP_VERSION, BP_LOADFLAGS),
+        (0x1FE, 0x202, 0x206, 0x211)
+    );
+    assert_eq!(
+        (BP_CMD_LINE_PTR, BP_XLOADFLAGS, BP_CMDLINE_SIZE),
+        (0x228, 0x236, 0x238)
+    );
+    assert_eq!((BP_PREF_ADDRESS, BP_INIT_SIZE), (0x258, 0x260));
+    assert_eq!(BP_E820_TABLE, 0x2D0);
+}
+
+#[test]
 fn vmlinux_boot_params_at_spec_offsets() {
     let l = layout();
     let rd = GuestRange {
@@ -83,7 +103,7 @@ fn fake_bzimage(version: u16, xloadflags: u16) -> Vec<u8> {
 fn bzimage_boot_params_copy_the_header_then_patch() {
     let img = fake_bzimage(0x020F, 0x7F);
     let b = boot_params(&BootParamsInput {
-        setup_header: Some(&img[BP_SETUP_HEADER..BP_SETUP_HEADER_END]),
+        setup_header: setup_header_of(&img),
         initrd: None,
         rsdp: 0xE0000,
         e820: &layout().e820,
@@ -109,7 +129,7 @@ fn bzimage_loads_with_64bit_entry() {
     assert_eq!(k.kind, KernelKind::BzImage);
     assert_eq!(k.entry, 0x100200);
     assert_eq!(k.end, 0x1000000 + 0x2395000);
-    assert_eq!(k.setup_header.unwrap()[0], 4);
+    assert_eq!(k.setup_header.unwrap().setup_sects, 4);
 }
 
 #[test]

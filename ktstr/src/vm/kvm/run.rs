@@ -51,7 +51,7 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, VmmError> {
         c.push(0);
         write_guest(mem, CMDLINE_GPA, &c, "writing the command line")?;
         let bp = boot::boot_params(&BootParamsInput {
-            setup_header: k.setup_header.as_deref(),
+            setup_header: k.setup_header,
             initrd: Some(rd),
             rsdp,
             e820: &layout.e820,
