@@ -266,5 +266,14 @@ mod tests {
         s.details
             .insert(0, d(DetailKind::Unfair, "cgroup cg1 got 26%"));
         assert_eq!(verdict(&s), Verdict::Fail);
+        // Host-side reasons carry their own kinds: a corrupt channel beside the expected
+        // finding is another failure, not a match.
+        s.details = vec![
+            d(DetailKind::Unfair, "cgroup cg1 got 26%"),
+            d(DetailKind::ResultChannel, "corrupt frame at offset 80"),
+        ];
+        assert_eq!(verdict(&s), Verdict::Fail);
+        s.expect_err_match = Some("Unfair: cgroup cg1; allow ResultChannel".into());
+        assert_eq!(verdict(&s), Verdict::Pass);
     }
 }

@@ -177,11 +177,30 @@ fn a_corrupt_result_channel_fails_a_passing_case() {
     if !kernel_available() {
         return;
     }
-    let (code, out) = case("channel_corrupted/eevdf/1n1l1c1t");
+    let dir = std::env::temp_dir().join(format!("ktstr-channel-sidecar-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (code, out) = case_with(
+        "channel_corrupted/eevdf/1n1l1c1t",
+        &[("KTSTR_SIDECAR_DIR", dir.to_str().unwrap())],
+    );
     assert_eq!(code, Some(101), "{out}");
     assert!(
         out.contains("ResultChannel: corrupt frame at offset"),
         "{out}"
+    );
+    // The sidecar carries the host's reason with its kind, so stats and replay judge the case
+    // as the harness did.
+    let run = ktstr::runs::load_run(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, sc) = &run.sidecars[0];
+    assert_eq!(ktstr::runs::verdict(sc), ktstr::runs::Verdict::Fail);
+    assert!(
+        sc.details
+            .iter()
+            .any(|d| d.kind == ktstr::assert::DetailKind::ResultChannel
+                && d.message.contains("corrupt frame at offset")),
+        "{:?}",
+        sc.details
     );
 }
 
