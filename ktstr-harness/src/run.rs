@@ -158,17 +158,9 @@ mod tests {
             reasons: reasons
                 .iter()
                 .map(|r| {
-                    use ktstr::assert::{AssertDetail, DetailKind};
                     let (k, message) = r.split_once(": ").unwrap();
-                    let kind = match k {
-                        "Unfair" => DetailKind::Unfair,
-                        "Stuck" => DetailKind::Stuck,
-                        "SchedulerDied" => DetailKind::SchedulerDied,
-                        "Other" => DetailKind::Other,
-                        other => panic!("kind {other} not in this test's table"),
-                    };
-                    AssertDetail {
-                        kind,
+                    ktstr::assert::AssertDetail {
+                        kind: serde_json::from_str(&format!("\"{k}\"")).unwrap(),
                         message: message.into(),
                     }
                 })

@@ -23,6 +23,18 @@ fn case_with(name: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
     case_env(name, envs, &[])
 }
 
+/// Runs one fixture case with its sidecar written to a fresh directory; returns the exit
+/// code, the output and the case's sidecar.
+fn case_and_sidecar(name: &str, tag: &str) -> (Option<i32>, String, ktstr::sidecar::Sidecar) {
+    let dir = std::env::temp_dir().join(format!("ktstr-{tag}-sidecar-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (code, out) = case_with(name, &[("KTSTR_SIDECAR_DIR", dir.to_str().unwrap())]);
+    let run = ktstr::runs::load_run(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let sc = run.sidecars.into_iter().next().expect("one sidecar").1;
+    (code, out, sc)
+}
+
 /// [`case`] with extra environment variables and some removed.
 fn case_env(name: &str, envs: &[(&str, &str)], remove: &[&str]) -> (Option<i32>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"));
@@ -92,12 +104,7 @@ fn a_kernel_panic_fails_the_case_and_is_named() {
     if !kernel_available() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ktstr-panic-sidecar-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (code, out) = case_with(
-        "kernel_panics/eevdf/1n1l1c1t",
-        &[("KTSTR_SIDECAR_DIR", dir.to_str().unwrap())],
-    );
+    let (code, out, sc) = case_and_sidecar("kernel_panics/eevdf/1n1l1c1t", "panic");
     assert_eq!(code, Some(101), "{out}");
     assert!(out.contains("guest kernel panic"), "{out}");
     assert!(
@@ -105,10 +112,7 @@ fn a_kernel_panic_fails_the_case_and_is_named() {
         "the console tail shows the cause: {out}"
     );
     // The guest judged nothing, so the sidecar keeps the host's reason.
-    let run = ktstr::runs::load_run(&dir).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let (_, sc) = &run.sidecars[0];
-    assert_eq!(ktstr::runs::verdict(sc), ktstr::runs::Verdict::Fail);
+    assert_eq!(ktstr::runs::verdict(&sc), ktstr::runs::Verdict::Fail);
     assert!(
         sc.details
             .iter()
@@ -177,12 +181,7 @@ fn a_corrupt_result_channel_fails_a_passing_case() {
     if !kernel_available() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ktstr-channel-sidecar-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (code, out) = case_with(
-        "channel_corrupted/eevdf/1n1l1c1t",
-        &[("KTSTR_SIDECAR_DIR", dir.to_str().unwrap())],
-    );
+    let (code, out, sc) = case_and_sidecar("channel_corrupted/eevdf/1n1l1c1t", "channel");
     assert_eq!(code, Some(101), "{out}");
     assert!(
         out.contains("ResultChannel: corrupt frame at offset"),
@@ -190,10 +189,7 @@ fn a_corrupt_result_channel_fails_a_passing_case() {
     );
     // The sidecar carries the host's reason with its kind, so stats and replay judge the case
     // as the harness did.
-    let run = ktstr::runs::load_run(&dir).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let (_, sc) = &run.sidecars[0];
-    assert_eq!(ktstr::runs::verdict(sc), ktstr::runs::Verdict::Fail);
+    assert_eq!(ktstr::runs::verdict(&sc), ktstr::runs::Verdict::Fail);
     assert!(
         sc.details
             .iter()
