@@ -292,6 +292,14 @@ pub struct AssertDetail {
 }
 
 impl AssertDetail {
+    /// A detail of `kind` saying `message`.
+    pub fn new(kind: DetailKind, message: impl Into<String>) -> Self {
+        AssertDetail {
+            kind,
+            message: message.into(),
+        }
+    }
+
     /// The failure reason line `Kind: message` (what `expect_err = "Kind: text"` matches).
     pub fn reason(&self) -> String {
         format!("{:?}: {}", self.kind, self.message)

@@ -53,10 +53,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
             Err(e) => {
                 return Ok(CaseVerdict::infra_failure(
                     &case.name,
-                    AssertDetail {
-                        kind: DetailKind::Other,
-                        message: e,
-                    },
+                    AssertDetail::new(DetailKind::Other, e),
                 ))
             }
         },
@@ -135,10 +132,7 @@ fn performance_mode_refused(case: &CaseSpec) -> Option<CaseVerdict> {
         // a run-time skip would count as a pass in nextest.
         return Some(CaseVerdict::infra_failure(
             &case.name,
-            AssertDetail {
-                kind: DetailKind::Skip,
-                message: why,
-            },
+            AssertDetail::new(DetailKind::Skip, why),
         ));
     }
     None

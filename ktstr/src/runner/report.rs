@@ -159,14 +159,14 @@ pub fn judge(name: &str, diagnostics: &str, out: &VmOutcome) -> CaseVerdict {
     let deliberate = matches!(out.end, VmEnd::GuestExit { .. });
     let passed = guest_verdict(out, &result, deliberate, &mut reasons);
     for p in out.frames.iter().filter(|f| f.kind == FrameType::Panic) {
-        reasons.push(detail(DetailKind::GuestPanic, p.text()));
+        reasons.push(AssertDetail::new(DetailKind::GuestPanic, p.text()));
     }
     let sched_exit = sched_exit_of(out);
     // A corrupt result channel fails the case even after a passing verdict: frames after the
     // corruption (a later failure, a panic) may be lost.
     let passed = passed && out.channel_error.is_none();
     if let Some(e) = &out.channel_error {
-        reasons.push(detail(DetailKind::ResultChannel, e.to_string()));
+        reasons.push(AssertDetail::new(DetailKind::ResultChannel, e.to_string()));
     }
     let gave_verdict = deliberate && matches!(result, Ok(Some(_))) && out.channel_error.is_none();
     let mut report = if passed {
@@ -204,25 +204,18 @@ fn guest_verdict(
                 reasons.extend(r.details.iter().cloned());
             }
             if r.skipped {
-                reasons.push(detail(DetailKind::Skip, "skipped"));
+                reasons.push(AssertDetail::new(DetailKind::Skip, "skipped"));
             }
             r.passed
         }
         (Ok(Some(_)), false) | (Ok(None), _) => {
-            reasons.push(detail(DetailKind::NoVerdict, out.end.describe()));
+            reasons.push(AssertDetail::new(DetailKind::NoVerdict, out.end.describe()));
             false
         }
         (Err(e), _) => {
-            reasons.push(detail(DetailKind::ResultChannel, e.clone()));
+            reasons.push(AssertDetail::new(DetailKind::ResultChannel, e.clone()));
             false
         }
-    }
-}
-
-fn detail(kind: DetailKind, message: impl Into<String>) -> AssertDetail {
-    AssertDetail {
-        kind,
-        message: message.into(),
     }
 }
 
@@ -401,7 +394,7 @@ mod tests {
 
     #[test]
     fn an_infrastructure_failure_carries_its_reason() {
-        let v = CaseVerdict::infra_failure("c", detail(DetailKind::Other, "no kernel"));
+        let v = CaseVerdict::infra_failure("c", AssertDetail::new(DetailKind::Other, "no kernel"));
         assert!(!v.passed && v.infra && v.skipped.is_none() && v.sched_exit.is_none());
         assert_eq!(v.reason_lines(), ["Other: no kernel"]);
         assert_eq!(v.report, "ktstr case 'c' failed:\n  Other: no kernel\n");
