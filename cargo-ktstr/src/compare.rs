@@ -1,9 +1,6 @@
 //! `cargo ktstr stats compare`: two filtered slices of the recorded runs, paired and judged
 //! metric by metric (the semantics live in `ktstr::compare`; this is flags and rendering).
 //!
-//! Not built yet: revspec resolution of commit filters (cli.md §3.4; values are matched
-//! literally) and per-phase tables (sidecars do not record phases yet; the flags parse and
-//! the report says so).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -181,6 +178,11 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
         }
     }
     let (shared, fa, fb) = a.filters();
+    let (shared, fa, fb) = (
+        resolve_commits(shared, "")?,
+        resolve_commits(fa, "a-")?,
+        resolve_commits(fb, "b-")?,
+    );
     let cmp = compare::compare(&Request {
         pool: &pool,
         shared,
@@ -197,6 +199,31 @@ pub fn run(a: CompareArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces each commit filter value by the short hashes it names (cli.md §3.4): project
+/// commits in the repository around the current directory, kernel commits in the one at
+/// `KTSTR_KERNEL`. `side` prefixes the flag in messages (`a-`, `b-` or nothing).
+fn resolve_commits(mut f: Filters, side: &str) -> Result<Filters> {
+    let cwd = std::env::current_dir()?;
+    let kernel = std::env::var_os("KTSTR_KERNEL").map(PathBuf::from);
+    for (dim, resolver) in [
+        (Dim::ProjectCommit, ktstr::revspec::Resolver::project(&cwd)),
+        (
+            Dim::KernelCommit,
+            ktstr::revspec::Resolver::kernel(kernel.as_deref()),
+        ),
+    ] {
+        if let Some(values) = f.0.get_mut(&dim) {
+            let flag = format!("{side}{}", dim.flag());
+            let mut out = Vec::new();
+            for v in values.iter() {
+                out.extend(resolver.resolve(&flag, v)?);
+            }
+            *values = out;
+        }
+    }
+    Ok(f)
 }
 
 fn names(dims: &[Dim]) -> String {
@@ -216,6 +243,66 @@ fn num(v: f64) -> String {
     }
 }
 
+fn rel(f: &compare::Finding) -> String {
+    if f.rel.is_infinite() {
+        "inf".into()
+    } else {
+        format!("{:.1}%", f.rel * 100.0)
+    }
+}
+
+/// Whether a phase row is shown under `--steps-only`, `--phase` and `--phase-threshold`.
+fn phase_row_shown(f: &compare::PhaseFinding, a: &CompareArgs) -> bool {
+    if a.steps_only && f.step_index == 0 {
+        return false;
+    }
+    if a.phase.is_some_and(|n| n != f.step_index) {
+        return false;
+    }
+    let pct = a.phase_threshold.unwrap_or(0.0);
+    f.finding.delta.abs() / f.finding.a.abs().max(1.0) >= pct / 100.0
+}
+
+/// One table per pair with phases on both sides: phase, metric, A, B, delta, rel, mark.
+fn phase_tables(c: &Comparison, a: &CompareArgs) -> String {
+    let mut out = String::new();
+    let mut recorded = false;
+    for pair in &c.pairs {
+        recorded |= !pair.phases.is_empty();
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_header(["phase", "metric", "A", "B", "delta", "rel", ""]);
+        for p in pair.phases.iter().filter(|p| phase_row_shown(p, a)) {
+            let f = &p.finding;
+            let mark = if f.regression {
+                "REGRESSION"
+            } else if f.improvement {
+                "improvement"
+            } else {
+                ""
+            };
+            t.add_row([
+                format!("{} {}", p.step_index, p.label),
+                f.metric.to_string(),
+                num(f.a),
+                num(f.b),
+                num(f.delta),
+                rel(f),
+                mark.into(),
+            ]);
+        }
+        if t.row_count() > 0 {
+            out.push_str(&format!("\nphases of {}:\n{t}\n", pair.a.key));
+        }
+    }
+    if !recorded {
+        out.push_str("\nper-phase tables: no phase was recorded on both sides of any pair\n");
+    } else if out.is_empty() {
+        out.push_str("\nper-phase tables: every phase row is filtered out (--steps-only, --phase, --phase-threshold)\n");
+    }
+    out
+}
+
 /// The report: header, scalar findings, phases, host delta, excluded and unpaired, footer.
 fn render(c: &Comparison, a: &CompareArgs) -> String {
     let mut out = format!(
@@ -231,8 +318,8 @@ fn render(c: &Comparison, a: &CompareArgs) -> String {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED)
             .set_header(["pair", "metric", "A", "B", "delta", "rel", ""]);
-        for (ra, _, findings) in &c.pairs {
-            for f in findings {
+        for pair in &c.pairs {
+            for f in &pair.findings {
                 let mark = if f.regression {
                     regressions += 1;
                     "REGRESSION"
@@ -243,16 +330,12 @@ fn render(c: &Comparison, a: &CompareArgs) -> String {
                     ""
                 };
                 t.add_row([
-                    ra.key.clone(),
+                    pair.a.key.clone(),
                     f.metric.to_string(),
                     num(f.a),
                     num(f.b),
                     num(f.delta),
-                    if f.rel.is_infinite() {
-                        "inf".into()
-                    } else {
-                        format!("{:.1}%", f.rel * 100.0)
-                    },
+                    rel(f),
                     mark.into(),
                 ]);
             }
@@ -264,14 +347,14 @@ fn render(c: &Comparison, a: &CompareArgs) -> String {
         }
     }
     if !a.no_phases {
-        out.push_str("\nper-phase tables: no per-phase metrics recorded (sidecars do not collect phases yet)\n");
+        out.push_str(&phase_tables(c, a));
     }
     let host = |i: usize| {
         c.pairs.iter().find_map(|p| {
             if i == 0 {
-                p.0.host.clone()
+                p.a.host.clone()
             } else {
-                p.1.host.clone()
+                p.b.host.clone()
             }
         })
     };

@@ -69,7 +69,11 @@ static FIELDS: &[FieldInfo] = &[
         name: "verifier_stats",
         is_set: |s| s.verifier_stats.is_some(),
         classification: Expected,
-        causes: &["per-case verifier statistics are not collected yet"],
+        causes: &[
+            "the case ran EEVDF or a kernel built-in scheduler: no BPF program was loaded",
+            "the scheduler died or never attached before the guest could list its programs",
+            "the sidecar was written before ktstr collected verifier statistics",
+        ],
         fix: Some("`cargo ktstr verifier` prints verified instructions per program and profile"),
     },
     FieldInfo {
@@ -77,8 +81,9 @@ static FIELDS: &[FieldInfo] = &[
         is_set: |s| s.kvm_stats.is_some(),
         classification: Expected,
         causes: &[
-            "KVM binary statistics are not collected yet",
-            "cases on the qemu backend have none",
+            "the case ran on the qemu backend: KVM statistics are read from the in-process VMM's VM and vCPU fds, which qemu does not share",
+            "the host kernel has no KVM binary statistics (before Linux 5.14)",
+            "the sidecar was written before ktstr collected KVM statistics",
         ],
         fix: None,
     },
@@ -86,7 +91,10 @@ static FIELDS: &[FieldInfo] = &[
         name: "kernel_commit",
         is_set: |s| s.kernel_commit.is_some(),
         classification: Expected,
-        causes: &["ktstr does not record the kernel's source commit yet"],
+        causes: &[
+            "the kernel was built from a tarball (linux-source-*), which has no commit",
+            "the kernel is a bare image path, not a kernel-cache entry whose metadata names its source",
+        ],
         fix: None,
     },
     FieldInfo {

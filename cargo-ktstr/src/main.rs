@@ -149,3 +149,54 @@ fn report(e: &anyhow::Error) {
         eprintln!("  caused by: {cause}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Cargo, clap::Error> {
+        let mut args = vec![
+            "cargo",
+            "ktstr",
+            "stats",
+            "compare",
+            "--a-kernel",
+            "6.12",
+            "--b-kernel",
+            "6.13",
+        ];
+        args.extend_from_slice(extra);
+        Cargo::try_parse_from(args)
+    }
+
+    /// cli.md §3.7's conflict matrix of the phase-rendering flags, rule by rule.
+    #[test]
+    fn phase_flags_follow_the_conflict_matrix() {
+        let e = parse(&["--no-phases", "--phases-only"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--no-phases") && e.contains("--phases-only"),
+            "{e}"
+        );
+        for bad in [
+            &["--no-phases", "--steps-only"][..],
+            &["--no-phases", "--phase", "1"],
+            &["--no-phases", "--phase-threshold", "5"],
+            &["--steps-only", "--phase", "1"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+        for good in [
+            &["--phases-only", "--steps-only", "--phase-threshold", "5"][..],
+            &["--phases-only", "--phase", "1", "--phase-threshold", "5"],
+            &["--no-phases"],
+        ] {
+            assert!(parse(good).is_ok(), "{good:?} must parse");
+        }
+        assert!(
+            parse(&["--phase", "70000"]).is_err(),
+            "a phase index is a u16"
+        );
+    }
+}

@@ -310,6 +310,7 @@ mod tests {
             console_tail: "[    1.0] booting\n".into(),
             times: Default::default(),
             monitor: None,
+            kvm_stats: None,
         };
         let host = |hardware_virt| vm::backend::HostVirt {
             kvm_usable: true,

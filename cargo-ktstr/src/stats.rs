@@ -190,6 +190,15 @@ fn summary() -> Result<()> {
             println!("  {}: {why}", s.case_name);
         }
     }
+    let kvm: Vec<&Sidecar> = cases
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.kvm_stats.is_some())
+        .collect();
+    if !kvm.is_empty() {
+        println!("\nKVM exits (in-process VMM, summed over vCPUs):");
+        println!("{}", kvm_table(&kvm));
+    }
     for (name, has) in [
         (
             "BPF verifier stats",
@@ -209,6 +218,32 @@ fn summary() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One row per case with KVM statistics: its exits by reason.
+fn kvm_table(cases: &[&Sidecar]) -> Table {
+    const COLS: [&str; 6] = [
+        "exits",
+        "io_exits",
+        "mmio_exits",
+        "halt_exits",
+        "irq_exits",
+        "signal_exits",
+    ];
+    let mut header = vec!["case", "vcpus"];
+    header.extend(COLS);
+    let mut t = table(&header);
+    for s in cases {
+        let k = s.kvm_stats.as_ref().expect("filtered on kvm_stats");
+        let mut row = vec![s.case_name.clone(), k["vcpus"].to_string()];
+        row.extend(COLS.iter().map(|c| {
+            k["vcpu"][*c]
+                .as_u64()
+                .map_or("-".to_string(), |v| v.to_string())
+        }));
+        t.add_row(row);
+    }
+    t
 }
 
 /// The sidecars of the newest nextest run among `all` (the run id of the newest timestamp),
@@ -356,15 +391,24 @@ fn show_host(key: &str, dir: Option<PathBuf>) -> Result<()> {
     }
 }
 
-/// `stats list-metrics`.
+/// `stats list-metrics`: the run-level registry (policy keys), then the per-phase metrics of
+/// `stats compare`'s phase tables. `--json` prints the run-level registry.
 fn list_metrics(json: bool) -> Result<()> {
-    use ktstr::metrics::{Polarity, METRICS};
+    use ktstr::metrics::{METRICS, PHASE_METRICS};
     if json {
         println!("{}", serde_json::to_string_pretty(METRICS)?);
         return Ok(());
     }
+    println!("{}", metrics_table(METRICS));
+    println!("\nper-phase metrics (stats compare's phase tables):");
+    println!("{}", metrics_table(PHASE_METRICS));
+    Ok(())
+}
+
+fn metrics_table<S>(metrics: &[ktstr::metrics::Metric<S>]) -> comfy_table::Table {
+    use ktstr::metrics::Polarity;
     let mut t = table(&["metric", "better", "abs", "rel", "unit", "description"]);
-    for m in METRICS {
+    for m in metrics {
         t.add_row([
             m.name.to_string(),
             match m.polarity {
@@ -378,13 +422,28 @@ fn list_metrics(json: bool) -> Result<()> {
             m.description.into(),
         ]);
     }
-    println!("{t}");
-    Ok(())
+    t
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kvm_exits_are_tabled_per_case() {
+        let mut s = Sidecar::default();
+        s.case_name = "spin/eevdf/1n1l2c1t".into();
+        s.kvm_stats = Some(serde_json::json!({
+            "vcpus": 2, "vcpu": {"exits": 4242, "io_exits": 17}, "vm": {}
+        }));
+        let t = kvm_table(&[&s]).to_string();
+        assert!(t.contains("spin/eevdf/1n1l2c1t"), "{t}");
+        assert!(t.contains("4242") && t.contains("17"), "{t}");
+        assert!(
+            t.contains('-'),
+            "a counter KVM did not report shows as -: {t}"
+        );
+    }
 
     #[test]
     fn the_summary_covers_the_newest_nextest_run_only() {

@@ -408,6 +408,8 @@ fn list_metrics_prints_the_registry() {
     assert_eq!(gap["unit"], "ms");
     let o = ktstr(&["stats", "list-metrics"], &[]);
     assert!(text(&o).0.contains("total_iterations"));
+    assert!(text(&o).0.contains("per-phase metrics"));
+    assert!(text(&o).0.contains("cpu_share_spread_pct"));
 }
 
 /// `explain-sidecar` names each null optional field with its classification, counts them in
@@ -543,6 +545,177 @@ fn stats_compare_flags_regressions() {
         "1",
     ]);
     assert_eq!(code, Some(2));
+}
+
+/// `stats compare` renders a per-phase table for each pair from the sidecars' `phases`, and
+/// `--phases-only`, `--steps-only`, `--phase N`, `--phase-threshold` and `--no-phases` choose
+/// what shows; phase rows never change the exit code.
+#[test]
+fn stats_compare_renders_phase_tables() {
+    let target = tempfile::tempdir().unwrap();
+    let root = target.path().join("ktstr");
+    let env = [("CARGO_TARGET_DIR", target.path().to_str().unwrap())];
+    for (key, kernel, rate) in [
+        ("6.12.5-abc1234", "6.12.5", 1000.0),
+        ("6.13.0-abc1234", "6.13.0", 400.0),
+    ] {
+        record_gap(&root, key, kernel, 100.0);
+        let dir = root.join(key);
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".ktstr.json"))
+            .unwrap();
+        let mut s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        s["phases"] = serde_json::json!([
+            {"step_index": 0, "label": "BASELINE", "iterations_per_s": 100.0},
+            {"step_index": 1, "label": "Step[0]", "iterations_per_s": rate},
+            {"step_index": 2, "label": "Step[1]", "iterations_per_s": 1000.0, "mean_cpu_share_pct": 50.0},
+        ]);
+        std::fs::write(&file, serde_json::to_string(&s).unwrap()).unwrap();
+    }
+    let cmp = |extra: &[&str]| {
+        let mut args = vec![
+            "stats",
+            "compare",
+            "--a-kernel",
+            "6.12",
+            "--b-kernel",
+            "6.13",
+        ];
+        args.extend_from_slice(extra);
+        let o = ktstr(&args, &env);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{out}{err}");
+        out
+    };
+    let out = cmp(&[]);
+    assert!(out.contains("phases of spin/eevdf"), "{out}");
+    let regressed = out
+        .lines()
+        .find(|l| l.contains("1 Step[0]") && l.contains("iterations_per_s"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        regressed.contains("REGRESSION") && regressed.contains("-600"),
+        "{regressed}"
+    );
+    assert!(
+        out.contains("0 BASELINE") && out.contains("2 Step[1]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pairs compared"),
+        "the scalar footer prints: {out}"
+    );
+    let only = cmp(&["--phases-only"]);
+    assert!(
+        only.contains("phases of") && !only.contains("pairs compared"),
+        "{only}"
+    );
+    assert!(
+        only.contains("host:"),
+        "the host delta still prints: {only}"
+    );
+    let steps = cmp(&["--steps-only"]);
+    assert!(
+        !steps.contains("BASELINE") && steps.contains("Step[0]"),
+        "{steps}"
+    );
+    let one = cmp(&["--phase", "2"]);
+    assert!(
+        one.contains("2 Step[1]") && !one.contains("Step[0]"),
+        "{one}"
+    );
+    // Only step 0 changed (by 60%): a 50% phase threshold hides the unchanged rows.
+    let big = cmp(&["--phase-threshold", "50"]);
+    assert!(
+        big.contains("1 Step[0]") && !big.contains("Step[1]"),
+        "{big}"
+    );
+    let none = cmp(&["--phase", "9"]);
+    assert!(none.contains("every phase row is filtered out"), "{none}");
+    let no = cmp(&["--no-phases"]);
+    assert!(
+        !no.contains("phases of") && !no.contains("per-phase"),
+        "{no}"
+    );
+}
+
+/// `--a-project-commit HEAD~1 --b-project-commit HEAD` resolves in the repository around the
+/// current directory to the short hashes sidecars record; a typo is an error that says so.
+#[test]
+fn stats_compare_resolves_commit_revisions() {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .args(args)
+            .current_dir(repo.path())
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()
+            .expect("git is installed (CI installs it)");
+        assert!(o.status.success(), "git {args:?}: {}", text(&o).1);
+        text(&o).0.trim().to_string()
+    };
+    git(&["init", "-q"]);
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        std::fs::write(repo.path().join("f"), i.to_string()).unwrap();
+        git(&["add", "f"]);
+        git(&["commit", "-q", "-m", "c"]);
+        ids.push(git(&["rev-parse", "--short=7", "HEAD"]));
+    }
+    let target = tempfile::tempdir().unwrap();
+    let root = target.path().join("ktstr");
+    for (id, gap) in [(&ids[0], 100.0), (&ids[1], 1500.0)] {
+        let key = format!("6.12.5-{id}");
+        record_gap(&root, &key, "6.12.5", gap);
+        let dir = root.join(&key);
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.to_string_lossy().ends_with(".ktstr.json") {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                v["project_commit"] = serde_json::json!(id);
+                std::fs::write(&path, v.to_string()).unwrap();
+            }
+        }
+    }
+    let cmp = |a: &str, b: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-ktstr"))
+            .args([
+                "ktstr",
+                "stats",
+                "compare",
+                "--a-project-commit",
+                a,
+                "--b-project-commit",
+                b,
+            ])
+            .current_dir(repo.path())
+            .env("CARGO_TARGET_DIR", target.path())
+            .output()
+            .unwrap();
+        let (out, err) = text(&o);
+        (o.status.code(), out, err)
+    };
+    let (code, out, err) = cmp("HEAD~1", "HEAD");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("slicing: project-commit"), "{out}");
+    assert!(
+        out.contains(&format!("A: project-commit={}", ids[0])),
+        "{out}"
+    );
+    assert!(out.contains("REGRESSION"), "{out}");
+    let (code, out, err) = cmp("HAED~1", "HEAD");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("--a-project-commit \"HAED~1\": not a revision"),
+        "{err}"
+    );
 }
 
 /// Every printing command ends quietly when its stdout is already closed (`| head`): killed by

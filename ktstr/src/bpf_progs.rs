@@ -26,6 +26,8 @@ const INFO_TYPE: usize = 0;
 const INFO_ID: usize = 4;
 const INFO_NAME: usize = 64;
 const INFO_NAME_LEN: usize = 16;
+const INFO_RUN_TIME_NS: usize = 192;
+const INFO_RUN_CNT: usize = 200;
 const INFO_VERIFIED_INSNS: usize = 216;
 
 /// Why the programs could not be listed.
@@ -42,7 +44,7 @@ pub enum BpfQueryError {
 }
 
 /// One loaded BPF program.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProgInfo {
     /// Kernel program id.
     pub id: u32,
@@ -52,6 +54,17 @@ pub struct ProgInfo {
     pub name: String,
     /// Instructions the verifier processed (0 on kernels before 5.16).
     pub verified_insns: u32,
+    /// Times it ran, counted while `kernel.bpf_stats_enabled` is 1 (0 otherwise).
+    pub run_cnt: u64,
+    /// Time it ran, ns, counted while `kernel.bpf_stats_enabled` is 1.
+    pub run_time_ns: u64,
+}
+
+/// Turns on the kernel's per-program run counters (`kernel.bpf_stats_enabled`), so
+/// [`ProgInfo::run_cnt`] and [`ProgInfo::run_time_ns`] count from now on. It costs two clock
+/// reads per program run. Errors (no procfs, no permission) leave the counters at 0.
+pub fn enable_run_stats() -> std::io::Result<()> {
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_SIZE]) -> std::io::Result<i64> {
@@ -69,6 +82,12 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[off..off + 8]);
+    u64::from_ne_bytes(v)
+}
+
 /// Decodes the fields we use from a `struct bpf_prog_info`.
 fn decode_info(info: &[u8; INFO_SIZE]) -> ProgInfo {
     let raw = &info[INFO_NAME..INFO_NAME + INFO_NAME_LEN];
@@ -78,6 +97,8 @@ fn decode_info(info: &[u8; INFO_SIZE]) -> ProgInfo {
         prog_type: u32_at(info, INFO_TYPE),
         name: String::from_utf8_lossy(&raw[..end]).into_owned(),
         verified_insns: u32_at(info, INFO_VERIFIED_INSNS),
+        run_cnt: u64_at(info, INFO_RUN_CNT),
+        run_time_ns: u64_at(info, INFO_RUN_TIME_NS),
     }
 }
 
@@ -138,6 +159,8 @@ mod tests {
         info[INFO_ID..INFO_ID + 4].copy_from_slice(&42u32.to_ne_bytes());
         info[INFO_NAME..INFO_NAME + 12].copy_from_slice(b"demo_enqueue");
         info[INFO_VERIFIED_INSNS..INFO_VERIFIED_INSNS + 4].copy_from_slice(&1234u32.to_ne_bytes());
+        info[INFO_RUN_CNT..INFO_RUN_CNT + 8].copy_from_slice(&(5u64 << 32 | 7).to_ne_bytes());
+        info[INFO_RUN_TIME_NS..INFO_RUN_TIME_NS + 8].copy_from_slice(&99_000u64.to_ne_bytes());
         assert_eq!(
             decode_info(&info),
             ProgInfo {
@@ -145,6 +168,8 @@ mod tests {
                 prog_type: PROG_TYPE_STRUCT_OPS,
                 name: "demo_enqueue".into(),
                 verified_insns: 1234,
+                run_cnt: 5 << 32 | 7,
+                run_time_ns: 99_000,
             }
         );
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::host_context::HostContext;
-use crate::metrics::{Metric, Polarity, METRICS};
+use crate::metrics::{Metric, Polarity, METRICS, PHASE_METRICS};
 use crate::sidecar::Sidecar;
 
 /// A filterable dimension of a sidecar row.
@@ -300,6 +300,18 @@ pub struct Row {
     pub paths: Vec<PathBuf>,
     /// A contributor's host, if any recorded one.
     pub host: Option<HostContext>,
+    /// Per phase (by `step_index`): the mean of each phase metric over the passing
+    /// contributors that recorded that phase.
+    pub phases: BTreeMap<u16, PhaseRow>,
+}
+
+/// One phase of a [`Row`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhaseRow {
+    /// `BASELINE` or `Step[k]`.
+    pub label: String,
+    /// Mean of each phase metric.
+    pub metrics: BTreeMap<&'static str, f64>,
 }
 
 /// One metric of one pair.
@@ -327,31 +339,84 @@ pub fn compare_rows(a: &Row, b: &Row, policy: &Policy) -> Vec<Finding> {
         .iter()
         .filter_map(|m| {
             let (&va, &vb) = (a.metrics.get(m.name)?, b.metrics.get(m.name)?);
-            if va.abs() < 1e-9 && vb.abs() < 1e-9 {
-                return None;
-            }
-            let delta = vb - va;
-            let rel = if va == 0.0 {
-                f64::INFINITY
-            } else {
-                delta.abs() / va.abs()
-            };
-            let significant = delta.abs() >= m.default_abs && rel >= policy.rel_gate(m);
-            let worse = match m.polarity {
-                Polarity::LowerIsBetter => delta > 0.0,
-                Polarity::HigherIsBetter => delta < 0.0,
-            };
-            Some(Finding {
-                metric: m.name,
-                a: va,
-                b: vb,
-                delta,
-                rel,
-                regression: significant && worse,
-                improvement: significant && !worse,
-            })
+            judge(m, va, vb, policy.rel_gate(m))
         })
         .collect()
+}
+
+/// One metric of one phase of a pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseFinding {
+    /// 0 = BASELINE, k = step k−1.
+    pub step_index: u16,
+    /// `BASELINE` or `Step[k]`.
+    pub label: String,
+    /// The metric's values and judgement (by [`PHASE_METRICS`]' own gates).
+    pub finding: Finding,
+}
+
+/// Judges every phase metric of every phase both rows recorded, phase by phase.
+pub fn compare_phases(a: &Row, b: &Row) -> Vec<PhaseFinding> {
+    let mut out = Vec::new();
+    for (idx, pa) in &a.phases {
+        let Some(pb) = b.phases.get(idx) else {
+            continue;
+        };
+        for m in PHASE_METRICS {
+            let (Some(&va), Some(&vb)) = (pa.metrics.get(m.name), pb.metrics.get(m.name)) else {
+                continue;
+            };
+            if let Some(finding) = judge(m, va, vb, m.default_rel) {
+                out.push(PhaseFinding {
+                    step_index: *idx,
+                    label: pa.label.clone(),
+                    finding,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The dual gate: a change is significant when it reaches both the metric's absolute gate
+/// and `rel_gate`; `None` when both values are zero (nothing to compare).
+fn judge<S>(m: &Metric<S>, va: f64, vb: f64, rel_gate: f64) -> Option<Finding> {
+    if va.abs() < 1e-9 && vb.abs() < 1e-9 {
+        return None;
+    }
+    let delta = vb - va;
+    let rel = if va == 0.0 {
+        f64::INFINITY
+    } else {
+        delta.abs() / va.abs()
+    };
+    let significant = delta.abs() >= m.default_abs && rel >= rel_gate;
+    let worse = match m.polarity {
+        Polarity::LowerIsBetter => delta > 0.0,
+        Polarity::HigherIsBetter => delta < 0.0,
+    };
+    Some(Finding {
+        metric: m.name,
+        a: va,
+        b: vb,
+        delta,
+        rel,
+        regression: significant && worse,
+        improvement: significant && !worse,
+    })
+}
+
+/// One judged pair.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    /// A's row.
+    pub a: Row,
+    /// B's row.
+    pub b: Row,
+    /// Run-level findings.
+    pub findings: Vec<Finding>,
+    /// Per-phase findings (evidence: the exit code follows the run-level ones).
+    pub phases: Vec<PhaseFinding>,
 }
 
 /// The result of a comparison.
@@ -363,8 +428,8 @@ pub struct Comparison {
     pub slicing: Vec<Dim>,
     /// Workload dimensions that join pairs.
     pub pairing: Vec<Dim>,
-    /// Judged pairs: A's row, B's row, the findings.
-    pub pairs: Vec<(Row, Row, Vec<Finding>)>,
+    /// Judged pairs.
+    pub pairs: Vec<Pair>,
     /// Pairs not judged because a side is not a real pass: (key, reason).
     pub excluded: Vec<(String, String)>,
     /// Keys found only in A / only in B.
@@ -372,11 +437,12 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    /// Regressions over all pairs.
+    /// Run-level regressions over all pairs (phase rows do not count: a short phase is
+    /// noisier than the run, and `--phases-only` must not change the exit code).
     pub fn regressions(&self) -> usize {
         self.pairs
             .iter()
-            .flat_map(|(_, _, f)| f)
+            .flat_map(|p| &p.findings)
             .filter(|f| f.regression)
             .count()
     }
@@ -486,7 +552,13 @@ pub fn compare(req: &Request) -> Result<Comparison, CompareError> {
             continue;
         }
         let findings = compare_rows(&a, &b, &req.policy);
-        cmp.pairs.push((a, b, findings));
+        let phases = compare_phases(&a, &b);
+        cmp.pairs.push(Pair {
+            a,
+            b,
+            findings,
+            phases,
+        });
     }
     cmp.unpaired = (rows_a.into_keys().collect(), rows_b.into_keys().collect());
     cmp.filters = (fa, fb);
@@ -514,7 +586,36 @@ fn fold(key: String, members: &[&(PathBuf, Sidecar)]) -> Row {
         metrics,
         paths: members.iter().map(|(p, _)| p.clone()).collect(),
         host: members.iter().find_map(|(_, s)| s.host.clone()),
+        phases: fold_phases(&passing),
     }
+}
+
+/// The mean of each phase metric per `step_index` over `sidecars`. A body that ran several
+/// scenarios has several phases of one index; the first counts.
+fn fold_phases(sidecars: &[&Sidecar]) -> BTreeMap<u16, PhaseRow> {
+    let mut sums: BTreeMap<u16, (String, BTreeMap<&'static str, Vec<f64>>)> = BTreeMap::new();
+    for s in sidecars {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in s.phases.iter().filter(|p| seen.insert(p.step_index)) {
+            let entry = sums
+                .entry(p.step_index)
+                .or_insert_with(|| (p.label.clone(), BTreeMap::new()));
+            for m in PHASE_METRICS {
+                if let Some(v) = (m.value)(p) {
+                    entry.1.entry(m.name).or_default().push(v);
+                }
+            }
+        }
+    }
+    sums.into_iter()
+        .map(|(idx, (label, vals))| {
+            let metrics = vals
+                .into_iter()
+                .map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64))
+                .collect();
+            (idx, PhaseRow { label, metrics })
+        })
+        .collect()
 }
 
 /// Host fields that differ between `a` and `b`: (field, a's value, b's value), with each

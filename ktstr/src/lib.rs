@@ -21,6 +21,7 @@ pub mod parity;
 pub mod prelude;
 pub mod protocol;
 pub mod registry;
+pub mod revspec;
 pub mod runner;
 pub mod runs;
 pub mod scenario;

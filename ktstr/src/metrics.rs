@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+use crate::scenario::phases::PhaseStats;
 use crate::sidecar::Sidecar;
 
 /// Which direction is better.
@@ -20,9 +21,11 @@ pub enum Polarity {
     LowerIsBetter,
 }
 
-/// One registered metric.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Metric {
+/// One registered metric, read from a sidecar (`S` = [`Sidecar`], the run-level registry
+/// [`METRICS`]) or from one phase of it (`S` = [`PhaseStats`], [`PHASE_METRICS`]).
+#[derive(Debug, Serialize)]
+#[serde(bound = "")]
+pub struct Metric<S: 'static = Sidecar> {
     /// The key (`stats compare`, policy `per_metric_percent`).
     pub name: &'static str,
     /// Which direction is better.
@@ -35,10 +38,18 @@ pub struct Metric {
     pub unit: &'static str,
     /// One line for people.
     pub description: &'static str,
-    /// Reads the value from a sidecar (`None`: not recorded).
+    /// Reads the value (`None`: not recorded).
     #[serde(skip)]
-    pub value: fn(&Sidecar) -> Option<f64>,
+    pub value: fn(&S) -> Option<f64>,
 }
+
+// By hand: a derive would ask `S: Clone`, which a fn pointer over `&S` does not need.
+impl<S> Clone for Metric<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for Metric<S> {}
 
 fn stat(s: &Sidecar, f: impl Fn(&crate::assert::ScenarioStats) -> Option<f64>) -> Option<f64> {
     s.stats.as_ref().and_then(f)
@@ -243,6 +254,56 @@ pub fn metric(name: &str) -> Option<&'static Metric> {
     METRICS.iter().find(|m| m.name == name)
 }
 
+/// What `stats compare` judges in each phase (sidecar `phases`). Phase rows are marked by
+/// these gates alone (a `--policy` sets run-level gates only).
+pub static PHASE_METRICS: &[Metric<PhaseStats>] = &[
+    metric!(
+        "iterations_per_s",
+        HigherIsBetter,
+        10.0,
+        0.10,
+        "/s",
+        "iterations per second of all workers in the phase",
+        |p| Some(p.iterations_per_s)
+    ),
+    metric!(
+        "mean_cpu_share_pct",
+        HigherIsBetter,
+        2.0,
+        0.10,
+        "%",
+        "mean share of its time in the phase a worker spent on a CPU",
+        |p| Some(p.mean_cpu_share_pct)
+    ),
+    metric!(
+        "cpu_share_spread_pct",
+        LowerIsBetter,
+        5.0,
+        0.25,
+        "%",
+        "largest gap between CPU shares of comparable workers in the phase",
+        |p| Some(p.cpu_share_spread_pct)
+    ),
+    metric!(
+        "mean_run_delay_us",
+        LowerIsBetter,
+        50.0,
+        0.25,
+        "us",
+        "run-queue wait per slice over all workers in the phase (schedstat)",
+        |p| Some(p.mean_run_delay_us)
+    ),
+    metric!(
+        "worst_worker_run_delay_us",
+        LowerIsBetter,
+        100.0,
+        0.50,
+        "us",
+        "largest run-queue wait per slice of one worker in the phase (schedstat)",
+        |p| Some(p.worst_worker_run_delay_us)
+    ),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +323,31 @@ mod tests {
             Polarity::HigherIsBetter
         );
         assert!(metric("nope").is_none());
+    }
+
+    #[test]
+    fn phase_metrics_read_their_phase() {
+        let p = PhaseStats {
+            iterations_per_s: 5.0,
+            cpu_share_spread_pct: 7.0,
+            ..Default::default()
+        };
+        let names: Vec<&str> = PHASE_METRICS.iter().map(|m| m.name).collect();
+        assert_eq!(
+            names,
+            [
+                "iterations_per_s",
+                "mean_cpu_share_pct",
+                "cpu_share_spread_pct",
+                "mean_run_delay_us",
+                "worst_worker_run_delay_us"
+            ]
+        );
+        assert!(PHASE_METRICS
+            .iter()
+            .all(|m| m.default_abs > 0.0 && m.default_rel > 0.0));
+        assert_eq!((PHASE_METRICS[0].value)(&p), Some(5.0));
+        assert_eq!((PHASE_METRICS[2].value)(&p), Some(7.0));
     }
 
     #[test]

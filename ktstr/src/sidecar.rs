@@ -72,8 +72,8 @@ pub struct Sidecar {
     pub details: Vec<AssertDetail>,
     /// What the scenario measured.
     pub stats: Option<ScenarioStats>,
-    /// Per-step metric sets (not yet collected: empty).
-    pub phases: Vec<serde_json::Value>,
+    /// What each phase measured: 0 = BASELINE (before the first step), k = step k−1.
+    pub phases: Vec<crate::scenario::phases::PhaseStats>,
     /// Payload metrics (not yet collected: empty).
     pub metrics: Vec<serde_json::Value>,
     /// Ops and step boundaries.

@@ -62,4 +62,8 @@ fn top_level_fields_match() {
 fn nested_fields_match() {
     assert_eq!(page_keys(&["`durations`"]), keys_of(&Durations::default()));
     assert_eq!(page_keys(&["`stats`"]), keys_of(&ScenarioStats::default()));
+    assert_eq!(
+        page_keys(&["`phases` entries"]),
+        keys_of(&crate::scenario::phases::PhaseStats::default())
+    );
 }

@@ -294,3 +294,68 @@ fn performance_mode_is_ignored_failed_or_run_capped() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("1 passed"), "{out}");
 }
+
+/// The evidence a sidecar carries besides the verdict: a scenario's phases (BASELINE, then
+/// one entry per step, back to back, each with the workers that ran in it, their iterations
+/// and CPU shares: 4 spinners on 2 CPUs in the second step get less of a CPU each than 2 did
+/// in the first); the scheduler's BPF programs with verified instructions and run counts; and
+/// on the KVM backend KVM's own exit counters (null under qemu, which does not share them).
+#[test]
+fn a_sidecar_records_phases_bpf_programs_and_kvm_exits() {
+    if !kernel_available() {
+        return;
+    }
+    // The verdict is not the point here (the second cgroup starts late, which the fairness
+    // checks may or may not flag); the record is.
+    let (_, out, sc) = case_and_sidecar("two_steps/scx-demo/1n1l2c1t", "evidence");
+    let p = &sc.phases;
+    let labels: Vec<&str> = p.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["BASELINE", "Step[0]", "Step[1]"], "{out}");
+    assert_eq!(
+        p.iter().map(|p| p.step_index).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    for w in p.windows(2) {
+        assert_eq!(w[0].end_ms, w[1].start_ms, "phases are back to back: {p:?}");
+    }
+    assert_eq!(p[0].workers, 0, "{p:?}");
+    assert_eq!((p[1].workers, p[2].workers), (2, 4), "{p:?}");
+    assert!(p[1].iterations > 0 && p[2].iterations > 0, "{p:?}");
+    assert!(p[1].iterations_per_s > 0.0, "{p:?}");
+    assert!(
+        p[2].mean_cpu_share_pct < p[1].mean_cpu_share_pct,
+        "4 spinners on 2 CPUs get less each than 2 did: {p:?}"
+    );
+    assert!(
+        p[1].mean_cpu_share_pct > 0.0 && p[1].mean_cpu_share_pct <= 100.0,
+        "{p:?}"
+    );
+
+    let v = sc
+        .verifier_stats
+        .as_ref()
+        .unwrap_or_else(|| panic!("no verifier_stats: {out}"));
+    let progs = v["programs"].as_array().expect("a list of programs");
+    assert!(
+        progs
+            .iter()
+            .any(|p| p["prog_type"] == 27 && p["name"].as_str().is_some()),
+        "scx_demo's struct_ops callbacks are listed: {v}"
+    );
+    assert!(v["total_verified_insns"].as_u64() > Some(0), "{v}");
+    assert!(
+        v["total_run_cnt"].as_u64() > Some(0),
+        "the callbacks ran and were counted: {v}"
+    );
+
+    if sc.backend == "kvm" {
+        let k = sc
+            .kvm_stats
+            .as_ref()
+            .expect("KVM statistics on the KVM backend");
+        assert!(k["vcpus"] == 2, "{k}");
+        assert!(k["vcpu"]["exits"].as_u64() > Some(0), "{k}");
+    } else {
+        assert_eq!(sc.kvm_stats, None, "qemu has no KVM statistics to give");
+    }
+}

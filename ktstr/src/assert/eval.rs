@@ -235,7 +235,7 @@ type Spread = (f64, (i32, f64), (i32, f64), String);
 /// `PolicyChurn` too: it cycles through SCHED_OTHER, SCHED_BATCH and SCHED_IDLE, so its share
 /// is set by the time it spent as SCHED_IDLE (CI, `work_types_cpu` under EEVDF: two churners
 /// at 62.5% and 97.9% off-CPU).
-const RESIDUAL_DEMAND: &[&str] = &[
+pub(crate) const RESIDUAL_DEMAND: &[&str] = &[
     crate::workload::WorkType::YieldHeavy.name(),
     crate::workload::WorkType::PolicyChurn { spin_iters: 0 }.name(),
 ];

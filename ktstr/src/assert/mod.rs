@@ -360,6 +360,9 @@ pub struct AssertResult {
     /// Ops and step boundaries as they happened (sidecar `stimulus_events`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<StimulusEvent>,
+    /// What each phase measured (sidecar `phases`; set by `scenario::execute_*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<crate::scenario::phases::PhaseStats>,
 }
 
 impl Default for AssertResult {
@@ -378,6 +381,7 @@ impl AssertResult {
             details: Vec::new(),
             stats: None,
             events: Vec::new(),
+            phases: Vec::new(),
         }
     }
 
@@ -393,6 +397,7 @@ impl AssertResult {
             }],
             stats: None,
             events: Vec::new(),
+            phases: Vec::new(),
         }
     }
 
@@ -408,6 +413,7 @@ impl AssertResult {
             }],
             stats: None,
             events: Vec::new(),
+            phases: Vec::new(),
         }
     }
 
@@ -423,6 +429,7 @@ impl AssertResult {
             }],
             stats: None,
             events: Vec::new(),
+            phases: Vec::new(),
         }
     }
 
@@ -457,6 +464,7 @@ impl AssertResult {
             self.stats = other.stats;
         }
         self.events.extend(other.events);
+        self.phases.extend(other.phases);
         self
     }
 

@@ -107,7 +107,7 @@ fn a_worse_gap_on_b_is_a_regression() {
 
     let pool: Vec<_> = pool.into_iter().filter(|(_, s)| s.passed).collect();
     let c = request(&pool, &["6.12"], &["6.13"]);
-    let (a, _, findings) = &c.pairs[0];
+    let (a, findings) = (&c.pairs[0].a, &c.pairs[0].findings);
     assert_eq!(a.metrics["worst_gap_ms"], 200.0, "mean of 100 and 300");
     let gap = findings
         .iter()
@@ -128,7 +128,7 @@ fn a_worse_gap_on_b_is_a_regression() {
     // The other way round it is an improvement.
     let c = request(&pool, &["6.13"], &["6.12"]);
     let gap = c.pairs[0]
-        .2
+        .findings
         .iter()
         .find(|f| f.metric == "worst_gap_ms")
         .unwrap();
@@ -146,6 +146,7 @@ fn both_gates_must_pass() {
             .collect(),
         paths: vec![],
         host: None,
+        phases: BTreeMap::new(),
     };
     // +400 ms is 400% but under the 500 ms absolute gate.
     let f = compare_rows(&mk(100.0, 1000), &mk(500.0, 1000), &Policy::default());
@@ -160,6 +161,68 @@ fn both_gates_must_pass() {
     let f = compare_rows(&mk(100.0, 1000), &mk(100.0, 800), &loose);
     assert!(!f.iter().any(|f| f.regression), "{f:?}");
     assert!(Policy::uniform(-1.0).is_err());
+}
+
+fn phase(idx: u16, rate: f64, spread: f64) -> crate::scenario::phases::PhaseStats {
+    crate::scenario::phases::PhaseStats {
+        step_index: idx,
+        label: crate::scenario::phases::PhaseStats::label_of(idx),
+        iterations_per_s: rate,
+        cpu_share_spread_pct: spread,
+        ..Default::default()
+    }
+}
+
+/// Phases pair by `step_index`, average over passing contributors, and are judged by the
+/// phase registry's gates; they do not change the exit code.
+#[test]
+fn phases_are_compared_bucket_by_bucket() {
+    let mut pool = vec![
+        row("spin", "6.12.1", "1n1l2c1t", 100.0, true),
+        row("spin", "6.12.2", "1n1l2c1t", 100.0, true),
+        row("spin", "6.13.0", "1n1l2c1t", 100.0, true),
+        row("spin", "6.13.1", "1n1l2c1t", 100.0, false),
+    ];
+    pool[0].1.phases = vec![
+        phase(0, 0.0, 0.0),
+        phase(1, 1000.0, 4.0),
+        phase(2, 900.0, 2.0),
+    ];
+    pool[1].1.phases = vec![
+        phase(0, 0.0, 0.0),
+        phase(1, 1200.0, 6.0),
+        phase(2, 900.0, 2.0),
+    ];
+    // B's step 0 runs half as fast and splits the CPU unevenly; it has no step 1.
+    pool[2].1.phases = vec![phase(0, 0.0, 0.0), phase(1, 550.0, 30.0)];
+    // A failing contributor's phases do not count.
+    pool[3].1.phases = vec![phase(1, 1e9, 0.0)];
+    let c = request(&pool, &["6.12"], &["6.13"]);
+    assert_eq!(c.excluded.len(), 1, "the failing run makes B's fold a Fail");
+    let pool: Vec<_> = pool.into_iter().filter(|(_, s)| s.passed).collect();
+    let c = request(&pool, &["6.12"], &["6.13"]);
+    let p = &c.pairs[0];
+    assert_eq!(p.a.phases[&1].metrics["iterations_per_s"], 1100.0, "mean");
+    assert_eq!(p.a.phases[&2].label, "Step[1]");
+    let find = |idx: u16, m: &str| {
+        p.phases
+            .iter()
+            .find(|f| f.step_index == idx && f.finding.metric == m)
+            .map(|f| f.finding.clone())
+    };
+    let rate = find(1, "iterations_per_s").unwrap();
+    assert_eq!((rate.a, rate.b), (1100.0, 550.0));
+    assert!(rate.regression, "{rate:?}");
+    assert!(find(1, "cpu_share_spread_pct").unwrap().regression);
+    assert_eq!(
+        p.phases.iter().find(|f| f.step_index == 1).unwrap().label,
+        "Step[0]"
+    );
+    // BASELINE recorded nothing on either side; step 1 exists only in A.
+    assert!(find(0, "iterations_per_s").is_none());
+    assert!(find(2, "iterations_per_s").is_none());
+    // The run-level metrics did not move: no regression for the exit code.
+    assert_eq!(c.regressions(), 0);
 }
 
 #[test]

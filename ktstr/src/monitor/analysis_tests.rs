@@ -399,6 +399,11 @@ fn heavy_host_contention_is_named_in_the_report() {
     let quiet = summarize(&run(20, |_, _| (100_000_000, 1, 0), 2), 5, name);
     assert_eq!(quiet.host_contention(), None);
     assert!(!quiet.describe().contains("host contention"));
+    // No interval measured: nothing to name, whatever the (inconsistent) lost count says.
+    let mut none = quiet.clone();
+    none.cpu_intervals = 0;
+    none.preempted_intervals = 3;
+    assert_eq!(none.host_contention(), None);
 }
 
 #[test]
@@ -486,4 +491,24 @@ fn sustained_is_the_best_windows_minimum() {
     assert_eq!(sustained(&[1, 5, 6, 2, 9], 1), Some(9));
     assert_eq!(sustained(&[1, 5], 3), None);
     assert_eq!(sustained::<u32>(&[], 1), None);
+}
+
+#[test]
+fn limits_come_from_the_merged_thresholds() {
+    let a = crate::assert::Assert {
+        max_imbalance_ratio: Some(3.5),
+        max_local_dsq_depth: Some(17),
+        fail_on_stall: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(
+        MonitorLimits::of(&a),
+        MonitorLimits {
+            max_imbalance_ratio: Some(3.5),
+            max_local_dsq_depth: Some(17),
+            fail_on_stall: true,
+        }
+    );
+    // fail_on_stall unset is off.
+    assert!(!MonitorLimits::of(&crate::assert::Assert::default()).fail_on_stall);
 }

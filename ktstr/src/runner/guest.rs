@@ -47,6 +47,8 @@ fn run() -> Result<AssertResult, String> {
     ctx.topo = crate::scenario::TestTopology::detect(&case.topology);
     let mut scheduler = None;
     if let Some(path) = &cf.scheduler {
+        // Count every BPF program's runs from the start (sidecar `verifier_stats`).
+        let _ = crate::bpf_progs::enable_run_stats();
         let mut argv = cf.sched_argv.clone();
         if let Some(arg) = case.scheduler.watchdog_arg {
             argv.push(arg.to_string());
@@ -110,6 +112,8 @@ fn run() -> Result<AssertResult, String> {
         }
     };
     if let Some(mut p) = scheduler {
+        // While the scheduler's programs are still loaded.
+        send_verifier_stats();
         let died = p.check();
         let code = p.stop(Duration::from_secs_f64(2.0 * scale));
         match died {
@@ -144,6 +148,26 @@ fn report_exit(e: &SchedExit) -> SchedulerExit {
         let _ = guest::send(FrameType::SchedExit, &json);
     }
     d
+}
+
+/// Sends the loaded BPF programs (the scheduler's: nothing else loads BPF in the guest) with
+/// their verified instructions and run counters, for the sidecar's `verifier_stats`.
+fn send_verifier_stats() {
+    let msg = match crate::bpf_progs::loaded_programs() {
+        Ok(progs) => serde_json::json!({ "verifier_stats": verifier_stats(&progs) }),
+        Err(e) => serde_json::json!({ "verifier_stats_error": e.to_string() }),
+    };
+    let _ = guest::send(FrameType::Telemetry, msg.to_string().as_bytes());
+}
+
+/// The sidecar's `verifier_stats`: every program, and the totals.
+pub fn verifier_stats(progs: &[crate::bpf_progs::ProgInfo]) -> serde_json::Value {
+    serde_json::json!({
+        "programs": progs,
+        "total_verified_insns": progs.iter().map(|p| u64::from(p.verified_insns)).sum::<u64>(),
+        "total_run_cnt": progs.iter().map(|p| p.run_cnt).sum::<u64>(),
+        "total_run_time_ns": progs.iter().map(|p| p.run_time_ns).sum::<u64>(),
+    })
 }
 
 fn send_sched_log() {

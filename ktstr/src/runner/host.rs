@@ -307,6 +307,7 @@ fn write_sidecar(
         },
         host: Some(HostContext::collect()),
         monitor: serde_json::to_value(monitor).ok(),
+        kvm_stats: out.kvm_stats.clone(),
         ..Default::default()
     };
     sc.scheduler_binary = sched_host.and_then(|p| sidecar::BinaryIdentity::of(p).ok());
@@ -346,11 +347,13 @@ fn add_outcome(
         sc.scheduler_ops = Some(ops);
         sc.scheduler_enable_ms = Some(enable_ms);
     }
+    sc.verifier_stats = telemetry(out, "verifier_stats");
     if let Some(r) = result {
         sc.skipped = r.skipped;
         sc.inconclusive = r.inconclusive;
         sc.details = r.details;
         sc.stimulus_events = r.events;
+        sc.phases = r.phases;
     }
     // Every reason the verdict failed on, host-side ones (monitor, channel, no verdict,
     // teardown) included, so `stats` and `replay` judge from the same list the harness did.
@@ -361,17 +364,21 @@ fn add_outcome(
     }
 }
 
-/// The `scheduler_attached` telemetry the guest sends once sched_ext reports the scheduler
-/// enabled: its ops name and the time it took.
-fn scheduler_attached(out: &vm::VmOutcome) -> Option<(String, u64)> {
+/// The last telemetry value the guest sent under `key`.
+fn telemetry(out: &vm::VmOutcome, key: &str) -> Option<serde_json::Value> {
     out.frames
         .iter()
         .filter(|f| f.kind == crate::shm::FrameType::Telemetry)
         .filter_map(|f| serde_json::from_slice::<serde_json::Value>(&f.payload).ok())
-        .find_map(|v| {
-            let a = &v["scheduler_attached"];
-            Some((a["ops"].as_str()?.to_string(), a["enable_ms"].as_u64()?))
-        })
+        .filter_map(|mut v| v.get_mut(key).map(serde_json::Value::take))
+        .next_back()
+}
+
+/// The `scheduler_attached` telemetry the guest sends once sched_ext reports the scheduler
+/// enabled: its ops name and the time it took.
+fn scheduler_attached(out: &vm::VmOutcome) -> Option<(String, u64)> {
+    let a = telemetry(out, "scheduler_attached")?;
+    Some((a["ops"].as_str()?.to_string(), a["enable_ms"].as_u64()?))
 }
 
 fn run_host_only(case: &CaseSpec) -> Result<CaseVerdict, String> {
@@ -498,8 +505,19 @@ mod tests {
             console_tail: String::new(),
             times: Default::default(),
             monitor: None,
+            kvm_stats: None,
         };
         assert_eq!(scheduler_attached(&out), Some(("demo".into(), 812)));
+        assert_eq!(telemetry(&out, "verifier_stats"), None);
+        out.frames.push(frame(
+            FrameType::Telemetry,
+            "{\"verifier_stats\":{\"total_verified_insns\":321}}",
+        ));
+        assert_eq!(
+            telemetry(&out, "verifier_stats").unwrap()["total_verified_insns"],
+            321
+        );
+        out.frames.pop();
         out.frames.pop();
         assert_eq!(scheduler_attached(&out), None);
     }

@@ -341,6 +341,7 @@ mod tests {
             console_tail: String::new(),
             times: PhaseTimes::default(),
             monitor: None,
+            kvm_stats: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::cpuset::resolve_cpuset;
+use super::phases::{self, PhaseRecorder, WorkerSample};
 use super::validate::{validate, ScenarioError};
 use super::{
     AffinityKind, Backdrop, CgroupDef, CpusetSpec, HoldSpec, MemPolicy, Op, Payload, Step, Work,
@@ -60,6 +61,8 @@ struct Runner<'a> {
     rng: crate::workload::rng::XorShift64,
     /// Each pinned worker's affinity history (absent: never pinned).
     affinities: BTreeMap<i32, WorkerAffinity>,
+    /// Per-phase samples and closed phases (sidecar `phases`).
+    phases: PhaseRecorder,
 }
 
 /// Whether a step that declared `declared` and took `took` overran: it took more than twice its
@@ -114,7 +117,52 @@ impl<'a> Runner<'a> {
             events: Vec::new(),
             rng: crate::workload::rng::XorShift64::new(0x2545_F491_4F6C_DD1D),
             affinities: BTreeMap::new(),
+            phases: PhaseRecorder::default(),
         }
+    }
+
+    fn elapsed_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// Which workers a worker's CPU share in a phase is compared with: the same cgroup (the
+    /// recorder adds it), work type and affinity; `None` for no one (as the scenario's
+    /// spread decides, see `assert::eval`).
+    fn peers(&self, work_type: WorkType, pid: i32) -> Option<String> {
+        if crate::assert::eval::RESIDUAL_DEMAND.contains(&work_type.name()) {
+            return None;
+        }
+        let affinity = match self.affinities.get(&pid) {
+            None | Some(WorkerAffinity::Inherited) => "inherited".to_string(),
+            Some(WorkerAffinity::Fixed(m)) => format!("cpus {}", crate::cgroup::cpulist(m)),
+            Some(WorkerAffinity::Changed) => return None,
+        };
+        Some(format!("{} {affinity}", work_type.name()))
+    }
+
+    /// A sample of every worker of the groups `pred` selects.
+    fn samples(&self, pred: impl Fn(&Group) -> bool) -> Vec<WorkerSample> {
+        let at = self.elapsed_ms();
+        self.groups
+            .iter()
+            .filter(|g| pred(g))
+            .flat_map(|g| {
+                g.handle
+                    .iterations()
+                    .into_iter()
+                    .filter_map(move |(pid, it)| {
+                        phases::sample(pid, &g.cgroup, self.peers(g.work_type, pid), it, at)
+                    })
+            })
+            .collect()
+    }
+
+    /// Ends phase `index` (0 = BASELINE, k = step k−1) now.
+    fn close_phase(&mut self, index: usize) {
+        let all = self.samples(|_| true);
+        self.phases.observe(all);
+        let now = self.elapsed_ms();
+        self.phases.close(index.min(u16::MAX as usize) as u16, now);
     }
 
     fn event(&mut self, label: &str, op_kind: &str, detail: String) {
@@ -296,6 +344,13 @@ impl<'a> Runner<'a> {
             self.pin(at, cgroup, &work.affinity, &pids, true)?;
         }
         handle.start();
+        let at = self.elapsed_ms();
+        let started: Vec<WorkerSample> = handle
+            .iterations()
+            .into_iter()
+            .filter_map(|(pid, it)| phases::sample(pid, cgroup, self.peers(work_type, pid), it, at))
+            .collect();
+        self.phases.observe(started);
         let allowed = if cgroup.is_empty() {
             None
         } else {
@@ -317,6 +372,8 @@ impl<'a> Runner<'a> {
     /// Stops and collects the groups `pred` selects.
     fn finish(&mut self, pred: impl Fn(&str) -> bool) {
         let grace = self.grace();
+        let last = self.samples(|g| pred(&g.cgroup));
+        self.phases.retire(last);
         let (stop, keep): (Vec<Group>, Vec<Group>) =
             self.groups.drain(..).partition(|g| pred(&g.cgroup));
         self.groups = keep;
@@ -663,6 +720,8 @@ impl<'a> Runner<'a> {
         let share = self.ctx.duration / steps.len().max(1) as u32;
         for (i, step) in steps.iter().enumerate() {
             let label = format!("step {i}");
+            // Phase i ends where step i begins (phase 0, BASELINE, is the backdrop's).
+            self.close_phase(i);
             if let Err(e) = self.scheduler_alive() {
                 return Ok(Some(e));
             }
@@ -692,6 +751,7 @@ impl<'a> Runner<'a> {
             }
             self.event(&label, "step_end", String::new());
         }
+        self.close_phase(steps.len());
         if let Err(e) = self.scheduler_alive() {
             return Ok(Some(e));
         }
@@ -800,6 +860,7 @@ pub fn execute_scenario_with(
     let failures = std::mem::take(&mut runner.failures);
     result = result.merge(failures);
     result.events = std::mem::take(&mut runner.events);
+    result.phases = std::mem::take(&mut runner.phases.phases);
     Ok(result)
 }
 

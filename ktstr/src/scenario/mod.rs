@@ -15,6 +15,7 @@ pub mod canned;
 mod cpuset;
 mod exec;
 mod payload;
+pub mod phases;
 mod validate;
 
 use std::time::Duration;

@@ -213,7 +213,10 @@ fn every_work_type_has_a_row_with_its_defaults_and_group() {
         | WorkType::PipeIo { .. }
         | WorkType::FutexPingPong { .. }
         | WorkType::CachePressure { .. }
+        | WorkType::CacheYield { .. }
+        | WorkType::CachePipe { .. }
         | WorkType::FutexFanOut { .. }
+        | WorkType::FanOutCompute { .. }
         | WorkType::ForkExit
         | WorkType::NiceSweep
         | WorkType::AffinityChurn { .. }
@@ -222,7 +225,7 @@ fn every_work_type_has_a_row_with_its_defaults_and_group() {
         | WorkType::MutexContention { .. } => true,
         WorkType::Sequence { .. } | WorkType::Custom { .. } => false,
     };
-    assert_eq!(WorkType::ALL_NAMES.len(), 15);
+    assert_eq!(WorkType::ALL_NAMES.len(), 18);
 }
 
 #[test]

@@ -194,6 +194,8 @@ pub struct VmOutcome {
     pub times: PhaseTimes,
     /// What the host-side monitor recorded, when it ran.
     pub monitor: Option<crate::monitor::Recording>,
+    /// KVM's statistics of the VM (in-process VMM only; sidecar `kvm_stats`).
+    pub kvm_stats: Option<serde_json::Value>,
 }
 
 impl VmOutcome {

@@ -252,6 +252,7 @@ impl Finished {
             channel_error: self.channel_error,
             console_tail: self.console_tail,
             monitor: self.monitor,
+            kvm_stats: None,
             times: PhaseTimes {
                 setup: self.started.saturating_duration_since(t0),
                 boot_to_init: self

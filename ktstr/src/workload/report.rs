@@ -1,6 +1,8 @@
 //! Per-worker telemetry: what a worker measured about itself ([`WorkerReport`]) and the
 //! recorder that measures it inside the worker's loop ([`Recorder`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +108,16 @@ pub struct Recorder {
     pub report: WorkerReport,
 }
 
+/// This worker process's live iteration count, shared with the parent (which samples it at
+/// scenario step boundaries for per-phase throughput). Set once, in the forked worker.
+static PROGRESS: OnceLock<&'static AtomicU64> = OnceLock::new();
+
+/// Publishes every [`Recorder::tick`] of this process to `slot` from now on (the worker side
+/// of [`crate::workload::WorkloadHandle::iterations`]). A second call is ignored.
+pub fn publish_progress_to(slot: &'static AtomicU64) {
+    let _ = PROGRESS.set(slot);
+}
+
 /// The CPU this thread runs on (vDSO `getcpu`; cheap).
 pub fn current_cpu() -> u32 {
     nix::sched::sched_getcpu().map_or(0, |c| c as u32)
@@ -164,6 +176,9 @@ impl Recorder {
         self.last = now;
         self.report.iterations += 1;
         self.report.work_units += units;
+        if let Some(slot) = PROGRESS.get() {
+            slot.store(self.report.iterations, Ordering::Relaxed);
+        }
     }
 
     /// Records one wake latency sample (reservoir sampling keeps a uniform subset).

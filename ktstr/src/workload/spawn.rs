@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -100,6 +100,8 @@ fn sys_errno(what: impl Into<String>, e: Errno) -> WorkloadError {
 
 struct Worker {
     pid: i32,
+    /// Its cache line in the handle's progress mapping.
+    slot: usize,
     release: Option<OwnedFd>,
     report: OwnedFd,
     reaped: bool,
@@ -109,10 +111,37 @@ struct Worker {
 pub struct WorkloadHandle {
     workers: Vec<Worker>,
     groups: Vec<(*mut GroupShared, usize)>,
+    /// One cache line per worker ([`PROGRESS_STRIDE`] bytes, so workers never share a line):
+    /// each worker's live iteration count, read by [`WorkloadHandle::iterations`].
+    progress: (*mut u8, usize),
     started: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Bytes between two workers' progress counters: a cache line, so a worker's store never
+/// bounces a line another worker writes.
+const PROGRESS_STRIDE: usize = 64;
+
+/// A zero-filled `MAP_SHARED` anonymous mapping of `len` bytes (shared with the children
+/// forked after it).
+fn shared_mapping(len: usize, what: &str) -> Result<*mut u8, WorkloadError> {
+    // SAFETY: a fresh anonymous mapping: no existing memory is touched; checked for failure.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(sys(format!("mmap of {what}")));
+    }
+    Ok(p.cast())
+}
 
 extern "C" fn on_sigusr1(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
@@ -170,31 +199,23 @@ impl WorkloadHandle {
     pub fn spawn(cfg: &WorkloadConfig) -> Result<WorkloadHandle, WorkloadError> {
         check_group_size(&cfg.work_type, cfg.num_workers)?;
         let gsize = cfg.work_type.group_size();
+        let plen = (cfg.num_workers as usize * PROGRESS_STRIDE).max(4096);
         let mut h = WorkloadHandle {
             workers: Vec::new(),
             groups: Vec::new(),
+            progress: (shared_mapping(plen, "worker progress counters")?, plen),
             started: false,
         };
         for g in 0..cfg.num_workers / gsize {
             let len = std::mem::size_of::<GroupShared>().max(4096);
-            // SAFETY: a fresh shared anonymous mapping, zero-filled (a valid GroupShared:
-            // all-atomic fields); checked for failure.
-            let shared = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if shared == libc::MAP_FAILED {
-                return Err(sys("mmap of worker-group shared memory"));
-            }
+            // Zero-filled is a valid GroupShared: all its fields are atomics.
+            let shared = shared_mapping(len, "worker-group shared memory")?;
             h.groups.push((shared.cast(), len));
             // Pipes for pair exchanges: a→b and b→a.
-            let pair_pipes = if matches!(cfg.work_type, WorkType::PipeIo { .. }) {
+            let pair_pipes = if matches!(
+                cfg.work_type,
+                WorkType::PipeIo { .. } | WorkType::CachePipe { .. }
+            ) {
                 Some((pipe()?, pipe()?))
             } else {
                 None
@@ -207,7 +228,12 @@ impl WorkloadHandle {
                         (ab.0.as_fd(), ba.1.as_fd())
                     }
                 });
-                let w = fork_worker(cfg, index, shared.cast(), pipes)?;
+                let slot = h.workers.len();
+                // SAFETY: `slot * PROGRESS_STRIDE + 8 <= plen` (one slot per worker), and the
+                // mapping is page-aligned, so the counter is in bounds and 8-aligned.
+                let counter = unsafe { h.progress.0.add(slot * PROGRESS_STRIDE) };
+                let mut w = fork_worker(cfg, index, shared.cast(), counter.cast(), pipes)?;
+                w.slot = slot;
                 let pid = w.pid;
                 h.workers.push(w);
                 place(cfg, pid, (g * gsize + index) as u64)?;
@@ -219,6 +245,26 @@ impl WorkloadHandle {
     /// PIDs of the workers.
     pub fn worker_pids(&self) -> Vec<i32> {
         self.workers.iter().map(|w| w.pid).collect()
+    }
+
+    /// Each worker's PID and its live iteration count (what its [`super::report::Recorder`]
+    /// has ticked so far; 0 for a body that records no progress).
+    pub fn iterations(&self) -> Vec<(i32, u64)> {
+        self.workers
+            .iter()
+            .map(|w| {
+                // SAFETY: the progress mapping lives until this handle drops, `w.slot` is in
+                // it (see `spawn`), and the slot is an 8-aligned u64 that only atomics touch.
+                let counter = unsafe {
+                    &*self
+                        .progress
+                        .0
+                        .add(w.slot * PROGRESS_STRIDE)
+                        .cast::<AtomicU64>()
+                };
+                (w.pid, counter.load(Ordering::Relaxed))
+            })
+            .collect()
     }
 
     /// Releases every worker at once.
@@ -337,6 +383,7 @@ fn fork_worker(
     cfg: &WorkloadConfig,
     index: u32,
     shared: *mut GroupShared,
+    counter: *const AtomicU64,
     pipes: Option<PairPipes<'_>>,
 ) -> Result<Worker, WorkloadError> {
     let (rel_r, rel_w) = pipe()?;
@@ -351,7 +398,7 @@ fn fork_worker(
     // parent's code. glibc makes malloc usable after fork.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        child(cfg, index, shared, pipes, rel_r, rep_w, &old);
+        child(cfg, index, shared, counter, pipes, rel_r, rep_w, &old);
     }
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     if pid < 0 {
@@ -364,16 +411,19 @@ fn fork_worker(
     drop(rep_w);
     Ok(Worker {
         pid,
+        slot: 0,
         release: Some(rel_w),
         report: rep_r,
         reaped: false,
     })
 }
 
+#[allow(clippy::too_many_arguments)] // the child's whole world, handed over at fork
 fn child(
     cfg: &WorkloadConfig,
     index: u32,
     shared: *mut GroupShared,
+    counter: *const AtomicU64,
     pipes: Option<PairPipes<'_>>,
     release: OwnedFd,
     report: OwnedFd,
@@ -422,6 +472,9 @@ fn child(
     let released_at = now.checked_sub(Duration::from_nanos(waited)).unwrap_or(now);
     // SAFETY: `shared` is the group's live MAP_SHARED mapping, inherited across fork.
     let group = unsafe { shared.as_ref() };
+    // SAFETY: `counter` is this worker's aligned slot in the progress mapping, inherited across
+    // fork and never unmapped in the child, which _exits without returning: 'static here.
+    super::report::publish_progress_to(unsafe { &*counter });
     let ctx = WorkerCtx {
         released_at,
         stop: &STOP,
@@ -456,6 +509,8 @@ impl Drop for WorkloadHandle {
             // SAFETY: unmapping our own mapping; every worker using it is dead.
             unsafe { libc::munmap(p.cast(), len) };
         }
+        // SAFETY: as above: our own mapping, its users dead, unmapped once (Drop runs once).
+        unsafe { libc::munmap(self.progress.0.cast(), self.progress.1) };
     }
 }
 
@@ -494,12 +549,59 @@ mod tests {
     }
 
     #[test]
+    fn the_parent_sees_each_workers_live_iterations() {
+        let cfg = WorkloadConfig {
+            num_workers: 4, // two pairs: counters of group members must not be mixed up
+            work_type: WorkType::from_name("FutexPingPong").unwrap(),
+            ..Default::default()
+        };
+        let mut h = WorkloadHandle::spawn(&cfg).unwrap();
+        let before = h.iterations();
+        assert_eq!(before.len(), 4);
+        assert!(before.iter().all(|&(_, n)| n == 0), "{before:?}");
+        h.start();
+        std::thread::sleep(Duration::from_millis(300));
+        let mid = h.iterations();
+        std::thread::sleep(Duration::from_millis(200));
+        let late = h.iterations();
+        let pids = h.worker_pids();
+        let reps = h.stop_and_collect(Duration::from_secs(5));
+        for (((pid, m), (_, l)), r) in mid.iter().zip(&late).zip(&reps) {
+            assert!(pids.contains(pid));
+            assert!(*m > 0 && l >= m, "worker {pid}: {m} then {l}");
+            // The live count never runs ahead of what the worker finally reports.
+            assert!(
+                *l <= r.iterations,
+                "worker {pid}: live {l} > final {}",
+                r.iterations
+            );
+        }
+    }
+
+    #[test]
     fn latency_work_types_record_wakeups() {
-        for name in ["FutexPingPong", "PipeIo", "FutexFanOut"] {
-            let w = WorkType::from_name(name).unwrap();
+        // FanOutCompute's default round (5 multiplies of 104×104) takes most of the window
+        // in an unoptimised build: a small one shows the mechanism.
+        let small_compute = WorkType::FanOutCompute {
+            fan_out: 2,
+            cache_footprint_kb: 16,
+            operations: 1,
+            sleep_usec: 100,
+        };
+        for w in ["FutexPingPong", "PipeIo", "CachePipe", "FutexFanOut"]
+            .map(|n| WorkType::from_name(n).unwrap())
+            .into_iter()
+            .chain([small_compute])
+        {
             let reps = run(w, w.group_size(), 400);
             let samples: u64 = reps.iter().map(|r| r.wake_sample_total).sum();
-            assert!(samples > 0, "{name}: no wake-latency samples");
+            assert!(samples > 0, "{}: no wake-latency samples", w.name());
+            if matches!(w, WorkType::FanOutCompute { .. }) {
+                // The messenger waits for every receiver each round: they keep in step.
+                let rounds: Vec<u64> = reps[1..].iter().map(|r| r.iterations).collect();
+                let (lo, hi) = (rounds.iter().min().unwrap(), rounds.iter().max().unwrap());
+                assert!(*lo > 0 && hi - lo <= 1, "receivers out of step: {rounds:?}");
+            }
         }
     }
 

@@ -61,6 +61,21 @@ pub enum WorkType {
         /// Stride in bytes.
         stride: u64,
     },
+    /// One pass of [`WorkType::CachePressure`], then `sched_yield`.
+    CacheYield {
+        /// Buffer size.
+        size_kb: u64,
+        /// Stride in bytes.
+        stride: u64,
+    },
+    /// Pairs: `burst_iters` cache lines of a private buffer touched, then a 1-byte ping-pong
+    /// over a pipe with the partner (as [`WorkType::PipeIo`]).
+    CachePipe {
+        /// Buffer size.
+        size_kb: u64,
+        /// Cache lines touched per burst.
+        burst_iters: u64,
+    },
     /// Groups of `fan_out + 1`: one messenger wakes `fan_out` receivers, which record their
     /// wake latency.
     FutexFanOut {
@@ -68,6 +83,20 @@ pub enum WorkType {
         fan_out: u32,
         /// Spins the messenger does between rounds.
         spin_iters: u64,
+    },
+    /// Groups of `fan_out + 1`: a messenger wakes `fan_out` receivers; each records its wake
+    /// latency, then multiplies two square matrices sized so that all three fit
+    /// `cache_footprint_kb`, `operations` times. The messenger waits for all of them, pauses
+    /// `sleep_usec`, and posts the next round.
+    FanOutCompute {
+        /// Receivers per messenger.
+        fan_out: u32,
+        /// Memory of the three matrices together.
+        cache_footprint_kb: u64,
+        /// Matrix multiplies per wake-up.
+        operations: u32,
+        /// The messenger's pause between rounds.
+        sleep_usec: u64,
     },
     /// Cycles through phases.
     Sequence {
@@ -140,7 +169,10 @@ impl WorkType {
         "PipeIo",
         "FutexPingPong",
         "CachePressure",
+        "CacheYield",
+        "CachePipe",
         "FutexFanOut",
+        "FanOutCompute",
         "ForkExit",
         "NiceSweep",
         "AffinityChurn",
@@ -166,9 +198,23 @@ impl WorkType {
                 size_kb: 32,
                 stride: 64,
             },
+            "CacheYield" => WorkType::CacheYield {
+                size_kb: 32,
+                stride: 64,
+            },
+            "CachePipe" => WorkType::CachePipe {
+                size_kb: 32,
+                burst_iters: 1024,
+            },
             "FutexFanOut" => WorkType::FutexFanOut {
                 fan_out: 4,
                 spin_iters: 1024,
+            },
+            "FanOutCompute" => WorkType::FanOutCompute {
+                fan_out: 4,
+                cache_footprint_kb: 256,
+                operations: 5,
+                sleep_usec: 100,
             },
             "ForkExit" => WorkType::ForkExit,
             "NiceSweep" => WorkType::NiceSweep,
@@ -199,7 +245,10 @@ impl WorkType {
             WorkType::PipeIo { .. } => "PipeIo",
             WorkType::FutexPingPong { .. } => "FutexPingPong",
             WorkType::CachePressure { .. } => "CachePressure",
+            WorkType::CacheYield { .. } => "CacheYield",
+            WorkType::CachePipe { .. } => "CachePipe",
             WorkType::FutexFanOut { .. } => "FutexFanOut",
+            WorkType::FanOutCompute { .. } => "FanOutCompute",
             WorkType::Sequence { .. } => "Sequence",
             WorkType::ForkExit => "ForkExit",
             WorkType::NiceSweep => "NiceSweep",
@@ -214,8 +263,12 @@ impl WorkType {
     /// Workers that must be started together: a cgroup's worker count must be a multiple.
     pub fn group_size(&self) -> u32 {
         match self {
-            WorkType::PipeIo { .. } | WorkType::FutexPingPong { .. } => 2,
-            WorkType::FutexFanOut { fan_out, .. } => fan_out + 1,
+            WorkType::PipeIo { .. }
+            | WorkType::CachePipe { .. }
+            | WorkType::FutexPingPong { .. } => 2,
+            WorkType::FutexFanOut { fan_out, .. } | WorkType::FanOutCompute { fan_out, .. } => {
+                fan_out + 1
+            }
             WorkType::MutexContention { contenders, .. } => *contenders,
             _ => 1,
         }

@@ -22,6 +22,8 @@ pub struct GroupShared {
     pub turn: AtomicU32,
     /// Futex word: the lock (0 free, 1 held, 2 held with waiters).
     pub lock: AtomicU32,
+    /// Futex word: receivers done with the current round (fan-outs that join).
+    pub done: AtomicU32,
     /// CLOCK_MONOTONIC ns at which the last wake-up was issued.
     pub wake_ns: AtomicU64,
 }
@@ -135,15 +137,66 @@ pub fn run(work: &WorkType, ctx: &WorkerCtx) -> WorkerReport {
                 sleep_measured(&mut rec, Duration::from_millis(sleep_ms));
             }
         }
-        WorkType::PipeIo { burst_iters } => pipe_io(&mut rec, ctx, burst_iters),
+        WorkType::PipeIo { burst_iters } => pipe_io(&mut rec, ctx, || spin(burst_iters)),
+        WorkType::CachePipe {
+            size_kb,
+            burst_iters,
+        } => {
+            let mut lines = CacheLines::new(size_kb, 64);
+            pipe_io(&mut rec, ctx, || lines.touch(burst_iters))
+        }
         WorkType::FutexPingPong { spin_iters } => ping_pong(&mut rec, ctx, spin_iters),
         WorkType::CachePressure { size_kb, stride } => {
-            cache_pressure(&mut rec, ctx.stop, size_kb, stride)
+            let mut lines = CacheLines::new(size_kb, stride);
+            while !stop() {
+                lines.pass();
+                rec.tick(1);
+            }
+        }
+        WorkType::CacheYield { size_kb, stride } => {
+            let mut lines = CacheLines::new(size_kb, stride);
+            while !stop() {
+                lines.pass();
+                yield_now();
+                rec.tick(1);
+            }
         }
         WorkType::FutexFanOut {
             fan_out: _,
             spin_iters,
-        } => fan_out(&mut rec, ctx, spin_iters),
+        } => fan_out(
+            &mut rec,
+            ctx,
+            spin_iters,
+            Duration::from_micros(200),
+            None,
+            |rec| {
+                spin(spin_iters / 4);
+                rec.tick(1);
+            },
+        ),
+        WorkType::FanOutCompute {
+            fan_out: n,
+            cache_footprint_kb,
+            operations,
+            sleep_usec,
+        } => {
+            let mut m = Matrices::fitting(cache_footprint_kb);
+            fan_out(
+                &mut rec,
+                ctx,
+                0,
+                Duration::from_micros(sleep_usec),
+                Some(n),
+                // A progress point per multiply: a round is `operations` of them.
+                |rec| {
+                    for _ in 0..operations {
+                        m.multiply();
+                        rec.tick(1);
+                    }
+                },
+            )
+        }
         WorkType::Sequence { first, rest } => sequence(&mut rec, ctx.stop, first, rest),
         WorkType::ForkExit => fork_exit(&mut rec, ctx.stop),
         WorkType::NiceSweep => nice_sweep(&mut rec, ctx.stop),
@@ -164,16 +217,77 @@ pub fn run(work: &WorkType, ctx: &WorkerCtx) -> WorkerReport {
     rec.finish()
 }
 
-/// `CachePressure`: touches a buffer of `size_kb` every `stride` bytes, over and over.
-fn cache_pressure(rec: &mut Recorder, stop: &AtomicBool, size_kb: u64, stride: u64) {
-    let mut buf = vec![0u8; (size_kb * 1024) as usize];
-    let stride = stride.max(1) as usize;
-    while !stop.load(Ordering::Relaxed) {
-        for i in (0..buf.len()).step_by(stride) {
-            buf[i] = buf[i].wrapping_add(1);
+/// A private buffer touched every `stride` bytes (`CachePressure`, `CacheYield`,
+/// `CachePipe`).
+struct CacheLines {
+    buf: Vec<u8>,
+    stride: usize,
+    next: usize,
+}
+
+impl CacheLines {
+    fn new(size_kb: u64, stride: u64) -> CacheLines {
+        CacheLines {
+            buf: vec![0u8; (size_kb.max(1) * 1024) as usize],
+            stride: stride.max(1) as usize,
+            next: 0,
         }
-        black_box(&buf);
-        rec.tick(1);
+    }
+
+    /// One read-modify-write pass over the whole buffer.
+    fn pass(&mut self) {
+        for i in (0..self.buf.len()).step_by(self.stride) {
+            self.buf[i] = self.buf[i].wrapping_add(1);
+        }
+        black_box(&self.buf);
+    }
+
+    /// `n` strided read-modify-writes, carrying on where the last call stopped.
+    fn touch(&mut self, n: u64) {
+        for _ in 0..n {
+            self.buf[self.next] = self.buf[self.next].wrapping_add(1);
+            self.next = (self.next + self.stride) % self.buf.len();
+        }
+        black_box(&self.buf);
+    }
+}
+
+/// Three square matrices of u64 that together fit a cache footprint (`FanOutCompute`).
+/// Integers, not floats: under emulation (qemu TCG) every float op is a helper call, which
+/// would make one multiply take seconds.
+struct Matrices {
+    n: usize,
+    a: Vec<u64>,
+    b: Vec<u64>,
+    c: Vec<u64>,
+}
+
+impl Matrices {
+    fn fitting(footprint_kb: u64) -> Matrices {
+        // 3 n² u64s in the footprint; at least 2×2.
+        let n = (((footprint_kb * 1024) as f64 / 24.0).sqrt() as usize).max(2);
+        let fill = |seed: u64| (0..n * n).map(|i| seed + (i % 7) as u64).collect();
+        Matrices {
+            n,
+            a: fill(1),
+            b: fill(2),
+            c: vec![0; n * n],
+        }
+    }
+
+    /// c = a × b (wrapping), the naive triple loop.
+    fn multiply(&mut self) {
+        let n = self.n;
+        for (i, out) in self.c.chunks_exact_mut(n).enumerate() {
+            let row = &self.a[i * n..(i + 1) * n];
+            for (j, cell) in out.iter_mut().enumerate() {
+                *cell = row
+                    .iter()
+                    .zip(self.b[j..].iter().step_by(n))
+                    .fold(0u64, |s, (x, y)| s.wrapping_add(x.wrapping_mul(*y)));
+            }
+        }
+        black_box(&self.c);
     }
 }
 
@@ -279,7 +393,8 @@ fn io_sync(rec: &mut Recorder, stop: &AtomicBool, until: Option<Instant>) {
     let _ = std::fs::remove_file(&path);
 }
 
-fn pipe_io(rec: &mut Recorder, ctx: &WorkerCtx, burst_iters: u64) {
+/// `PipeIo` and `CachePipe`: a `burst`, then the byte goes to the partner.
+fn pipe_io(rec: &mut Recorder, ctx: &WorkerCtx, mut burst: impl FnMut()) {
     let (Some((rd, wr)), Some(g)) = (ctx.pipes, ctx.group) else {
         return;
     };
@@ -287,7 +402,7 @@ fn pipe_io(rec: &mut Recorder, ctx: &WorkerCtx, burst_iters: u64) {
     let mut byte = [0u8; 1];
     while !ctx.stop.load(Ordering::Relaxed) {
         if my_turn {
-            spin(burst_iters);
+            burst();
             g.wake_ns.store(mono_ns(), Ordering::Release);
             let _ = nix::unistd::write(wr, &byte);
             rec.tick(1);
@@ -325,30 +440,64 @@ fn ping_pong(rec: &mut Recorder, ctx: &WorkerCtx, spin_iters: u64) {
     futex_wake(&g.turn, 1);
 }
 
-fn fan_out(rec: &mut Recorder, ctx: &WorkerCtx, spin_iters: u64) {
+/// `FutexFanOut` and `FanOutCompute`: the messenger spins `spin_iters`, wakes every receiver
+/// and pauses; each receiver records its wake latency, then does its `work`.
+/// With `join = Some(n)` the messenger waits for its `n` receivers to finish a round before
+/// it pauses and posts the next (a fan-out/fan-in, as a pool of compute tasks).
+fn fan_out(
+    rec: &mut Recorder,
+    ctx: &WorkerCtx,
+    spin_iters: u64,
+    pause: Duration,
+    join: Option<u32>,
+    mut work: impl FnMut(&mut Recorder),
+) {
     let Some(g) = ctx.group else { return };
+    let stop = || ctx.stop.load(Ordering::Relaxed);
     if ctx.index == 0 {
         rec.report.is_messenger = true;
-        while !ctx.stop.load(Ordering::Relaxed) {
+        while !stop() {
             spin(spin_iters);
+            g.done.store(0, Ordering::Release);
             g.wake_ns.store(mono_ns(), Ordering::Release);
             g.turn.fetch_add(1, Ordering::AcqRel);
             futex_wake(&g.turn, i32::MAX);
             rec.tick(1);
-            std::thread::sleep(Duration::from_micros(200));
+            if let Some(n) = join {
+                loop {
+                    let d = g.done.load(Ordering::Acquire);
+                    if d >= n || stop() {
+                        break;
+                    }
+                    futex_wait(&g.done, d, POLL_SLICE);
+                }
+            }
+            std::thread::sleep(pause);
         }
     } else {
-        let mut seen = g.turn.load(Ordering::Acquire);
+        // From the mapping's zero, not the turn now: a round posted before this receiver first
+        // ran is still its to take (a joining messenger waits for it).
+        let mut seen = 0;
+        let mut waited = false;
         while !ctx.stop.load(Ordering::Relaxed) {
             let now = g.turn.load(Ordering::Acquire);
             if now == seen {
                 futex_wait(&g.turn, seen, POLL_SLICE);
+                waited = true;
                 continue;
             }
             seen = now;
-            rec.latency(mono_ns().saturating_sub(g.wake_ns.load(Ordering::Acquire)));
-            spin(spin_iters / 4);
-            rec.tick(1);
+            // A round posted while this receiver was still working is no wake-up: the time
+            // since it was posted is the receiver's own work, not the scheduler's latency.
+            if waited {
+                rec.latency(mono_ns().saturating_sub(g.wake_ns.load(Ordering::Acquire)));
+            }
+            waited = false;
+            work(rec);
+            if join.is_some() {
+                g.done.fetch_add(1, Ordering::AcqRel);
+                futex_wake(&g.done, 1);
+            }
         }
     }
 }
@@ -441,5 +590,38 @@ fn mutex_contention(rec: &mut Recorder, ctx: &WorkerCtx, hold_iters: u64, work_i
         }
         spin(work_iters);
         rec.tick(1);
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+
+    #[test]
+    fn matrices_fit_their_footprint_and_multiply() {
+        let mut m = Matrices::fitting(256);
+        assert_eq!(m.n, 104, "3 × 104² × 8 bytes ≤ 256 KiB < 3 × 105² × 8");
+        assert!(3 * m.n * m.n * 8 <= 256 * 1024);
+        m.multiply();
+        // Row 0 of a is 1,2,..,7,1,..; column 0 of b is 2,3,..: one dot product by hand.
+        let n = m.n;
+        let want: u64 = (0..n).map(|k| m.a[k] * m.b[k * n]).sum();
+        assert_eq!(m.c[0], want);
+        let (i, j) = (3, 5);
+        let want: u64 = (0..n).map(|k| m.a[i * n + k] * m.b[k * n + j]).sum();
+        assert_eq!(m.c[i * n + j], want);
+        assert_eq!(Matrices::fitting(0).n, 2);
+    }
+
+    #[test]
+    fn cache_lines_wrap_around_the_buffer() {
+        let mut l = CacheLines::new(1, 64); // 16 lines
+        l.touch(20);
+        assert_eq!(l.buf[0], 2, "line 0 touched twice");
+        assert_eq!(l.buf[64 * 3], 2);
+        assert_eq!(l.buf[64 * 4], 1);
+        l.pass();
+        assert_eq!(l.buf[64 * 4], 2);
+        assert_eq!(l.buf[1], 0, "only the stride's bytes are touched");
     }
 }

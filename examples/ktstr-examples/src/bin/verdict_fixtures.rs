@@ -1,6 +1,7 @@
 //! Cases whose verdicts the harness must get right: a failing body, `expect_err` both ways, a
 //! panicking body and a panicking guest kernel, a hung body, a corrupt result channel and a
-//! console flood. `tests/harness_verdicts.rs` runs this binary
+//! console flood; and a two-step scenario whose sidecar must record each phase.
+//! `tests/harness_verdicts.rs` runs this binary
 //! with `--exact NAME` and checks exit codes and reports; it is not a suite to run by itself.
 
 use ktstr::prelude::*;
@@ -163,6 +164,30 @@ fn console_flood(_ctx: &Ctx) -> Result<AssertResult> {
         DetailKind::Other,
         format!("deliberate: flooded the console with {} bytes", text.len()),
     ))
+}
+
+declare_scheduler!(SCX_DEMO {
+    name: "scx-demo",
+    binary: "scx_demo",
+});
+
+/// Under scx_demo, two spinners for half the run, then two more in a second cgroup: the
+/// sidecar must record the phases (BASELINE, Step[0] with 2 workers, Step[1] with 4 sharing
+/// the same 2 CPUs), the scheduler's BPF programs, and on KVM the VM's exits.
+#[ktstr_test(scheduler = SCX_DEMO, llcs = 1, cores = 2, duration_s = 4)]
+fn two_steps(ctx: &Ctx) -> Result<AssertResult> {
+    let spin = |name: &str| {
+        CgroupDef::named(name)
+            .workers(2)
+            .work_type(WorkType::SpinWait)
+    };
+    execute_steps(
+        ctx,
+        vec![
+            Step::with_defs(vec![spin("first")], HoldSpec::Frac(0.5)),
+            Step::with_defs(vec![spin("second")], HoldSpec::Frac(0.5)),
+        ],
+    )
 }
 
 fn main() {

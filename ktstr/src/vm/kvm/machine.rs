@@ -439,6 +439,11 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
         vcpus.push(create_vcpu(&vm, &supported, &topo, cpu)?.0);
     }
     setup_bsp(&vcpus[0], entry)?;
+    // Opened now: the vCPU fds move into their threads below.
+    let mut kvm_stats = super::stats::Collector::new(&*vm);
+    for v in &vcpus {
+        kvm_stats.add_vcpu(v);
+    }
     let (irq, ioapic) = match chip {
         IrqChip::InKernel => {
             let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host {
@@ -509,6 +514,7 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     if let Some(s) = stdin {
         s.stop();
     }
+    let kvm_stats = kvm_stats.collect();
     // Teardown order (vmm.md §8): vCPU fds, then the VM fd (the userspace IOAPIC holds the
     // last reference to it with a split irqchip), then memory.
     drop(machine);
@@ -516,7 +522,9 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     drop(devices);
     drop(mem);
     drop(kvm);
-    Ok(finished.outcome(BackendKind::Kvm, t0))
+    let mut out = finished.outcome(BackendKind::Kvm, t0);
+    out.kvm_stats = kvm_stats;
+    Ok(out)
 }
 
 /// The running in-process VM as the session drives it.
