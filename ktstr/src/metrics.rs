@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::scenario::phases::PhaseStats;
+use crate::assert::PhaseStats;
 use crate::sidecar::Sidecar;
 
 /// Which direction is better.

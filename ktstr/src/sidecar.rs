@@ -73,7 +73,7 @@ pub struct Sidecar {
     /// What the scenario measured.
     pub stats: Option<ScenarioStats>,
     /// What each phase measured: 0 = BASELINE (before the first step), k = step k−1.
-    pub phases: Vec<crate::scenario::phases::PhaseStats>,
+    pub phases: Vec<crate::assert::PhaseStats>,
     /// Payload metrics (not yet collected: empty).
     pub metrics: Vec<serde_json::Value>,
     /// Ops and step boundaries.

@@ -64,6 +64,6 @@ fn nested_fields_match() {
     assert_eq!(page_keys(&["`stats`"]), keys_of(&ScenarioStats::default()));
     assert_eq!(
         page_keys(&["`phases` entries"]),
-        keys_of(&crate::scenario::phases::PhaseStats::default())
+        keys_of(&crate::assert::PhaseStats::default())
     );
 }

@@ -25,6 +25,7 @@
 //! a whole cgroup evenly (the in-cgroup spread cannot see that).
 
 pub mod eval;
+mod phase;
 #[cfg(test)]
 mod reference_doc;
 
@@ -307,6 +308,7 @@ impl AssertDetail {
 }
 
 pub use eval::{CgroupStats, ScenarioStats};
+pub use phase::PhaseStats;
 
 /// The threshold fields that are multiplied by `Ctx::time_scale` when judged (see the module
 /// docs); `show-thresholds` prints their values in force.
@@ -362,7 +364,7 @@ pub struct AssertResult {
     pub events: Vec<StimulusEvent>,
     /// What each phase measured (sidecar `phases`; set by `scenario::execute_*`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub phases: Vec<crate::scenario::phases::PhaseStats>,
+    pub phases: Vec<PhaseStats>,
 }
 
 impl Default for AssertResult {

@@ -163,10 +163,10 @@ fn both_gates_must_pass() {
     assert!(Policy::uniform(-1.0).is_err());
 }
 
-fn phase(idx: u16, rate: f64, spread: f64) -> crate::scenario::phases::PhaseStats {
-    crate::scenario::phases::PhaseStats {
+fn phase(idx: u16, rate: f64, spread: f64) -> crate::assert::PhaseStats {
+    crate::assert::PhaseStats {
         step_index: idx,
-        label: crate::scenario::phases::PhaseStats::label_of(idx),
+        label: crate::assert::PhaseStats::label_of(idx),
         iterations_per_s: rate,
         cpu_share_spread_pct: spread,
         ..Default::default()

@@ -147,56 +147,27 @@ pub fn run(work: &WorkType, ctx: &WorkerCtx) -> WorkerReport {
         }
         WorkType::FutexPingPong { spin_iters } => ping_pong(&mut rec, ctx, spin_iters),
         WorkType::CachePressure { size_kb, stride } => {
-            let mut lines = CacheLines::new(size_kb, stride);
-            while !stop() {
-                lines.pass();
-                rec.tick(1);
-            }
+            cache_passes(&mut rec, ctx.stop, size_kb, stride, false)
         }
         WorkType::CacheYield { size_kb, stride } => {
-            let mut lines = CacheLines::new(size_kb, stride);
-            while !stop() {
-                lines.pass();
-                yield_now();
-                rec.tick(1);
-            }
+            cache_passes(&mut rec, ctx.stop, size_kb, stride, true)
         }
         WorkType::FutexFanOut {
             fan_out: _,
             spin_iters,
-        } => fan_out(
-            &mut rec,
-            ctx,
-            spin_iters,
-            Duration::from_micros(200),
-            None,
-            |rec| {
+        } => {
+            let pause = Duration::from_micros(200);
+            fan_out(&mut rec, ctx, spin_iters, pause, None, |rec| {
                 spin(spin_iters / 4);
                 rec.tick(1);
-            },
-        ),
+            })
+        }
         WorkType::FanOutCompute {
             fan_out: n,
             cache_footprint_kb,
             operations,
             sleep_usec,
-        } => {
-            let mut m = Matrices::fitting(cache_footprint_kb);
-            fan_out(
-                &mut rec,
-                ctx,
-                0,
-                Duration::from_micros(sleep_usec),
-                Some(n),
-                // A progress point per multiply: a round is `operations` of them.
-                |rec| {
-                    for _ in 0..operations {
-                        m.multiply();
-                        rec.tick(1);
-                    }
-                },
-            )
-        }
+        } => fan_out_compute(&mut rec, ctx, n, cache_footprint_kb, operations, sleep_usec),
         WorkType::Sequence { first, rest } => sequence(&mut rec, ctx.stop, first, rest),
         WorkType::ForkExit => fork_exit(&mut rec, ctx.stop),
         WorkType::NiceSweep => nice_sweep(&mut rec, ctx.stop),
@@ -215,6 +186,39 @@ pub fn run(work: &WorkType, ctx: &WorkerCtx) -> WorkerReport {
         WorkType::Custom { .. } => unreachable!("handled above"),
     }
     rec.finish()
+}
+
+/// `CachePressure` (and `CacheYield`, with a yield after each pass): strided passes over a
+/// private buffer.
+fn cache_passes(rec: &mut Recorder, stop: &AtomicBool, size_kb: u64, stride: u64, yields: bool) {
+    let mut lines = CacheLines::new(size_kb, stride);
+    while !stop.load(Ordering::Relaxed) {
+        lines.pass();
+        if yields {
+            yield_now();
+        }
+        rec.tick(1);
+    }
+}
+
+/// `FanOutCompute`: a joining fan-out whose receivers multiply matrices, with a progress
+/// point per multiply (a round is `operations` of them).
+fn fan_out_compute(
+    rec: &mut Recorder,
+    ctx: &WorkerCtx,
+    receivers: u32,
+    footprint_kb: u64,
+    operations: u32,
+    sleep_usec: u64,
+) {
+    let mut m = Matrices::fitting(footprint_kb);
+    let pause = Duration::from_micros(sleep_usec);
+    fan_out(rec, ctx, 0, pause, Some(receivers), |rec| {
+        for _ in 0..operations {
+            m.multiply();
+            rec.tick(1);
+        }
+    })
 }
 
 /// A private buffer touched every `stride` bytes (`CachePressure`, `CacheYield`,

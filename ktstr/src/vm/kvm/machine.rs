@@ -440,29 +440,8 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     }
     setup_bsp(&vcpus[0], entry)?;
     // Opened now: the vCPU fds move into their threads below.
-    let mut kvm_stats = super::stats::Collector::new(&*vm);
-    for v in &vcpus {
-        kvm_stats.add_vcpu(v);
-    }
-    let (irq, ioapic) = match chip {
-        IrqChip::InKernel => {
-            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host {
-                what: "creating the serial eventfd",
-                source,
-            })?;
-            vm.register_irqfd(&fd, COM1_GSI)
-                .map_err(ioctl("KVM_IRQFD"))?;
-            (IrqLine::Irqfd(fd), None)
-        }
-        IrqChip::Split => {
-            let io = IoapicDevice::new(Box::new(KvmMsiSink(vm.clone())));
-            let line = IrqLine::Ioapic {
-                ioapic: io.clone(),
-                pin: COM1_GSI as usize,
-            };
-            (line, Some(io))
-        }
-    };
+    let kvm_stats = super::stats::Collector::open(&*vm, &vcpus);
+    let (irq, ioapic) = serial_irq(&vm, chip)?;
     let session = spec.session;
     let devices = Arc::new(Devices::new(irq, session.console().clone(), ioapic));
     let shared = Arc::new(Shared::default());
@@ -514,17 +493,45 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     if let Some(s) = stdin {
         s.stop();
     }
-    let kvm_stats = kvm_stats.collect();
-    // Teardown order (vmm.md §8): vCPU fds, then the VM fd (the userspace IOAPIC holds the
-    // last reference to it with a split irqchip), then memory.
+    let kvm_stats = kvm_stats.collect(); // before teardown, while the counters are final
+                                         // Teardown order (vmm.md §8): vCPU fds, then the VM fd (the userspace IOAPIC holds the
+                                         // last reference to it with a split irqchip), then memory.
     drop(machine);
     drop(vm);
     drop(devices);
     drop(mem);
     drop(kvm);
-    let mut out = finished.outcome(BackendKind::Kvm, t0);
-    out.kvm_stats = kvm_stats;
-    Ok(out)
+    Ok(VmOutcome {
+        kvm_stats,
+        ..finished.outcome(BackendKind::Kvm, t0)
+    })
+}
+
+/// COM1's interrupt line: an irqfd into the in-kernel irqchip, or a pin of the userspace
+/// IOAPIC (returned too, for the devices' MMIO) with a split irqchip.
+fn serial_irq(
+    vm: &Arc<VmFd>,
+    chip: IrqChip,
+) -> Result<(IrqLine, Option<Arc<IoapicDevice>>), VmmError> {
+    Ok(match chip {
+        IrqChip::InKernel => {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host {
+                what: "creating the serial eventfd",
+                source,
+            })?;
+            vm.register_irqfd(&fd, COM1_GSI)
+                .map_err(ioctl("KVM_IRQFD"))?;
+            (IrqLine::Irqfd(fd), None)
+        }
+        IrqChip::Split => {
+            let io = IoapicDevice::new(Box::new(KvmMsiSink(vm.clone())));
+            let line = IrqLine::Ioapic {
+                ioapic: io.clone(),
+                pin: COM1_GSI as usize,
+            };
+            (line, Some(io))
+        }
+    })
 }
 
 /// The running in-process VM as the session drives it.

@@ -147,18 +147,12 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Opens the VM's stats (call before the vCPU fds move to their threads).
-    pub fn new(vm: &impl AsRawFd) -> Collector {
+    /// Opens the stats of the VM and of each vCPU (call before the vCPU fds move to their
+    /// threads); those KVM refuses are left out.
+    pub fn open(vm: &impl AsRawFd, vcpus: &[impl AsRawFd]) -> Collector {
         Collector {
             vm: StatsFile::open(vm),
-            vcpus: Vec::new(),
-        }
-    }
-
-    /// Opens one vCPU's stats.
-    pub fn add_vcpu(&mut self, fd: &impl AsRawFd) {
-        if let Some(f) = StatsFile::open(fd) {
-            self.vcpus.push(f);
+            vcpus: vcpus.iter().filter_map(StatsFile::open).collect(),
         }
     }
 
