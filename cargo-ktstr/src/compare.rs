@@ -243,6 +243,19 @@ fn num(v: f64) -> String {
     }
 }
 
+/// One table row: what it is about, the metric, A, B, delta, relative change, mark.
+fn finding_row(about: String, f: &compare::Finding, mark: &str) -> [String; 7] {
+    [
+        about,
+        f.metric.to_string(),
+        num(f.a),
+        num(f.b),
+        num(f.delta),
+        rel(f),
+        mark.to_string(),
+    ]
+}
+
 fn rel(f: &compare::Finding) -> String {
     if f.rel.is_infinite() {
         "inf".into()
@@ -281,15 +294,11 @@ fn phase_tables(c: &Comparison, a: &CompareArgs) -> String {
             } else {
                 ""
             };
-            t.add_row([
+            t.add_row(finding_row(
                 format!("{} {}", p.step_index, p.label),
-                f.metric.to_string(),
-                num(f.a),
-                num(f.b),
-                num(f.delta),
-                rel(f),
-                mark.into(),
-            ]);
+                f,
+                mark,
+            ));
         }
         if t.row_count() > 0 {
             out.push_str(&format!("\nphases of {}:\n{t}\n", pair.a.key));
@@ -329,15 +338,7 @@ fn render(c: &Comparison, a: &CompareArgs) -> String {
                 } else {
                     ""
                 };
-                t.add_row([
-                    pair.a.key.clone(),
-                    f.metric.to_string(),
-                    num(f.a),
-                    num(f.b),
-                    num(f.delta),
-                    rel(f),
-                    mark.into(),
-                ]);
+                t.add_row(finding_row(pair.a.key.clone(), f, mark));
             }
         }
         if t.row_count() == 0 {
