@@ -60,13 +60,6 @@ pub struct ProgInfo {
     pub run_time_ns: u64,
 }
 
-/// Turns on the kernel's per-program run counters (`kernel.bpf_stats_enabled`), so
-/// [`ProgInfo::run_cnt`] and [`ProgInfo::run_time_ns`] count from now on. It costs two clock
-/// reads per program run. Errors (no procfs, no permission) leave the counters at 0.
-pub fn enable_run_stats() -> std::io::Result<()> {
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-}
-
 fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_SIZE]) -> std::io::Result<i64> {
     // SAFETY: `attr` is a live, writable buffer of ATTR_SIZE bytes laid out as the command's
     // part of `union bpf_attr` (zeros elsewhere), and the size passed is its length.

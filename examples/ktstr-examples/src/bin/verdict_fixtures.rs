@@ -166,9 +166,12 @@ fn console_flood(_ctx: &Ctx) -> Result<AssertResult> {
     ))
 }
 
+// BPF run counters are off unless a test turns them on (they cost two clock reads per
+// callback); this fixture does, so its sidecar shows the callbacks were counted.
 declare_scheduler!(SCX_DEMO {
     name: "scx-demo",
     binary: "scx_demo",
+    sysctls: ["kernel.bpf_stats_enabled" = "1"],
 });
 
 /// Under scx_demo, two spinners for half the run, then two more in a second cgroup: the
