@@ -7,6 +7,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::cpuset::resolve_cpuset;
+use super::overrun::{overran, Steal};
 use super::phases::{self, PhaseRecorder, WorkerSample};
 use super::validate::{validate, ScenarioError};
 use super::{
@@ -63,14 +64,6 @@ struct Runner<'a> {
     affinities: BTreeMap<i32, WorkerAffinity>,
     /// Per-phase samples and closed phases (sidecar `phases`).
     phases: PhaseRecorder,
-}
-
-/// Whether a step that declared `declared` and took `took` overran: it took more than twice its
-/// declared time, with at least one second of slack for its ops, both scaled by the backend's
-/// `scale` (ops and wakeups are slower under emulation).
-fn overran(declared: Duration, took: Duration, scale: f64) -> bool {
-    let slack = declared.max(Duration::from_secs(1)).mul_f64(scale.max(1.0));
-    took > declared + slack
 }
 
 fn sys_err(at: &str, cgroup: &str, cause: crate::workload::WorkloadError) -> ScenarioError {
@@ -727,6 +720,7 @@ impl<'a> Runner<'a> {
             }
             self.event(&label, "step_start", format!("{:?}", step.hold));
             let began = Instant::now();
+            let steal_before = Steal::now();
             for (j, op) in step.ops.iter().enumerate() {
                 self.apply(&label, j, op)?;
             }
@@ -738,14 +732,17 @@ impl<'a> Runner<'a> {
                 HoldSpec::Loop { .. } => share,
             };
             let took = began.elapsed();
-            if overran(declared, took, self.ctx.time_scale) {
+            let stolen = Steal::now().per_cpu_since(&steal_before);
+            if overran(declared, took, stolen, self.ctx.time_scale) {
                 self.failures.push_failure(
                     DetailKind::Stuck,
                     format!(
-                        "{label} overran: declared {:.1} s, took {:.1} s (the guest or this \
-                         test's own thread did not get the CPU in time)",
+                        "{label} overran: declared {:.1} s, took {:.1} s, {:.1} s of it the \
+                         host's (steal) (the guest or this test's own thread did not get the \
+                         CPU in time)",
                         declared.as_secs_f64(),
-                        took.as_secs_f64()
+                        took.as_secs_f64(),
+                        stolen.as_secs_f64()
                     ),
                 );
             }
@@ -862,25 +859,4 @@ pub fn execute_scenario_with(
     result.events = std::mem::take(&mut runner.events);
     result.phases = std::mem::take(&mut runner.phases.phases);
     Ok(result)
-}
-
-#[cfg(test)]
-mod overrun_tests {
-    use super::overran;
-    use std::time::Duration;
-
-    #[test]
-    fn a_step_overruns_past_twice_its_time_with_a_second_of_slack() {
-        let s = Duration::from_secs_f64;
-        // The issue's case: a 3 s hold that took 25.7 s, on KVM and under TCG (scale 4).
-        assert!(overran(s(3.0), s(25.7), 1.0));
-        assert!(overran(s(3.0), s(25.7), 4.0));
-        // Twice the time is still fine; a little more is not.
-        assert!(!overran(s(3.0), s(6.0), 1.0));
-        assert!(overran(s(3.0), s(6.1), 1.0));
-        // Short holds get a second of slack for their ops, scaled by the backend.
-        assert!(!overran(s(0.001), s(0.9), 1.0));
-        assert!(overran(s(0.001), s(1.1), 1.0));
-        assert!(!overran(s(0.001), s(3.9), 4.0));
-    }
 }

@@ -14,6 +14,7 @@
 pub mod canned;
 mod cpuset;
 mod exec;
+mod overrun;
 mod payload;
 pub mod phases;
 mod validate;

@@ -34,8 +34,13 @@ pub struct WorkerReport {
     pub completed: bool,
     /// CPU time consumed.
     pub cpu_time_ns: u64,
-    /// Wall time from release to stop.
+    /// Wall time from release to the parent's stop request (to the end of the loop when no
+    /// stop was requested).
     pub wall_time_ns: u64,
+    /// From the parent's stop request to the end of the loop: how long the worker took to get
+    /// a CPU and notice (not part of `wall_time_ns`).
+    #[serde(default)]
+    pub stop_lag_ns: u64,
     /// Wall time minus CPU time.
     pub off_cpu_ns: u64,
     /// Times the worker was seen on a different CPU than at its previous progress point.
@@ -108,13 +113,37 @@ pub struct Recorder {
     pub report: WorkerReport,
 }
 
-/// This worker process's live iteration count, shared with the parent (which samples it at
-/// scenario step boundaries for per-phase throughput). Set once, in the forked worker.
-static PROGRESS: OnceLock<&'static AtomicU64> = OnceLock::new();
+/// What a worker and its parent share, one per worker in a cache line of their own.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct ProgressSlot {
+    /// The worker's live iteration count (the parent samples it at scenario step boundaries
+    /// for per-phase throughput).
+    pub iterations: AtomicU64,
+    /// When the parent first asked the worker to stop (CLOCK_MONOTONIC ns; 0: not yet). The
+    /// worker's wall time ends here, not when it got a CPU to notice: a worker its scheduler
+    /// keeps waiting would otherwise count that wait as its own run, and the time it spent
+    /// waiting after the stop as off-CPU time its peers never had the chance to accrue.
+    pub stop_at_ns: AtomicU64,
+}
 
-/// Publishes every [`Recorder::tick`] of this process to `slot` from now on (the worker side
-/// of [`crate::workload::WorkloadHandle::iterations`]). A second call is ignored.
-pub fn publish_progress_to(slot: &'static AtomicU64) {
+impl ProgressSlot {
+    /// Records a stop request now, unless one was recorded already.
+    pub fn request_stop(&self) {
+        let now = super::worker::mono_ns();
+        let _ = self
+            .stop_at_ns
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// This worker process's slot, shared with the parent. Set once, in the forked worker.
+static PROGRESS: OnceLock<&'static ProgressSlot> = OnceLock::new();
+
+/// Publishes every [`Recorder::tick`] of this process to `slot` from now on, and ends its wall
+/// time at the stop request the parent records there (the worker side of
+/// [`crate::workload::WorkloadHandle::iterations`]). A second call is ignored.
+pub fn publish_progress_to(slot: &'static ProgressSlot) {
     let _ = PROGRESS.set(slot);
 }
 
@@ -177,7 +206,8 @@ impl Recorder {
         self.report.iterations += 1;
         self.report.work_units += units;
         if let Some(slot) = PROGRESS.get() {
-            slot.store(self.report.iterations, Ordering::Relaxed);
+            slot.iterations
+                .store(self.report.iterations, Ordering::Relaxed);
         }
     }
 
@@ -199,7 +229,13 @@ impl Recorder {
     pub fn finish(mut self) -> WorkerReport {
         let r = &mut self.report;
         r.completed = true;
-        r.wall_time_ns = self.start.elapsed().as_nanos() as u64;
+        let stop_at = PROGRESS
+            .get()
+            .map_or(0, |s| s.stop_at_ns.load(Ordering::Relaxed));
+        if stop_at != 0 {
+            r.stop_lag_ns = super::worker::mono_ns().saturating_sub(stop_at);
+        }
+        r.wall_time_ns = (self.start.elapsed().as_nanos() as u64).saturating_sub(r.stop_lag_ns);
         r.cpu_time_ns = process_cpu_time_ns().saturating_sub(self.cpu_at_start);
         r.off_cpu_ns = r.wall_time_ns.saturating_sub(r.cpu_time_ns);
         let mut cpus: Vec<u32> = (0..128).filter(|c| self.cpus & (1u128 << c) != 0).collect();

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -14,7 +14,7 @@ use nix::sys::signal::{kill, pthread_sigmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{setpgid, Pid};
 
-use super::report::{ExitInfo, WorkerReport};
+use super::report::{ExitInfo, ProgressSlot, WorkerReport};
 use super::types::{check_group_size, GroupSizeError, WorkType};
 use super::worker::{self, GroupShared, PairPipes, WorkerCtx};
 
@@ -119,9 +119,10 @@ pub struct WorkloadHandle {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-/// Bytes between two workers' progress counters: a cache line, so a worker's store never
+/// Bytes between two workers' progress slots: a cache line, so a worker's store never
 /// bounces a line another worker writes.
 const PROGRESS_STRIDE: usize = 64;
+const _: () = assert!(std::mem::size_of::<ProgressSlot>() <= PROGRESS_STRIDE);
 
 /// A zero-filled `MAP_SHARED` anonymous mapping of `len` bytes (shared with the children
 /// forked after it).
@@ -229,8 +230,8 @@ impl WorkloadHandle {
                     }
                 });
                 let slot = h.workers.len();
-                // SAFETY: `slot * PROGRESS_STRIDE + 8 <= plen` (one slot per worker), and the
-                // mapping is page-aligned, so the counter is in bounds and 8-aligned.
+                // SAFETY: `(slot + 1) * PROGRESS_STRIDE <= plen` (one slot per worker), and the
+                // mapping is page-aligned, so the slot is in bounds and 8-aligned.
                 let counter = unsafe { h.progress.0.add(slot * PROGRESS_STRIDE) };
                 let mut w = fork_worker(cfg, index, shared.cast(), counter.cast(), pipes)?;
                 w.slot = slot;
@@ -252,19 +253,32 @@ impl WorkloadHandle {
     pub fn iterations(&self) -> Vec<(i32, u64)> {
         self.workers
             .iter()
-            .map(|w| {
-                // SAFETY: the progress mapping lives until this handle drops, `w.slot` is in
-                // it (see `spawn`), and the slot is an 8-aligned u64 that only atomics touch.
-                let counter = unsafe {
-                    &*self
-                        .progress
-                        .0
-                        .add(w.slot * PROGRESS_STRIDE)
-                        .cast::<AtomicU64>()
-                };
-                (w.pid, counter.load(Ordering::Relaxed))
-            })
+            .map(|w| (w.pid, self.slot(w).iterations.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// `w`'s slot in the progress mapping.
+    fn slot(&self, w: &Worker) -> &ProgressSlot {
+        // SAFETY: the progress mapping lives until this handle drops, `w.slot` is in it (see
+        // `spawn`: one PROGRESS_STRIDE line per worker, page-aligned, so 8-aligned), it was
+        // zero-filled (a valid ProgressSlot), and its fields are atomics only.
+        unsafe {
+            &*self
+                .progress
+                .0
+                .add(w.slot * PROGRESS_STRIDE)
+                .cast::<ProgressSlot>()
+        }
+    }
+
+    /// Records the stop request in every worker's slot (the first one counts), then signals.
+    fn request_stop(&self) {
+        for w in &self.workers {
+            self.slot(w).request_stop();
+        }
+        for w in &self.workers {
+            let _ = kill(Pid::from_raw(w.pid), Signal::SIGUSR1);
+        }
     }
 
     /// Releases every worker at once.
@@ -287,17 +301,13 @@ impl WorkloadHandle {
     /// collect each, so workers of different handles stop together and none runs on while
     /// another handle is being collected.
     pub fn signal_stop(&self) {
-        for w in &self.workers {
-            let _ = kill(Pid::from_raw(w.pid), Signal::SIGUSR1);
-        }
+        self.request_stop();
     }
 
     /// Stops every worker and collects its report. A worker that does not report within
     /// `grace` (e.g. because it never gets a CPU) is killed and reported with `exit_info`.
     pub fn stop_and_collect(mut self, grace: Duration) -> Vec<WorkerReport> {
-        for w in &self.workers {
-            let _ = kill(Pid::from_raw(w.pid), Signal::SIGUSR1);
-        }
+        self.request_stop();
         let deadline = Instant::now() + grace;
         let mut out = Vec::new();
         for w in &mut self.workers {
@@ -383,7 +393,7 @@ fn fork_worker(
     cfg: &WorkloadConfig,
     index: u32,
     shared: *mut GroupShared,
-    counter: *const AtomicU64,
+    counter: *const ProgressSlot,
     pipes: Option<PairPipes<'_>>,
 ) -> Result<Worker, WorkloadError> {
     let (rel_r, rel_w) = pipe()?;
@@ -423,7 +433,7 @@ fn child(
     cfg: &WorkloadConfig,
     index: u32,
     shared: *mut GroupShared,
-    counter: *const AtomicU64,
+    counter: *const ProgressSlot,
     pipes: Option<PairPipes<'_>>,
     release: OwnedFd,
     report: OwnedFd,
@@ -574,6 +584,37 @@ mod tests {
                 *l <= r.iterations,
                 "worker {pid}: live {l} > final {}",
                 r.iterations
+            );
+        }
+    }
+
+    #[test]
+    fn a_worker_that_notices_its_stop_late_counts_the_wait_as_stop_lag() {
+        let cfg = WorkloadConfig {
+            num_workers: 2,
+            work_type: WorkType::SpinWait,
+            ..Default::default()
+        };
+        let mut h = WorkloadHandle::spawn(&cfg).unwrap();
+        h.start();
+        std::thread::sleep(Duration::from_millis(300));
+        // The first worker cannot run (as if its scheduler held it) from just before the stop
+        // request until 600 ms after it.
+        let held = h.worker_pids()[0];
+        kill(Pid::from_raw(held), Signal::SIGSTOP).unwrap();
+        h.signal_stop();
+        std::thread::sleep(Duration::from_millis(600));
+        kill(Pid::from_raw(held), Signal::SIGCONT).unwrap();
+        let reps = h.stop_and_collect(Duration::from_secs(5));
+        let (late, prompt) = (&reps[0], &reps[1]);
+        assert!(late.stop_lag_ns >= 600_000_000, "{late:?}");
+        assert!(prompt.stop_lag_ns < 500_000_000, "{prompt:?}");
+        // Both ran from the release to the stop request: the held worker's wait after the
+        // request is not part of its wall time (it would make it 900 ms, not 300).
+        for r in &reps {
+            assert!(
+                (250_000_000..600_000_000).contains(&r.wall_time_ns),
+                "{r:?}"
             );
         }
     }
