@@ -315,6 +315,7 @@ mod tests {
         let host = |hardware_virt| vm::backend::HostVirt {
             kvm_usable: true,
             hardware_virt,
+            outer_hypervisor: None,
         };
         let emulated = failure_message(BackendKind::Kvm, &host(false), &out);
         assert!(emulated.contains("use --backend qemu"), "{emulated}");

@@ -321,7 +321,33 @@ impl<'a> Runner<'a> {
         self.affinities.insert(pid, next);
     }
 
+    /// Spawns `work`'s workers in `cgroup` and releases them.
     fn spawn(&mut self, at: &str, cgroup: &str, work: &Work) -> Result<(), ScenarioError> {
+        let first = self.groups.len();
+        self.spawn_held(at, cgroup, work)?;
+        self.release(first);
+        Ok(())
+    }
+
+    /// Releases every group from `first` on at once (their wall clocks start together, so
+    /// cgroups added together are judged over the same window even when forking the later
+    /// ones is slow on a loaded guest), and samples them for the phase record.
+    fn release(&mut self, first: usize) {
+        for g in &mut self.groups[first..] {
+            g.handle.start();
+        }
+        let at = self.elapsed_ms();
+        let mut started: Vec<WorkerSample> = Vec::new();
+        for g in &self.groups[first..] {
+            started.extend(g.handle.iterations().into_iter().filter_map(|(pid, it)| {
+                phases::sample(pid, &g.cgroup, self.peers(g.work_type, pid), it, at)
+            }));
+        }
+        self.phases.observe(started);
+    }
+
+    /// Spawns `work`'s workers in `cgroup`, placed and pinned but not released.
+    fn spawn_held(&mut self, at: &str, cgroup: &str, work: &Work) -> Result<(), ScenarioError> {
         let work_type = effective_work_type(self.ctx, work);
         let cfg = WorkloadConfig {
             num_workers: work.count(self.ctx),
@@ -331,19 +357,11 @@ impl<'a> Runner<'a> {
             mem_policy: mempolicy_raw(&work.mem_policy, work.mpol_flags),
             ..Default::default()
         };
-        let mut handle = WorkloadHandle::spawn(&cfg).map_err(|e| sys_err(at, cgroup, e))?;
+        let handle = WorkloadHandle::spawn(&cfg).map_err(|e| sys_err(at, cgroup, e))?;
         if work.affinity != AffinityKind::Inherit {
             let pids = handle.worker_pids();
             self.pin(at, cgroup, &work.affinity, &pids, true)?;
         }
-        handle.start();
-        let at = self.elapsed_ms();
-        let started: Vec<WorkerSample> = handle
-            .iterations()
-            .into_iter()
-            .filter_map(|(pid, it)| phases::sample(pid, cgroup, self.peers(work_type, pid), it, at))
-            .collect();
-        self.phases.observe(started);
         let allowed = if cgroup.is_empty() {
             None
         } else {
@@ -404,13 +422,17 @@ impl<'a> Runner<'a> {
             };
             self.create(at, &d.name, cpus)?;
         }
-        // All cgroups exist before any worker starts.
-        for d in defs {
-            for w in &d.works {
-                self.spawn(at, &d.name, w)?;
-            }
-        }
-        Ok(())
+        // All cgroups exist before any worker starts, and all workers are released together.
+        // On an error the groups already spawned are released too, so teardown finds them
+        // running (a held worker would sit out the whole stop grace).
+        let first = self.groups.len();
+        let spawned = defs.iter().try_for_each(|d| {
+            d.works
+                .iter()
+                .try_for_each(|w| self.spawn_held(at, &d.name, w))
+        });
+        self.release(first);
+        spawned
     }
 
     /// Removes the running payload `name` (in `cgroup`, if given) for `op` to wait on or kill.

@@ -44,9 +44,11 @@ impl BackendPick {
 /// How much slower than hardware KVM a backend runs the guest: guest-side timeouts and the
 /// host watchdog scale with it, so a slow emulator does not turn a healthy scheduler into a
 /// false alarm. TCG is taken as 4× (measured: a 16-vCPU boot takes ~5 s under TCG on a 2-core
-/// host, against well under 1 s on hardware KVM).
-pub fn time_scale(backend: BackendKind) -> f64 {
+/// host, against well under 1 s on hardware KVM), and so is KVM on a host that is itself a
+/// TCG guest (the nested KVM lane, slower still than plain TCG).
+pub fn time_scale(backend: BackendKind, host: &HostVirt) -> f64 {
     match backend {
+        BackendKind::Kvm if host.inside_emulator() => 4.0,
         BackendKind::Kvm => 1.0,
         BackendKind::Qemu if super::qemu::Accel::from_env() == super::qemu::Accel::Kvm => 1.0,
         BackendKind::Qemu => 4.0,
@@ -61,12 +63,15 @@ pub fn choose_backend(choice: Option<BackendChoice>) -> Result<BackendPick, Back
         None => BackendChoice::from_env()?,
     };
     let host = HostVirt::probe();
-    let (kind, reason) = select_backend(choice, &host);
+    let (kind, mut reason) = select_backend(choice, &host);
+    if kind == BackendKind::Kvm && host.inside_emulator() {
+        reason.push_str("; this host is itself a qemu TCG guest, so time limits are scaled 4x");
+    }
     Ok(BackendPick {
         kind,
         reason,
         emulated_kvm: kind == BackendKind::Kvm && !host.hardware_virt,
-        time_scale: time_scale(kind),
+        time_scale: time_scale(kind, &host),
     })
 }
 
@@ -176,10 +181,11 @@ mod tests {
         assert_eq!(p.reason, "qemu requested");
         assert!(!p.emulated_kvm && p.warning().is_none());
         assert_eq!(p.note(), "backend qemu (qemu requested)");
-        assert_eq!(p.time_scale, time_scale(BackendKind::Qemu));
+        assert_eq!(p.time_scale, 4.0);
         let k = choose_backend(Some(BackendChoice::Fixed(BackendKind::Kvm))).unwrap();
-        assert_eq!(k.time_scale, 1.0);
-        assert_eq!(k.emulated_kvm, !HostVirt::probe().hardware_virt);
+        let host = HostVirt::probe();
+        assert_eq!(k.time_scale, time_scale(BackendKind::Kvm, &host));
+        assert_eq!(k.emulated_kvm, !host.hardware_virt);
         assert_eq!(k.warning().is_some(), k.emulated_kvm);
     }
 }
