@@ -65,10 +65,10 @@ const SPECIAL: &[&str] = &[
     "extra_sched_args",
     "required_flags",
     "excluded_flags",
+    "work_types",
 ];
 /// Spec keys whose supporting types do not exist yet.
 const NOT_YET: &[&str] = &[
-    "work_types",
     "payload",
     "workloads",
     "extra_include_files",
@@ -240,6 +240,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
     let mut scheduler: Option<Path> = None;
     let mut required: Vec<FlagName> = Vec::new();
     let mut excluded: Vec<FlagName> = Vec::new();
+    let mut work_types: Vec<syn::LitStr> = Vec::new();
 
     for (key, value) in &pairs {
         let k = key.to_string();
@@ -312,6 +313,23 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
         } else if k == "extra_sched_args" {
             let v = lits::strings(&k, value)?;
             setters.push(quote!(.extra_sched_args(&[#(#v),*])));
+        } else if k == "work_types" {
+            let v = lits::strings(&k, value)?;
+            if v.is_empty() {
+                return Err(Error::new(
+                    value.span(),
+                    "`work_types` takes one or more work type names, e.g. `[\"SpinWait\", \"YieldHeavy\"]`",
+                ));
+            }
+            for (i, a) in v.iter().enumerate() {
+                if v[..i].iter().any(|b| b.value() == a.value()) {
+                    return Err(Error::new(
+                        a.span(),
+                        format!("work type {:?} is listed twice", a.value()),
+                    ));
+                }
+            }
+            work_types = v;
         } else if k == "required_flags" {
             required = flag_list(&k, value)?;
         } else if k == "excluded_flags" {
@@ -364,6 +382,12 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
         setters.push(quote_spanned!(p.span()=> .scheduler(&#p)));
     }
     let mut checks = Vec::new();
+    for w in &work_types {
+        checks.push(quote_spanned!(w.span()=> ::ktstr::registry::__check_work_type(#w);));
+    }
+    if !work_types.is_empty() {
+        setters.push(quote!(.work_types(&[#(#work_types),*])));
+    }
     for f in required.iter().chain(&excluded) {
         let c = match f {
             FlagName::Str(s) => {

@@ -52,6 +52,36 @@ fn spinners_progress(ctx: &Ctx) -> Result<AssertResult> {
     Ok(r)
 }
 
+/// A work-type sweep: one case per listed work type (`eevdf~SpinWait`, `eevdf~YieldHeavy`),
+/// each running the same two cgroups with that work type in place of the default spinner. The
+/// body checks the sweep reached the workers: every cgroup ran the case's work type.
+#[ktstr_test(llcs = 1, cores = 2, duration_s = 2, work_types = ["SpinWait", "YieldHeavy"])]
+fn swept_cgroups(ctx: &Ctx) -> Result<AssertResult> {
+    let want = ctx
+        .work_type_override
+        .ok_or_else(|| anyhow!("a swept case has a work type"))?
+        .name();
+    let mut r = ktstr::scenario::execute_defs(
+        ctx,
+        vec![
+            ktstr::scenario::CgroupDef::named("cg0").workers(2),
+            ktstr::scenario::CgroupDef::named("cg1").workers(2),
+        ],
+    )?;
+    let ran: Vec<String> = r
+        .stats
+        .iter()
+        .flat_map(|s| s.cgroups.iter().map(|c| c.work_types.clone()))
+        .collect();
+    if ran.len() != 2 || ran.iter().any(|t| t != want) {
+        r.push_failure(
+            DetailKind::Other,
+            format!("the sweep asked for {want}, the cgroups ran {ran:?}"),
+        );
+    }
+    Ok(r)
+}
+
 fn main() {
     ktstr_harness::main()
 }

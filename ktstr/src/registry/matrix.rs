@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use crate::assert::Assert;
 use crate::registry::{FlagDecl, KtstrTest, Scheduler, UnknownTest};
 use crate::topology::Topology;
+use crate::workload::WorkType;
 
 /// The gauntlet's topology presets (library spec §5.1), in table order.
 pub const PRESETS: [(&str, Topology); 24] = {
@@ -331,6 +332,8 @@ pub struct TestPlan {
     pub topologies: Vec<Topology>,
     /// Valid flag profiles as declaration-index bit masks, base first.
     pub profiles: Vec<u32>,
+    /// The swept work types in declaration order; `[None]` when the test sweeps none.
+    pub work_types: Vec<Option<WorkType>>,
 }
 
 impl TestPlan {
@@ -344,6 +347,7 @@ impl TestPlan {
             .declared_topology()
             .map_err(|e| invalid(e.to_string()))?;
         let table = FlagTable::new(test).map_err(invalid)?;
+        let work_types = swept_work_types(test).map_err(invalid)?;
         if table.base().is_none() {
             return Err(invalid(format!(
                 "no flag profile of scheduler {:?} satisfies required_flags {:?} and excluded_flags {:?}",
@@ -355,6 +359,7 @@ impl TestPlan {
                 test,
                 topologies: vec![declared],
                 profiles: vec![table.base().unwrap_or(0)],
+                work_types,
             });
         }
         let gates = test.effective_gates();
@@ -369,12 +374,13 @@ impl TestPlan {
             test,
             topologies,
             profiles: table.profiles(),
+            work_types,
         })
     }
 
     /// Cases per kernel.
     pub fn len(&self) -> usize {
-        self.topologies.len() * self.profiles.len()
+        self.topologies.len() * self.profiles.len() * self.work_types.len()
     }
 
     /// Whether the plan has no cases (never true for a validated test).
@@ -383,12 +389,42 @@ impl TestPlan {
     }
 }
 
-/// Writes a scenario label: `{scheduler}` or `{scheduler}+a+b`.
-fn write_scenario(out: &mut String, s: &Scheduler, mask: u32) {
+/// The work types a test sweeps (`work_types = [..]`), or why a name is wrong; `[None]` for
+/// a test that sweeps none.
+fn swept_work_types(test: &KtstrTest) -> Result<Vec<Option<WorkType>>, String> {
+    if test.work_types.is_empty() {
+        return Ok(vec![None]);
+    }
+    if test.host_only {
+        return Err("a host_only test runs once: work_types does not apply".to_string());
+    }
+    let mut out: Vec<Option<WorkType>> = Vec::new();
+    for name in test.work_types {
+        let w = WorkType::from_name(name).ok_or_else(|| {
+            format!(
+                "work_types lists {name:?}, which is not a work type (known: {})",
+                WorkType::ALL_NAMES.join(", ")
+            )
+        })?;
+        if out.contains(&Some(w)) {
+            return Err(format!("work_types lists {name:?} twice"));
+        }
+        out.push(Some(w));
+    }
+    Ok(out)
+}
+
+/// Writes a scenario label: `{scheduler}`, `{scheduler}+a+b`, and `~WorkType` when the test
+/// sweeps work types.
+fn write_scenario(out: &mut String, s: &Scheduler, mask: u32, work: Option<WorkType>) {
     out.push_str(s.name);
     for i in bits(mask) {
         out.push('+');
         out.push_str(s.flags[i].name);
+    }
+    if let Some(w) = work {
+        out.push('~');
+        out.push_str(w.name());
     }
 }
 
@@ -414,6 +450,8 @@ pub struct CaseSpec {
     pub base: bool,
     /// Whether the case is listed as ignored.
     pub ignored: bool,
+    /// The swept work type (`ctx.work_type_override`); `None` when the test sweeps none.
+    pub work_type: Option<WorkType>,
 }
 
 impl CaseSpec {
@@ -422,10 +460,10 @@ impl CaseSpec {
         bits(self.flag_mask).map(|i| &self.scheduler.flags[i])
     }
 
-    /// The scenario label (`scx-demo+llc`).
+    /// The scenario label (`scx-demo+llc`, `eevdf~YieldHeavy`).
     pub fn scenario(&self) -> String {
         let mut s = String::new();
-        write_scenario(&mut s, self.scheduler, self.flag_mask);
+        write_scenario(&mut s, self.scheduler, self.flag_mask, self.work_type);
         s
     }
 
@@ -464,6 +502,8 @@ pub struct CaseRef<'p> {
     pub topology: usize,
     /// Index into `plan.profiles`.
     pub profile: usize,
+    /// Index into `plan.work_types`.
+    pub work_type: usize,
     /// The kernel, when any is selected.
     pub kernel: Option<&'p KernelSel>,
     /// The full case name.
@@ -486,6 +526,7 @@ impl CaseRef<'_> {
             assert: t.merged_assert(),
             base: self.topology == 0 && self.profile == 0,
             ignored: self.ignored,
+            work_type: self.plan.work_types[self.work_type],
         }
     }
 }
@@ -573,6 +614,7 @@ impl Matrix {
                     plan: &plan,
                     topology: 0,
                     profile: 0,
+                    work_type: 0,
                     kernel: None,
                     name: &name,
                     ignored: always_ignored,
@@ -588,27 +630,32 @@ impl Matrix {
             }
             for (ti, topo) in plan.topologies.iter().enumerate() {
                 for (pi, &mask) in plan.profiles.iter().enumerate() {
-                    name.clear();
-                    name.push_str(test.name);
-                    name.push('/');
-                    write_scenario(&mut name, test.scheduler, mask);
-                    name.push('/');
-                    let _ = write!(name, "{topo}");
-                    let stem = name.len();
-                    for k in &kernels {
-                        name.truncate(stem);
-                        if let (true, Some(k)) = (self.kernels.suffixed(), k) {
-                            name.push('/');
-                            name.push_str(&k.label);
+                    // Every swept work type of the base cell runs by default: the sweep is
+                    // what the test asked for.
+                    for (wi, &work) in plan.work_types.iter().enumerate() {
+                        name.clear();
+                        name.push_str(test.name);
+                        name.push('/');
+                        write_scenario(&mut name, test.scheduler, mask, work);
+                        name.push('/');
+                        let _ = write!(name, "{topo}");
+                        let stem = name.len();
+                        for k in &kernels {
+                            name.truncate(stem);
+                            if let (true, Some(k)) = (self.kernels.suffixed(), k) {
+                                name.push('/');
+                                name.push_str(&k.label);
+                            }
+                            f(&CaseRef {
+                                plan: &plan,
+                                topology: ti,
+                                profile: pi,
+                                work_type: wi,
+                                kernel: *k,
+                                name: &name,
+                                ignored: always_ignored || ti != 0 || pi != 0,
+                            });
                         }
-                        f(&CaseRef {
-                            plan: &plan,
-                            topology: ti,
-                            profile: pi,
-                            kernel: *k,
-                            name: &name,
-                            ignored: always_ignored || ti != 0 || pi != 0,
-                        });
                     }
                 }
             }
@@ -639,8 +686,12 @@ impl Matrix {
             test: test.name.to_string(),
             why: "no valid flag profile".to_string(),
         })?;
+        let swept = swept_work_types(test).map_err(|why| MatrixError::InvalidTest {
+            test: test.name.to_string(),
+            why,
+        })?;
         let always_ignored = self.always_ignored(test);
-        let spec = |flag_mask, topology, kernel, base: bool| CaseSpec {
+        let spec = |flag_mask, topology, kernel, base: bool, work_type| CaseSpec {
             name: name.to_string(),
             test,
             scheduler: test.scheduler,
@@ -650,6 +701,7 @@ impl Matrix {
             assert: test.merged_assert(),
             base,
             ignored: always_ignored || !base,
+            work_type,
         };
         if test.host_only {
             if segs.len() != 2 || segs[1] != "host" {
@@ -658,7 +710,7 @@ impl Matrix {
                     test.name, test.name
                 )));
             }
-            return Ok(spec(base_mask, declared, None, true));
+            return Ok(spec(base_mask, declared, None, true, None));
         }
         let want = if self.kernels.suffixed() { 4 } else { 3 };
         if segs.len() != want {
@@ -667,7 +719,9 @@ impl Matrix {
                 if want == 4 { "/kernel" } else { "" }
             )));
         }
-        let mask = scenario_mask(test, &table, segs[1]).map_err(not_a_case)?;
+        let (scenario, work_type) =
+            scenario_work_type(test, &swept, segs[1]).map_err(not_a_case)?;
+        let mask = scenario_mask(test, &table, scenario).map_err(not_a_case)?;
         let topo = case_topology(test, declared, segs[2]).map_err(not_a_case)?;
         let kernel = if want == 4 {
             let k = self
@@ -687,7 +741,49 @@ impl Matrix {
             topo,
             kernel,
             mask == base_mask && topo == declared,
+            work_type,
         ))
+    }
+}
+
+/// Splits a scenario segment's `~WorkType` suffix off, checked against the test's sweep: a
+/// test that sweeps work types needs one of them, a test that does not takes none.
+fn scenario_work_type<'s>(
+    test: &KtstrTest,
+    swept: &[Option<WorkType>],
+    seg: &'s str,
+) -> Result<(&'s str, Option<WorkType>), String> {
+    let (scenario, name) = match seg.split_once('~') {
+        Some((s, n)) => (s, Some(n)),
+        None => (seg, None),
+    };
+    match (name, swept.first().copied().flatten()) {
+        (None, None) => Ok((scenario, None)),
+        (None, Some(_)) => Err(format!(
+            "test {:?} sweeps work types: the scenario needs a suffix, one of {}",
+            test.name,
+            test.work_types
+                .iter()
+                .map(|n| format!("~{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        (Some(n), None) => Err(format!(
+            "test {:?} sweeps no work types, but the scenario ends in ~{n}",
+            test.name
+        )),
+        (Some(n), Some(_)) => swept
+            .iter()
+            .flatten()
+            .find(|w| w.name() == n)
+            .map(|w| (scenario, Some(*w)))
+            .ok_or_else(|| {
+                format!(
+                    "test {:?} does not sweep work type {n:?} (its work_types: {})",
+                    test.name,
+                    test.work_types.join(", ")
+                )
+            }),
     }
 }
 

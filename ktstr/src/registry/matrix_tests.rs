@@ -53,7 +53,7 @@ fn names(s: &Scheduler, masks: &[u32]) -> Vec<String> {
         .iter()
         .map(|&m| {
             let mut out = String::new();
-            write_scenario(&mut out, s, m);
+            write_scenario(&mut out, s, m, None);
             out
         })
         .collect()
@@ -336,4 +336,94 @@ fn performance_cases_are_listed_ignored_only_when_asked() {
         "{on:?}"
     );
     assert!(isolated(&listed(false)).iter().any(|i| !*i));
+}
+
+static SWEEPS: [KtstrTest; 4] = [
+    KtstrTest::new("sweep", body).work_types(&["SpinWait", "YieldHeavy"]),
+    KtstrTest::new("sweep_demo", body)
+        .scheduler(&DEMO)
+        .work_types(&["Bursty"]),
+    KtstrTest::new("sweep_typo", body).work_types(&["SpinWiat"]),
+    KtstrTest::new("sweep_host", body)
+        .host_only(true)
+        .work_types(&["SpinWait"]),
+];
+
+#[test]
+fn a_work_type_sweep_lists_one_case_per_work_type_all_run_by_default() {
+    let m = Matrix::new(&SWEEPS[..1], KernelSet::none());
+    let cases = all(&m);
+    let base: Vec<&str> = cases
+        .iter()
+        .filter(|(_, ignored)| !ignored)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(
+        base,
+        [
+            "sweep/eevdf~SpinWait/1n1l2c1t",
+            "sweep/eevdf~YieldHeavy/1n1l2c1t"
+        ]
+    );
+    // Gauntlet cells are swept too, and listed as ignored.
+    assert!(
+        cases
+            .iter()
+            .any(|(n, ig)| *ig && n.starts_with("sweep/eevdf~YieldHeavy/") && n != base[1]),
+        "{cases:?}"
+    );
+    let plan = TestPlan::new(&SWEEPS[0]).unwrap();
+    assert_eq!(cases.len(), plan.len());
+    assert_eq!(plan.len(), plan.topologies.len() * 2);
+}
+
+#[test]
+fn a_swept_case_resolves_to_its_work_type_and_back() {
+    let m = Matrix::new(&SWEEPS[..2], KernelSet::none());
+    let spec = m.resolve("sweep/eevdf~YieldHeavy/1n1l2c1t").unwrap();
+    assert_eq!(spec.work_type, Some(WorkType::YieldHeavy));
+    assert_eq!(spec.scenario(), "eevdf~YieldHeavy");
+    assert!(spec.base && !spec.ignored);
+    assert_eq!(
+        Ctx::for_case(&spec).work_type_override,
+        Some(WorkType::YieldHeavy)
+    );
+    // Flags come before the work type.
+    let demo = m
+        .resolve("sweep_demo/scx-demo+llc~Bursty/1n2l4c1t")
+        .unwrap();
+    assert_eq!(demo.scenario(), "scx-demo+llc~Bursty");
+    assert!(demo.work_type.is_some());
+    // Every listed name round-trips through --exact.
+    m.for_each_case(|c| {
+        let spec = m.resolve(c.name).unwrap();
+        assert_eq!(spec.name, c.name);
+        assert_eq!(spec.work_type, c.to_spec().work_type, "{}", c.name);
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_wrong_work_type_suffix_says_which_ones_the_test_sweeps() {
+    let m = Matrix::new(&SWEEPS[..1], KernelSet::none());
+    let err = |n: &str| m.resolve(n).unwrap_err().to_string();
+    let e = err("sweep/eevdf/1n1l2c1t");
+    assert!(e.contains("~SpinWait, ~YieldHeavy"), "{e}");
+    let e = err("sweep/eevdf~Bursty/1n1l2c1t");
+    assert!(e.contains("does not sweep work type \"Bursty\""), "{e}");
+    let plain = matrix(KernelSet::none());
+    let e = plain
+        .resolve("two_cgroups/eevdf~SpinWait/1n1l2c1t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sweeps no work types"), "{e}");
+}
+
+#[test]
+fn an_unknown_or_host_only_sweep_is_an_invalid_test() {
+    let e = TestPlan::new(&SWEEPS[2]).unwrap_err().to_string();
+    assert!(e.contains("\"SpinWiat\", which is not a work type"), "{e}");
+    assert!(e.contains("SpinWait, YieldHeavy"), "{e}");
+    let e = TestPlan::new(&SWEEPS[3]).unwrap_err().to_string();
+    assert!(e.contains("host_only"), "{e}");
 }

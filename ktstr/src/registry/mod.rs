@@ -369,21 +369,8 @@ impl Scheduler {
     }
 }
 
-/// `a == b` usable in const context.
-pub const fn const_str_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
+/// `a == b` usable in const context (it lives with the work types, which need it too).
+pub use crate::workload::types::const_str_eq;
 
 /// A registered test (see `#[ktstr_test]`).
 #[non_exhaustive]
@@ -437,6 +424,9 @@ pub struct KtstrTest {
     pub host_only: bool,
     /// Cap on host teardown wall time.
     pub cleanup_budget_ms: Option<u64>,
+    /// Work types to sweep: one case per name (scenario suffix `~Name`), each run with
+    /// `ctx.work_type_override` set; empty: no sweep.
+    pub work_types: &'static [&'static str],
 }
 
 impl KtstrTest {
@@ -466,6 +456,7 @@ impl KtstrTest {
             ignore: false,
             host_only: false,
             cleanup_budget_ms: None,
+            work_types: &[],
         }
     }
 }
@@ -507,7 +498,8 @@ test_setters! {
         performance_mode: bool,
         expect_err: bool,
         ignore: bool,
-        host_only: bool
+        host_only: bool,
+        work_types: &'static [&'static str]
     }
     some {
         numa_nodes: u32,
@@ -629,6 +621,7 @@ impl Ctx {
         c.duration = Duration::from_secs(case.test.duration_s as u64);
         c.workers_per_cgroup = case.test.workers_per_cgroup;
         c.assert = case.assert;
+        c.work_type_override = case.work_type;
         c
     }
 
@@ -697,6 +690,16 @@ pub fn find_scheduler(name: &str) -> Option<&'static Scheduler> {
 pub const fn __check_flag(s: &Scheduler, flag: &str) {
     if !s.has_flag(flag) {
         panic!("ktstr_test: this flag is not declared by the test's scheduler");
+    }
+}
+
+/// Compile-time check emitted by `#[ktstr_test]` for every name in `work_types = [..]`.
+#[doc(hidden)]
+pub const fn __check_work_type(name: &str) {
+    if !crate::workload::WorkType::is_name(name) {
+        panic!(
+            "ktstr_test: work_types lists a name that is not a work type (see WorkType::ALL_NAMES)"
+        );
     }
 }
 

@@ -279,6 +279,7 @@ fn write_sidecar(
         topology: case.topology.label(),
         scheduler: case.scheduler.name.to_string(),
         active_flags: case.active_flags().map(|f| f.name.to_string()).collect(),
+        work_type: case.work_type.map(|w| w.name().to_string()),
         work_types,
         passed,
         expect_err: case.test.expect_err,

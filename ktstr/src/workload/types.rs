@@ -158,6 +158,22 @@ impl PartialEq for WorkType {
     }
 }
 
+/// `a == b` usable in const context.
+pub const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 impl WorkType {
     /// Every name [`WorkType::from_name`] accepts.
     pub const ALL_NAMES: &'static [&'static str] = &[
@@ -180,6 +196,19 @@ impl WorkType {
         "PageFaultChurn",
         "MutexContention",
     ];
+
+    /// Whether `name` is one of [`WorkType::ALL_NAMES`]; a `const fn`, so `#[ktstr_test(work_types
+    /// = [..])]` rejects an unknown name at compile time.
+    pub const fn is_name(name: &str) -> bool {
+        let mut i = 0;
+        while i < Self::ALL_NAMES.len() {
+            if const_str_eq(Self::ALL_NAMES[i], name) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 
     /// A work type by name, with default parameters (`Sequence` and `Custom` have no name).
     pub fn from_name(name: &str) -> Option<WorkType> {
@@ -327,7 +356,9 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
+        assert!(!WorkType::is_name("Spin") && !WorkType::is_name("SpinWaitX"));
         for n in WorkType::ALL_NAMES {
+            assert!(WorkType::is_name(n), "{n}");
             assert_eq!(WorkType::from_name(n).unwrap().name(), *n);
         }
         assert!(WorkType::from_name("Nope").is_none());
