@@ -66,15 +66,12 @@ const SPECIAL: &[&str] = &[
     "required_flags",
     "excluded_flags",
     "work_types",
-];
-/// Spec keys whose supporting types do not exist yet.
-const NOT_YET: &[&str] = &[
     "payload",
     "workloads",
     "extra_include_files",
-    "auto_repro",
-    "bpf_map_write",
 ];
+/// Spec keys whose supporting types do not exist yet.
+const NOT_YET: &[&str] = &["auto_repro", "bpf_map_write"];
 
 /// Every key the macro accepts.
 fn supported_keys() -> Vec<&'static str> {
@@ -241,6 +238,8 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
     let mut required: Vec<FlagName> = Vec::new();
     let mut excluded: Vec<FlagName> = Vec::new();
     let mut work_types: Vec<syn::LitStr> = Vec::new();
+    let mut payload: Option<Path> = None;
+    let mut workloads: Vec<Path> = Vec::new();
 
     for (key, value) in &pairs {
         let k = key.to_string();
@@ -330,6 +329,16 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
                 }
             }
             work_types = v;
+        } else if k == "payload" {
+            payload = Some(payload_path(&k, value)?);
+        } else if k == "workloads" {
+            workloads = lits::array(&k, value)?
+                .into_iter()
+                .map(|e| payload_path(&k, e))
+                .collect::<Result<_>>()?;
+        } else if k == "extra_include_files" {
+            let v = lits::strings(&k, value)?;
+            setters.push(quote!(.extra_include_files(&[#(#v),*])));
         } else if k == "required_flags" {
             required = flag_list(&k, value)?;
         } else if k == "excluded_flags" {
@@ -380,6 +389,28 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
     if let Some(p) = &scheduler {
         // Point type errors (not a Scheduler) at the user's path.
         setters.push(quote_spanned!(p.span()=> .scheduler(&#p)));
+    }
+    // A payload named twice (in `workloads`, or as `payload` too) would be packed and listed
+    // twice: refused on the repeat.
+    let shown = |p: &Path| quote!(#p).to_string();
+    for (i, w) in workloads.iter().enumerate() {
+        let repeat = payload
+            .iter()
+            .chain(&workloads[..i])
+            .any(|o| shown(o) == shown(w));
+        if repeat {
+            return Err(Error::new(
+                w.span(),
+                format!("payload `{}` is listed twice (in `payload` and `workloads`, or twice in `workloads`)", shown(w).replace(' ', "")),
+            ));
+        }
+    }
+    if let Some(p) = &payload {
+        setters.push(quote_spanned!(p.span()=> .payload(&#p)));
+    }
+    if !workloads.is_empty() {
+        let refs = workloads.iter().map(|w| quote_spanned!(w.span()=> &#w));
+        setters.push(quote!(.workloads(&[#(#refs),*])));
     }
     let mut checks = Vec::new();
     for w in &work_types {
@@ -437,6 +468,17 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
 
         #check_block
     })
+}
+
+/// A `payload`/`workloads` entry: a path to a `Payload` const.
+fn payload_path(key: &str, e: &Expr) -> Result<Path> {
+    match e {
+        Expr::Path(p) => Ok(p.path.clone()),
+        other => Err(Error::new(
+            other.span(),
+            format!("`{key}` takes paths to `Payload` consts, e.g. `{key} = FIO`"),
+        )),
+    }
 }
 
 /// `doc/src/test-keys.md` lists exactly the keys this macro accepts.

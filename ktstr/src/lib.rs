@@ -18,6 +18,7 @@ pub mod locks;
 pub mod metrics;
 pub mod monitor;
 pub mod parity;
+pub mod payload;
 pub mod prelude;
 pub mod protocol;
 pub mod registry;

@@ -359,3 +359,32 @@ fn a_sidecar_records_phases_bpf_programs_and_kvm_exits() {
         assert_eq!(sc.kvm_stats, None, "qemu has no KVM statistics to give");
     }
 }
+
+/// A payload's JSON metrics reach the sidecar: cyclictest's per-thread summary, as dotted
+/// metrics, with its index and exit code.
+#[test]
+fn a_payloads_metrics_reach_the_sidecar() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out, sc) = case_and_sidecar("payload_metrics/eevdf/1n1l2c1t", "payload");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(sc.metrics.len(), 1, "{:?}", sc.metrics);
+    let m = &sc.metrics[0];
+    assert_eq!(m["payload_index"], 0, "{m}");
+    assert_eq!(m["name"], "cyclictest", "{m}");
+    assert_eq!(m["exit_code"], 0, "{m}");
+    assert!(m["metrics"]["thread.0.cycles"].as_f64() > Some(0.0), "{m}");
+    assert!(m["metrics"]["thread.0.avg"].as_f64() > Some(0.0), "{m}");
+}
+
+/// A payload binary the host does not have fails the case before any VM boots, naming it.
+#[test]
+fn a_missing_payload_binary_fails_the_case_naming_it() {
+    let (code, out) = case("payload_missing/eevdf/1n1l1c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(
+        out.contains("payload nope: \"no-such-benchmark-ktstr\" is not a program on this host"),
+        "{out}"
+    );
+}

@@ -365,6 +365,9 @@ pub struct AssertResult {
     /// What each phase measured (sidecar `phases`; set by `scenario::execute_*`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<PhaseStats>,
+    /// Every payload run's metrics (sidecar `metrics`; folded in by the case runner).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<crate::payload::PayloadMetrics>,
 }
 
 impl Default for AssertResult {
@@ -384,6 +387,7 @@ impl AssertResult {
             stats: None,
             events: Vec::new(),
             phases: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -400,6 +404,7 @@ impl AssertResult {
             stats: None,
             events: Vec::new(),
             phases: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -416,6 +421,7 @@ impl AssertResult {
             stats: None,
             events: Vec::new(),
             phases: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -432,6 +438,7 @@ impl AssertResult {
             stats: None,
             events: Vec::new(),
             phases: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -467,7 +474,20 @@ impl AssertResult {
         }
         self.events.extend(other.events);
         self.phases.extend(other.phases);
+        self.metrics.extend(other.metrics);
         self
+    }
+
+    /// Folds in the payload runs of a case: their metrics, and a `Benchmark` failure for each
+    /// failed check.
+    pub fn add_payload_outcomes(&mut self, outcomes: Vec<crate::payload::PayloadOutcome>) {
+        for o in outcomes {
+            for f in o.failures {
+                self.push_failure(DetailKind::Benchmark, f);
+            }
+            self.metrics.push(o.metrics);
+        }
+        self.metrics.sort_by_key(|m| m.payload_index);
     }
 
     /// Whether some detail has `kind` (negative tests use it to prove the failure's kind).

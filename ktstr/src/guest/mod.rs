@@ -179,6 +179,8 @@ fn mount_all() -> Result<(), GuestError> {
     ];
     // Conveniences a kernel may lack (ktstr's own kernel has no tracing): not fatal.
     const OPTIONAL: &[(&str, &str, &str)] = &[
+        // POSIX shared memory, which benchmarks run as payloads use (cyclictest's stats).
+        ("tmpfs", "/dev/shm", "tmpfs"),
         ("debugfs", "/sys/kernel/debug", "debugfs"),
         ("tracefs", "/sys/kernel/tracing", "tracefs"),
         ("bpf", "/sys/fs/bpf", "bpf"),

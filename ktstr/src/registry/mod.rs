@@ -427,6 +427,12 @@ pub struct KtstrTest {
     /// Work types to sweep: one case per name (scenario suffix `~Name`), each run with
     /// `ctx.work_type_override` set; empty: no sweep.
     pub work_types: &'static [&'static str],
+    /// The binary payload the body runs (packed into the guest with its libraries).
+    pub payload: Option<&'static crate::payload::Payload>,
+    /// Further payloads to pack.
+    pub workloads: &'static [&'static crate::payload::Payload],
+    /// Host files packed under `/include-files/<file name>`.
+    pub extra_include_files: &'static [&'static str],
 }
 
 impl KtstrTest {
@@ -457,6 +463,9 @@ impl KtstrTest {
             host_only: false,
             cleanup_budget_ms: None,
             work_types: &[],
+            payload: None,
+            workloads: &[],
+            extra_include_files: &[],
         }
     }
 }
@@ -499,7 +508,9 @@ test_setters! {
         expect_err: bool,
         ignore: bool,
         host_only: bool,
-        work_types: &'static [&'static str]
+        work_types: &'static [&'static str],
+        workloads: &'static [&'static crate::payload::Payload],
+        extra_include_files: &'static [&'static str]
     }
     some {
         numa_nodes: u32,
@@ -507,7 +518,8 @@ test_setters! {
         cores: u32,
         threads: u32,
         cleanup_budget_ms: u64,
-        expect_err_match: &'static str
+        expect_err_match: &'static str,
+        payload: &'static crate::payload::Payload
     }
 }
 
@@ -574,6 +586,8 @@ pub struct Ctx {
     /// Dry run: scenarios are validated against the topology and return a pass without
     /// creating a cgroup or a worker (checks a scenario's shape on any host).
     pub dry_run: bool,
+    /// Every payload run of the case, for its result and sidecar (shared by clones).
+    pub payloads: Arc<crate::payload::PayloadLog>,
 }
 
 impl Ctx {
@@ -592,7 +606,20 @@ impl Ctx {
             time_scale: 1.0,
             work_type_override: None,
             dry_run: false,
+            payloads: Arc::default(),
         }
+    }
+
+    /// A run of `payload` (see [`crate::payload`]): `ctx.payload(&FIO).args([..]).run()`. It
+    /// is stopped, as a failure, if it runs past the case's duration plus 30 s, times the
+    /// backend's time scale.
+    pub fn payload<'a>(
+        &self,
+        payload: &'a crate::payload::Payload,
+    ) -> crate::payload::PayloadRun<'a> {
+        let limit = (self.duration + Duration::from_secs(30)).mul_f64(self.time_scale.max(1.0));
+        crate::payload::PayloadRun::new(payload, self.payloads.clone(), limit)
+            .with_cgroups(self.cgroups.clone())
     }
 
     /// A context over a given cgroup manager and CPU layout (unit tests use a fake manager).

@@ -9,7 +9,7 @@ use super::case_file::{CaseFile, CASE_FILE};
 use super::sched::{self, SchedExit, SchedulerExit, SchedulerProcess};
 use crate::assert::{AssertResult, DetailKind};
 use crate::guest::{self, EXIT_SETUP_FAILED};
-use crate::registry::matrix::{KernelSet, Matrix};
+use crate::registry::matrix::{CaseSpec, KernelSet, Matrix};
 use crate::registry::{Ctx, KTSTR_TESTS};
 use crate::shm::FrameType;
 
@@ -98,20 +98,7 @@ fn run() -> Result<AssertResult, String> {
             }
         }
     }
-    let func = case.test.func;
-    let body = std::panic::catch_unwind(AssertUnwindSafe(|| func(&ctx)));
-    let mut result = match body {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => AssertResult::fail(DetailKind::Other, format!("test body failed: {e:#}")),
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic payload".into());
-            AssertResult::fail(DetailKind::Other, format!("test body panicked: {msg}"))
-        }
-    };
+    let mut result = run_body(&case, &ctx);
     if let Some(mut p) = scheduler {
         // While the scheduler's programs are still loaded.
         send_verifier_stats();
@@ -209,6 +196,27 @@ fn read_kmsg() -> Vec<u8> {
         }
     }
     out
+}
+
+/// Runs the test body: its result with the payload runs it made folded in, or a failure for
+/// an error or a panic.
+fn run_body(case: &CaseSpec, ctx: &Ctx) -> AssertResult {
+    let func = case.test.func;
+    let body = std::panic::catch_unwind(AssertUnwindSafe(|| func(ctx)));
+    let mut result = match body {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => AssertResult::fail(DetailKind::Other, format!("test body failed: {e:#}")),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic payload".into());
+            AssertResult::fail(DetailKind::Other, format!("test body panicked: {msg}"))
+        }
+    };
+    result.add_payload_outcomes(ctx.payloads.take());
+    result
 }
 
 #[cfg(test)]

@@ -64,6 +64,16 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         #[allow(unreachable_patterns)]
         _ => return Err("unsupported scheduler binary kind".into()),
     };
+    // Payload binaries and include files: a missing one is a verdict that names it.
+    let packed = match packed_files(case) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(CaseVerdict::infra_failure(
+                &case.name,
+                AssertDetail::new(DetailKind::Other, e),
+            ))
+        }
+    };
     let cf = case_file(case, sched_host.as_deref(), scale);
     // A case that cannot find its kernel fails with the reason: a skip here would read as a
     // pass. (Without any kernel named, the harness lists VM cases as ignored instead.)
@@ -71,7 +81,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         kernel: case.kernel.as_ref().map(|k| k.spec.as_str()),
         backend,
         topology: case.topology,
-        initramfs: initramfs_spec(&cf, sched_host.as_ref())?,
+        initramfs: initramfs_spec(&cf, sched_host.as_ref(), packed)?,
         memory_mib: None,
         min_memory_mib: case.test.memory_mib as u64,
     })
@@ -164,13 +174,63 @@ fn case_file(case: &CaseSpec, sched_host: Option<&Path>, scale: f64) -> CaseFile
     }
 }
 
-/// The initramfs: this test binary as init, the scheduler binary, and the case file.
-fn initramfs_spec(cf: &CaseFile, sched_host: Option<&PathBuf>) -> Result<InitramfsSpec, String> {
+/// Host files a case packs besides the scheduler: its payloads' binaries (to `/bin`) and the
+/// include files of its payloads and its `extra_include_files` (to `/include-files`).
+#[derive(Debug, Default, PartialEq)]
+struct Packed {
+    binaries: Vec<PathBuf>,
+    include_files: Vec<PathBuf>,
+}
+
+/// The files `case` packs, or which one is missing and what to do.
+fn packed_files(case: &CaseSpec) -> Result<Packed, String> {
+    let mut out = Packed::default();
+    let payloads = case
+        .test
+        .payload
+        .into_iter()
+        .chain(case.test.workloads.iter().copied());
+    let mut includes: Vec<&str> = case.test.extra_include_files.to_vec();
+    for p in payloads {
+        if let Some(bin) = p.host_binary().map_err(|e| e.to_string())? {
+            if !out.binaries.contains(&bin) {
+                out.binaries.push(bin);
+            }
+        }
+        includes.extend(p.include_files);
+    }
+    for f in includes {
+        let path = PathBuf::from(f);
+        if !path.exists() {
+            return Err(format!(
+                "include file {f:?} does not exist on this host (paths are relative to the \
+                 test's working directory, {})",
+                std::env::current_dir().unwrap_or_default().display()
+            ));
+        }
+        if !out.include_files.contains(&path) {
+            out.include_files.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// The initramfs: this test binary as init, the scheduler binary, the payloads and include
+/// files, and the case file.
+fn initramfs_spec(
+    cf: &CaseFile,
+    sched_host: Option<&PathBuf>,
+    packed: Packed,
+) -> Result<InitramfsSpec, String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating the test binary: {e}"))?;
     Ok(InitramfsSpec {
         init: exe,
-        binaries: sched_host.into_iter().cloned().collect(),
-        include_files: Vec::new(),
+        binaries: sched_host
+            .into_iter()
+            .cloned()
+            .chain(packed.binaries)
+            .collect(),
+        include_files: packed.include_files,
         busybox: false,
         files: vec![(
             CASE_FILE.trim_start_matches('/').to_string(),
@@ -355,6 +415,11 @@ fn add_outcome(
         sc.details = r.details;
         sc.stimulus_events = r.events;
         sc.phases = r.phases;
+        sc.metrics = r
+            .metrics
+            .iter()
+            .filter_map(|m| serde_json::to_value(m).ok())
+            .collect();
     }
     // Every reason the verdict failed on, host-side ones (monitor, channel, no verdict,
     // teardown) included, so `stats` and `replay` judge from the same list the harness did.
@@ -384,7 +449,8 @@ fn scheduler_attached(out: &vm::VmOutcome) -> Option<(String, u64)> {
 
 fn run_host_only(case: &CaseSpec) -> Result<CaseVerdict, String> {
     let ctx = Ctx::for_case(case);
-    let r = (case.test.func)(&ctx).map_err(|e| format!("{e:#}"))?;
+    let mut r = (case.test.func)(&ctx).map_err(|e| format!("{e:#}"))?;
+    r.add_payload_outcomes(ctx.payloads.take());
     let mut report = format!(
         "ktstr case '{}' {}\n",
         case.name,

@@ -3,7 +3,6 @@
 //! drop, so errors and panics leave no cgroup or worker behind.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::cpuset::resolve_cpuset;
@@ -16,6 +15,7 @@ use super::{
 use crate::assert::eval::{evaluate, CgroupRun, WorkerAffinity, WorkerRun};
 pub use crate::assert::StimulusEvent;
 use crate::assert::{Assert, AssertResult, DetailKind};
+use crate::payload::PayloadHandle;
 use crate::registry::Ctx;
 use crate::workload::spawn::set_affinity;
 use crate::workload::{WorkType, WorkerReport, WorkloadConfig, WorkloadHandle};
@@ -46,7 +46,7 @@ struct Finished {
 struct RunningPayload {
     name: String,
     cgroup: Option<String>,
-    child: Child,
+    handle: PayloadHandle,
 }
 
 struct Runner<'a> {
@@ -462,18 +462,19 @@ impl<'a> Runner<'a> {
         args: &[String],
         cgroup: Option<String>,
     ) -> Result<(), ScenarioError> {
-        let dir = cgroup.as_deref().map(|c| self.ctx.cgroups.path(c));
-        let child = payload
-            .start(args, dir)
-            .map_err(|cause| ScenarioError::Payload {
-                at: at.into(),
-                name: payload.name.into(),
-                cause,
-            })?;
+        let mut run = self.ctx.payload(payload).args(args.iter().cloned());
+        if let Some(c) = &cgroup {
+            run = run.in_cgroup(c);
+        }
+        let handle = run.spawn().map_err(|cause| ScenarioError::Payload {
+            at: at.into(),
+            name: payload.name.into(),
+            cause: Box::new(cause),
+        })?;
         self.payloads.push(RunningPayload {
             name: payload.name.into(),
             cgroup,
-            child,
+            handle,
         });
         Ok(())
     }
@@ -546,9 +547,10 @@ impl<'a> Runner<'a> {
             Op::WaitPayload { name, cgroup } => self.wait_payload(at, op, name, cgroup)?,
             Op::KillPayload { name, cgroup } => {
                 let mut p = self.take_payload(at, op, name, cgroup)?;
-                let still_running = matches!(p.child.try_wait(), Ok(None));
-                let _ = p.child.kill();
-                let _ = p.child.wait();
+                let still_running = matches!(p.handle.try_wait(), Ok(None));
+                if still_running {
+                    let _ = p.handle.kill_outcome();
+                }
                 format!("{name} killed (was running: {still_running})")
             }
         };
@@ -564,9 +566,7 @@ impl<'a> Runner<'a> {
         let mut i = 0;
         while i < self.payloads.len() {
             if self.payloads[i].cgroup.as_deref().is_some_and(inside) {
-                let mut p = self.payloads.remove(i);
-                let _ = p.child.kill();
-                let _ = p.child.wait();
+                let _ = self.payloads.remove(i).handle.kill_outcome();
             } else {
                 i += 1;
             }
@@ -638,39 +638,20 @@ impl<'a> Runner<'a> {
         name: &str,
         cgroup: &Option<String>,
     ) -> Result<String, ScenarioError> {
-        let mut p = self.take_payload(at, op, name, cgroup)?;
-        let limit =
-            self.ctx.duration.mul_f64(self.ctx.time_scale.max(1.0)) + Duration::from_secs(30);
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            match p.child.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    let _ = p.child.kill();
-                    let _ = p.child.wait();
-                    break None;
-                }
-            }
-        };
-        Ok(match status.and_then(|s| s.code()) {
-            Some(0) => format!("{name} exited with code 0"),
-            Some(c) => {
-                self.failures.push_failure(
-                    DetailKind::Benchmark,
-                    format!("payload {name} exited with code {c}"),
-                );
-                format!("{name} exited with code {c}")
-            }
-            None => {
-                self.failures.push_failure(
-                    DetailKind::Benchmark,
-                    format!("payload {name} did not exit normally within {limit:?}"),
-                );
-                format!("{name} did not exit normally")
-            }
+        // Its outcome (metrics, failed checks, a bad exit) reaches the case's result through
+        // the context's payload log, like a run from the body.
+        let p = self.take_payload(at, op, name, cgroup)?;
+        let o = p
+            .handle
+            .wait_outcome()
+            .map_err(|cause| ScenarioError::Payload {
+                at: at.into(),
+                name: name.into(),
+                cause: Box::new(cause),
+            })?;
+        Ok(match o.metrics.exit_code {
+            Some(c) => format!("{name} exited with code {c}"),
+            None => format!("{name} did not exit normally"),
         })
     }
 
@@ -775,10 +756,19 @@ impl<'a> Runner<'a> {
             return Ok(Some(e));
         }
         self.finish(|_| true);
+        // Payloads still running at the end are stopped and recorded (their metrics so far
+        // reach the sidecar; the stop is ours, so their exit code is not judged).
+        let payloads = self.payloads.len();
+        for p in self.payloads.drain(..) {
+            let _ = p.handle.kill_outcome();
+        }
         self.event(
             "teardown",
             "collect",
-            format!("{} worker groups", self.finished.len()),
+            format!(
+                "{} worker groups, {payloads} running payloads",
+                self.finished.len()
+            ),
         );
         Ok(None)
     }
@@ -814,10 +804,8 @@ impl<'a> Runner<'a> {
 
 impl Drop for Runner<'_> {
     fn drop(&mut self) {
-        for p in &mut self.payloads {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
+        // Dropping a handle kills and reaps its payload, unrecorded: the case ends anyway.
+        self.payloads.clear();
         // Dropping the handles SIGKILLs and reaps every worker.
         self.groups.clear();
         for name in self.created.iter().rev() {

@@ -15,19 +15,18 @@ pub mod canned;
 mod cpuset;
 mod exec;
 mod overrun;
-mod payload;
 pub mod phases;
 mod validate;
 
 use std::time::Duration;
 
+pub use crate::payload::{run_builtin_payload, Payload, BUILTIN_PAYLOAD_ENV};
 pub use crate::registry::TestTopology;
 pub use cpuset::{resolve_cpuset, CpusetSpec};
 pub use exec::{
     execute_defs, execute_scenario, execute_scenario_with, execute_steps, execute_steps_with,
     StimulusEvent,
 };
-pub use payload::{run_builtin_payload, Payload, BUILTIN_PAYLOAD_ENV};
 pub use validate::{validate, ScenarioError};
 
 use crate::registry::Ctx;

@@ -136,14 +136,14 @@ pub enum ScenarioError {
         cause: crate::workload::WorkloadError,
     },
     /// A payload could not be started or waited for.
-    #[error("{at}: payload {name:?}: {cause}")]
+    #[error("{at}: {cause}")]
     Payload {
         /// Where.
         at: String,
         /// The payload.
         name: String,
-        /// The failure.
-        cause: std::io::Error,
+        /// The failure (it names the payload).
+        cause: Box<crate::payload::PayloadError>,
     },
 }
 

@@ -193,6 +193,36 @@ fn two_steps(ctx: &Ctx) -> Result<AssertResult> {
     )
 }
 
+/// A real benchmark as a payload: cyclictest (Debian's rt-tests), one thread for 1 s, JSON to
+/// stdout; the sidecar must carry its metrics.
+const CYCLICTEST: Payload = Payload::binary("cyclictest", "cyclictest")
+    .default_args(&[
+        "-q",
+        "-t",
+        "1",
+        "-i",
+        "1000",
+        "-D",
+        "1",
+        "--json=/proc/self/fd/1",
+    ])
+    .output(OutputFormat::Json);
+
+#[ktstr_test(llcs = 1, cores = 2, payload = CYCLICTEST)]
+fn payload_metrics(ctx: &Ctx) -> Result<AssertResult> {
+    ctx.payload(&CYCLICTEST).run()?;
+    Ok(AssertResult::pass())
+}
+
+/// A payload whose binary is on no host: the case fails before booting, naming it.
+const MISSING: Payload = Payload::binary("nope", "no-such-benchmark-ktstr");
+
+#[ktstr_test(llcs = 1, cores = 1, payload = MISSING)]
+fn payload_missing(ctx: &Ctx) -> Result<AssertResult> {
+    ctx.payload(&MISSING).run()?;
+    Ok(AssertResult::pass())
+}
+
 fn main() {
     ktstr_harness::main()
 }

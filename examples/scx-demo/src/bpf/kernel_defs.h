@@ -162,6 +162,8 @@ extern void scx_bpf_dispatch(struct task_struct *p, u64 dsq_id, u64 slice,
 			     u64 enq_flags) __ksym;
 extern bool scx_bpf_consume(u64 dsq_id) __ksym;
 extern s32 scx_bpf_dsq_nr_queued(u64 dsq_id) __ksym;
+extern void bpf_rcu_read_lock(void) __ksym;
+extern void bpf_rcu_read_unlock(void) __ksym;
 extern s32 scx_bpf_select_cpu_dfl(struct task_struct *p, s32 prev_cpu,
 				  u64 wake_flags, bool *is_idle) __ksym;
 extern s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym;

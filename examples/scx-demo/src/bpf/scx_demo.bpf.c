@@ -237,19 +237,24 @@ static bool is_slowed(struct task_struct *p, u64 enq_flags)
 }
 
 /*
- * Moves the delayed wakeups whose time has come to this CPU's local DSQ (or,
- * where the task may not run here, the kernel falls back to the global DSQ).
- * Returns whether one was moved. The queue is ordered by release time, so
- * the first one not yet due ends the walk.
+ * Moves the delayed wakeups whose time has come, and that may run on this
+ * CPU, to its local DSQ. A task pinned elsewhere waits for one of its own
+ * CPUs: moving it here is a runtime error in Linux 6.12 ("SCX_DSQ_LOCAL[_ON]
+ * target CPU not allowed"), which a pinned cyclictest thread hit. Returns
+ * whether one was moved. The queue is ordered by release time, so the first
+ * one not yet due ends the walk.
  */
 static bool release_slowed(void)
 {
 	struct task_struct *p;
 	u64 now = bpf_ktime_get_ns();
+	s32 this_cpu = bpf_get_smp_processor_id();
 
 	bpf_for_each(scx_dsq, p, SLOW_DSQ, 0) {
 		if (p->scx.dsq_vtime > now)
 			break;
+		if (!bpf_cpumask_test_cpu(this_cpu, p->cpus_ptr))
+			continue;
 		if (scx_bpf_dispatch_from_dsq(BPF_FOR_EACH_ITER, p,
 					      SCX_DSQ_LOCAL, 0))
 			return true;
@@ -259,20 +264,26 @@ static bool release_slowed(void)
 
 /*
  * Idle CPUs do not run ops.dispatch on their own, so while delayed wakeups
- * wait, wake one idle CPU per poll to release those that are due.
+ * wait, wake an idle CPU for each one that is due, among the CPUs it may run
+ * on (only those can release it: a task pinned to an idle CPU would wait
+ * forever while the kick went elsewhere).
  */
 static int slow_timer_fn(void *map, int *key, struct bpf_timer *timer)
 {
-	const struct cpumask *online;
+	struct task_struct *p;
+	u64 now = bpf_ktime_get_ns();
 	s32 cpu;
 
-	if (scx_bpf_dsq_nr_queued(SLOW_DSQ) > 0) {
-		online = scx_bpf_get_online_cpumask();
-		cpu = scx_bpf_pick_idle_cpu(online, 0);
-		scx_bpf_put_cpumask(online);
+	/* Outside ops callbacks the DSQ iterator needs an RCU read section. */
+	bpf_rcu_read_lock();
+	bpf_for_each(scx_dsq, p, SLOW_DSQ, 0) {
+		if (p->scx.dsq_vtime > now)
+			break;
+		cpu = scx_bpf_pick_idle_cpu(p->cpus_ptr, 0);
 		if (cpu >= 0)
 			scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 	}
+	bpf_rcu_read_unlock();
 	bpf_timer_start(timer, SLOW_POLL_NS, 0);
 	return 0;
 }

@@ -51,6 +51,15 @@ fn on_host(_: &Ctx) -> Result<AssertResult> {
     Ok(AssertResult::pass())
 }
 
+const BENCH: Payload = Payload::binary("bench", "bench").output(OutputFormat::Json);
+const LOAD: Payload = Payload::binary("load", "stress-ng");
+
+#[ktstr_test(payload = BENCH, workloads = [LOAD], extra_include_files = ["bench.json"],
+    work_types = ["SpinWait", "Bursty"])]
+fn with_payloads(_: &Ctx) -> Result<AssertResult> {
+    Ok(AssertResult::pass())
+}
+
 fn main() {
     let t = ktstr::registry::find_test("everything").unwrap();
     assert_eq!(t.scheduler.name, "scx-demo");
@@ -60,4 +69,9 @@ fn main() {
     assert_eq!(SCX_DEMO::NO_WAKE.name, "no-wake");
     assert!(ktstr::registry::find_scheduler("scx-demo").is_some());
     assert!(ktstr::registry::find_test("on_host").unwrap().host_only);
+    let p = ktstr::registry::find_test("with_payloads").unwrap();
+    assert_eq!(p.payload.map(|p| p.name), Some("bench"));
+    assert_eq!(p.workloads.iter().map(|p| p.name).collect::<Vec<_>>(), ["load"]);
+    assert_eq!(p.extra_include_files, ["bench.json"]);
+    assert_eq!(p.work_types, ["SpinWait", "Bursty"]);
 }
