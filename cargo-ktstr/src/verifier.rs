@@ -212,7 +212,19 @@ fn build_test_bins(packages: &[String]) -> Result<Vec<PathBuf>> {
     Ok(bins)
 }
 
-/// Every declared scheduler across `bins`, first declaration of a name wins.
+/// Keeps one declaration per scheduler name: the one with the most flags (so every profile a
+/// test binary can run is verified; several test binaries often declare the same scheduler,
+/// some with only the flags they use), the first on a tie.
+fn keep_declared(seen: &mut BTreeMap<String, Declared>, d: Declared) {
+    match seen.get(&d.name) {
+        Some(old) if old.flags.len() >= d.flags.len() => {}
+        _ => {
+            seen.insert(d.name.clone(), d);
+        }
+    }
+}
+
+/// Every declared scheduler across `bins`, one per name (see [`keep_declared`]).
 fn collect_declared(bins: &[PathBuf]) -> Vec<Declared> {
     let mut seen = BTreeMap::new();
     for b in bins {
@@ -231,7 +243,7 @@ fn collect_declared(bins: &[PathBuf]) -> Vec<Declared> {
         match parse_declared(&String::from_utf8_lossy(&out.stdout), b) {
             Ok(ds) => {
                 for d in ds {
-                    seen.entry(d.name.clone()).or_insert(d);
+                    keep_declared(&mut seen, d);
                 }
             }
             Err(e) => eprintln!("ktstr: {}: {e:#}", b.display()),
@@ -629,6 +641,21 @@ mod tests {
         let mut v = parse_declared(json, Path::new("/t/debug/deps/x")).unwrap();
         assert_eq!(v.len(), 1, "EEVDF has nothing to verify");
         v.remove(0)
+    }
+
+    #[test]
+    fn the_declaration_with_the_most_flags_is_verified() {
+        let mut seen = BTreeMap::new();
+        let bare = Declared {
+            flags: Vec::new(),
+            ..demo()
+        };
+        keep_declared(&mut seen, bare.clone());
+        keep_declared(&mut seen, demo());
+        keep_declared(&mut seen, bare);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen["scx-demo"].flags.len(), demo().flags.len());
+        assert!(!demo().flags.is_empty());
     }
 
     #[test]
