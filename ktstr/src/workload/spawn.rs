@@ -271,16 +271,6 @@ impl WorkloadHandle {
         }
     }
 
-    /// Records the stop request in every worker's slot (the first one counts), then signals.
-    fn request_stop(&self) {
-        for w in &self.workers {
-            self.slot(w).request_stop();
-        }
-        for w in &self.workers {
-            let _ = kill(Pid::from_raw(w.pid), Signal::SIGUSR1);
-        }
-    }
-
     /// Releases every worker at once.
     pub fn start(&mut self) {
         // The release time goes with the release: a worker's wall clock starts here, not when
@@ -300,14 +290,20 @@ impl WorkloadHandle {
     /// Asks every worker to stop (SIGUSR1) without waiting. Signal all handles first, then
     /// collect each, so workers of different handles stop together and none runs on while
     /// another handle is being collected.
+    /// The stop request is recorded in every worker's slot first (the first one counts).
     pub fn signal_stop(&self) {
-        self.request_stop();
+        for w in &self.workers {
+            self.slot(w).request_stop();
+        }
+        for w in &self.workers {
+            let _ = kill(Pid::from_raw(w.pid), Signal::SIGUSR1);
+        }
     }
 
     /// Stops every worker and collects its report. A worker that does not report within
     /// `grace` (e.g. because it never gets a CPU) is killed and reported with `exit_info`.
     pub fn stop_and_collect(mut self, grace: Duration) -> Vec<WorkerReport> {
-        self.request_stop();
+        self.signal_stop();
         let deadline = Instant::now() + grace;
         let mut out = Vec::new();
         for w in &mut self.workers {
