@@ -31,6 +31,25 @@ pub struct BenchArgs {
     /// Watchdog per boot in seconds.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
+    /// Instead of boot phases, measure the host-side monitor's cost to the guest: a CPU-bound
+    /// guest workload's throughput with the monitor off and on (`--runs` rounds of both).
+    #[arg(long)]
+    monitor_overhead: bool,
+    /// Seconds the guest workload runs per boot (with `--monitor-overhead`).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=600))]
+    work_s: u32,
+    /// The monitor's sampling period in ms (with `--monitor-overhead`; default: 100 ms × the
+    /// backend's time scale, as in tests). A short one exaggerates the cost to make it visible.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    monitor_period_ms: Option<u64>,
+}
+
+fn parse_backend(b: &str) -> Result<BackendKind> {
+    match b {
+        "kvm" => Ok(BackendKind::Kvm),
+        "qemu" => Ok(BackendKind::Qemu),
+        other => anyhow::bail!("unknown backend {other:?}: expected kvm or qemu"),
+    }
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -74,6 +93,23 @@ fn median(mut v: Vec<Duration>) -> Option<Duration> {
 /// as its cell finishes (a cell is several VM boots, a whole run takes minutes), and a table
 /// crate lays a table out only once it has every row.
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    if a.monitor_overhead {
+        let backends = a
+            .backends
+            .iter()
+            .map(|b| parse_backend(b))
+            .collect::<Result<Vec<_>>>()?;
+        crate::bench_monitor::run(
+            a.kernel.as_deref(),
+            &backends,
+            &a.cpus,
+            a.runs,
+            a.work_s,
+            a.monitor_period_ms.map(Duration::from_millis),
+            Duration::from_secs(a.timeout_s),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:<8} {:>5} {:>5} {:>9} {:>12} {:>12} {:>11} {:>9}  result",
         "backend",
@@ -86,11 +122,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         "total_ms"
     );
     for b in &a.backends {
-        let backend = match b.as_str() {
-            "kvm" => BackendKind::Kvm,
-            "qemu" => BackendKind::Qemu,
-            other => anyhow::bail!("unknown backend {other:?}: expected kvm or qemu"),
-        };
+        let backend = parse_backend(b)?;
         for &n in &a.cpus {
             let topo = Topology::new(1, 1, n, 1).context("vCPU count")?;
             let req = ShellRequest {

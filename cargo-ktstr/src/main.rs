@@ -5,6 +5,7 @@
 //! as PID 1 it runs the guest side instead of the CLI.
 
 mod bench;
+mod bench_monitor;
 mod compare;
 mod explain;
 mod kernel_cmd;

@@ -78,6 +78,8 @@ pub fn describe_topology(t: &Topology) -> String {
 pub struct BusyboxVm {
     /// The VM spec (initramfs built, memory sized).
     pub spec: VmSpec,
+    /// The kernel it boots (its vmlinux feeds the host-side monitor).
+    pub kernel: ktstr::kernel::Kernel,
     /// Owns the per-VM archive `spec` names, which is deleted when this drops.
     _initramfs: initramfs::Built,
 }
@@ -116,6 +118,7 @@ impl BusyboxVm {
         })?;
         Ok(BusyboxVm {
             spec: vm.spec,
+            kernel: vm.kernel,
             _initramfs: vm.initramfs,
         })
     }
@@ -165,6 +168,7 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
     let BusyboxVm {
         mut spec,
         _initramfs: _archive,
+        ..
     } = BusyboxVm::prepare(
         a.kernel.as_deref(),
         backend,

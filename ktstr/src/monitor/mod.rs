@@ -33,6 +33,31 @@ pub struct MonitorSpec {
     pub period: Duration,
 }
 
+/// The sampling period on a backend `scale` times slower than hardware KVM: 100 ms × scale.
+pub fn period_for(scale: f64) -> Duration {
+    DEFAULT_PERIOD.mul_f64(scale.max(1.0))
+}
+
+/// The monitor for a VM of `kernel`, sampling every `period`; `Err` says why there is none
+/// (`KTSTR_MONITOR=off`, no ELF vmlinux, no BTF): the VM still runs, without it.
+pub fn spec_for(kernel: &crate::kernel::Kernel, period: Duration) -> Result<MonitorSpec, String> {
+    if disabled_by_env() {
+        return Err("monitor off (KTSTR_MONITOR=off)".into());
+    }
+    let vmlinux = kernel.vmlinux.as_ref().ok_or_else(|| {
+        format!(
+            "monitor unavailable: no vmlinux beside {} (the monitor reads its symbols and BTF)",
+            kernel.image.display()
+        )
+    })?;
+    let layout =
+        KernelLayout::from_vmlinux(vmlinux).map_err(|e| format!("monitor unavailable: {e}"))?;
+    Ok(MonitorSpec {
+        layout: Arc::new(layout),
+        period,
+    })
+}
+
 /// Whether `KTSTR_MONITOR` turns the monitor off (`off`/`0`/`false`).
 pub fn disabled_by_env() -> bool {
     matches!(
@@ -61,5 +86,52 @@ pub fn finish(run: Result<sampler::MonitorHandle, String>) -> Recording {
             unavailable: Some(why),
             ..Default::default()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitor_says_why_it_cannot_run() {
+        let k = crate::kernel::Kernel {
+            image: "/k/bzImage".into(),
+            vmlinux: None,
+            label: "k".into(),
+        };
+        let e = spec_for(&k, period_for(4.0)).unwrap_err();
+        assert_eq!(
+            e,
+            "monitor unavailable: no vmlinux beside /k/bzImage (the monitor reads its symbols and BTF)"
+        );
+        let bad = crate::kernel::Kernel {
+            vmlinux: Some("/nonexistent/vmlinux".into()),
+            ..k
+        };
+        let e = spec_for(&bad, period_for(1.0)).unwrap_err();
+        assert!(
+            e.starts_with("monitor unavailable: reading /nonexistent/vmlinux"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_monitor_samples_at_100_ms_times_the_time_scale() {
+        let Some(v) = crate::kernel::resolve(None).ok().and_then(|k| k.vmlinux) else {
+            eprintln!("no vmlinux: skipped");
+            return;
+        };
+        let k = crate::kernel::Kernel {
+            image: v.clone(),
+            vmlinux: Some(v),
+            label: "k".into(),
+        };
+        let m = spec_for(&k, period_for(4.0)).unwrap();
+        assert_eq!(m.period, Duration::from_millis(400));
+        assert_eq!(
+            spec_for(&k, period_for(1.0)).unwrap().period,
+            Duration::from_millis(100)
+        );
     }
 }

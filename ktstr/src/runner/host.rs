@@ -11,7 +11,7 @@ use super::discover::discover_scheduler;
 use super::report::{judge, CaseVerdict};
 use crate::assert::{AssertDetail, AssertResult, DetailKind, ScenarioStats};
 use crate::initramfs::InitramfsSpec;
-use crate::monitor::{KernelLayout, MonitorLimits, MonitorSpec, MonitorSummary};
+use crate::monitor::{MonitorLimits, MonitorSpec, MonitorSummary};
 use crate::registry::{CaseSpec, Ctx, SchedulerBinary};
 use crate::sidecar::{self, HostContext, Sidecar};
 use crate::vm;
@@ -108,7 +108,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     } else {
         None
     };
-    let monitor = monitor_for(&kernel, scale);
+    let monitor = crate::monitor::spec_for(&kernel, crate::monitor::period_for(scale));
     spec.monitor = monitor.as_ref().ok().cloned();
     let out = vm::run(backend, spec).map_err(|e| e.to_string())?;
     let diag = case_diagnostics(case, &kernel, &cf, memory_mib);
@@ -260,26 +260,6 @@ fn case_diagnostics(
             format!(" (args: {})", cf.sched_argv.join(" "))
         }
     )
-}
-
-/// The monitor for a VM of `kernel`, sampling every 100 ms × `scale`; `Err` says why there
-/// is none (the case still runs).
-fn monitor_for(kernel: &crate::kernel::Kernel, scale: f64) -> Result<MonitorSpec, String> {
-    if crate::monitor::disabled_by_env() {
-        return Err("monitor off (KTSTR_MONITOR=off)".into());
-    }
-    let vmlinux = kernel.vmlinux.as_ref().ok_or_else(|| {
-        format!(
-            "monitor unavailable: no vmlinux beside {} (the monitor reads its symbols and BTF)",
-            kernel.image.display()
-        )
-    })?;
-    let layout =
-        KernelLayout::from_vmlinux(vmlinux).map_err(|e| format!("monitor unavailable: {e}"))?;
-    Ok(MonitorSpec {
-        layout: Arc::new(layout),
-        period: crate::monitor::DEFAULT_PERIOD.mul_f64(scale.max(1.0)),
-    })
 }
 
 /// The summary of what the monitor recorded (or why it recorded nothing).
@@ -486,26 +466,8 @@ mod tests {
     use crate::shm::{Frame, FrameType};
 
     #[test]
-    fn the_monitor_says_why_it_cannot_run() {
-        let k = crate::kernel::Kernel {
-            image: "/k/bzImage".into(),
-            vmlinux: None,
-            label: "k".into(),
-        };
-        let e = monitor_for(&k, 4.0).unwrap_err();
-        assert_eq!(
-            e,
-            "monitor unavailable: no vmlinux beside /k/bzImage (the monitor reads its symbols and BTF)"
-        );
-        let bad = crate::kernel::Kernel {
-            vmlinux: Some("/nonexistent/vmlinux".into()),
-            ..k
-        };
-        let e = monitor_for(&bad, 1.0).unwrap_err();
-        assert!(
-            e.starts_with("monitor unavailable: reading /nonexistent/vmlinux"),
-            "{e}"
-        );
+    fn a_monitor_that_could_not_run_says_why_in_the_summary() {
+        let e = "monitor unavailable: no vmlinux beside /k/bzImage".to_string();
         let a = crate::assert::Assert::default_checks();
         let s = monitor_summary(&Err(e.clone()), None, &a);
         assert_eq!(s.unavailable, Some(e));
@@ -513,25 +475,6 @@ mod tests {
         assert!(
             json["unavailable"].is_string() && json["total_samples"] == 0,
             "{json}"
-        );
-    }
-
-    #[test]
-    fn the_monitor_samples_at_100_ms_times_the_time_scale() {
-        let Some(v) = crate::kernel::resolve(None).ok().and_then(|k| k.vmlinux) else {
-            eprintln!("no vmlinux: skipped");
-            return;
-        };
-        let k = crate::kernel::Kernel {
-            image: v.clone(),
-            vmlinux: Some(v),
-            label: "k".into(),
-        };
-        let m = monitor_for(&k, 4.0).unwrap();
-        assert_eq!(m.period, Duration::from_millis(400));
-        assert_eq!(
-            monitor_for(&k, 1.0).unwrap().period,
-            Duration::from_millis(100)
         );
     }
 
