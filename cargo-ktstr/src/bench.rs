@@ -87,6 +87,25 @@ fn median(mut v: Vec<Duration>) -> Option<Duration> {
     Some(v[v.len() / 2])
 }
 
+/// `--monitor-overhead`: the monitor's cost instead of boot phases.
+fn monitor_overhead(a: &BenchArgs) -> Result<ExitCode> {
+    let backends = a
+        .backends
+        .iter()
+        .map(|b| parse_backend(b))
+        .collect::<Result<Vec<_>>>()?;
+    crate::bench_monitor::run(
+        a.kernel.as_deref(),
+        &backends,
+        &a.cpus,
+        a.runs,
+        a.work_s,
+        a.monitor_period_ms.map(Duration::from_millis),
+        Duration::from_secs(a.timeout_s),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs the benchmark and prints one line per cell.
 ///
 /// The lines are formatted by hand, not with comfy-table as elsewhere: each is printed as soon
@@ -94,21 +113,7 @@ fn median(mut v: Vec<Duration>) -> Option<Duration> {
 /// crate lays a table out only once it has every row.
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.monitor_overhead {
-        let backends = a
-            .backends
-            .iter()
-            .map(|b| parse_backend(b))
-            .collect::<Result<Vec<_>>>()?;
-        crate::bench_monitor::run(
-            a.kernel.as_deref(),
-            &backends,
-            &a.cpus,
-            a.runs,
-            a.work_s,
-            a.monitor_period_ms.map(Duration::from_millis),
-            Duration::from_secs(a.timeout_s),
-        )?;
-        return Ok(ExitCode::SUCCESS);
+        return monitor_overhead(&a);
     }
     println!(
         "{:<8} {:>5} {:>5} {:>9} {:>12} {:>12} {:>11} {:>9}  result",

@@ -42,7 +42,7 @@ static FIELDS: &[FieldInfo] = &[
         name: "payload",
         is_set: |s| s.payload.is_some(),
         classification: Expected,
-        causes: &["scheduler-only test: no payload binary ran"],
+        causes: &["the test declares no `payload` (its `workloads`, if any, are in `metrics`)"],
         fix: None,
     },
     FieldInfo {
@@ -129,6 +129,23 @@ static FIELDS: &[FieldInfo] = &[
         is_set: |s| s.scheduler_enable_ms.is_some(),
         classification: Expected,
         causes: &["as for scheduler_ops"],
+        fix: None,
+    },
+    FieldInfo {
+        name: "repro",
+        is_set: |s| s.repro.is_some(),
+        classification: Expected,
+        causes: &[
+            "the case passed, or failed as its expect_err declares: there was nothing to reproduce",
+            "the test does not set `auto_repro = true`",
+        ],
+        fix: Some("set `auto_repro = true` on the test to re-run a failing case once with the monitor sampling 10x as often"),
+    },
+    FieldInfo {
+        name: "repro_of",
+        is_set: |s| s.repro_of.is_some(),
+        classification: Expected,
+        causes: &["this sidecar is a case's own run, not an auto_repro second run"],
         fix: None,
     },
     FieldInfo {

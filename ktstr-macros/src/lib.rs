@@ -23,7 +23,8 @@ mod test_attr;
 /// `duration_s`, `workers_per_cgroup`; every `Assert` threshold (ints or float literals as the
 /// field's type); gates `min_llcs`, `max_llcs`, `min_cpus`, `max_cpus`, `min_numa_nodes`,
 /// `max_numa_nodes`, `requires_smt`; `performance_mode`, `expect_err`, `ignore`, `host_only`,
-/// `cleanup_budget_ms`.
+/// `auto_repro`, `cleanup_budget_ms`; `work_types`; `payload`, `workloads`,
+/// `extra_include_files`.
 ///
 /// `expect_err` takes a bool or a diagnosis string: `expect_err = "SchedulerDied: stall
 /// detected"` passes only when the case fails with a detail of that kind whose message

@@ -56,7 +56,13 @@ const ASSERT_FLOAT: &[&str] = &[
 /// Bool `Assert` switches.
 const ASSERT_BOOL: &[&str] = &["not_starved", "isolation", "fail_on_stall"];
 /// Plain bool test keys.
-const TEST_BOOL: &[&str] = &["performance_mode", "expect_err", "ignore", "host_only"];
+const TEST_BOOL: &[&str] = &[
+    "performance_mode",
+    "expect_err",
+    "ignore",
+    "host_only",
+    "auto_repro",
+];
 /// Keys with a value form of their own (handled one by one in [`expand`]).
 const SPECIAL: &[&str] = &[
     "requires_smt",
@@ -71,7 +77,7 @@ const SPECIAL: &[&str] = &[
     "extra_include_files",
 ];
 /// Spec keys whose supporting types do not exist yet.
-const NOT_YET: &[&str] = &["auto_repro", "bpf_map_write"];
+const NOT_YET: &[&str] = &["bpf_map_write"];
 
 /// Every key the macro accepts.
 fn supported_keys() -> Vec<&'static str> {

@@ -100,6 +100,13 @@ pub fn find_run(root: &Path, key: &str) -> Result<RunDir, RunsError> {
     })
 }
 
+/// Reads one sidecar file (a run's, or an `auto_repro` re-run's that its `repro` names);
+/// `Err` says why it does not load.
+pub fn read_sidecar(path: &Path) -> Result<Sidecar, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
 /// Loads every `*.ktstr.json` in `dir`, verbatim.
 pub fn load_run(dir: &Path) -> Result<LoadedRun, RunsError> {
     let io = |source| RunsError::Io {
@@ -119,10 +126,7 @@ pub fn load_run(dir: &Path) -> Result<LoadedRun, RunsError> {
     files.sort();
     let mut run = LoadedRun::default();
     for f in files {
-        match std::fs::read(&f)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<Sidecar>(&b).map_err(|e| e.to_string()))
-        {
+        match read_sidecar(&f) {
             Ok(s) => run.sidecars.push((f, s)),
             Err(e) => run.corrupt.push((f, e)),
         }

@@ -125,7 +125,35 @@ pub struct Sidecar {
     pub durations: Durations,
     /// The host.
     pub host: Option<HostContext>,
+    /// With `auto_repro`, on a failed case: its second run, sampled finer by the monitor.
+    #[serde(default)]
+    pub repro: Option<ReproLink>,
+    /// On the sidecar of an `auto_repro` second run: the file name of the first run's sidecar
+    /// (in the same directory).
+    #[serde(default)]
+    pub repro_of: Option<String>,
 }
+
+/// Where a failed `auto_repro` case's second run is, and how it ended.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReproLink {
+    /// The second run's sidecar file name, in the same directory (null: it could not boot;
+    /// `error` says why).
+    pub sidecar: Option<String>,
+    /// Whether the second run passed (the failure did not reproduce).
+    pub passed: bool,
+    /// The second run's failure reasons, `Kind: message`.
+    pub reasons: Vec<String>,
+    /// The monitor's sampling period in the second run, in ms.
+    pub monitor_period_ms: u64,
+    /// Why the second run could not run, when it could not.
+    pub error: Option<String>,
+}
+
+/// The file-name ending of an `auto_repro` second run's sidecar. Not [`crate::runs`]'
+/// `.ktstr.json`: a re-run is evidence about one failure, not another run of the case for
+/// `stats` to pool.
+pub const REPRO_SUFFIX: &str = ".ktstr-repro.json";
 
 /// Which file ran: its host path and the SHA-256 of its contents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,7 +247,8 @@ impl Sidecar {
         siphash13(key.as_bytes())
     }
 
-    /// `{test}-{variant_hash:016x}.ktstr.json`.
+    /// `{test}-{variant_hash:016x}.ktstr.json`; an `auto_repro` second run ends in
+    /// [`REPRO_SUFFIX`] instead.
     pub fn file_name(&self) -> String {
         let safe: String = self
             .test_name
@@ -232,7 +261,12 @@ impl Sidecar {
                 }
             })
             .collect();
-        format!("{safe}-{:016x}.ktstr.json", self.variant_hash())
+        let suffix = if self.repro_of.is_some() {
+            REPRO_SUFFIX
+        } else {
+            ".ktstr.json"
+        };
+        format!("{safe}-{:016x}{suffix}", self.variant_hash())
     }
 }
 

@@ -63,6 +63,10 @@ fn a_failing_body_fails_with_its_reason() {
     assert_eq!(code, Some(101), "{out}");
     assert!(out.contains("deliberate: spread 99% > 15%"), "{out}");
     assert!(out.contains("Unfair"), "{out}");
+    assert!(
+        !out.contains("auto_repro"),
+        "no re-run without auto_repro: {out}"
+    );
 }
 
 #[test]
@@ -386,5 +390,74 @@ fn a_missing_payload_binary_fails_the_case_naming_it() {
     assert!(
         out.contains("payload nope: \"no-such-benchmark-ktstr\" is not a program on this host"),
         "{out}"
+    );
+}
+
+/// `auto_repro`: a case that fails (CPU 1 stalls) runs once more with the monitor sampling 10x
+/// as often; the report quotes the second run and names both sidecars, which point at each
+/// other, and only the first is a run `stats` pools.
+#[test]
+fn a_failing_auto_repro_case_runs_again_with_a_finer_monitor() {
+    if !kernel_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ktstr-repro-sidecar-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (code, out) = case_with(
+        "cpu_stall_repro/scx-demo/1n1l2c1t",
+        &[("KTSTR_SIDECAR_DIR", dir.to_str().unwrap())],
+    );
+    let run = ktstr::runs::load_run(&dir).unwrap();
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let repros: Vec<ktstr::sidecar::Sidecar> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(ktstr::sidecar::REPRO_SUFFIX))
+        .map(|p| ktstr::runs::read_sidecar(p).unwrap())
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(101), "{out}");
+    assert!(
+        out.contains("auto_repro: ran the case again with the host monitor every"),
+        "{out}"
+    );
+    let again = out.split("auto_repro:").nth(1).unwrap();
+    assert!(
+        again.contains("it failed again:") && again.contains("Monitor: CPU 1 stalled"),
+        "{out}"
+    );
+    assert_eq!(
+        run.sidecars.len(),
+        1,
+        "stats sees one run of the case: {files:?}"
+    );
+    let first = &run.sidecars[0].1;
+    let link = first
+        .repro
+        .as_ref()
+        .expect("the first sidecar links the re-run");
+    assert!(!link.passed, "{link:?}");
+    let name = link.sidecar.as_deref().expect("the re-run's sidecar");
+    assert!(name.ends_with(ktstr::sidecar::REPRO_SUFFIX), "{name}");
+    let second_path = files.iter().find(|p| p.ends_with(name)).expect("written");
+    assert!(
+        out.contains(&format!("second run's sidecar: {}", second_path.display())),
+        "{out}"
+    );
+    let [second] = &repros[..] else {
+        panic!("one re-run sidecar: {files:?}")
+    };
+    assert_eq!(second.repro_of.as_deref(), Some(first.file_name().as_str()));
+    let period =
+        |s: &ktstr::sidecar::Sidecar| s.monitor.as_ref().unwrap()["period_ms"].as_u64().unwrap();
+    assert_eq!(period(second) * 10, period(first), "10x the rate");
+    assert_eq!(link.monitor_period_ms, period(second));
+    eprintln!("{out}");
+    assert!(
+        second.monitor.as_ref().unwrap()["total_samples"].as_u64()
+            > first.monitor.as_ref().unwrap()["total_samples"].as_u64(),
+        "the re-run took more samples"
     );
 }

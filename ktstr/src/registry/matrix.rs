@@ -354,6 +354,13 @@ impl TestPlan {
                 test.scheduler.name, test.required_flags, test.excluded_flags
             )));
         }
+        if test.host_only && test.auto_repro {
+            return Err(invalid(
+                "a host_only test boots no VM: auto_repro (a second run with a finer host \
+                 monitor) does not apply"
+                    .to_string(),
+            ));
+        }
         if test.host_only {
             return Ok(TestPlan {
                 test,

@@ -427,3 +427,13 @@ fn an_unknown_or_host_only_sweep_is_an_invalid_test() {
     let e = TestPlan::new(&SWEEPS[3]).unwrap_err().to_string();
     assert!(e.contains("host_only"), "{e}");
 }
+
+static HOST_REPRO: KtstrTest = KtstrTest::new("host_repro", body)
+    .host_only(true)
+    .auto_repro(true);
+
+#[test]
+fn auto_repro_on_a_host_only_test_is_an_invalid_test() {
+    let e = TestPlan::new(&HOST_REPRO).unwrap_err().to_string();
+    assert!(e.contains("host_only test boots no VM: auto_repro"), "{e}");
+}

@@ -422,6 +422,9 @@ pub struct KtstrTest {
     pub ignore: bool,
     /// Runs on the host with no VM: exactly one case `{test}/host`.
     pub host_only: bool,
+    /// A case that fails (unexpectedly) is run once more with the host-side monitor sampling
+    /// [`crate::runner::REPRO_RATE`] times as often; both sidecars are kept and linked.
+    pub auto_repro: bool,
     /// Cap on host teardown wall time.
     pub cleanup_budget_ms: Option<u64>,
     /// Work types to sweep: one case per name (scenario suffix `~Name`), each run with
@@ -461,6 +464,7 @@ impl KtstrTest {
             expect_err_match: None,
             ignore: false,
             host_only: false,
+            auto_repro: false,
             cleanup_budget_ms: None,
             work_types: &[],
             payload: None,
@@ -508,6 +512,7 @@ test_setters! {
         expect_err: bool,
         ignore: bool,
         host_only: bool,
+        auto_repro: bool,
         work_types: &'static [&'static str],
         workloads: &'static [&'static crate::payload::Payload],
         extra_include_files: &'static [&'static str]

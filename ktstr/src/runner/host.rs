@@ -74,14 +74,85 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
             ))
         }
     };
-    let cf = case_file(case, sched_host.as_deref(), scale);
+    let boot = Boot {
+        backend,
+        scale,
+        sched_host,
+        packed,
+    };
+    let first = boot_once(case, &boot, &Attempt::first(case, scale))?;
+    if !super::repro::wanted(case, &first.verdict) {
+        write_sidecar(&first.sidecar, &case.name);
+        return Ok(first.verdict);
+    }
+    let attempt = Attempt::repro(case, scale);
+    eprintln!(
+        "ktstr: auto_repro: case '{}' failed; running it once more with the monitor every {} ms",
+        case.name,
+        attempt.period.as_millis()
+    );
+    let again = boot_once(case, &boot, &attempt);
+    Ok(super::repro::link(first, again, attempt.period, |s| {
+        write_sidecar(s, &case.name)
+    }))
+}
+
+/// What every boot of one case shares: the backend and what the guest gets packed.
+struct Boot {
+    backend: vm::BackendKind,
+    scale: f64,
+    sched_host: Option<PathBuf>,
+    packed: Packed,
+}
+
+/// How one boot is watched: the monitor's period and the thresholds its findings are judged
+/// with (a repro samples finer, over the same time windows).
+pub(super) struct Attempt {
+    /// The host-side monitor's sampling period.
+    pub period: Duration,
+    /// The thresholds (the case's own, `sustained_samples` scaled to the period).
+    pub assert: crate::assert::Assert,
+}
+
+impl Attempt {
+    fn first(case: &CaseSpec, scale: f64) -> Self {
+        Attempt {
+            period: crate::monitor::period_for(scale),
+            assert: case.assert,
+        }
+    }
+
+    /// [`super::repro::RATE`] times the sampling rate; a finding must still persist as long
+    /// as in the first run.
+    fn repro(case: &CaseSpec, scale: f64) -> Self {
+        let rate = super::repro::RATE;
+        let mut assert = case.assert;
+        assert.sustained_samples = Some(assert.sustained_samples.unwrap_or(5) * u64::from(rate));
+        Attempt {
+            period: crate::monitor::period_for(scale) / rate,
+            assert,
+        }
+    }
+}
+
+/// One booted run of a case: its verdict and its (unwritten) sidecar.
+pub(super) struct Booted {
+    pub verdict: CaseVerdict,
+    pub sidecar: Sidecar,
+}
+
+/// Boots `case` once, judges it and builds its sidecar.
+fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, String> {
+    let (backend, scale) = (boot.backend, boot.scale);
+    let sched_host = boot.sched_host.as_ref();
+    let cf = case_file(case, sched_host.map(PathBuf::as_path), scale);
     // A case that cannot find its kernel fails with the reason: a skip here would read as a
     // pass. (Without any kernel named, the harness lists VM cases as ignored instead.)
     let vm = launch::prepare(LaunchRequest {
         kernel: case.kernel.as_ref().map(|k| k.spec.as_str()),
         backend,
         topology: case.topology,
-        initramfs: initramfs_spec(&cf, sched_host.as_ref(), packed)?,
+        initramfs: initramfs_spec(&cf, sched_host, &boot.packed)?,
         memory_mib: None,
         min_memory_mib: case.test.memory_mib as u64,
     })
@@ -108,25 +179,26 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     } else {
         None
     };
-    let monitor = crate::monitor::spec_for(&kernel, crate::monitor::period_for(scale));
+    let monitor = crate::monitor::spec_for(&kernel, attempt.period);
     spec.monitor = monitor.as_ref().ok().cloned();
     let out = vm::run(backend, spec).map_err(|e| e.to_string())?;
     let diag = case_diagnostics(case, &kernel, &cf, memory_mib);
     let mut verdict = judge(&case.name, &diag, &out);
-    let summary = monitor_summary(&monitor, out.monitor.as_ref(), &case.assert);
-    verdict.add_monitor(&case.name, &summary, &MonitorLimits::of(&case.assert));
+    let summary = monitor_summary(&monitor, out.monitor.as_ref(), &attempt.assert);
+    verdict.add_monitor(&case.name, &summary, &MonitorLimits::of(&attempt.assert));
     verdict.check_cleanup_budget(&case.name, out.times.teardown, case.test.cleanup_budget_ms);
     let kernel_commit = crate::kernel::cache::commit_of(&kernel.image);
-    write_sidecar(
+    let mut sidecar = sidecar_of(
         case,
         &cf,
         &out,
         &verdict,
         &summary,
-        sched_host.as_deref(),
+        sched_host.map(PathBuf::as_path),
         kernel_commit,
     );
-    Ok(verdict)
+    sidecar.thresholds = attempt.assert;
+    Ok(Booted { verdict, sidecar })
 }
 
 /// The failing verdict of a `performance_mode` case outside `--no-perf-mode`; `None` runs it.
@@ -220,7 +292,7 @@ fn packed_files(case: &CaseSpec) -> Result<Packed, String> {
 fn initramfs_spec(
     cf: &CaseFile,
     sched_host: Option<&PathBuf>,
-    packed: Packed,
+    packed: &Packed,
 ) -> Result<InitramfsSpec, String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating the test binary: {e}"))?;
     Ok(InitramfsSpec {
@@ -228,9 +300,9 @@ fn initramfs_spec(
         binaries: sched_host
             .into_iter()
             .cloned()
-            .chain(packed.binaries)
+            .chain(packed.binaries.iter().cloned())
             .collect(),
-        include_files: packed.include_files,
+        include_files: packed.include_files.clone(),
         busybox: false,
         files: vec![(
             CASE_FILE.trim_start_matches('/').to_string(),
@@ -284,7 +356,7 @@ fn monitor_summary(
 }
 
 /// Writes the case's sidecar; a failure to write is reported, never fatal.
-fn write_sidecar(
+fn sidecar_of(
     case: &CaseSpec,
     cf: &CaseFile,
     out: &vm::VmOutcome,
@@ -292,7 +364,7 @@ fn write_sidecar(
     monitor: &MonitorSummary,
     sched_host: Option<&std::path::Path>,
     kernel_commit: Option<String>,
-) {
+) -> Sidecar {
     let passed = verdict.passed;
     use crate::shm::FrameType;
     let result = super::report::result_of(out).ok().flatten();
@@ -320,6 +392,7 @@ fn write_sidecar(
         scheduler: case.scheduler.name.to_string(),
         active_flags: case.active_flags().map(|f| f.name.to_string()).collect(),
         work_type: case.work_type.map(|w| w.name().to_string()),
+        payload: case.test.payload.map(|p| p.name.to_string()),
         work_types,
         passed,
         expect_err: case.test.expect_err,
@@ -353,13 +426,21 @@ fn write_sidecar(
     };
     sc.scheduler_binary = sched_host.and_then(|p| sidecar::BinaryIdentity::of(p).ok());
     add_outcome(&mut sc, out, result, verdict);
-    let dir = sidecar::run_dir(&sc.kernel_version, &commit);
-    if let Err(e) = sidecar::write_atomic(&dir, &sc) {
-        eprintln!(
-            "ktstr: could not write the sidecar of {} in {}: {e}",
-            case.name,
-            dir.display()
-        );
+    sc
+}
+
+/// Writes `sc` into its run directory (a failure is said on stderr: the verdict stands).
+fn write_sidecar(sc: &Sidecar, case_name: &str) -> Option<PathBuf> {
+    let dir = sidecar::run_dir(&sc.kernel_version, &sc.project_commit);
+    match sidecar::write_atomic(&dir, sc) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!(
+                "ktstr: could not write the sidecar of {case_name} in {}: {e}",
+                dir.display()
+            );
+            None
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod discover;
 mod guest;
 mod host;
 mod report;
+mod repro;
 mod sched;
 
 pub use case_file::{CaseFile, CASE_FILE};
@@ -25,4 +26,5 @@ pub fn strict_mode() -> bool {
 }
 pub use host::run_case;
 pub use report::{sched_exit_of, CaseVerdict};
+pub use repro::RATE as REPRO_RATE;
 pub use sched::{diagnose, parse_kv, SchedExit, SchedulerExit, SchedulerProcess};

@@ -193,6 +193,18 @@ fn two_steps(ctx: &Ctx) -> Result<AssertResult> {
     )
 }
 
+/// CPU 1 stops running anything 1 s after the scheduler starts (scx_demo's CPU stall), with
+/// `auto_repro`: the case fails, runs once more with the monitor sampling 10x as often, and
+/// both sidecars are kept and linked.
+#[ktstr_test(scheduler = SCX_DEMO, llcs = 1, cores = 2, duration_s = 4, watchdog_timeout_s = 4,
+    extra_sched_args = ["--stall-after", "1", "--stall-cpu", "1"], auto_repro = true)]
+fn cpu_stall_repro(ctx: &Ctx) -> Result<AssertResult> {
+    let spin = CgroupDef::named("spin")
+        .workers(4)
+        .work_type(WorkType::SpinWait);
+    execute_steps(ctx, vec![Step::with_defs(vec![spin], HoldSpec::Frac(1.0))])
+}
+
 /// A real benchmark as a payload: cyclictest (Debian's rt-tests), one thread for 1 s, JSON to
 /// stdout; the sidecar must carry its metrics.
 const CYCLICTEST: Payload = Payload::binary("cyclictest", "cyclictest")
