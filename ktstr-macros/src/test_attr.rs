@@ -75,9 +75,10 @@ const SPECIAL: &[&str] = &[
     "payload",
     "workloads",
     "extra_include_files",
+    "bpf_map_write",
 ];
 /// Spec keys whose supporting types do not exist yet.
-const NOT_YET: &[&str] = &["bpf_map_write"];
+const NOT_YET: &[&str] = &[];
 
 /// Every key the macro accepts.
 fn supported_keys() -> Vec<&'static str> {
@@ -342,6 +343,20 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
                 .into_iter()
                 .map(|e| payload_path(&k, e))
                 .collect::<Result<_>>()?;
+        } else if k == "bpf_map_write" {
+            let p = match value {
+                Expr::Path(p) => p.path.clone(),
+                other => {
+                    return Err(Error::new(
+                        other.span(),
+                        "`bpf_map_write` takes a path to a `BpfMapWrite` const, e.g. \
+                         `bpf_map_write = STALL_NOW` with `const STALL_NOW: BpfMapWrite = \
+                         BpfMapWrite::new(\".bss\", 0, 1);`",
+                    ))
+                }
+            };
+            // Spanned on the user's path: a non-BpfMapWrite const is a type error there.
+            setters.push(quote_spanned!(p.span()=> .bpf_map_write(&#p)));
         } else if k == "extra_include_files" {
             let v = lits::strings(&k, value)?;
             setters.push(quote!(.extra_include_files(&[#(#v),*])));

@@ -12,13 +12,13 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+pub(crate) const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `BPF_PROG_TYPE_STRUCT_OPS`: the type of a sched_ext scheduler's callbacks.
 pub const PROG_TYPE_STRUCT_OPS: u32 = 27;
 
 /// `sizeof(union bpf_attr)` in Linux 6.12; the kernel accepts a shorter or longer attr as long
 /// as the bytes it does not know are zero.
-const ATTR_SIZE: usize = 144;
+pub(crate) const ATTR_SIZE: usize = 144;
 /// `struct bpf_prog_info` up to and including `verified_insns` (offset 216) and the two
 /// attach fields after it.
 const INFO_SIZE: usize = 232;
@@ -60,7 +60,7 @@ pub struct ProgInfo {
     pub run_time_ns: u64,
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_SIZE]) -> std::io::Result<i64> {
+pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_SIZE]) -> std::io::Result<i64> {
     // SAFETY: `attr` is a live, writable buffer of ATTR_SIZE bytes laid out as the command's
     // part of `union bpf_attr` (zeros elsewhere), and the size passed is its length.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), ATTR_SIZE as u32) };
@@ -71,7 +71,7 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR_SIZE]) -> std::io::Result<i64> {
     }
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 

@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md at the repository root for the run path of one test case and a code map.
 
 pub mod assert;
+pub mod bpf_maps;
 pub mod bpf_progs;
 pub mod cache;
 pub mod cgroup;

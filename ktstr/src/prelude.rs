@@ -3,6 +3,7 @@
 pub use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
 pub use crate::assert::{Assert, AssertDetail, AssertResult, DetailKind};
+pub use crate::bpf_maps::BpfMapWrite;
 pub use crate::payload::{Check, MetricHint, OutputFormat, PayloadMetrics, Polarity};
 pub use crate::registry::{
     Ctx, FlagDecl, FlagRef, Gates, KtstrTest, Scheduler, SchedulerBinary, Sysctl,

@@ -461,3 +461,24 @@ fn a_failing_auto_repro_case_runs_again_with_a_finer_monitor() {
         "the re-run took more samples"
     );
 }
+
+/// A `bpf_map_write` the host cannot make (no such map) fails the case with the reason and
+/// the maps the host found in guest memory.
+#[test]
+fn a_bpf_map_write_into_a_missing_map_fails_naming_the_maps_found() {
+    if !kernel_available() {
+        return;
+    }
+    let (code, out) = case("map_write_missing/scx-demo/1n1l2c1t");
+    assert_eq!(code, Some(101), "{out}");
+    assert!(
+        out.contains(
+            "Other: bpf_map_write was not applied: no BPF array map's name ends in \".no_such_map\" (loaded maps: "
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(".data.trig"),
+        "scx_demo's maps are listed: {out}"
+    );
+}

@@ -166,6 +166,27 @@ fn fault_cpu_stall(ctx: &Ctx) -> Result<AssertResult> {
     spinners(ctx)
 }
 
+/// The host turns the same CPU stall on mid-run, from outside the guest: `bpf_map_write`
+/// writes 1 into scx_demo's `.data.trig` map through guest memory once the scheduler is
+/// enabled, and the body waits until the guest sees it. The control below runs the same
+/// scheduler, armed the same way, without the write, and passes.
+const STALL_NOW: BpfMapWrite = BpfMapWrite::new(".data.trig", 0, 1);
+
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 4, watchdog_timeout_s = 4,
+    extra_sched_args = ["--stall-on-trigger", "--stall-cpu", "1"], bpf_map_write = STALL_NOW,
+    expect_err = "Monitor: CPU 1 stalled; allow SchedulerDied, Starved")]
+fn fault_cpu_stall_on_host_write(ctx: &Ctx) -> Result<AssertResult> {
+    ctx.wait_for_map_write()?;
+    spinners(ctx)
+}
+
+/// Control for `fault_cpu_stall_on_host_write`: armed for the trigger, nothing writes it.
+#[ktstr_test(scheduler = SCX_DEMO, duration_s = 2,
+    extra_sched_args = ["--stall-on-trigger", "--stall-cpu", "1"])]
+fn stall_trigger_unwritten(ctx: &Ctx) -> Result<AssertResult> {
+    spinners(ctx)
+}
+
 /// The same CPU stall while the guest agent (PID 1, which sends every result frame) is held
 /// in ptrace stop for most of it: the monitor needs nothing from the guest to name CPU 1.
 #[ktstr_test(scheduler = SCX_DEMO, duration_s = 4, watchdog_timeout_s = 4,

@@ -90,21 +90,27 @@ pub struct Args {
     /// FAULT: after SECS seconds, stop running one victim task (the first
     /// user task enqueued after the deadline, or --stall-pid), so the watchdog
     /// ejects the scheduler with a "runnable task stall" error.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, group = "stall_start")]
     pub stall_after: Option<Duration>,
 
+    /// FAULT: like --stall-after, but the stall starts when a host writes a
+    /// non-zero u32 at offset 0 of this scheduler's ".data.trig" map (ktstr's
+    /// `bpf_map_write`), not after a time.
+    #[arg(long, group = "stall_start")]
+    pub stall_on_trigger: bool,
+
     /// Stall the tasks of this process (tgid) instead of the first one seen.
-    #[arg(long, value_name = "TGID", requires = "stall_after",
+    #[arg(long, value_name = "TGID", requires = "stall_start",
           value_parser = clap::value_parser!(i32).range(1..))]
     pub stall_pid: Option<i32>,
 
-    /// With --stall-after: stall this CPU instead of one task: it runs nothing
+    /// With --stall-after or --stall-on-trigger: stall this CPU instead of one task: it runs nothing
     /// (every task queued there is parked, kernel threads included) and
     /// wakeups are steered elsewhere, so it idles with runnable tasks.
     #[arg(
         long,
         value_name = "CPU",
-        requires = "stall_after",
+        requires = "stall_start",
         conflicts_with = "stall_pid"
     )]
     pub stall_cpu: Option<u32>,
@@ -454,6 +460,7 @@ fn open_skel<'o>(
         *dst = *src;
     }
     ro.stall_after_ns = secs_to_ns(args.stall_after);
+    ro.stall_on_trigger = args.stall_on_trigger;
     ro.stall_tgid = args.stall_pid.unwrap_or(0);
     if let Some(cpu) = args.stall_cpu {
         anyhow::ensure!(

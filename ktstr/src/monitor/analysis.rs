@@ -93,6 +93,9 @@ pub struct MonitorSummary {
     pub notes: Vec<String>,
     /// Why nothing was sampled, when nothing was.
     pub unavailable: Option<String>,
+    /// What became of the test's `bpf_map_write` (null: the test has none).
+    #[serde(default)]
+    pub map_write: Option<super::bpf_write::MapWriteOutcome>,
 }
 
 impl MonitorSummary {
@@ -157,6 +160,18 @@ impl MonitorSummary {
                 x.kind, x.reason, x.msg
             ));
         }
+        if let Some(w) = &self.map_write {
+            out.push(match (&w.map, w.map_id, w.at_ms, &w.error) {
+                (Some(m), Some(id), Some(at), _) => format!(
+                    "bpf_map_write: wrote {} at offset {} of map {m} (id {id}) at {at} ms",
+                    w.value, w.offset
+                ),
+                (_, _, _, e) => format!(
+                    "bpf_map_write: not applied: {}",
+                    e.as_deref().unwrap_or("no reason recorded")
+                ),
+            });
+        }
         out.join("\n")
     }
 }
@@ -220,6 +235,7 @@ pub fn summarize(
         sustained_samples: n as u64,
         scx_exit: rec.scx_exit.clone(),
         unavailable: rec.unavailable.clone(),
+        map_write: rec.map_write.clone(),
         monitor_cpu_ms: rec.cpu_us.map(|us| us as f64 / 1000.0),
         monitor_cpu_pct: rec
             .cpu_us
@@ -395,6 +411,16 @@ pub fn findings(s: &MonitorSummary, limits: &MonitorLimits) -> Vec<AssertDetail>
                 "a local DSQ held {v} or more tasks for {} samples > {lim}",
                 s.sustained_samples
             )));
+        }
+    }
+    // A declared write that failed although the scheduler ran: the test did not test what
+    // it says. (A scheduler that never got enabled has its own reasons.)
+    if let Some(e) = s.map_write.as_ref().and_then(|w| w.error.as_deref()) {
+        if e != super::bpf_write::NEVER_ENABLED {
+            out.push(AssertDetail {
+                kind: DetailKind::Other,
+                message: format!("bpf_map_write was not applied: {e}"),
+            });
         }
     }
     out

@@ -19,11 +19,21 @@ use super::layout::Symbols;
 pub trait GuestRam: Send + Sync {
     /// Copies `buf.len()` bytes at guest-physical `gpa`; `false` when any of it is not RAM.
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool;
+
+    /// Copies `buf` to guest-physical `gpa` (for `bpf_map_write`); `false` when any of it is
+    /// not RAM or the RAM is read-only to us.
+    fn write(&self, _gpa: u64, _buf: &[u8]) -> bool {
+        false
+    }
 }
 
 impl GuestRam for GuestMemoryMmap {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
         self.read_slice(buf, GuestAddress(gpa)).is_ok()
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> bool {
+        self.write_slice(buf, GuestAddress(gpa)).is_ok()
     }
 }
 
@@ -61,23 +71,39 @@ pub struct FileRam {
     pub regions: Vec<FileRegion>,
 }
 
-impl GuestRam for FileRam {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Some(r) = self
+impl FileRam {
+    /// The region holding `len` bytes at `gpa`, its file open (read-write when we may: qemu
+    /// maps the file shared, so a write reaches the guest), and the offset in that file.
+    fn locate(&self, gpa: u64, len: usize) -> Option<(&File, u64)> {
+        let r = self
             .regions
             .iter()
-            .find(|r| gpa >= r.gpa && gpa - r.gpa + buf.len() as u64 <= r.len)
-        else {
-            return false;
-        };
+            .find(|r| gpa >= r.gpa && gpa - r.gpa + len as u64 <= r.len)?;
         let f = match r.file.get() {
             Some(f) => f,
-            None => match File::open(&r.path) {
-                Ok(f) => r.file.get_or_init(|| f),
-                Err(_) => return false,
-            },
+            None => {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&r.path)
+                    .or_else(|_| File::open(&r.path))
+                    .ok()?;
+                r.file.get_or_init(|| f)
+            }
         };
-        f.read_exact_at(buf, r.file_offset + (gpa - r.gpa)).is_ok()
+        Some((f, r.file_offset + (gpa - r.gpa)))
+    }
+}
+
+impl GuestRam for FileRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.locate(gpa, buf.len())
+            .is_some_and(|(f, at)| f.read_exact_at(buf, at).is_ok())
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> bool {
+        self.locate(gpa, buf.len())
+            .is_some_and(|(f, at)| f.write_all_at(buf, at).is_ok())
     }
 }
 
@@ -195,6 +221,11 @@ impl<'a> KernelMem<'a> {
     /// outside the kernel image and direct map).
     pub fn read(&self, va: u64, buf: &mut [u8]) -> bool {
         self.to_gpa(va).is_some_and(|g| self.ram.read(g, buf))
+    }
+
+    /// Copies `buf` to kernel memory at `va` (one translation, as [`Self::read`]).
+    pub fn write(&self, va: u64, buf: &[u8]) -> bool {
+        self.to_gpa(va).is_some_and(|g| self.ram.write(g, buf))
     }
 
     /// A little-endian u64 at `va`.

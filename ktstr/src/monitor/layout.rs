@@ -87,8 +87,51 @@ pub struct Offsets {
     pub exit_msg: Option<u64>,
 }
 
-/// Everything the monitor needs to know about one kernel build.
+/// Where the guest kernel keeps its BPF maps, for the host-side `bpf_map_write`: the map id
+/// registry (`map_idr`, an xarray) and the fields read on the way to an array map's value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapLayout {
+    /// `map_idr`'s address.
+    pub map_idr: u64,
+    /// `idr.idr_rt.xa_head`: the xarray's root entry.
+    pub idr_head: u64,
+    /// `xa_node.shift` (u8).
+    pub node_shift: u64,
+    /// `xa_node.slots` (64 entries).
+    pub node_slots: u64,
+    /// `bpf_map.name` (16 bytes).
+    pub map_name: u64,
+    /// `bpf_map.map_type` (u32).
+    pub map_type: u64,
+    /// `bpf_map.value_size` (u32).
+    pub map_value_size: u64,
+    /// `bpf_array.value`: where an array map's entries start, from the map's address.
+    pub array_value: u64,
+}
+
+impl MapLayout {
+    fn of(elf: &Elf, btf: &Btf) -> Result<Self, LayoutError> {
+        let map_idr = elf
+            .syms
+            .iter()
+            .find(|s| elf.strtab.get_at(s.st_name) == Some("map_idr"))
+            .map(|s| s.st_value)
+            .ok_or(LayoutError::MissingSymbol("map_idr"))?;
+        Ok(MapLayout {
+            map_idr,
+            idr_head: field_offset(btf, "idr", &["idr_rt", "xa_head"])?,
+            node_shift: field_offset(btf, "xa_node", &["shift"])?,
+            node_slots: field_offset(btf, "xa_node", &["slots"])?,
+            map_name: field_offset(btf, "bpf_map", &["name"])?,
+            map_type: field_offset(btf, "bpf_map", &["map_type"])?,
+            map_value_size: field_offset(btf, "bpf_map", &["value_size"])?,
+            array_value: field_offset(btf, "bpf_array", &["value"])?,
+        })
+    }
+}
+
+/// Everything the monitor needs to know about one kernel build.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelLayout {
     /// Symbol addresses.
     pub symbols: Symbols,
@@ -98,6 +141,20 @@ pub struct KernelLayout {
     pub enable_states: Vec<(u32, String)>,
     /// Names of `enum scx_exit_kind`'s values, by value.
     pub exit_kinds: Vec<(u32, String)>,
+    /// Where BPF maps are (`Err`: why the host cannot write into them).
+    pub maps: Result<MapLayout, String>,
+}
+
+impl Default for KernelLayout {
+    fn default() -> Self {
+        KernelLayout {
+            symbols: Symbols::default(),
+            offsets: Offsets::default(),
+            enable_states: Vec::new(),
+            exit_kinds: Vec::new(),
+            maps: Err("no kernel layout read".into()),
+        }
+    }
 }
 
 impl KernelLayout {
@@ -132,6 +189,7 @@ impl KernelLayout {
             layout.enable_states = enum_values(&btf, "scx_ops_enable_state");
             layout.exit_kinds = enum_values(&btf, "scx_exit_kind");
         }
+        layout.maps = MapLayout::of(&elf, &btf).map_err(|e| e.to_string());
         layout.symbols = symbols;
         layout.offsets = offsets;
         Ok(layout)
@@ -188,7 +246,8 @@ fn symbols_of(elf: &Elf) -> Result<Symbols, LayoutError> {
 }
 
 /// The byte offset of `path` (`["scx", "local_dsq", "nr"]`) inside `struct outer`, following
-/// embedded structs (typedefs and qualifiers resolved).
+/// embedded structs (typedefs and qualifiers resolved) and looking through anonymous structs
+/// and unions (`bpf_array`'s `value` sits in an unnamed union of unnamed structs).
 fn field_offset(btf: &Btf, outer: &str, path: &[&str]) -> Result<u64, LayoutError> {
     let shown = || format!("struct {outer}.{}", path.join("."));
     let mut ty = btf
@@ -198,18 +257,10 @@ fn field_offset(btf: &Btf, outer: &str, path: &[&str]) -> Result<u64, LayoutErro
         .ok_or_else(|| LayoutError::MissingField(shown()))?;
     let mut bits = 0u64;
     for name in path {
-        let Type::Struct(s) = strip(btf, ty) else {
-            return Err(LayoutError::MissingField(shown()));
-        };
-        let member = s
-            .members
-            .iter()
-            .find(|m| btf.resolve_name(*m).ok().as_deref() == Some(*name))
-            .ok_or_else(|| LayoutError::MissingField(shown()))?;
-        bits += u64::from(member.bit_offset());
-        ty = btf
-            .resolve_chained_type(member)
-            .map_err(|_| LayoutError::MissingField(shown()))?;
+        let (at, next) =
+            find_member(btf, ty, name, 0).ok_or_else(|| LayoutError::MissingField(shown()))?;
+        bits += at;
+        ty = next;
     }
     if bits % 8 != 0 {
         return Err(LayoutError::MissingField(format!(
@@ -218,6 +269,30 @@ fn field_offset(btf: &Btf, outer: &str, path: &[&str]) -> Result<u64, LayoutErro
         )));
     }
     Ok(bits / 8)
+}
+
+/// Member `name` of struct or union `ty` (or of an anonymous struct or union inside it): its
+/// bit offset and type.
+fn find_member(btf: &Btf, ty: Type, name: &str, depth: u32) -> Option<(u64, Type)> {
+    let (Type::Struct(s) | Type::Union(s)) = strip(btf, ty) else {
+        return None;
+    };
+    if depth > 8 {
+        return None;
+    }
+    for m in &s.members {
+        let member_name = btf.resolve_name(m).ok().unwrap_or_default();
+        let mty = btf.resolve_chained_type(m).ok()?;
+        if member_name == name {
+            return Some((u64::from(m.bit_offset()), mty));
+        }
+        if member_name.is_empty() {
+            if let Some((at, t)) = find_member(btf, mty, name, depth + 1) {
+                return Some((u64::from(m.bit_offset()) + at, t));
+            }
+        }
+    }
+    None
 }
 
 /// Follows typedefs and qualifiers to the underlying type.
@@ -289,6 +364,15 @@ mod tests {
             l.exit_kinds
         );
         assert_eq!(l.exit_kind_name(77_777), "77777");
+        let m = l.maps.as_ref().expect("map_idr and the map structs");
+        assert!(m.map_idr >= 0xffff_ffff_8000_0000, "{m:?}");
+        // bpf_array embeds bpf_map first; its entries come after the map and two u32s.
+        assert!(
+            m.array_value > m.map_value_size && m.array_value % 8 == 0,
+            "{m:?}"
+        );
+        assert!(m.node_slots > m.node_shift, "{m:?}");
+        eprintln!("{m:?}");
     }
 
     #[test]

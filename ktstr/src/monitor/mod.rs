@@ -9,6 +9,7 @@
 //! - [`analysis`]: samples → [`MonitorSummary`] → findings against the `Assert` thresholds.
 
 pub mod analysis;
+pub mod bpf_write;
 pub mod guest_ram;
 pub mod layout;
 pub mod sampler;
@@ -31,6 +32,8 @@ pub struct MonitorSpec {
     pub layout: Arc<KernelLayout>,
     /// Sampling period.
     pub period: Duration,
+    /// The test's `bpf_map_write`, applied once the scheduler is enabled.
+    pub map_write: Option<crate::bpf_maps::BpfMapWrite>,
 }
 
 /// The sampling period on a backend `scale` times slower than hardware KVM: 100 ms × scale.
@@ -55,6 +58,7 @@ pub fn spec_for(kernel: &crate::kernel::Kernel, period: Duration) -> Result<Moni
     Ok(MonitorSpec {
         layout: Arc::new(layout),
         period,
+        map_write: None,
     })
 }
 
@@ -74,8 +78,15 @@ pub fn start(
     cpus: usize,
     threads: VcpuThreads,
 ) -> Result<sampler::MonitorHandle, String> {
-    sampler::start(spec.layout.clone(), ram, cpus, threads, spec.period)
-        .map_err(|e| format!("monitor unavailable: could not start its thread: {e}"))
+    let job = sampler::Job {
+        layout: spec.layout.clone(),
+        ram,
+        cpus,
+        threads,
+        period: spec.period,
+        map_write: spec.map_write,
+    };
+    sampler::start(job).map_err(|e| format!("monitor unavailable: could not start its thread: {e}"))
 }
 
 /// Stops a monitor [`start`]ed for a VM and returns its recording (or why there is none).

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::bpf_write::{self, MapWriteOutcome};
 use super::guest_ram::{GuestRam, KernelMem};
 use super::layout::KernelLayout;
+use crate::bpf_maps::BpfMapWrite;
 use crate::workload::report::read_schedstat;
 
 /// One CPU's runqueue at one instant.
@@ -93,6 +95,9 @@ pub struct Recording {
     /// scheduler's stall). `None`: init never started; everything is judged.
     #[serde(default)]
     pub judged_from_ms: Option<u64>,
+    /// What became of the test's `bpf_map_write`, when it has one.
+    #[serde(default)]
+    pub map_write: Option<super::bpf_write::MapWriteOutcome>,
 }
 
 /// Where the host threads that run each vCPU are: `/proc/{pid}/task/*/comm` names.
@@ -238,16 +243,104 @@ impl MonitorHandle {
     }
 }
 
-/// Starts sampling `cpus` vCPUs of the kernel described by `layout` every `period`.
-pub fn start(
-    layout: Arc<KernelLayout>,
-    ram: Arc<dyn GuestRam>,
-    cpus: usize,
-    threads: VcpuThreads,
-    period: Duration,
-) -> std::io::Result<MonitorHandle> {
+/// What one monitor thread watches, and how.
+pub struct Job {
+    /// The guest kernel's layout.
+    pub layout: Arc<KernelLayout>,
+    /// The guest's RAM.
+    pub ram: Arc<dyn GuestRam>,
+    /// vCPUs.
+    pub cpus: usize,
+    /// Their host threads.
+    pub threads: VcpuThreads,
+    /// Sampling period.
+    pub period: Duration,
+    /// A `bpf_map_write` to apply once the scheduler is enabled.
+    pub map_write: Option<BpfMapWrite>,
+}
+
+/// The pending `bpf_map_write` of a monitor run: applied at the first sample that finds
+/// sched_ext enabled, retried on later samples while the map is not found. The first failure
+/// is the one reported: later ones may see the scheduler's maps going away at its exit.
+struct PendingWrite {
+    write: BpfMapWrite,
+    first_error: Option<String>,
+}
+
+impl PendingWrite {
+    /// Tries the write if `s` shows the scheduler enabled; `Some` once it is settled.
+    fn try_apply(
+        &mut self,
+        layout: &KernelLayout,
+        ram: &dyn GuestRam,
+        s: &Sample,
+    ) -> Option<MapWriteOutcome> {
+        let enabled = layout
+            .enable_states
+            .iter()
+            .find(|(_, n)| n == "SCX_OPS_ENABLED")
+            .map(|(v, _)| *v);
+        if enabled.is_none() || s.scx_state != enabled {
+            return None;
+        }
+        let maps = match &layout.maps {
+            Ok(m) => m,
+            Err(e) => return Some(self.outcome(Err(format!("this kernel's layout: {e}")), s)),
+        };
+        let k = KernelMem::new(ram, &layout.symbols).ok()?;
+        match bpf_write::apply(&k, maps, &self.write) {
+            Ok(done) => Some(self.outcome(Ok(done), s)),
+            Err(e) => {
+                self.first_error.get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    fn outcome(&self, r: Result<(String, u64), String>, s: &Sample) -> MapWriteOutcome {
+        let mut o = MapWriteOutcome {
+            offset: self.write.offset,
+            value: self.write.value,
+            ..Default::default()
+        };
+        match r {
+            Ok((name, id)) => {
+                o.map = Some(name);
+                o.map_id = Some(id);
+                o.at_ms = Some(s.at_ms);
+            }
+            Err(e) => o.error = Some(e),
+        }
+        o
+    }
+
+    /// The outcome of a write never made by the end of the run.
+    fn never(self) -> MapWriteOutcome {
+        MapWriteOutcome {
+            offset: self.write.offset,
+            value: self.write.value,
+            error: Some(
+                self.first_error
+                    .unwrap_or_else(|| bpf_write::NEVER_ENABLED.to_string()),
+            ),
+            ..Default::default()
+        }
+    }
+}
+
+/// Starts sampling `job.cpus` vCPUs of the kernel described by `job.layout` every
+/// `job.period`.
+pub fn start(job: Job) -> std::io::Result<MonitorHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    let Job {
+        layout,
+        ram,
+        cpus,
+        threads,
+        period,
+        map_write,
+    } = job;
     let thread = std::thread::Builder::new()
         .name("ktstr-monitor".into())
         .spawn(move || {
@@ -256,6 +349,10 @@ pub fn start(
                 period_ms: period.as_millis() as u64,
                 ..Default::default()
             };
+            let mut pending = map_write.map(|write| PendingWrite {
+                write,
+                first_error: None,
+            });
             let mut last_err = None;
             loop {
                 let last = flag.load(Ordering::SeqCst);
@@ -267,6 +364,12 @@ pub fn start(
                         }
                         if rec.scx_exit.is_none() && s.scx_exit_kind.is_some_and(|k| k != 0) {
                             rec.scx_exit = read_exit(&layout, ram.as_ref());
+                        }
+                        if let Some(p) = pending.as_mut() {
+                            if let Some(done) = p.try_apply(&layout, ram.as_ref(), &s) {
+                                rec.map_write = Some(done);
+                                pending = None;
+                            }
                         }
                         rec.samples.push(s);
                     }
@@ -281,6 +384,9 @@ pub fn start(
                 if next > now {
                     std::thread::park_timeout(next - now);
                 }
+            }
+            if let Some(p) = pending {
+                rec.map_write = Some(p.never());
             }
             rec.ran_ms = t0.elapsed().as_millis() as u64;
             rec.cpu_us = read_schedstat("/proc/thread-self/schedstat").map(|(ns, ..)| ns / 1000);
@@ -368,16 +474,17 @@ mod tests {
         let mut layout = KernelLayout::default();
         layout.symbols.linux_banner = 0xffff_ffff_8100_0000;
         let t = std::time::Instant::now();
-        let h = start(
-            Arc::new(layout),
-            Arc::new(NoRam),
-            1,
-            VcpuThreads {
+        let h = start(Job {
+            layout: Arc::new(layout),
+            ram: Arc::new(NoRam),
+            cpus: 1,
+            threads: VcpuThreads {
                 pid: std::process::id(),
                 naming: ThreadNaming::Ktstr,
             },
-            Duration::from_millis(10),
-        )
+            period: Duration::from_millis(10),
+            map_write: Some(BpfMapWrite::new(".bss", 0, 1)),
+        })
         .unwrap();
         std::thread::sleep(Duration::from_millis(30));
         let r = h.finish();
@@ -394,6 +501,11 @@ mod tests {
         assert_eq!(
             r.unavailable.as_deref(),
             Some("monitor unavailable: guest RAM is not readable yet")
+        );
+        let w = r.map_write.expect("a declared write always has an outcome");
+        assert_eq!(
+            w.error.as_deref(),
+            Some("the scheduler was never seen enabled (SCX_OPS_ENABLED)")
         );
     }
 }

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::assert::Assert;
-use crate::registry::{FlagDecl, KtstrTest, Scheduler, UnknownTest};
+use crate::registry::{FlagDecl, KtstrTest, Scheduler, SchedulerBinary, UnknownTest};
 use crate::topology::Topology;
 use crate::workload::WorkType;
 
@@ -353,6 +353,15 @@ impl TestPlan {
                 "no flag profile of scheduler {:?} satisfies required_flags {:?} and excluded_flags {:?}",
                 test.scheduler.name, test.required_flags, test.excluded_flags
             )));
+        }
+        if test.bpf_map_write.is_some()
+            && (test.host_only || matches!(test.scheduler.binary, SchedulerBinary::Eevdf))
+        {
+            return Err(invalid(
+                "bpf_map_write writes into a sched_ext scheduler's BPF map: it needs a VM and \
+                 a scheduler other than EEVDF"
+                    .to_string(),
+            ));
         }
         if test.host_only && test.auto_repro {
             return Err(invalid(

@@ -437,3 +437,20 @@ fn auto_repro_on_a_host_only_test_is_an_invalid_test() {
     let e = TestPlan::new(&HOST_REPRO).unwrap_err().to_string();
     assert!(e.contains("host_only test boots no VM: auto_repro"), "{e}");
 }
+
+static MAP_WRITE: crate::bpf_maps::BpfMapWrite = crate::bpf_maps::BpfMapWrite::new(".bss", 0, 1);
+static EEVDF_MAP_WRITE: KtstrTest =
+    KtstrTest::new("eevdf_map_write", body).bpf_map_write(&MAP_WRITE);
+
+#[test]
+fn bpf_map_write_needs_a_sched_ext_scheduler() {
+    let e = TestPlan::new(&EEVDF_MAP_WRITE).unwrap_err().to_string();
+    assert!(
+        e.contains("bpf_map_write writes into a sched_ext scheduler's BPF map"),
+        "{e}"
+    );
+    static DEMO_MAP_WRITE: KtstrTest = KtstrTest::new("demo_map_write", body)
+        .scheduler(&DEMO)
+        .bpf_map_write(&MAP_WRITE);
+    assert!(TestPlan::new(&DEMO_MAP_WRITE).is_ok());
+}

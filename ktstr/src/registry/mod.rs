@@ -436,6 +436,9 @@ pub struct KtstrTest {
     pub workloads: &'static [&'static crate::payload::Payload],
     /// Host files packed under `/include-files/<file name>`.
     pub extra_include_files: &'static [&'static str],
+    /// One host-side write into the scheduler's BPF map once it is enabled (the body waits
+    /// for it with [`Ctx::wait_for_map_write`]).
+    pub bpf_map_write: Option<&'static crate::bpf_maps::BpfMapWrite>,
 }
 
 impl KtstrTest {
@@ -470,6 +473,7 @@ impl KtstrTest {
             payload: None,
             workloads: &[],
             extra_include_files: &[],
+            bpf_map_write: None,
         }
     }
 }
@@ -524,7 +528,8 @@ test_setters! {
         threads: u32,
         cleanup_budget_ms: u64,
         expect_err_match: &'static str,
-        payload: &'static crate::payload::Payload
+        payload: &'static crate::payload::Payload,
+        bpf_map_write: &'static crate::bpf_maps::BpfMapWrite
     }
 }
 
@@ -593,6 +598,8 @@ pub struct Ctx {
     pub dry_run: bool,
     /// Every payload run of the case, for its result and sidecar (shared by clones).
     pub payloads: Arc<crate::payload::PayloadLog>,
+    /// The test's `bpf_map_write`, which the host applies (see [`Ctx::wait_for_map_write`]).
+    pub map_write: Option<crate::bpf_maps::BpfMapWrite>,
 }
 
 impl Ctx {
@@ -612,7 +619,21 @@ impl Ctx {
             work_type_override: None,
             dry_run: false,
             payloads: Arc::default(),
+            map_write: None,
         }
+    }
+
+    /// Waits until the host has applied the test's `bpf_map_write` (the body then runs with
+    /// the scheduler changed): polls the map over `bpf(2)` until it holds the value, for up to
+    /// 10 s times the backend's time scale. Returns the map's name.
+    pub fn wait_for_map_write(&self) -> Result<String, crate::bpf_maps::MapWaitError> {
+        let w = self
+            .map_write
+            .ok_or(crate::bpf_maps::MapWaitError::NotDeclared)?;
+        crate::bpf_maps::wait_for(
+            &w,
+            Duration::from_secs(10).mul_f64(self.time_scale.max(1.0)),
+        )
     }
 
     /// A run of `payload` (see [`crate::payload`]): `ctx.payload(&FIO).args([..]).run()`. It
@@ -654,6 +675,7 @@ impl Ctx {
         c.workers_per_cgroup = case.test.workers_per_cgroup;
         c.assert = case.assert;
         c.work_type_override = case.work_type;
+        c.map_write = case.test.bpf_map_write.copied();
         c
     }
 

@@ -162,10 +162,9 @@ fn discover_from(name: &str, exe: &Path, target: &Path) -> Result<PathBuf, Disco
             searched.push(p);
         }
     }
-    if let Some(s) = sibling.filter(|s| s.is_file()) {
-        return Ok(s);
-    }
-    // Newest build wins; on a tie the earlier candidate (release first).
+    // Newest build wins; on a tie the earlier candidate (the sibling, then release). The
+    // sibling takes part like any build: a stale debug binary beside a bin-target test binary
+    // must not shadow the fresh release build the autobuild accepted as current.
     let mut best: Option<(&PathBuf, SystemTime)> = None;
     for p in searched.iter().filter(|p| p.is_file()) {
         let t = mtime(p);
@@ -201,6 +200,20 @@ mod tests {
         assert_eq!(
             discover_from("scx_x", &exe, d.path()).unwrap(),
             d.path().join("release/scx_x")
+        );
+        // A binary outside deps/ (a bin target) finds its sibling, but not a stale one over
+        // a newer build.
+        let bin_exe = d.path().join("debug/fixtures");
+        std::fs::write(d.path().join("debug/scx_y"), b"").unwrap();
+        assert_eq!(
+            discover_from("scx_y", &bin_exe, d.path()).unwrap(),
+            d.path().join("debug/scx_y")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(d.path().join("release/scx_y"), b"").unwrap();
+        assert_eq!(
+            discover_from("scx_y", &bin_exe, d.path()).unwrap(),
+            d.path().join("release/scx_y")
         );
         let e = discover_from("nope", &exe, d.path()).unwrap_err();
         let msg = e.to_string();

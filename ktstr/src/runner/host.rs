@@ -179,12 +179,26 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
     } else {
         None
     };
-    let monitor = crate::monitor::spec_for(&kernel, attempt.period);
+    let monitor = crate::monitor::spec_for(&kernel, attempt.period).map(|mut m| {
+        m.map_write = case.test.bpf_map_write.copied();
+        m
+    });
     spec.monitor = monitor.as_ref().ok().cloned();
     let out = vm::run(backend, spec).map_err(|e| e.to_string())?;
     let diag = case_diagnostics(case, &kernel, &cf, memory_mib);
     let mut verdict = judge(&case.name, &diag, &out);
-    let summary = monitor_summary(&monitor, out.monitor.as_ref(), &attempt.assert);
+    let mut summary = monitor_summary(&monitor, out.monitor.as_ref(), &attempt.assert);
+    if let (Some(w), Err(why)) = (case.test.bpf_map_write, &monitor) {
+        // The host applies the write through its monitor: without one, say so.
+        summary.map_write = Some(crate::monitor::bpf_write::MapWriteOutcome {
+            offset: w.offset,
+            value: w.value,
+            error: Some(format!(
+                "the host monitor that makes the write is not running: {why}"
+            )),
+            ..Default::default()
+        });
+    }
     verdict.add_monitor(&case.name, &summary, &MonitorLimits::of(&attempt.assert));
     verdict.check_cleanup_budget(&case.name, out.times.teardown, case.test.cleanup_budget_ms);
     let kernel_commit = crate::kernel::cache::commit_of(&kernel.image);

@@ -205,6 +205,17 @@ fn cpu_stall_repro(ctx: &Ctx) -> Result<AssertResult> {
     execute_steps(ctx, vec![Step::with_defs(vec![spin], HoldSpec::Frac(1.0))])
 }
 
+/// A `bpf_map_write` into a map the scheduler does not have: the host cannot make it, and
+/// the case fails saying so, with the maps it did find.
+const NO_SUCH_MAP: BpfMapWrite = BpfMapWrite::new(".no_such_map", 0, 1);
+
+#[ktstr_test(scheduler = SCX_DEMO, llcs = 1, cores = 2, duration_s = 2,
+    bpf_map_write = NO_SUCH_MAP)]
+fn map_write_missing(ctx: &Ctx) -> Result<AssertResult> {
+    std::thread::sleep(ctx.duration.mul_f64(ctx.time_scale.max(1.0)));
+    Ok(AssertResult::pass())
+}
+
 /// A real benchmark as a payload: cyclictest (Debian's rt-tests), one thread for 1 s, JSON to
 /// stdout; the sidecar must carry its metrics.
 const CYCLICTEST: Payload = Payload::binary("cyclictest", "cyclictest")

@@ -161,8 +161,20 @@ static bool is_kthread(struct task_struct *p)
 	return p->flags & PF_KTHREAD;
 }
 
+/*
+ * With stall_on_trigger, the stall starts when something outside the scheduler
+ * sets this non-zero: ktstr's host-side bpf_map_write, through guest memory.
+ * Its own section makes it offset 0 of its own map, named ".data.trig"
+ * (libbpf names a map after a section with a second dot by the section alone),
+ * whatever else the object keeps in .bss.
+ */
+volatile u32 stall_trigger SEC(".data.trig");
+const volatile bool stall_on_trigger;
+
 static bool stall_armed(void)
 {
+	if (stall_on_trigger)
+		return stall_trigger != 0;
 	return stall_after_ns &&
 	       bpf_ktime_get_ns() - start_ns >= stall_after_ns;
 }
