@@ -8,9 +8,11 @@ mod bench;
 mod bench_monitor;
 mod compare;
 mod explain;
+mod funify;
 mod kernel_cmd;
 mod kernel_spec;
 mod locks;
+mod model_cmd;
 mod pool;
 mod probe;
 mod replay;
@@ -57,6 +59,9 @@ enum Command {
     /// Build, list and clean guest kernels in the kernel cache.
     #[command(subcommand)]
     Kernel(kernel_cmd::KernelCommand),
+    /// The pinned LLM model (GGUF) LlmExtract payloads will use: fetch, status, clean.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
     /// Boot a busybox VM with an interactive shell, or run one command with --exec.
     Shell(shell::ShellArgs),
     /// Boot a VM of a topology and print what the guest sees per vCPU (exit 0 if it matches).
@@ -86,6 +91,10 @@ enum Command {
     /// `bpf: verified prog="NAME" insns=N` line each: what `verifier` reads.
     #[command(hide = true)]
     BpfProgs,
+    /// Replace every identifying value of a JSON dump (names, paths, ids) with a deterministic
+    /// fake, keeping metrics, so it can be shared.
+    #[command(visible_alias = "costume")]
+    Funify(funify::FunifyArgs),
     /// Write a shell completion script for `cargo ktstr` to stdout.
     Completions {
         /// The shell.
@@ -105,6 +114,7 @@ fn main() -> ExitCode {
     let res = match k.command {
         Command::Test(a) => run_tests::run(a),
         Command::Kernel(c) => kernel_cmd::run(c),
+        Command::Model(c) => model_cmd::run(c),
         Command::Shell(a) => shell::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Bench(a) => bench::run(a),
@@ -118,6 +128,7 @@ fn main() -> ExitCode {
         Command::Locks(a) => locks::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Funify(a) => funify::run(a),
         Command::Completions { shell, binary } => {
             clap_complete::generate(shell, &mut Cargo::command(), binary, &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -866,3 +866,232 @@ fn kernel_list_and_clean_over_a_cache() {
         "clap refuses VERSION with --source"
     );
 }
+
+/// A real sidecar (scx_demo's cgroup_fairness under qemu) as `funify` input.
+const SIDECAR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/cgroup_fairness.ktstr.json"
+);
+
+/// Every string leaf of `v` whose key is not allowlisted, with the key that holds it.
+fn identifying_strings(key: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| identifying_strings(k, v, out)),
+        serde_json::Value::Array(a) => a.iter().for_each(|e| identifying_strings(key, e, out)),
+        serde_json::Value::String(s) if !ktstr::fun::Funifier::is_metric_passthrough(key) => {
+            out.push((key.to_string(), s.clone()))
+        }
+        _ => {}
+    }
+}
+
+/// Every numeric leaf of `v` as (path, value).
+fn numbers(path: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .for_each(|(k, v)| numbers(&format!("{path}/{k}"), v, out)),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, e)| numbers(&format!("{path}/{i}"), e, out)),
+        serde_json::Value::Number(_) => out.push((path.to_string(), v.clone())),
+        _ => {}
+    }
+}
+
+fn metric_values(doc: &serde_json::Value) -> Vec<(String, Option<f64>)> {
+    let s: ktstr::sidecar::Sidecar = serde_json::from_value(doc.clone()).unwrap();
+    let mut v: Vec<(String, Option<f64>)> = ktstr::metrics::METRICS
+        .iter()
+        .map(|m| (m.name.to_string(), (m.value)(&s)))
+        .collect();
+    for (i, p) in s.phases.iter().enumerate() {
+        for m in ktstr::metrics::PHASE_METRICS {
+            v.push((format!("phase {i} {}", m.name), (m.value)(p)));
+        }
+    }
+    v
+}
+
+#[test]
+fn funify_is_deterministic_hides_identifiers_and_keeps_every_metric() {
+    let run = |args: &[&str]| {
+        let o = ktstr(args, &[]);
+        assert!(o.status.success(), "{:?}", text(&o));
+        o.stdout
+    };
+    let a = run(&["funify", "--seed", "s", SIDECAR]);
+    assert_eq!(
+        a,
+        run(&["funify", "--seed", "s", SIDECAR]),
+        "same seed, same bytes"
+    );
+    assert_eq!(a, run(&["costume", "--seed", "s", SIDECAR]), "the alias");
+    assert_ne!(a, run(&["funify", "--seed", "t", SIDECAR]));
+    assert_ne!(a, run(&["funify", SIDECAR]), "no seed: a fresh key");
+    assert!(a.ends_with(b"}\n") && a.iter().filter(|&&b| b == b'\n').count() == 1);
+    let pretty = run(&["funify", "--seed", "s", "--pretty", SIDECAR]);
+    assert!(pretty.iter().filter(|&&b| b == b'\n').count() > 50);
+
+    let input: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(SIDECAR).unwrap()).unwrap();
+    let out_text = String::from_utf8(a).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&out_text).unwrap();
+    // Test and case names, paths, the commit, run ids, CPU model...: none survives.
+    for needle in [
+        "cgroup_fairness",
+        "/work/",
+        "scx_demo",
+        "c532cea",
+        &input["run_id"].as_str().unwrap()[..8],
+    ] {
+        assert!(!out_text.contains(needle), "{needle} survived: {out_text}");
+    }
+    let mut ids = Vec::new();
+    identifying_strings("", &input, &mut ids);
+    assert!(ids.len() > 20, "{ids:?}");
+    for (k, s) in ids.iter().filter(|(_, s)| s.len() > 3) {
+        assert!(!out_text.contains(&format!("\"{s}\"")), "{k}: {s} survived");
+    }
+    // Every metric reads the same out of the funified document as out of the original: no
+    // numeric leaf that funify changed feeds any metric (each is perturbed in the original to
+    // see whether a metric moves).
+    let base = metric_values(&input);
+    assert!(
+        base.iter().filter(|(_, v)| v.is_some()).count() > 10,
+        "{base:?}"
+    );
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    numbers("", &input, &mut before);
+    numbers("", &out, &mut after);
+    assert_eq!(before.len(), after.len());
+    let mut changed = 0;
+    for ((path, v), (_, w)) in before.iter().zip(&after) {
+        if v == w {
+            continue;
+        }
+        changed += 1;
+        assert!(
+            !v.is_f64(),
+            "funify changed the float at {path}: {v} -> {w}"
+        );
+        let mut probe = input.clone();
+        *probe.pointer_mut(path).unwrap() = match v.as_u64() {
+            Some(u) => serde_json::json!(u + 1),
+            None => serde_json::json!(v.as_i64().unwrap() - 1),
+        };
+        if let Ok(s) = std::panic::catch_unwind(|| metric_values(&probe)) {
+            assert_eq!(s, base, "funify changed {path}, which a metric reads");
+        }
+    }
+    assert!(
+        changed > 0,
+        "some integers are identifiers (pids, sizes...)"
+    );
+}
+
+#[test]
+fn funify_refuses_what_is_not_json_and_reads_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.txt");
+    std::fs::write(&bad, "not { json").unwrap();
+    let o = ktstr(&["funify", bad.to_str().unwrap()], &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("notes.txt is not JSON") && err.contains("caused by: expected"),
+        "{err}"
+    );
+    let o = ktstr(&["funify", "/nonexistent/x.json"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("reading /nonexistent/x.json"),
+        "{:?}",
+        text(&o)
+    );
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-ktstr"));
+    let mut child = c
+        .args(["ktstr", "funify", "--seed", "k", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"comm":"scx_simple","pid":1234,"nr_running":7}"#)
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["nr_running"], 7);
+    assert_ne!(v["comm"], "scx_simple");
+}
+
+#[test]
+fn model_status_fetch_offline_and_clean_work_without_a_network() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().to_str().unwrap();
+    let file = d.path().join("models/Phi-3-mini-4k-instruct-q4.gguf");
+    let sha = ktstr::model::DEFAULT_MODEL.sha256;
+    let env = [("KTSTR_CACHE_DIR", cache)];
+    let o = ktstr(&["model", "status"], &env);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!("path:   {}", file.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(sha) && out.contains("state:  not present"),
+        "{out}"
+    );
+    // Offline: refused at once, with where the file goes and what it must hash to.
+    let o = ktstr(&["model", "fetch"], &[env[0], ("KTSTR_MODEL_OFFLINE", "1")]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("KTSTR_MODEL_OFFLINE=1 forbids the network"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains(sha),
+        "{err}"
+    );
+    // A wrong file copied in by hand is named as such.
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, b"not the model").unwrap();
+    let o = ktstr(&["model", "status"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).0.contains("state:  WRONG FILE: it hashes to "),
+        "{:?}",
+        text(&o)
+    );
+    let o = ktstr(&["model", "clean"], &env);
+    assert!(o.status.success());
+    assert_eq!(text(&o).0, format!("removed {}\n", file.display()));
+    let o = ktstr(&["model", "clean"], &env);
+    assert!(
+        text(&o).0.starts_with("nothing cached at "),
+        "{:?}",
+        text(&o)
+    );
+    // Without KTSTR_CACHE_DIR: XDG_CACHE_HOME/ktstr/models.
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-ktstr"));
+    let o = c
+        .args(["ktstr", "model", "status"])
+        .env_remove("KTSTR_CACHE_DIR")
+        .env("XDG_CACHE_HOME", cache)
+        .output()
+        .unwrap();
+    assert!(
+        text(&o).0.contains(&format!("{cache}/ktstr/models/")),
+        "{:?}",
+        text(&o)
+    );
+    let o = ktstr(&["model", "frob"], &env);
+    assert_eq!(o.status.code(), Some(2));
+}
