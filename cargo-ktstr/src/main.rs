@@ -8,6 +8,7 @@ mod bench;
 mod bench_monitor;
 mod compare;
 mod explain;
+mod export;
 mod funify;
 mod kernel_cmd;
 mod kernel_spec;
@@ -91,6 +92,9 @@ enum Command {
     /// `bpf: verified prog="NAME" insns=N` line each: what `verifier` reads.
     #[command(hide = true)]
     BpfProgs,
+    /// Write TEST.run: a self-extracting file that runs the test on the machine it is started
+    /// on, without a VM (bash preamble with host checks, then the bundled binaries).
+    Export(export::ExportArgs),
     /// Replace every identifying value of a JSON dump (names, paths, ids) with a deterministic
     /// fake, keeping metrics, so it can be shared.
     #[command(visible_alias = "costume")]
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => stats::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Funify(a) => funify::run(a),
+        Command::Export(a) => export::run(a),
         Command::Completions { shell, binary } => {
             clap_complete::generate(shell, &mut Cargo::command(), binary, &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -16,13 +16,21 @@ pub struct TestBinary {
 
 /// Builds the workspace's test targets and returns those that answer `--ktstr-list-tests`.
 pub fn ktstr_test_binaries() -> Result<Vec<TestBinary>> {
+    ktstr_test_binaries_of(&["test", "--workspace", "--no-run"])
+}
+
+/// Builds test targets with `cargo ARGS --message-format=json` and returns, in the order cargo
+/// reported them, those that answer `--ktstr-list-tests`.
+pub fn ktstr_test_binaries_of(args: &[&str]) -> Result<Vec<TestBinary>> {
+    let shown = format!("cargo {}", args.join(" "));
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .args(args)
+        .arg("--message-format=json")
         .stderr(Stdio::inherit())
         .output()
-        .context("running cargo test --no-run")?;
+        .with_context(|| format!("running {shown}"))?;
     if !out.status.success() {
-        bail!("building the test binaries failed (cargo test --no-run)");
+        bail!("building the test binaries failed ({shown})");
     }
     let mut bins = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {

@@ -1095,3 +1095,118 @@ fn model_status_fetch_offline_and_clean_work_without_a_network() {
     let o = ktstr(&["model", "frob"], &env);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `cargo ktstr export TEST -p ktstr-examples -o DIR/TEST.run`; returns the file.
+fn export(dir: &std::path::Path, test: &str) -> (std::process::Output, std::path::PathBuf) {
+    let out = dir.join(format!("{test}.run"));
+    let o = ktstr(
+        &[
+            "export",
+            test,
+            "-p",
+            "ktstr-examples",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    (o, out)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn an_exported_eevdf_test_runs_on_this_host_and_options_are_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let (o, run) = export(d.path(), "spinners_progress");
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o)
+        .0
+        .contains("spinners_progress/eevdf/1n1l2c1t under EEVDF"));
+    let head = std::fs::read(&run).unwrap();
+    assert!(head.starts_with(b"#!/bin/sh\n"));
+    let r = std::process::Command::new(&run)
+        .args(["--duration", "1"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&r);
+    if is_root() {
+        assert_eq!(r.status.code(), Some(0), "{out}{err}");
+        assert!(
+            out.contains("ktstr export: spinners_progress/eevdf/1n1l2c1t passed"),
+            "{out}"
+        );
+        assert!(
+            out.contains("; 1 s)"),
+            "the duration override reached the test: {out}"
+        );
+    } else {
+        assert_eq!(r.status.code(), Some(3), "{err}");
+        assert!(err.contains("run it as root"), "{err}");
+    }
+    for (args, msg) in [
+        (&["--cpus", "8"][..], "--cpus is fixed at export time"),
+        (
+            &["--topology=1,1,4,1"][..],
+            "--topology is fixed at export time",
+        ),
+        (
+            &["--duration", "0"][..],
+            "0 is not a whole number of seconds",
+        ),
+        (
+            &["--watchdog-timeout"][..],
+            "--watchdog-timeout needs a number of seconds",
+        ),
+        (&["--frob"][..], "unknown option --frob"),
+    ] {
+        let r = std::process::Command::new(&run)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(r.status.code(), Some(2), "{args:?}");
+        assert!(text(&r).1.contains(msg), "{args:?}: {:?}", text(&r));
+    }
+}
+
+#[test]
+fn an_exported_sched_ext_test_refuses_a_host_without_sched_ext() {
+    if std::path::Path::new("/sys/kernel/sched_ext").exists() || !is_root() {
+        eprintln!("this host has sched_ext (or we are not root): the refusal is not testable here");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (o, run) = export(d.path(), "base_spinners");
+    assert!(o.status.success(), "{:?}", text(&o));
+    let r = std::process::Command::new(&run).output().unwrap();
+    assert_eq!(r.status.code(), Some(3));
+    assert!(
+        text(&r).1.contains("this kernel has no sched_ext"),
+        "{:?}",
+        text(&r)
+    );
+}
+
+#[test]
+fn export_names_unknown_and_unexportable_tests() {
+    let d = tempfile::tempdir().unwrap();
+    let (o, _) = export(d.path(), "spinners_progres");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("did you mean spinners_progress?"),
+        "{:?}",
+        text(&o)
+    );
+    let (o, run) = export(d.path(), "eevdf::spinners_progress");
+    assert!(
+        o.status.success() && run.exists(),
+        "the binary:: prefix is stripped: {:?}",
+        text(&o)
+    );
+    let (o, _) = export(d.path(), "fault_cpu_stall_on_host_write");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("uses bpf_map_write"), "{:?}", text(&o));
+}

@@ -244,3 +244,51 @@ fn a_capped_shell_reserves_its_host_llc() {
         "{names:?}"
     );
 }
+
+/// An exported scx_demo test refuses this host (no sched_ext) but runs inside a VM of our
+/// sched_ext kernel from `shell -i`: one passes, one that fails on purpose exits 1 with its
+/// diagnosis.
+#[test]
+fn an_exported_sched_ext_test_runs_in_a_vm_of_our_kernel() {
+    let (Some(k), true) = (kernel(), qemu()) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    for (test, code, says) in [
+        ("base_spinners", 0, "base_spinners/scx-demo/1n2l2c1t passed"),
+        ("demo_stall_report", 1, "SchedulerDied: stall detected"),
+    ] {
+        let run = d.path().join(format!("{test}.run"));
+        let o = ktstr(
+            &[
+                "export",
+                test,
+                "-p",
+                "ktstr-examples",
+                "-o",
+                run.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{:?}", text(&o));
+        let o = ktstr(
+            &[
+                "shell",
+                "--backend",
+                "qemu",
+                "--kernel",
+                k.to_str().unwrap(),
+                "--topology",
+                "1,2,2,1",
+                "-i",
+                run.to_str().unwrap(),
+                "--exec",
+                &format!("/include-files/{test}.run"),
+            ],
+            &[],
+        );
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(code), "{test}: {out}{err}");
+        assert!(out.contains(says), "{test}: {out}{err}");
+    }
+}

@@ -42,6 +42,10 @@ pub fn main() -> ! {
     }
     // A scenario may start this binary as a built-in payload (see `Payload::builtin`).
     ktstr::scenario::run_builtin_payload();
+    // An exported `.run` file's preamble starts this binary on bare metal with its case.
+    if let Some(case) = std::env::var_os(ktstr::runner::EXPORT_CASE_ENV) {
+        ktstr::runner::bare_metal_main(std::path::Path::new(&case));
+    }
     // A closed stdout (`--list | head`, `cargo ktstr show-thresholds | head`) ends the process
     // quietly instead of a "Broken pipe" panic: Rust ignores SIGPIPE by default.
     // SAFETY: signal(2) with a valid signal and SIG_DFL, before this process starts threads.
@@ -82,6 +86,22 @@ pub fn run_with(
             }
             Err(e) => {
                 eprintln!("ktstr: cannot serialise schedulers: {e}");
+                1
+            }
+        };
+    }
+    if let Some(pos) = args.iter().position(|a| a == "--ktstr-export-plan") {
+        let Some(name) = args.get(pos + 1) else {
+            eprintln!("ktstr: --ktstr-export-plan needs a test name");
+            return 1;
+        };
+        return match ktstr::runner::export_plan(tests, name) {
+            Ok(p) => {
+                println!("{}", serde_json::to_string(&p).unwrap_or_default());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
                 1
             }
         };

@@ -19,4 +19,10 @@ pub struct CaseFile {
     /// How much slower than hardware KVM the backend runs (1.0 on KVM, more under TCG):
     /// timeouts in the guest scale with it.
     pub time_scale: f64,
+    /// The test's duration in seconds, when overridden (an exported `.run --duration`).
+    #[serde(default)]
+    pub duration_s: Option<u32>,
+    /// The sched_ext watchdog timeout in seconds, when overridden (`--watchdog-timeout`).
+    #[serde(default)]
+    pub watchdog_timeout_s: Option<u32>,
 }

@@ -35,6 +35,12 @@ fn run() -> Result<AssertResult, String> {
     let bytes = std::fs::read(CASE_FILE).map_err(|e| format!("reading {CASE_FILE}: {e}"))?;
     let cf: CaseFile =
         serde_json::from_slice(&bytes).map_err(|e| format!("parsing {CASE_FILE}: {e}"))?;
+    run_case_file(&cf)
+}
+
+/// Runs the case `cf` describes on this machine (a VM's guest, or bare metal for an exported
+/// `.run`): sysctls, the scheduler, the body, the scheduler's fate.
+pub(super) fn run_case_file(cf: &CaseFile) -> Result<AssertResult, String> {
     let case = Matrix::new(&KTSTR_TESTS, KernelSet::none())
         .resolve(&cf.name)
         .map_err(|e| format!("the guest cannot resolve case {:?}: {e}", cf.name))?;
@@ -44,6 +50,12 @@ fn run() -> Result<AssertResult, String> {
     let scale = cf.time_scale.max(1.0);
     let mut ctx = Ctx::for_case(&case);
     ctx.time_scale = scale;
+    if let Some(d) = cf.duration_s {
+        ctx.duration = Duration::from_secs(d.into());
+    }
+    let watchdog_s = cf
+        .watchdog_timeout_s
+        .unwrap_or(case.test.watchdog_timeout_s);
     ctx.topo = crate::scenario::TestTopology::detect(&case.topology);
     let mut scheduler = None;
     if let Some(path) = &cf.scheduler {
@@ -53,7 +65,7 @@ fn run() -> Result<AssertResult, String> {
         let mut argv = cf.sched_argv.clone();
         if let Some(arg) = case.scheduler.watchdog_arg {
             argv.push(arg.to_string());
-            argv.push(watchdog_ms(case.test.watchdog_timeout_s, scale).to_string());
+            argv.push(watchdog_ms(watchdog_s, scale).to_string());
         }
         // Loading BPF under emulation takes seconds; the wait scales with the backend.
         let timeout = Duration::from_secs_f64(20.0 * scale);

@@ -235,7 +235,7 @@ fn performance_mode_refused(case: &CaseSpec) -> Option<CaseVerdict> {
 }
 
 /// The case file the guest reads: what to run, with the scheduler at its in-guest path.
-fn case_file(case: &CaseSpec, sched_host: Option<&Path>, scale: f64) -> CaseFile {
+pub(super) fn case_file(case: &CaseSpec, sched_host: Option<&Path>, scale: f64) -> CaseFile {
     // The guest has no kernel list: drop a kernel segment (the 4th) if the name has one.
     let guest_name = match case.name.match_indices('/').nth(2) {
         Some((i, _)) => case.name[..i].to_string(),
@@ -257,19 +257,20 @@ fn case_file(case: &CaseSpec, sched_host: Option<&Path>, scale: f64) -> CaseFile
             .map(|s| (s.key.to_string(), s.value.to_string()))
             .collect(),
         time_scale: scale,
+        ..Default::default()
     }
 }
 
 /// Host files a case packs besides the scheduler: its payloads' binaries (to `/bin`) and the
 /// include files of its payloads and its `extra_include_files` (to `/include-files`).
 #[derive(Debug, Default, PartialEq)]
-struct Packed {
-    binaries: Vec<PathBuf>,
-    include_files: Vec<PathBuf>,
+pub(super) struct Packed {
+    pub binaries: Vec<PathBuf>,
+    pub include_files: Vec<PathBuf>,
 }
 
 /// The files `case` packs, or which one is missing and what to do.
-fn packed_files(case: &CaseSpec) -> Result<Packed, String> {
+pub(super) fn packed_files(case: &CaseSpec) -> Result<Packed, String> {
     let mut out = Packed::default();
     let payloads = case
         .test

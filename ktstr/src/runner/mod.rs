@@ -5,6 +5,7 @@
 pub mod autobuild;
 mod case_file;
 mod discover;
+mod export;
 mod guest;
 mod host;
 mod report;
@@ -24,6 +25,7 @@ pub fn strict_mode() -> bool {
     let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0");
     set("CI") || set("KTSTR_NO_SKIP_MODE")
 }
+pub use export::{bare_metal_main, plan as export_plan, ExportPlan, EXPORT_CASE_ENV};
 pub use host::run_case;
 pub use report::{sched_exit_of, CaseVerdict};
 pub use repro::RATE as REPRO_RATE;
