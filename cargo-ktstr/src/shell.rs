@@ -30,6 +30,10 @@ pub struct ShellArgs {
     /// Guest memory in MiB (at least 128; estimated when absent).
     #[arg(long, value_parser = clap::value_parser!(u32).range(128..))]
     memory_mib: Option<u32>,
+    /// Attach a raw disk of SIZE as /dev/vda (virtio-blk; e.g. 64M, 1GiB; whole MiB). Its
+    /// sparse backing file is removed when the VM ends.
+    #[arg(long, value_name = "SIZE", value_parser = ktstr::vm::parse_disk_size)]
+    disk: Option<u64>,
     /// Stream the guest kernel console to stderr (and raise the log level).
     #[arg(long)]
     dmesg: bool,
@@ -179,6 +183,22 @@ pub fn run(a: ShellArgs) -> Result<ExitCode> {
         &[],
     )?;
     spec.host_cpus = reservation.as_ref().map(|r| r.plan.cpus.clone());
+    // Sparse: a large disk costs nothing until written. Removed when `_disk` drops.
+    let _disk = match a.disk {
+        Some(bytes) => {
+            let f = tempfile::Builder::new()
+                .prefix("ktstr-disk-")
+                .suffix(".raw")
+                .tempfile()
+                .context("creating the disk's backing file")?;
+            f.as_file()
+                .set_len(bytes)
+                .context("sizing the disk's backing file")?;
+            spec.disk = Some(f.path().to_path_buf());
+            Some(f)
+        }
+        None => None,
+    };
     spec.console = match (&a.exec, a.dmesg) {
         (None, _) => ConsoleMode::Interactive,
         (Some(_), true) => ConsoleMode::Stderr,

@@ -1210,3 +1210,17 @@ fn export_names_unknown_and_unexportable_tests() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("uses bpf_map_write"), "{:?}", text(&o));
 }
+
+#[test]
+fn shell_disk_sizes_are_checked_before_anything_boots() {
+    for (size, says) in [
+        ("64MB", "decimal units are not accepted"),
+        ("0M", "positive whole number of MiB"),
+        ("64", "give a unit"),
+        ("lots", "expected a whole number"),
+    ] {
+        let o = ktstr(&["shell", "--disk", size, "--exec", "true"], &[]);
+        assert_eq!(o.status.code(), Some(2), "{size}");
+        assert!(text(&o).1.contains(says), "{size}: {:?}", text(&o));
+    }
+}

@@ -41,7 +41,7 @@ use super::tree::{guest_components, OnConflict, Tree};
 use super::SENTINEL_PATH;
 
 /// Bump when the archive layout changes, so old cache entries are not reused.
-const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 2;
 /// Guest directory of the `-i` files.
 pub const INCLUDE_DIR: &str = "/include-files";
 /// Where the host busybox may be installed, in order of preference.
@@ -349,12 +349,20 @@ fn base_tree(
     }
     if let Some(bb) = &busybox {
         tree.add_host_file("/bin/busybox", bb, Some(0o755))?;
-        for applet in busybox_applets(bb)? {
+        let applets = busybox_applets(bb)?;
+        for applet in &applets {
             tree.add_symlink(
                 &format!("/bin/{applet}"),
                 "busybox",
                 OnConflict::KeepExisting,
             )?;
+        }
+        // A mount point for `shell --disk`, and the usual name of busybox's ext2 mkfs, which
+        // Debian's build lists only as mke2fs.
+        tree.mkdir("mnt", 0o755)?;
+        if applets.iter().any(|a| a == "mke2fs") && !applets.iter().any(|a| a == "mkfs.ext2") {
+            let script = b"#!/bin/sh\nexec /bin/busybox mke2fs \"$@\"\n".to_vec();
+            tree.add_bytes("/bin/mkfs.ext2", script, 0o755)?;
         }
     }
     Ok(tree)

@@ -71,6 +71,8 @@ pub struct VmSpec {
     pub host_cpus: Option<Vec<u32>>,
     /// Run the host-side monitor beside the guest (`None`: no monitor).
     pub monitor: Option<crate::monitor::MonitorSpec>,
+    /// A raw disk image the guest sees as `/dev/vda` (virtio-blk); `None`: no disk.
+    pub disk: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -89,8 +91,53 @@ impl VmSpec {
             cancel: Arc::new(AtomicBool::new(false)),
             host_cpus: None,
             monitor: None,
+            disk: None,
         }
     }
+}
+
+/// Parses a disk size (`shell --disk`): a whole, positive number of MiB written with a
+/// case-insensitive binary suffix, `b`, `kib`/`k`, `mib`/`m` or `gib`/`g` (`64M`, `1GiB`,
+/// `67108864b`). Decimal suffixes (`kb`, `mb`, `gb`) are refused: a disk of "64 MB" would
+/// not be a whole number of MiB.
+pub fn parse_disk_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "{s:?}: expected a whole number with a unit, e.g. 64M"
+        ));
+    }
+    let mult: u64 = match unit {
+        "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" | "mb" | "gb" => {
+            return Err(format!(
+                "{s:?}: decimal units are not accepted; use KiB, MiB or GiB (64MiB or 64M)"
+            ))
+        }
+        "" => return Err(format!("{s:?}: give a unit: b, KiB, MiB or GiB (e.g. 64M)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; use b, KiB, MiB or GiB"
+            ))
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a whole number with a unit, e.g. 64M"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes == 0 || bytes % (1 << 20) != 0 {
+        return Err(format!(
+            "{s:?}: the size must be a positive whole number of MiB"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// How a VM ended.
@@ -291,6 +338,27 @@ impl Drop for AffinityRestore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn disk_sizes_take_binary_units_only_in_whole_mib() {
+        assert_eq!(super::parse_disk_size("64M"), Ok(64 << 20));
+        assert_eq!(super::parse_disk_size("64MiB"), Ok(64 << 20));
+        assert_eq!(super::parse_disk_size("1gib"), Ok(1 << 30));
+        assert_eq!(super::parse_disk_size("2048K"), Ok(2 << 20));
+        assert_eq!(super::parse_disk_size("1048576b"), Ok(1 << 20));
+        for (bad, says) in [
+            ("64MB", "decimal units"),
+            ("64", "give a unit"),
+            ("0M", "positive whole number of MiB"),
+            ("1000K", "positive whole number of MiB"),
+            ("-1M", "expected a whole number"),
+            ("64X", "unknown unit"),
+            ("99999999999999G", "too large"),
+        ] {
+            let e = super::parse_disk_size(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
     use super::*;
     use std::path::Path;
 

@@ -435,6 +435,15 @@ fn qemu_command(spec: &VmSpec, accel: Accel, mem: &QemuMemory, mem_dir: &Path) -
     ) {
         cmd.args(["-bios", &bios]);
     }
+    if let Some(disk) = &spec.disk {
+        // virtio-blk on PCI: q35 has no slot for virtio-mmio devices.
+        cmd.arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=ktstr-disk0",
+                disk.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=ktstr-disk0"]);
+    }
     cmd.arg("-kernel")
         .arg(&spec.kernel)
         .arg("-initrd")

@@ -49,6 +49,9 @@ pub enum VmmError {
     /// A capability the VMM needs is missing.
     #[error("KVM lacks {0}; use --backend qemu")]
     MissingCapability(&'static str),
+    /// The spec asks for a device the in-process VMM does not emulate yet.
+    #[error("{0} is not emulated by the in-process VMM yet; use --backend qemu")]
+    Unsupported(&'static str),
     /// A KVM ioctl failed.
     #[error("{ioctl} failed: {source}")]
     Ioctl {

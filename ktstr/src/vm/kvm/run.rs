@@ -18,6 +18,9 @@ use crate::vm::{VmOutcome, VmSpec};
 /// Everything that can be checked without KVM (kernel format, initramfs, memory layout,
 /// command line) is checked first, so a bad input fails before any VM or vCPU exists.
 pub fn run(mut spec: VmSpec) -> Result<VmOutcome, VmmError> {
+    if spec.disk.is_some() {
+        return Err(VmmError::Unsupported("a virtio-blk disk (--disk)"));
+    }
     let kind = boot::probe_kernel_file(&spec.kernel)?;
     let initramfs_len = std::fs::metadata(&spec.initramfs)
         .map_err(|source| VmmError::Initramfs {
