@@ -8,9 +8,9 @@
 //! back over `bpf(2)` (hand-rolled like [`crate::bpf_progs`]: four commands), which is how a
 //! body knows the write happened.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::bpf_progs::{bpf, u32_at, ATTR_SIZE, BPF_OBJ_GET_INFO_BY_FD};
+use crate::bpf_progs::{bpf, for_each_object, u32_at, BpfQueryError, ObjectKind, ATTR_SIZE};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
@@ -56,17 +56,17 @@ impl BpfMapWrite {
     }
 }
 
+const MAPS: ObjectKind = ObjectKind {
+    next_id: (BPF_MAP_GET_NEXT_ID, "BPF_MAP_GET_NEXT_ID"),
+    fd_by_id: (BPF_MAP_GET_FD_BY_ID, "BPF_MAP_GET_FD_BY_ID"),
+};
+
 /// Why the guest could not read the map.
 #[derive(Debug, thiserror::Error)]
 pub enum MapReadError {
     /// A `bpf(2)` command failed.
-    #[error("bpf({cmd}) failed: {source}")]
-    Syscall {
-        /// The command.
-        cmd: &'static str,
-        /// errno.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Syscall(#[from] BpfQueryError),
     /// No loaded array map's name ends so.
     #[error("no loaded BPF array map's name ends in {0:?}")]
     NoMap(String),
@@ -137,7 +137,7 @@ struct MapInfo {
     name: String,
 }
 
-fn decode_info(info: &[u8; INFO_SIZE]) -> MapInfo {
+fn decode_info(info: &[u8]) -> MapInfo {
     let raw = &info[INFO_NAME..INFO_NAME + INFO_NAME_LEN];
     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
     MapInfo {
@@ -148,56 +148,15 @@ fn decode_info(info: &[u8; INFO_SIZE]) -> MapInfo {
     }
 }
 
-fn syscall(
-    cmd: &'static str,
-    n: libc::c_long,
-    attr: &mut [u8; ATTR_SIZE],
-) -> Result<i64, MapReadError> {
-    bpf(n, attr).map_err(|source| MapReadError::Syscall { cmd, source })
-}
-
 /// The newest array map whose name ends in `suffix`, opened.
 fn open_array(suffix: &str) -> Result<(OwnedFd, MapInfo), MapReadError> {
     let mut best: Option<(OwnedFd, MapInfo)> = None;
-    let mut id = 0u32;
-    loop {
-        let mut attr = [0u8; ATTR_SIZE];
-        attr[0..4].copy_from_slice(&id.to_ne_bytes());
-        match bpf(BPF_MAP_GET_NEXT_ID, &mut attr) {
-            Ok(_) => id = u32_at(&attr, 4),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(source) => {
-                return Err(MapReadError::Syscall {
-                    cmd: "BPF_MAP_GET_NEXT_ID",
-                    source,
-                })
-            }
-        }
-        let mut attr = [0u8; ATTR_SIZE];
-        attr[0..4].copy_from_slice(&id.to_ne_bytes());
-        let fd = match bpf(BPF_MAP_GET_FD_BY_ID, &mut attr) {
-            Ok(fd) => fd as i32,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(source) => {
-                return Err(MapReadError::Syscall {
-                    cmd: "BPF_MAP_GET_FD_BY_ID",
-                    source,
-                })
-            }
-        };
-        // SAFETY: the kernel just returned `fd` as a new descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut info = [0u8; INFO_SIZE];
-        let mut attr = [0u8; ATTR_SIZE];
-        attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-        attr[4..8].copy_from_slice(&(INFO_SIZE as u32).to_ne_bytes());
-        attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-        syscall("BPF_OBJ_GET_INFO_BY_FD", BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-        let m = decode_info(&info);
+    for_each_object(&MAPS, INFO_SIZE, |fd, info| {
+        let m = decode_info(info);
         if m.map_type == MAP_TYPE_ARRAY && m.name.ends_with(suffix) {
             best = Some((fd, m)); // ids grow: the last match is the newest
         }
-    }
+    })?;
     best.ok_or_else(|| MapReadError::NoMap(suffix.to_string()))
 }
 
@@ -218,7 +177,10 @@ pub fn read_array_u32(suffix: &str, offset: u32) -> Result<(String, u32), MapRea
     attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(value.as_mut_ptr() as u64).to_ne_bytes());
-    syscall("BPF_MAP_LOOKUP_ELEM", BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map_err(|source| BpfQueryError::Syscall {
+        cmd: "BPF_MAP_LOOKUP_ELEM",
+        source,
+    })?;
     Ok((m.name, u32_at(&value, offset as usize)))
 }
 

@@ -12,7 +12,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-pub(crate) const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `BPF_PROG_TYPE_STRUCT_OPS`: the type of a sched_ext scheduler's callbacks.
 pub const PROG_TYPE_STRUCT_OPS: u32 = 27;
 
@@ -95,49 +95,66 @@ fn decode_info(info: &[u8; INFO_SIZE]) -> ProgInfo {
     }
 }
 
-/// Every BPF program loaded now, in id order. Needs CAP_SYS_ADMIN (the guest runs as root).
-pub fn loaded_programs() -> Result<Vec<ProgInfo>, BpfQueryError> {
-    let mut out = Vec::new();
+/// A kind of object the kernel numbers (programs, maps): its `*_GET_NEXT_ID` and
+/// `*_GET_FD_BY_ID` commands, with their names for errors.
+pub(crate) struct ObjectKind {
+    /// `BPF_*_GET_NEXT_ID`.
+    pub next_id: (libc::c_long, &'static str),
+    /// `BPF_*_GET_FD_BY_ID`.
+    pub fd_by_id: (libc::c_long, &'static str),
+}
+
+const PROGRAMS: ObjectKind = ObjectKind {
+    next_id: (BPF_PROG_GET_NEXT_ID, "BPF_PROG_GET_NEXT_ID"),
+    fd_by_id: (BPF_PROG_GET_FD_BY_ID, "BPF_PROG_GET_FD_BY_ID"),
+};
+
+/// Calls `f` with each loaded object of `kind`, in id order: an fd we own and the first
+/// `info_len` bytes of its `bpf_*_info`. Objects unloaded while we walk are skipped.
+pub(crate) fn for_each_object(
+    kind: &ObjectKind,
+    info_len: usize,
+    mut f: impl FnMut(OwnedFd, &[u8]),
+) -> Result<(), BpfQueryError> {
+    let fail = |cmd, source| BpfQueryError::Syscall { cmd, source };
     let mut id = 0u32;
     loop {
         let mut attr = [0u8; ATTR_SIZE];
         attr[0..4].copy_from_slice(&id.to_ne_bytes()); // start_id
-        match bpf(BPF_PROG_GET_NEXT_ID, &mut attr) {
+        match bpf(kind.next_id.0, &mut attr) {
             Ok(_) => id = u32_at(&attr, 4), // next_id
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(source) => {
-                return Err(BpfQueryError::Syscall {
-                    cmd: "BPF_PROG_GET_NEXT_ID",
-                    source,
-                })
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(source) => return Err(fail(kind.next_id.1, source)),
         }
         let mut attr = [0u8; ATTR_SIZE];
-        attr[0..4].copy_from_slice(&id.to_ne_bytes()); // prog_id
-        let fd = match bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) {
+        attr[0..4].copy_from_slice(&id.to_ne_bytes()); // prog_id / map_id
+        let fd = match bpf(kind.fd_by_id.0, &mut attr) {
             Ok(fd) => fd as i32,
             // Unloaded between the two calls.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(source) => {
-                return Err(BpfQueryError::Syscall {
-                    cmd: "BPF_PROG_GET_FD_BY_ID",
-                    source,
-                })
-            }
+            Err(source) => return Err(fail(kind.fd_by_id.1, source)),
         };
         // SAFETY: the kernel just returned `fd` as a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut info = [0u8; INFO_SIZE];
+        let mut info = vec![0u8; info_len];
         let mut attr = [0u8; ATTR_SIZE];
         attr[0..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32).to_ne_bytes());
-        attr[4..8].copy_from_slice(&(INFO_SIZE as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&(info_len as u32).to_ne_bytes());
         attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| BpfQueryError::Syscall {
-            cmd: "BPF_OBJ_GET_INFO_BY_FD",
-            source,
-        })?;
-        out.push(decode_info(&info));
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+            .map_err(|source| fail("BPF_OBJ_GET_INFO_BY_FD", source))?;
+        f(fd, &info);
     }
+}
+
+/// Every BPF program loaded now, in id order. Needs CAP_SYS_ADMIN (the guest runs as root).
+pub fn loaded_programs() -> Result<Vec<ProgInfo>, BpfQueryError> {
+    let mut out = Vec::new();
+    for_each_object(&PROGRAMS, INFO_SIZE, |_, info| {
+        let mut raw = [0u8; INFO_SIZE];
+        raw.copy_from_slice(info);
+        out.push(decode_info(&raw));
+    })?;
     Ok(out)
 }
 
