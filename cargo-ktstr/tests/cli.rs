@@ -1099,17 +1099,7 @@ fn model_status_fetch_offline_and_clean_work_without_a_network() {
 /// `cargo ktstr export TEST -p ktstr-examples -o DIR/TEST.run`; returns the file.
 fn export(dir: &std::path::Path, test: &str) -> (std::process::Output, std::path::PathBuf) {
     let out = dir.join(format!("{test}.run"));
-    let o = ktstr(
-        &[
-            "export",
-            test,
-            "-p",
-            "ktstr-examples",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = ktstr(&["export", test, "-o", out.to_str().unwrap()], &[]);
     (o, out)
 }
 

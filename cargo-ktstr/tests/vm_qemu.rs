@@ -259,17 +259,7 @@ fn an_exported_sched_ext_test_runs_in_a_vm_of_our_kernel() {
         ("demo_stall_report", 1, "SchedulerDied: stall detected"),
     ] {
         let run = d.path().join(format!("{test}.run"));
-        let o = ktstr(
-            &[
-                "export",
-                test,
-                "-p",
-                "ktstr-examples",
-                "-o",
-                run.to_str().unwrap(),
-            ],
-            &[],
-        );
+        let o = ktstr(&["export", test, "-o", run.to_str().unwrap()], &[]);
         assert!(o.status.success(), "{:?}", text(&o));
         let o = ktstr(
             &[
