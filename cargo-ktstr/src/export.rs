@@ -260,8 +260,8 @@ exit $status
         l = t.llcs,
         c = t.cores,
         th = t.threads,
-        dur = plan.duration_s,
-        wd = plan.watchdog_timeout_s,
+        dur = plan.case_file.duration_s.unwrap_or_default(),
+        wd = plan.case_file.watchdog_timeout_s.unwrap_or_default(),
         marker = MARKER,
         version = env!("CARGO_PKG_VERSION"),
     )

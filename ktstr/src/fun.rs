@@ -81,6 +81,12 @@ fn exact() -> &'static HashSet<&'static str> {
     })
 }
 
+/// Allowlisted key suffixes, parsed once.
+fn suffixes() -> &'static [&'static str] {
+    static LIST: OnceLock<Vec<&'static str>> = OnceLock::new();
+    LIST.get_or_init(|| words(ALLOWLIST_SUFFIXES).collect())
+}
+
 /// Replaces values of a JSON document; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Funifier {
@@ -116,7 +122,7 @@ impl Funifier {
     /// Whether values under `key` pass through: an exact allowlisted name, a key ending in an
     /// allowlisted suffix, or one of ktstr's metric names. Case-sensitive.
     pub fn is_metric_passthrough(key: &str) -> bool {
-        exact().contains(key) || words(ALLOWLIST_SUFFIXES).any(|s| key.ends_with(s))
+        exact().contains(key) || suffixes().iter().any(|s| key.ends_with(s))
     }
 
     fn hash(&self, key: &str, kind: u8, value: &str) -> u64 {

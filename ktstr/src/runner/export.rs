@@ -23,7 +23,8 @@ pub struct ExportPlan {
     pub test: String,
     /// The case that runs (the base case: declared topology, base flag profile).
     pub case: String,
-    /// The case file, its scheduler path relative to the bundle (`bin/NAME`).
+    /// The case file, its scheduler path relative to the bundle (`bin/NAME`), with the test's
+    /// duration and watchdog (the defaults the `.run` options override).
     pub case_file: CaseFile,
     /// The scheduler binary on this host, if the test runs a sched_ext scheduler.
     pub scheduler_host: Option<PathBuf>,
@@ -33,10 +34,6 @@ pub struct ExportPlan {
     pub include_files: Vec<PathBuf>,
     /// The topology the test declares (the preamble checks the host can hold it).
     pub topology: Topology,
-    /// Default duration and watchdog, in seconds (overridable on the target).
-    pub duration_s: u32,
-    /// The sched_ext watchdog timeout.
-    pub watchdog_timeout_s: u32,
 }
 
 /// The base case of `test`: its declared topology and base flag profile.
@@ -106,8 +103,6 @@ pub fn plan(tests: &'static [KtstrTest], name: &str) -> Result<ExportPlan, Strin
         binaries: packed.binaries,
         include_files: packed.include_files,
         topology: case.topology,
-        duration_s: test.duration_s,
-        watchdog_timeout_s: test.watchdog_timeout_s,
     })
 }
 
@@ -238,7 +233,11 @@ mod tests {
     fn an_eevdf_test_bundles_no_scheduler_and_keeps_its_shape() {
         let p = plan(&TESTS, "plain").unwrap();
         assert_eq!(p.case, "plain/eevdf/1n1l2c1t");
-        assert_eq!((p.scheduler_host.as_ref(), p.duration_s), (None, 3));
+        assert_eq!(
+            (p.scheduler_host.as_ref(), p.case_file.duration_s),
+            (None, Some(3))
+        );
+        assert_eq!(p.case_file.watchdog_timeout_s, Some(4));
         assert_eq!(p.case_file.name, "plain/eevdf/1n1l2c1t");
         assert_eq!(p.case_file.scheduler, None);
     }

@@ -370,7 +370,7 @@ fn monitor_summary(
     }
 }
 
-/// Writes the case's sidecar; a failure to write is reported, never fatal.
+/// The case's sidecar (written by [`write_sidecar`]).
 fn sidecar_of(
     case: &CaseSpec,
     cf: &CaseFile,
