@@ -7,6 +7,7 @@
 mod bench;
 mod bench_monitor;
 mod compare;
+mod coverage;
 mod explain;
 mod export;
 mod funify;
@@ -57,6 +58,11 @@ enum Command {
     /// the --kernel(s) given (several: one case per kernel).
     #[command(visible_alias = "nextest")]
     Test(run_tests::TestArgs),
+    /// Run the tests under `cargo llvm-cov nextest` (source coverage, including the code that
+    /// ran inside the guests); flags as for `test`, trailing arguments to cargo-llvm-cov.
+    Coverage(run_tests::TestArgs),
+    /// `cargo llvm-cov ARGS…` with ktstr's kernels and modes (report, clean, show-env, …).
+    LlvmCov(coverage::LlvmCovArgs),
     /// Build, list and clean guest kernels in the kernel cache.
     #[command(subcommand)]
     Kernel(kernel_cmd::KernelCommand),
@@ -117,6 +123,8 @@ fn main() -> ExitCode {
     let Cargo::Ktstr(k) = Cargo::parse();
     let res = match k.command {
         Command::Test(a) => run_tests::run(a),
+        Command::Coverage(a) => coverage::run_coverage(a),
+        Command::LlvmCov(a) => coverage::run_llvm_cov(a),
         Command::Kernel(c) => kernel_cmd::run(c),
         Command::Model(c) => model_cmd::run(c),
         Command::Shell(a) => shell::run(a),

@@ -20,30 +20,32 @@ Thresholds are stricter with --release (longest gap 2000 ms instead of 3000, spr
 instead of 35%): a test that barely passes in debug can fail in release.
 
 ktstr's own flags must come first: from the first argument ktstr does not know (or after \
-`--`), everything goes to nextest unchanged, so `cargo ktstr test --workspace --release` \
-passes --release to nextest, not to ktstr.")]
+`--`), everything goes to the wrapped command (nextest; cargo llvm-cov nextest for coverage) \
+unchanged, so `cargo ktstr test --workspace --release` passes --release to nextest, not to \
+ktstr.")]
 pub struct TestArgs {
     /// A kernel to run every case on: a kernel build tree or a directory holding a kernel
     /// and its vmlinux (e.g. ../shared/kernel). Repeat it to run each case once per kernel.
     #[arg(long, value_name = "SPEC")]
-    kernel: Vec<String>,
+    pub(crate) kernel: Vec<String>,
     /// Turn off performance-mode features (exports KTSTR_NO_PERF_MODE=1).
     #[arg(long)]
-    no_perf_mode: bool,
+    pub(crate) no_perf_mode: bool,
     /// Make hardware-driven skips (resource contention, a host too small) fail
     /// (exports KTSTR_NO_SKIP_MODE=1).
     #[arg(long)]
-    no_skip_mode: bool,
+    pub(crate) no_skip_mode: bool,
     /// Build and run with the release profile (stricter thresholds, see below).
     #[arg(long)]
-    release: bool,
-    /// Everything else, passed verbatim to `cargo nextest run`.
+    pub(crate) release: bool,
+    /// Everything else, passed verbatim to the wrapped command (`cargo nextest run`; `cargo
+    /// llvm-cov nextest` for coverage).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "NEXTEST_ARGS"
     )]
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
 }
 
 /// A kernel selected for the run: its label in case names and the path the harness boots.
@@ -136,11 +138,12 @@ pub fn select_kernels_in(
     Ok(out)
 }
 
-/// The `cargo nextest run` command for `a` with `kernels` (not yet spawned).
-pub fn nextest_command(a: &TestArgs, kernels: &[SelectedKernel]) -> Command {
+/// `cargo SUBCOMMAND…` for `a` with `kernels` (not yet spawned): the profile, the trailing
+/// arguments, and the kernels and modes in the environment.
+pub fn cargo_command(subcommand: &[&str], a: &TestArgs, kernels: &[SelectedKernel]) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["nextest", "run"]);
+    cmd.args(subcommand);
     if a.release {
         cmd.args(["--cargo-profile", "release"]);
     }
@@ -172,6 +175,22 @@ pub fn nextest_command(a: &TestArgs, kernels: &[SelectedKernel]) -> Command {
 
 /// Runs `test`: exits with nextest's status (128 + signal when it was killed).
 pub fn run(a: TestArgs) -> Result<ExitCode> {
+    run_wrapped(
+        &a,
+        &["nextest", "run"],
+        "cargo nextest run",
+        "cargo install cargo-nextest",
+    )
+}
+
+/// Runs `cargo SUBCOMMAND` for `a` (named `what` in errors, `install` the hint when it cannot
+/// be spawned) with the kernels and modes in its environment; its exit status is ours.
+pub fn run_wrapped(
+    a: &TestArgs,
+    subcommand: &[&str],
+    what: &str,
+    install: &str,
+) -> Result<ExitCode> {
     let kernels = select_kernels(&a.kernel)?;
     for k in &kernels {
         eprintln!("ktstr: kernel {} (label {})", k.path.display(), k.label);
@@ -185,13 +204,13 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
     ) {
         eprintln!("{notice}");
     }
-    let mut cmd = nextest_command(&a, &kernels);
+    let mut cmd = cargo_command(subcommand, a, &kernels);
     // The test binaries record the cases they list as ignored because they cannot run here.
     let records = tempfile::tempdir().context("creating a temporary directory")?;
     cmd.env(ktstr::unrunnable::DIR_ENV, records.path());
     let st = cmd
         .status()
-        .context("running `cargo nextest run` (install it: cargo install cargo-nextest)")?;
+        .with_context(|| format!("running `{what}` (install it: {install})"))?;
     if let Some(s) = ktstr::unrunnable::summary(&ktstr::unrunnable::read_all(records.path())) {
         eprint!("{s}");
     }
@@ -253,6 +272,10 @@ mod tests {
         T::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
             .unwrap()
             .a
+    }
+
+    fn nextest_command(a: &TestArgs, kernels: &[SelectedKernel]) -> Command {
+        cargo_command(&["nextest", "run"], a, kernels)
     }
 
     fn argv(c: &Command) -> Vec<String> {

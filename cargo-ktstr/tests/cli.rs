@@ -1214,3 +1214,132 @@ fn shell_disk_sizes_are_checked_before_anything_boots() {
         assert!(text(&o).1.contains(says), "{size}: {:?}", text(&o));
     }
 }
+
+/// Missing tools get an install hint, not a spawn error; other llvm-cov actions are pointed
+/// at `llvm-cov`; bare `llvm-cov` warns before it dispatches.
+#[test]
+fn coverage_says_what_is_missing_and_where_actions_go() {
+    let empty = tempfile::tempdir().unwrap();
+    let e = empty.path().to_str().unwrap();
+    let env = [("PATH", e), ("CARGO_HOME", e), ("HOME", e)];
+    let o = ktstr(&["coverage", "-E", "all()"], &env);
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    let err = text(&o).1;
+    assert!(
+        err.contains("cargo-llvm-cov is not installed")
+            && err.contains("hint: cargo install cargo-llvm-cov --locked"),
+        "{err}"
+    );
+    let o = ktstr(&["llvm-cov"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(
+        err.contains("did you mean `cargo ktstr coverage`") && err.contains("cargo install"),
+        "{err}"
+    );
+    let o = ktstr(&["coverage", "report", "--lcov"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("hint: cargo ktstr llvm-cov report"),
+        "{:?}",
+        text(&o)
+    );
+    let o = ktstr(&["llvm-cov", "--release"], &env);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "--release is not an llvm-cov flag of ours: it passes through"
+    );
+}
+
+/// Whether `cargo-llvm-cov` is installed (panics under CI when it is not).
+fn cargo_llvm_cov() -> bool {
+    let ok = std::process::Command::new("cargo")
+        .args(["llvm-cov", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg = "cargo-llvm-cov is not installed (cargo install cargo-llvm-cov --locked)";
+        assert!(!common::under_ci(), "{msg}");
+        eprintln!("\n!!! SKIPPED: {msg}\n");
+    }
+    ok
+}
+
+/// The 1-based line of `ktstr/src/<file>` that contains `needle`.
+fn line_of(file: &str, needle: &str) -> usize {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ktstr/src")
+        .join(file);
+    std::fs::read_to_string(&p)
+        .unwrap()
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} is not in {}", p.display()))
+        + 1
+}
+
+/// The execution count lcov records for `line` of the source file ending in `file`.
+fn lcov_count(lcov: &str, file: &str, line: usize) -> Option<u64> {
+    let mut in_file = false;
+    for l in lcov.lines() {
+        if let Some(sf) = l.strip_prefix("SF:") {
+            in_file = sf.ends_with(file);
+        } else if let (true, Some(da)) = (in_file, l.strip_prefix("DA:")) {
+            let (n, count) = da.split_once(',')?;
+            if n.parse() == Ok(line) {
+                return count.split(',').next()?.parse().ok();
+            }
+        }
+    }
+    None
+}
+
+/// The issue's own command: the lcov report counts workload lines that only a forked worker
+/// inside the guest executes (the case is a VM case; nothing on the host forks workers).
+#[test]
+fn coverage_counts_workload_lines_that_ran_only_in_the_guest() {
+    let Some(kernel) = common::kernel() else {
+        return;
+    };
+    if !common::qemu() || !cargo_llvm_cov() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let lcov = d.path().join("cov.info");
+    let o = ktstr(
+        &[
+            "coverage",
+            "-p",
+            "ktstr-examples",
+            "-E",
+            "test(/spinners_progress/)",
+            "--",
+            "--lcov",
+            "--output-path",
+            lcov.to_str().unwrap(),
+        ],
+        &[("KTSTR_KERNEL", kernel.to_str().unwrap())],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let report = std::fs::read_to_string(&lcov).unwrap();
+    for (file, needle) in [
+        (
+            "workload/spawn.rs",
+            "let rep = worker::run(&cfg.work_type, &ctx);",
+        ),
+        // (Not the forked_child() call itself: it zeroes the counters, its own line's too.)
+        (
+            "workload/spawn.rs",
+            "let waited = super::worker::mono_ns().saturating_sub",
+        ),
+    ] {
+        let line = line_of(file, needle);
+        let count = lcov_count(&report, file, line);
+        assert!(
+            count.is_some_and(|c| c > 0),
+            "{file}:{line} ({needle}) ran in the guest's workers but counts {count:?}\n{err}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ pub mod bpf_progs;
 pub mod cache;
 pub mod cgroup;
 pub mod compare;
+pub mod coverage;
 pub mod expect;
 pub mod fun;
 pub mod guest;

@@ -100,6 +100,9 @@ pub enum FrameType {
     Dmesg = 9,
     /// Why the sched_ext scheduler went away (JSON `runner::SchedulerExit`).
     SchedExit = 10,
+    /// A piece of a guest process's coverage profile: `u32` profile index, then part of its
+    /// gzip stream (see `coverage`).
+    Profile = 11,
 }
 
 impl FrameType {
@@ -117,6 +120,7 @@ impl FrameType {
             8 => Telemetry,
             9 => Dmesg,
             10 => SchedExit,
+            11 => Profile,
             _ => return None,
         })
     }

@@ -70,6 +70,7 @@ pub fn is_guest_init() -> bool {
 pub fn boot() -> Result<(), GuestError> {
     install_panic_hook();
     mount_all()?;
+    crate::coverage::guest_init();
     if fs::metadata(SENTINEL).is_err() {
         return Err(GuestError::IncompleteInitramfs);
     }
@@ -133,6 +134,7 @@ pub fn send_chunked(kind: FrameType, data: &[u8]) -> Result<(), GuestError> {
 
 /// Ends the VM deliberately: an Exit frame with `code`, then the exit port.
 pub fn exit(code: i32) -> ! {
+    crate::coverage::send_guest_profiles();
     let _ = send(FrameType::Exit, &code.to_le_bytes());
     let status = code.clamp(0, 255) as u8;
     exit_port(status);

@@ -185,6 +185,7 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
     });
     spec.monitor = monitor.as_ref().ok().cloned();
     let out = vm::run(backend, spec).map_err(|e| e.to_string())?;
+    crate::coverage::deposit_for_case(&out.frames, &case.name);
     let diag = case_diagnostics(case, &kernel, &cf, memory_mib);
     let mut verdict = judge(&case.name, &diag, &out);
     let mut summary = monitor_summary(&monitor, out.monitor.as_ref(), &attempt.assert);

@@ -447,6 +447,7 @@ fn child(
         libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
     }
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+    crate::coverage::forked_child();
     if let Some((mode, mask)) = &cfg.mem_policy {
         // SAFETY: set_mempolicy reads `mask.len() * 64` bits from a live buffer.
         let rc = unsafe {
@@ -497,6 +498,8 @@ fn child(
             _ => break,
         }
     }
+    // _exit skips the profile runtime's own write (coverage builds only).
+    crate::coverage::flush();
     // SAFETY: exit without running the parent's destructors or atexit handlers.
     unsafe { libc::_exit(0) }
 }

@@ -1,0 +1,274 @@
+//! Source coverage of code that runs inside the guest (`cargo ktstr coverage`).
+//!
+//! Under `cargo llvm-cov` the workspace is built with `-C instrument-coverage --cfg coverage`.
+//! The host side of a test writes its profile (`*.profraw`) when it exits, as any program
+//! does; the guest side never exits normally: PID 1 ends the VM through the exit port and
+//! workers `_exit`. So in the guest:
+//! - [`guest_init`] points PID 1's profile at [`GUEST_DIR`]`/1.profraw`;
+//! - a forked worker calls [`forked_child`] (zero the counters it inherited, its own file) and
+//!   [`flush`] before `_exit`;
+//! - [`send_guest_profiles`], on the way out of the VM, writes PID 1's profile and sends every
+//!   file of [`GUEST_DIR`] to the host as gzipped [`FrameType::Profile`] frames.
+//!
+//! On the host, [`deposit`] writes those profiles next to the host's own, in the directory of
+//! `LLVM_PROFILE_FILE`, where cargo-llvm-cov merges every `*.profraw`. The profiles refer to
+//! the very binary the host ran (the guest runs a copy of it), so they merge without mapping.
+//! Without `cfg(coverage)` the guest functions do nothing and the guest sends no frames.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::shm::{Frame, FrameType};
+
+/// Where guest processes write their profiles (the guest's tmpfs).
+pub const GUEST_DIR: &str = "/tmp/ktstr-profraw";
+
+/// Bytes of compressed profile per frame (the channel takes at most 4 MiB per frame).
+const CHUNK: usize = 1 << 20;
+
+/// Why guest profiles could not be written on the host.
+#[derive(Debug, thiserror::Error)]
+pub enum DepositError {
+    /// A profile's frames did not decompress.
+    #[error("guest profile {index} is corrupt (gzip): {source}")]
+    Corrupt {
+        /// Which profile of the VM.
+        index: u32,
+        /// The decoder's error.
+        source: std::io::Error,
+    },
+    /// A frame is too short to carry its profile index.
+    #[error("a profile frame of {0} bytes has no profile index")]
+    Short(usize),
+    /// Writing the file failed.
+    #[error("writing guest profile {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+#[cfg(coverage)]
+mod rt {
+    //! The LLVM profile runtime that `-C instrument-coverage` links in (compiler-rt's
+    //! InstrProfiling*.c, shipped in Rust's `profiler_builtins`).
+    unsafe extern "C" {
+        pub fn __llvm_profile_set_filename(name: *const std::ffi::c_char);
+        pub fn __llvm_profile_write_file() -> std::ffi::c_int;
+        pub fn __llvm_profile_reset_counters();
+    }
+}
+
+/// Whether this process descends from a ktstr guest init that called [`guest_init`]
+/// (inherited across fork; workers on the host keep the host's profile file).
+#[cfg(coverage)]
+static IN_GUEST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(coverage)]
+fn set_file(path: &str) {
+    if let Ok(c) = std::ffi::CString::new(path) {
+        // SAFETY: a valid NUL-terminated string; the runtime copies it.
+        unsafe { rt::__llvm_profile_set_filename(c.as_ptr()) }
+    }
+}
+
+/// In the guest's PID 1, after `/tmp` is mounted: profiles go to [`GUEST_DIR`].
+pub fn guest_init() {
+    #[cfg(coverage)]
+    {
+        let _ = std::fs::create_dir_all(GUEST_DIR);
+        IN_GUEST.store(true, std::sync::atomic::Ordering::Relaxed);
+        set_file(&format!("{GUEST_DIR}/{}.profraw", std::process::id()));
+    }
+}
+
+/// In a freshly forked child that will `_exit`: forget the counts inherited from the parent
+/// (the parent reports them) and, in the guest, write to a file of its own.
+pub fn forked_child() {
+    #[cfg(coverage)]
+    {
+        // SAFETY: zeroes the runtime's counter section; no other thread runs in a fresh child.
+        unsafe { rt::__llvm_profile_reset_counters() };
+        if IN_GUEST.load(std::sync::atomic::Ordering::Relaxed) {
+            set_file(&format!("{GUEST_DIR}/{}.profraw", std::process::id()));
+        }
+    }
+}
+
+/// Writes this process's profile now (before an `_exit`, which skips the runtime's own
+/// atexit write).
+pub fn flush() {
+    #[cfg(coverage)]
+    // SAFETY: the runtime writes its counters to the file named earlier; it takes no arguments.
+    unsafe {
+        rt::__llvm_profile_write_file();
+    }
+}
+
+/// In the guest's PID 1, just before the VM ends: writes PID 1's profile, then sends every
+/// profile in [`GUEST_DIR`] as [`FrameType::Profile`] frames (`u32` profile index, then a
+/// piece of its gzip stream). Returns how many profiles were sent.
+pub fn send_guest_profiles() -> usize {
+    if !cfg!(coverage) {
+        return 0;
+    }
+    flush();
+    let Ok(dir) = std::fs::read_dir(GUEST_DIR) else {
+        return 0;
+    };
+    let mut sent = 0;
+    for entry in dir.flatten() {
+        let Ok(raw) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        if gz.write_all(&raw).is_err() {
+            continue;
+        }
+        let Ok(gz) = gz.finish() else { continue };
+        let index = sent as u32;
+        let all = gz.chunks(CHUNK).all(|piece| {
+            let mut payload = index.to_le_bytes().to_vec();
+            payload.extend_from_slice(piece);
+            crate::guest::send(FrameType::Profile, &payload).is_ok()
+        });
+        if !all {
+            let _ = crate::guest::send(
+                FrameType::Log,
+                format!(
+                    "ktstr guest: the result channel is full: coverage profile {} ({} bytes) \
+                     did not reach the host\n",
+                    entry.path().display(),
+                    raw.len()
+                )
+                .as_bytes(),
+            );
+            break;
+        }
+        sent += 1;
+    }
+    sent
+}
+
+/// The directory cargo-llvm-cov merges profiles from: that of `LLVM_PROFILE_FILE`, when set.
+pub fn host_profile_dir() -> Option<PathBuf> {
+    let f = std::env::var_os("LLVM_PROFILE_FILE")?;
+    let dir = Path::new(&f).parent()?;
+    Some(if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir.to_path_buf()
+    })
+}
+
+/// Writes the guest profiles carried by `frames` into `dir` as
+/// `ktstr-guest-<tag>-<n>.profraw`; returns the files written.
+pub fn deposit(frames: &[Frame], dir: &Path, tag: &str) -> Result<Vec<PathBuf>, DepositError> {
+    let mut streams: Vec<(u32, Vec<u8>)> = Vec::new();
+    for f in frames.iter().filter(|f| f.kind == FrameType::Profile) {
+        let Some((idx, piece)) = f.payload.split_first_chunk::<4>() else {
+            return Err(DepositError::Short(f.payload.len()));
+        };
+        let idx = u32::from_le_bytes(*idx);
+        match streams.iter_mut().find(|(i, _)| *i == idx) {
+            Some((_, s)) => s.extend_from_slice(piece),
+            None => streams.push((idx, piece.to_vec())),
+        }
+    }
+    let mut written = Vec::new();
+    for (index, gz) in streams {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut raw)
+            .map_err(|source| DepositError::Corrupt { index, source })?;
+        let path = dir.join(format!("ktstr-guest-{tag}-{index}.profraw"));
+        std::fs::write(&path, &raw).map_err(|source| DepositError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// After a VM of a test case ended: deposits its guest profiles where cargo-llvm-cov looks,
+/// when this run collects coverage (`LLVM_PROFILE_FILE` set). A failure is reported on stderr
+/// and never changes the verdict.
+pub fn deposit_for_case(frames: &[Frame], case: &str) {
+    if !frames.iter().any(|f| f.kind == FrameType::Profile) {
+        return;
+    }
+    let Some(dir) = host_profile_dir() else {
+        return;
+    };
+    // Unique per VM: the case, this host process and a clock reading.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let case: String = case
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let tag = format!("{case}-{}-{nanos}", std::process::id());
+    if let Err(e) = deposit(frames, &dir, &tag) {
+        eprintln!("ktstr: coverage of the guest is lost for {case}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload: Vec<u8>) -> Frame {
+        Frame {
+            kind: FrameType::Profile,
+            seq: 0,
+            payload,
+        }
+    }
+
+    fn gz(b: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// Pieces of two profiles, interleaved, come out as two files with the original bytes;
+    /// other frames are ignored.
+    #[test]
+    fn deposit_reassembles_each_profile() {
+        let d = tempfile::tempdir().unwrap();
+        let a: Vec<u8> = (0..5000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let b = b"second profile".to_vec();
+        let (ga, gb) = (gz(&a), gz(&b));
+        let (a1, a2) = ga.split_at(ga.len() / 2);
+        let piece = |i: u32, p: &[u8]| frame([&i.to_le_bytes()[..], p].concat());
+        let frames = vec![
+            piece(0, a1),
+            Frame {
+                kind: FrameType::Log,
+                seq: 1,
+                payload: b"x".to_vec(),
+            },
+            piece(1, &gb),
+            piece(0, a2),
+        ];
+        let files = deposit(&frames, d.path(), "t").unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(std::fs::read(&files[0]).unwrap(), a);
+        assert_eq!(std::fs::read(&files[1]).unwrap(), b);
+        assert!(files[0].ends_with("ktstr-guest-t-0.profraw"), "{files:?}");
+    }
+
+    #[test]
+    fn deposit_refuses_corrupt_and_short_frames() {
+        let d = tempfile::tempdir().unwrap();
+        let e = deposit(&[frame(vec![1, 2])], d.path(), "t").unwrap_err();
+        assert!(matches!(e, DepositError::Short(2)), "{e}");
+        let e = deposit(&[frame(vec![0, 0, 0, 0, 9, 9, 9])], d.path(), "t").unwrap_err();
+        assert!(e.to_string().contains("guest profile 0 is corrupt"), "{e}");
+    }
+}
