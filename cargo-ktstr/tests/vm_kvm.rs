@@ -104,3 +104,36 @@ fn linux_on_kvm_boots_or_fails_with_a_hint() {
         assert!(t.elapsed() < std::time::Duration::from_secs(120));
     }
 }
+
+/// `shell --disk 64M` on the in-process VMM: the virtio-mmio disk is /dev/vda, takes a file
+/// system, and its file goes away. Linux runs only on hardware KVM (the nested KVM lane runs
+/// this test); elsewhere a disk must not change how the command fails.
+#[test]
+fn a_shell_disk_on_kvm_is_dev_vda() {
+    let Some(k) = kernel() else { return };
+    if !kvm_usable() {
+        return;
+    }
+    if hardware_kvm() {
+        common::shell_disk_works("kvm", &k, &[("KTSTR_VM_TIMEOUT_S", "180")]);
+    } else {
+        let o = ktstr(
+            &[
+                "shell",
+                "--backend",
+                "kvm",
+                "--kernel",
+                k.to_str().unwrap(),
+                "--disk",
+                "64M",
+                "--exec",
+                "true",
+            ],
+            &[("KTSTR_VM_TIMEOUT_S", "20")],
+        );
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(!err.contains("not emulated"), "{err}");
+        eprintln!("\n!!! Linux does not run on this emulated KVM: the disk is tested in scripts/kvm-lane\n");
+    }
+}

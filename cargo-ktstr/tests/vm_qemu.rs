@@ -290,30 +290,5 @@ fn a_shell_disk_is_dev_vda_and_its_file_goes_away() {
     let (Some(k), true) = (kernel(), qemu()) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let o = ktstr(
-        &[
-            "shell", "--backend", "qemu", "--kernel", k.to_str().unwrap(), "--disk", "64M",
-            "--exec",
-            "cat /sys/block/vda/size && mkfs.ext2 /dev/vda >/dev/null && mount /dev/vda /mnt && echo ok",
-        ],
-        &[("TMPDIR", tmp.path().to_str().unwrap())],
-    );
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}{err}");
-    assert_eq!(
-        out.split_whitespace().collect::<Vec<_>>(),
-        ["131072", "ok"],
-        "{err}"
-    );
-    let left: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(
-        left.iter()
-            .all(|p| !p.to_string_lossy().contains("ktstr-disk-")),
-        "{left:?}"
-    );
+    common::shell_disk_works("qemu", &k, &[]);
 }

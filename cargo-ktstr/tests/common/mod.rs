@@ -60,3 +60,36 @@ pub fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// `shell --backend BACKEND --disk 64M`: /dev/vda has 64 MiB, takes an ext2 file system and
+/// mounts; the sparse backing file is gone when the VM is.
+pub fn shell_disk_works(backend: &str, kernel: &std::path::Path, envs: &[(&str, &str)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut envs = envs.to_vec();
+    envs.push(("TMPDIR", tmp.path().to_str().unwrap()));
+    let o = ktstr(
+        &[
+            "shell", "--backend", backend, "--kernel", kernel.to_str().unwrap(), "--disk", "64M",
+            "--exec",
+            "cat /sys/block/vda/size && mkfs.ext2 /dev/vda >/dev/null && mount /dev/vda /mnt && echo ok",
+        ],
+        &envs,
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{backend}: {out}{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["131072", "ok"],
+        "{backend}: {err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|p| !p.to_string_lossy().contains("ktstr-disk-")),
+        "{backend}: {left:?}"
+    );
+}

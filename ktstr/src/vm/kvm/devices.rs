@@ -11,6 +11,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ioapic::IoapicDevice;
+use super::virtio_blk::VirtioBlk;
 use crate::vm::console::Console;
 use crate::vm::VmEnd;
 
@@ -72,6 +73,7 @@ pub struct Devices {
     serial: Mutex<Com1>,
     console: Console,
     ioapic: Option<Arc<IoapicDevice>>,
+    disk: Option<Mutex<VirtioBlk>>,
 }
 
 impl Devices {
@@ -82,20 +84,38 @@ impl Devices {
             serial: Mutex::new(Serial::new(irq, console.clone())),
             console,
             ioapic,
+            disk: None,
         }
     }
 
-    /// Handles an MMIO read exit: the IOAPIC window if there is a userspace IOAPIC, else
-    /// all ones (nothing is there).
+    /// Adds the virtio-mmio disk (`shell --disk`).
+    pub fn with_disk(mut self, disk: VirtioBlk) -> Self {
+        self.disk = Some(Mutex::new(disk));
+        self
+    }
+
+    fn disk_at(&self, gpa: u64) -> Option<MutexGuard<'_, VirtioBlk>> {
+        let d = self.disk.as_ref().filter(|_| VirtioBlk::contains(gpa))?;
+        Some(d.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Handles an MMIO read exit: the disk's registers, the IOAPIC window if there is a
+    /// userspace IOAPIC, else all ones (nothing is there).
     pub fn mmio_read(&self, gpa: u64, data: &mut [u8]) {
+        if let Some(d) = self.disk_at(gpa) {
+            return d.read(gpa, data);
+        }
         match &self.ioapic {
             Some(io) if IoapicDevice::contains(gpa) => io.mmio_read(gpa, data),
             _ => data.fill(0xFF),
         }
     }
 
-    /// Handles an MMIO write exit (dropped outside the IOAPIC window).
+    /// Handles an MMIO write exit (dropped outside the disk's and the IOAPIC's windows).
     pub fn mmio_write(&self, gpa: u64, data: &[u8]) {
+        if let Some(mut d) = self.disk_at(gpa) {
+            return d.write(gpa, data);
+        }
         if let Some(io) = &self.ioapic {
             if IoapicDevice::contains(gpa) {
                 io.mmio_write(gpa, data);

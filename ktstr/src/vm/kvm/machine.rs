@@ -418,6 +418,9 @@ pub struct MachineSpec<'a> {
     pub session: Session,
     /// Writes the payload into guest memory; gets the RSDP address, returns the entry point.
     pub load: LoadFn<'a>,
+    /// The backing file of a virtio-mmio disk (opened read-write), if any; the command line
+    /// must declare it ([`super::virtio_blk::cmdline_word`]).
+    pub disk: Option<std::fs::File>,
 }
 
 /// Boots a machine and runs it to its end.
@@ -443,7 +446,18 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     let kvm_stats = super::stats::Collector::open(&*vm, &vcpus);
     let (irq, ioapic) = serial_irq(&vm, chip)?;
     let session = spec.session;
-    let devices = Arc::new(Devices::new(irq, session.console().clone(), ioapic));
+    let mut devices = Devices::new(irq, session.console().clone(), ioapic.clone());
+    if let Some(file) = spec.disk {
+        let irq = irq_line(&vm, ioapic.as_ref(), super::virtio_blk::GSI)?;
+        let disk = super::virtio_blk::VirtioBlk::new(file, mem.clone(), irq).map_err(|source| {
+            VmmError::Host {
+                what: "sizing the disk file",
+                source,
+            }
+        })?;
+        devices = devices.with_disk(disk);
+    }
+    let devices = Arc::new(devices);
     let shared = Arc::new(Shared::default());
 
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -507,30 +521,39 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     })
 }
 
-/// COM1's interrupt line: an irqfd into the in-kernel irqchip, or a pin of the userspace
-/// IOAPIC (returned too, for the devices' MMIO) with a split irqchip.
+/// COM1's interrupt line, and the userspace IOAPIC (for the devices' MMIO) with a split
+/// irqchip.
 fn serial_irq(
     vm: &Arc<VmFd>,
     chip: IrqChip,
 ) -> Result<(IrqLine, Option<Arc<IoapicDevice>>), VmmError> {
-    Ok(match chip {
-        IrqChip::InKernel => {
+    let ioapic = match chip {
+        IrqChip::InKernel => None,
+        IrqChip::Split => Some(IoapicDevice::new(Box::new(KvmMsiSink(vm.clone())))),
+    };
+    Ok((irq_line(vm, ioapic.as_ref(), COM1_GSI)?, ioapic))
+}
+
+/// A device's interrupt line on `gsi`: an irqfd into the in-kernel irqchip, or a pin of the
+/// userspace IOAPIC with a split irqchip.
+fn irq_line(
+    vm: &Arc<VmFd>,
+    ioapic: Option<&Arc<IoapicDevice>>,
+    gsi: u32,
+) -> Result<IrqLine, VmmError> {
+    Ok(match ioapic {
+        None => {
             let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host {
-                what: "creating the serial eventfd",
+                what: "creating an interrupt eventfd",
                 source,
             })?;
-            vm.register_irqfd(&fd, COM1_GSI)
-                .map_err(ioctl("KVM_IRQFD"))?;
-            (IrqLine::Irqfd(fd), None)
+            vm.register_irqfd(&fd, gsi).map_err(ioctl("KVM_IRQFD"))?;
+            IrqLine::Irqfd(fd)
         }
-        IrqChip::Split => {
-            let io = IoapicDevice::new(Box::new(KvmMsiSink(vm.clone())));
-            let line = IrqLine::Ioapic {
-                ioapic: io.clone(),
-                pin: COM1_GSI as usize,
-            };
-            (line, Some(io))
-        }
+        Some(io) => IrqLine::Ioapic {
+            ioapic: io.clone(),
+            pin: gsi as usize,
+        },
     })
 }
 

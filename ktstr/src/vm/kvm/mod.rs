@@ -28,6 +28,7 @@ pub mod probe;
 mod run;
 pub mod stats;
 pub mod vcpu;
+pub mod virtio_blk;
 
 pub use run::run;
 
@@ -49,9 +50,6 @@ pub enum VmmError {
     /// A capability the VMM needs is missing.
     #[error("KVM lacks {0}; use --backend qemu")]
     MissingCapability(&'static str),
-    /// The spec asks for a device the in-process VMM does not emulate yet.
-    #[error("{0} is not emulated by the in-process VMM yet; use --backend qemu")]
-    Unsupported(&'static str),
     /// A KVM ioctl failed.
     #[error("{ioctl} failed: {source}")]
     Ioctl {
@@ -63,6 +61,14 @@ pub enum VmmError {
     /// The kernel image is missing, unreadable or not bootable.
     #[error(transparent)]
     Kernel(#[from] boot::KernelError),
+    /// The disk's backing file could not be opened.
+    #[error("cannot open the disk file {path}: {source}")]
+    Disk {
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The initramfs could not be read.
     #[error("cannot read initramfs {path}: {source}")]
     Initramfs {

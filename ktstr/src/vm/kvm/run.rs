@@ -18,8 +18,22 @@ use crate::vm::{VmOutcome, VmSpec};
 /// Everything that can be checked without KVM (kernel format, initramfs, memory layout,
 /// command line) is checked first, so a bad input fails before any VM or vCPU exists.
 pub fn run(mut spec: VmSpec) -> Result<VmOutcome, VmmError> {
-    if spec.disk.is_some() {
-        return Err(VmmError::Unsupported("a virtio-blk disk (--disk)"));
+    // The disk first: a file that cannot be opened fails before anything is built.
+    let disk = match &spec.disk {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|source| VmmError::Disk {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    if disk.is_some() {
+        spec.cmdline_extra.push(super::virtio_blk::cmdline_word());
     }
     let kind = boot::probe_kernel_file(&spec.kernel)?;
     let initramfs_len = std::fs::metadata(&spec.initramfs)
@@ -67,5 +81,6 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, VmmError> {
         layout,
         session: Session::new(&mut spec),
         load: Box::new(load),
+        disk,
     })
 }

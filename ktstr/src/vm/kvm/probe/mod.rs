@@ -80,6 +80,7 @@ fn run_code_with_layout(
         layout,
         session,
         load: Box::new(load),
+        disk: None,
     })
 }
 
