@@ -197,6 +197,27 @@ const REPORT_BOOL_FLAGS: &[&str] = &[
     "--branch",
 ];
 
+/// Splits `args` into cargo-llvm-cov's report flags (with their values) and everything else,
+/// each in its original order.
+fn partition_report_flags(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut report, mut rest) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let name = a.split('=').next().unwrap_or(a);
+        if REPORT_BOOL_FLAGS.contains(&a.as_str())
+            || (a.contains('=') && REPORT_VALUE_FLAGS.contains(&name))
+        {
+            report.push(a.clone());
+        } else if REPORT_VALUE_FLAGS.contains(&a.as_str()) {
+            report.push(a.clone());
+            report.extend(it.next().cloned());
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    (report, rest)
+}
+
 /// Moves cargo-llvm-cov's report flags written after `--` (where nextest would hand them to
 /// the test binaries, which reject them) in front of it, as `coverage -- --lcov --output-path
 /// F` reads; drops a `--` left with nothing after it. Returns the flags moved.
@@ -205,21 +226,7 @@ pub fn hoist_report_flags(args: &mut Vec<String>) -> Vec<String> {
         return Vec::new();
     };
     let tail = args.split_off(dash + 1);
-    let (mut moved, mut rest) = (Vec::new(), Vec::new());
-    let mut it = tail.into_iter();
-    while let Some(a) = it.next() {
-        let name = a.split('=').next().unwrap_or(&a);
-        if REPORT_BOOL_FLAGS.contains(&a.as_str())
-            || (a.contains('=') && REPORT_VALUE_FLAGS.contains(&name))
-        {
-            moved.push(a);
-        } else if REPORT_VALUE_FLAGS.contains(&a.as_str()) {
-            moved.push(a);
-            moved.extend(it.next());
-        } else {
-            rest.push(a);
-        }
-    }
+    let (moved, rest) = partition_report_flags(&tail);
     args.pop(); // the `--`
     args.extend(moved.iter().cloned());
     if !rest.is_empty() {
@@ -240,21 +247,7 @@ pub fn split_for_report(args: &[String]) -> Option<(Vec<String>, Vec<String>)> {
     if own.iter().any(|a| a == "--no-report") {
         return None;
     }
-    let (mut run, mut report) = (Vec::new(), Vec::new());
-    let mut it = own.iter();
-    while let Some(a) = it.next() {
-        let name = a.split('=').next().unwrap_or(a);
-        if REPORT_BOOL_FLAGS.contains(&a.as_str())
-            || (a.contains('=') && REPORT_VALUE_FLAGS.contains(&name))
-        {
-            report.push(a.clone());
-        } else if REPORT_VALUE_FLAGS.contains(&a.as_str()) {
-            report.push(a.clone());
-            report.extend(it.next().cloned());
-        } else {
-            run.push(a.clone());
-        }
-    }
+    let (report, mut run) = partition_report_flags(own);
     run.push("--no-report".into());
     run.extend(args[end..].iter().cloned());
     Some((run, report))
