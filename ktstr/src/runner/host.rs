@@ -188,18 +188,12 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
     crate::coverage::deposit_for_case(&out.frames, &case.name);
     let diag = case_diagnostics(case, &kernel, &cf, memory_mib);
     let mut verdict = judge(&case.name, &diag, &out);
-    let mut summary = monitor_summary(&monitor, out.monitor.as_ref(), &attempt.assert);
-    if let (Some(w), Err(why)) = (case.test.bpf_map_write, &monitor) {
-        // The host applies the write through its monitor: without one, say so.
-        summary.map_write = Some(crate::monitor::bpf_write::MapWriteOutcome {
-            offset: w.offset,
-            value: w.value,
-            error: Some(format!(
-                "the host monitor that makes the write is not running: {why}"
-            )),
-            ..Default::default()
-        });
-    }
+    let summary = monitor_summary(
+        &monitor,
+        out.monitor.as_ref(),
+        &attempt.assert,
+        case.test.bpf_map_write,
+    );
     verdict.add_monitor(&case.name, &summary, &MonitorLimits::of(&attempt.assert));
     verdict.check_cleanup_budget(&case.name, out.times.teardown, case.test.cleanup_budget_ms);
     let kernel_commit = crate::kernel::cache::commit_of(&kernel.image);
@@ -355,6 +349,7 @@ fn monitor_summary(
     spec: &Result<MonitorSpec, String>,
     rec: Option<&crate::monitor::Recording>,
     a: &crate::assert::Assert,
+    map_write: Option<&crate::bpf_maps::BpfMapWrite>,
 ) -> MonitorSummary {
     match (spec, rec) {
         (Ok(m), Some(r)) => crate::monitor::summarize(r, a.sustained_samples.unwrap_or(5), |v| {
@@ -362,6 +357,15 @@ fn monitor_summary(
         }),
         (Err(why), _) => MonitorSummary {
             unavailable: Some(why.clone()),
+            // The host applies a bpf_map_write through its monitor: without one, say so.
+            map_write: map_write.map(|w| crate::monitor::bpf_write::MapWriteOutcome {
+                offset: w.offset,
+                value: w.value,
+                error: Some(format!(
+                    "the host monitor that makes the write is not running: {why}"
+                )),
+                ..Default::default()
+            }),
             ..Default::default()
         },
         (Ok(_), None) => MonitorSummary {
@@ -566,13 +570,23 @@ mod tests {
     fn a_monitor_that_could_not_run_says_why_in_the_summary() {
         let e = "monitor unavailable: no vmlinux beside /k/bzImage".to_string();
         let a = crate::assert::Assert::default_checks();
-        let s = monitor_summary(&Err(e.clone()), None, &a);
-        assert_eq!(s.unavailable, Some(e));
+        let s = monitor_summary(&Err(e.clone()), None, &a, None);
+        assert_eq!(s.unavailable, Some(e.clone()));
         let json = serde_json::to_value(&s).unwrap();
         assert!(
             json["unavailable"].is_string() && json["total_samples"] == 0,
             "{json}"
         );
+        assert!(s.map_write.is_none());
+        // A test's bpf_map_write cannot happen without the monitor: the summary says so.
+        let w = crate::bpf_maps::BpfMapWrite::new(".data", 4, 1);
+        let s = monitor_summary(&Err(e), None, &a, Some(&w));
+        let mw = s.map_write.unwrap();
+        assert_eq!((mw.offset, mw.value), (4, 1));
+        assert!(mw
+            .error
+            .unwrap()
+            .contains("monitor that makes the write is not running"),);
     }
 
     #[test]
