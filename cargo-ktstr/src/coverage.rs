@@ -284,7 +284,20 @@ pub fn run_coverage(mut a: TestArgs) -> Result<ExitCode> {
         None => None,
     };
     let release = a.release;
+    // `--no-report` keeps the profiles of earlier runs (so several runs can add up); ours is
+    // one run, so start from none unless the user says `--no-clean`.
+    let clean = report_args.is_some() && !a.args.iter().any(|s| s == "--no-clean");
     with_env(&env, || {
+        if clean {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["llvm-cov", "clean", "--profraw-only"])
+                .status()
+                .context("running `cargo llvm-cov clean --profraw-only`")?;
+            if !st.success() {
+                bail!("`cargo llvm-cov clean --profraw-only` failed ({st})");
+            }
+        }
         let code = run_wrapped(
             &a,
             &["llvm-cov", "nextest"],

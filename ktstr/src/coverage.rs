@@ -7,8 +7,8 @@
 //! - [`guest_init`] points PID 1's profile at [`GUEST_DIR`]`/1.profraw`;
 //! - a forked worker calls [`forked_child`] (zero the counters it inherited, its own file) and
 //!   [`flush`] before `_exit`;
-//! - [`send_guest_profiles`], on the way out of the VM, writes PID 1's profile and sends every
-//!   file of [`GUEST_DIR`] to the host as gzipped [`FrameType::Profile`] frames.
+//! - [`guest_profile_frames`], on the way out of the VM, writes PID 1's profile and packs every
+//!   file of [`GUEST_DIR`] into gzipped [`FrameType::Profile`] frames, which the guest sends.
 //!
 //! On the host, [`deposit`] writes those profiles next to the host's own, in the directory of
 //! `LLVM_PROFILE_FILE`, where cargo-llvm-cov merges every `*.profraw`. The profiles refer to
@@ -107,18 +107,20 @@ pub fn flush() {
     }
 }
 
-/// In the guest's PID 1, just before the VM ends: writes PID 1's profile, then sends every
-/// profile in [`GUEST_DIR`] as [`FrameType::Profile`] frames (`u32` profile index, then a
-/// piece of its gzip stream). Returns how many profiles were sent.
-pub fn send_guest_profiles() -> usize {
+/// In the guest's PID 1, just before the VM ends: writes PID 1's profile, then returns the
+/// payloads of the [`FrameType::Profile`] frames that carry every profile in [`GUEST_DIR`]
+/// home (`u32` profile index, then a piece of its gzip stream). Empty without
+/// `cfg(coverage)`. (The guest module sends them: this module does not depend on it.)
+pub fn guest_profile_frames() -> Vec<Vec<u8>> {
     if !cfg!(coverage) {
-        return 0;
+        return Vec::new();
     }
     flush();
     let Ok(dir) = std::fs::read_dir(GUEST_DIR) else {
-        return 0;
+        return Vec::new();
     };
-    let mut sent = 0;
+    let mut frames = Vec::new();
+    let mut index = 0u32;
     for entry in dir.flatten() {
         let Ok(raw) = std::fs::read(entry.path()) else {
             continue;
@@ -128,28 +130,14 @@ pub fn send_guest_profiles() -> usize {
             continue;
         }
         let Ok(gz) = gz.finish() else { continue };
-        let index = sent as u32;
-        let all = gz.chunks(CHUNK).all(|piece| {
+        for piece in gz.chunks(CHUNK) {
             let mut payload = index.to_le_bytes().to_vec();
             payload.extend_from_slice(piece);
-            crate::guest::send(FrameType::Profile, &payload).is_ok()
-        });
-        if !all {
-            let _ = crate::guest::send(
-                FrameType::Log,
-                format!(
-                    "ktstr guest: the result channel is full: coverage profile {} ({} bytes) \
-                     did not reach the host\n",
-                    entry.path().display(),
-                    raw.len()
-                )
-                .as_bytes(),
-            );
-            break;
+            frames.push(payload);
         }
-        sent += 1;
+        index += 1;
     }
-    sent
+    frames
 }
 
 /// The directory cargo-llvm-cov merges profiles from: that of `LLVM_PROFILE_FILE`, when set.

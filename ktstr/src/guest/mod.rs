@@ -134,7 +134,7 @@ pub fn send_chunked(kind: FrameType, data: &[u8]) -> Result<(), GuestError> {
 
 /// Ends the VM deliberately: an Exit frame with `code`, then the exit port.
 pub fn exit(code: i32) -> ! {
-    crate::coverage::send_guest_profiles();
+    send_coverage();
     let _ = send(FrameType::Exit, &code.to_le_bytes());
     let status = code.clamp(0, 255) as u8;
     exit_port(status);
@@ -146,6 +146,17 @@ pub fn exit(code: i32) -> ! {
     }
     loop {
         std::thread::park();
+    }
+}
+
+/// Sends the guest's coverage profiles (coverage builds only; see `crate::coverage`).
+fn send_coverage() {
+    for payload in crate::coverage::guest_profile_frames() {
+        if let Err(e) = send(FrameType::Profile, &payload) {
+            let why = format!("ktstr guest: coverage profiles did not reach the host: {e}\n");
+            let _ = send(FrameType::Log, why.as_bytes());
+            break;
+        }
     }
 }
 
