@@ -170,49 +170,94 @@ fn prepare() -> Result<Vec<(&'static str, OsString)>> {
     })
 }
 
-/// cargo-llvm-cov's report flags that take a value.
+/// cargo-llvm-cov's report flags that take a value (cargo-llvm-cov 0.9's list).
 const REPORT_VALUE_FLAGS: &[&str] = &[
     "--output-path",
     "--output-dir",
+    "--failure-mode",
     "--ignore-filename-regex",
-    "--fail-under-lines",
     "--fail-under-functions",
+    "--fail-under-lines",
+    "--fail-under-file-lines",
     "--fail-under-regions",
     "--fail-uncovered-lines",
-    "--fail-uncovered-functions",
     "--fail-uncovered-regions",
+    "--fail-uncovered-functions",
 ];
 /// cargo-llvm-cov's report flags without a value.
 const REPORT_BOOL_FLAGS: &[&str] = &[
-    "--lcov",
     "--json",
-    "--html",
-    "--text",
+    "--lcov",
     "--cobertura",
     "--codecov",
-    "--summary-only",
+    "--text",
+    "--html",
     "--open",
+    "--summary-only",
+    "--no-default-ignore-filename-regex",
+    "--show-instantiations",
     "--show-missing-lines",
-    "--no-report",
-    "--branch",
+    "--include-build-script",
+    "--skip-functions",
+];
+/// Flags both the run and the report need (how the run was built, where its binaries are).
+const SHARED_BOOL_FLAGS: &[&str] = &["--branch", "--mcdc"];
+/// Shared flags with a value; `--cargo-profile` is `--profile` to the report.
+const SHARED_VALUE_FLAGS: &[&str] = &[
+    "--target",
+    "--manifest-path",
+    "--target-dir",
+    "--cargo-profile",
 ];
 
-/// Splits `args` into cargo-llvm-cov's report flags (with their values) and everything else,
-/// each in its original order.
+/// Which of cargo-llvm-cov's own flags `arg` is: `(shared, takes a separate value)`.
+fn cov_flag(arg: &str) -> Option<(bool, bool)> {
+    let (name, inline) = match arg.split_once('=') {
+        Some((n, _)) => (n, true),
+        None => (arg, false),
+    };
+    if REPORT_BOOL_FLAGS.contains(&arg) {
+        Some((false, false))
+    } else if SHARED_BOOL_FLAGS.contains(&arg) {
+        Some((true, false))
+    } else if REPORT_VALUE_FLAGS.contains(&name) {
+        Some((false, !inline))
+    } else if SHARED_VALUE_FLAGS.contains(&name) {
+        Some((true, !inline))
+    } else {
+        None
+    }
+}
+
+/// The report's spelling of a shared flag.
+fn for_report(arg: &str) -> String {
+    match arg.strip_prefix("--cargo-profile") {
+        Some(rest) => format!("--profile{rest}"),
+        None => arg.to_string(),
+    }
+}
+
+/// Splits `args` into what `cargo llvm-cov report` needs (report flags, and shared ones) and
+/// what the run needs (everything but report flags), each in its original order.
 fn partition_report_flags(args: &[String]) -> (Vec<String>, Vec<String>) {
     let (mut report, mut rest) = (Vec::new(), Vec::new());
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let name = a.split('=').next().unwrap_or(a);
-        if REPORT_BOOL_FLAGS.contains(&a.as_str())
-            || (a.contains('=') && REPORT_VALUE_FLAGS.contains(&name))
-        {
-            report.push(a.clone());
-        } else if REPORT_VALUE_FLAGS.contains(&a.as_str()) {
-            report.push(a.clone());
-            report.extend(it.next().cloned());
-        } else {
-            rest.push(a.clone());
+        match cov_flag(a) {
+            None => rest.push(a.clone()),
+            Some((shared, takes_value)) => {
+                let value = if takes_value {
+                    it.next().cloned()
+                } else {
+                    None
+                };
+                report.push(for_report(a));
+                report.extend(value.clone());
+                if shared {
+                    rest.push(a.clone());
+                    rest.extend(value);
+                }
+            }
         }
     }
     (report, rest)
@@ -226,7 +271,19 @@ pub fn hoist_report_flags(args: &mut Vec<String>) -> Vec<String> {
         return Vec::new();
     };
     let tail = args.split_off(dash + 1);
-    let (moved, rest) = partition_report_flags(&tail);
+    let (mut moved, mut rest) = (Vec::new(), Vec::new());
+    let mut it = tail.into_iter();
+    while let Some(a) = it.next() {
+        match cov_flag(&a) {
+            Some((_, takes_value)) => {
+                moved.push(a);
+                if takes_value {
+                    moved.extend(it.next());
+                }
+            }
+            None => rest.push(a),
+        }
+    }
     args.pop(); // the `--`
     args.extend(moved.iter().cloned());
     if !rest.is_empty() {
@@ -286,7 +343,12 @@ pub fn run_coverage(mut a: TestArgs) -> Result<ExitCode> {
     let release = a.release;
     // `--no-report` keeps the profiles of earlier runs (so several runs can add up); ours is
     // one run, so start from none unless the user says `--no-clean`.
-    let clean = report_args.is_some() && !a.args.iter().any(|s| s == "--no-clean");
+    let no_clean = a.args.iter().any(|s| s == "--no-clean");
+    // cargo-llvm-cov refuses --no-clean beside --no-report: the flag is ours to honour.
+    if report_args.is_some() {
+        a.args.retain(|s| s != "--no-clean");
+    }
+    let clean = report_args.is_some() && !no_clean;
     with_env(&env, || {
         if clean {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -425,6 +487,22 @@ mod tests {
         assert_eq!(report, strings(&["--lcov", "--output-path", "c"]));
         let (_, report) = split_for_report(&strings(&["--package=x", "--html"])).unwrap();
         assert_eq!(report, strings(&["--html"]));
+        // Build-and-report flags go to both; the report spells the nextest profile --profile.
+        let (run, report) = split_for_report(&strings(&[
+            "--branch",
+            "--cargo-profile",
+            "ci",
+            "--fail-under-file-lines=50",
+        ]))
+        .unwrap();
+        assert_eq!(
+            run,
+            strings(&["--branch", "--cargo-profile", "ci", "--no-report"])
+        );
+        assert_eq!(
+            report,
+            strings(&["--branch", "--profile", "ci", "--fail-under-file-lines=50"])
+        );
         let (run, report) = split_for_report(&strings(&["-E", "all()", "--lcov"])).unwrap();
         assert_eq!(
             (run, report),

@@ -66,9 +66,34 @@ mod rt {
 #[cfg(coverage)]
 static IN_GUEST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// When this process named its profile file (ns since the epoch): with the PID, a name no
+/// later process with a recycled PID repeats. An atomic, not a lock: set in fresh children.
 #[cfg(coverage)]
-fn set_file(path: &str) {
-    if let Ok(c) = std::ffi::CString::new(path) {
+static STAMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// This process's profile in the guest: written as `.PID-STAMP.part`, renamed to
+/// `PID-STAMP.profraw` once complete, so a writer killed mid-write leaves nothing that is
+/// collected (a truncated profile would fail the whole merge on the host).
+#[cfg(coverage)]
+fn guest_file(complete: bool) -> String {
+    let stamp = STAMP.load(std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    if complete {
+        format!("{GUEST_DIR}/{pid}-{stamp}.profraw")
+    } else {
+        format!("{GUEST_DIR}/.{pid}-{stamp}.part")
+    }
+}
+
+/// Names a fresh profile file for this process in [`GUEST_DIR`].
+#[cfg(coverage)]
+fn name_guest_file() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    STAMP.store(now, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(c) = std::ffi::CString::new(guest_file(false)) {
         // SAFETY: a valid NUL-terminated string; the runtime copies it.
         unsafe { rt::__llvm_profile_set_filename(c.as_ptr()) }
     }
@@ -80,7 +105,7 @@ pub fn guest_init() {
     {
         let _ = std::fs::create_dir_all(GUEST_DIR);
         IN_GUEST.store(true, std::sync::atomic::Ordering::Relaxed);
-        set_file(&format!("{GUEST_DIR}/{}.profraw", std::process::id()));
+        name_guest_file();
     }
 }
 
@@ -92,7 +117,7 @@ pub fn forked_child() {
         // SAFETY: zeroes the runtime's counter section; no other thread runs in a fresh child.
         unsafe { rt::__llvm_profile_reset_counters() };
         if IN_GUEST.load(std::sync::atomic::Ordering::Relaxed) {
-            set_file(&format!("{GUEST_DIR}/{}.profraw", std::process::id()));
+            name_guest_file();
         }
     }
 }
@@ -101,9 +126,12 @@ pub fn forked_child() {
 /// atexit write).
 pub fn flush() {
     #[cfg(coverage)]
-    // SAFETY: the runtime writes its counters to the file named earlier; it takes no arguments.
-    unsafe {
-        rt::__llvm_profile_write_file();
+    {
+        // SAFETY: the runtime writes its counters to the file named earlier; no arguments.
+        let rc = unsafe { rt::__llvm_profile_write_file() };
+        if rc == 0 && IN_GUEST.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = std::fs::rename(guest_file(false), guest_file(true));
+        }
     }
 }
 
@@ -121,7 +149,10 @@ pub fn guest_profile_frames() -> Vec<Vec<u8>> {
     };
     let mut frames = Vec::new();
     let mut index = 0u32;
-    for entry in dir.flatten() {
+    let complete = dir
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "profraw"));
+    for entry in complete {
         let Ok(raw) = std::fs::read(entry.path()) else {
             continue;
         };
@@ -151,13 +182,30 @@ pub fn host_profile_dir() -> Option<PathBuf> {
     })
 }
 
+/// Largest profile accepted from a guest once decompressed (the guest is untrusted: a small
+/// gzip stream can claim gigabytes).
+const MAX_PROFILE: u64 = 256 << 20;
+
 /// Writes the guest profiles carried by `frames` into `dir` as
-/// `ktstr-guest-<tag>-<n>.profraw`; returns the files written.
-pub fn deposit(frames: &[Frame], dir: &Path, tag: &str) -> Result<Vec<PathBuf>, DepositError> {
+/// `ktstr-guest-<tag>-<n>.profraw`; returns the files written and, apart, every profile that
+/// could not be (one bad profile does not cost the others).
+pub fn deposit(frames: &[Frame], dir: &Path, tag: &str) -> (Vec<PathBuf>, Vec<DepositError>) {
+    deposit_limited(frames, dir, tag, MAX_PROFILE)
+}
+
+/// [`deposit`] with profiles limited to `max` bytes.
+fn deposit_limited(
+    frames: &[Frame],
+    dir: &Path,
+    tag: &str,
+    max: u64,
+) -> (Vec<PathBuf>, Vec<DepositError>) {
     let mut streams: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut errors = Vec::new();
     for f in frames.iter().filter(|f| f.kind == FrameType::Profile) {
         let Some((idx, piece)) = f.payload.split_first_chunk::<4>() else {
-            return Err(DepositError::Short(f.payload.len()));
+            errors.push(DepositError::Short(f.payload.len()));
+            continue;
         };
         let idx = u32::from_le_bytes(*idx);
         match streams.iter_mut().find(|(i, _)| *i == idx) {
@@ -168,17 +216,24 @@ pub fn deposit(frames: &[Frame], dir: &Path, tag: &str) -> Result<Vec<PathBuf>, 
     let mut written = Vec::new();
     for (index, gz) in streams {
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
-            .read_to_end(&mut raw)
-            .map_err(|source| DepositError::Corrupt { index, source })?;
-        let path = dir.join(format!("ktstr-guest-{tag}-{index}.profraw"));
-        std::fs::write(&path, &raw).map_err(|source| DepositError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        written.push(path);
+        let read = flate2::read::GzDecoder::new(&gz[..])
+            .take(max + 1)
+            .read_to_end(&mut raw);
+        let source = match read {
+            Err(e) => e,
+            Ok(n) if n as u64 > max => std::io::Error::other(format!("larger than {max} bytes")),
+            Ok(_) => {
+                let path = dir.join(format!("ktstr-guest-{tag}-{index}.profraw"));
+                match std::fs::write(&path, &raw) {
+                    Ok(()) => written.push(path),
+                    Err(source) => errors.push(DepositError::Write { path, source }),
+                }
+                continue;
+            }
+        };
+        errors.push(DepositError::Corrupt { index, source });
     }
-    Ok(written)
+    (written, errors)
 }
 
 /// After a VM of a test case ended: deposits its guest profiles where cargo-llvm-cov looks,
@@ -201,7 +256,7 @@ pub fn deposit_for_case(frames: &[Frame], case: &str) {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     let tag = format!("{case}-{}-{nanos}", std::process::id());
-    if let Err(e) = deposit(frames, &dir, &tag) {
+    for e in deposit(frames, &dir, &tag).1 {
         eprintln!("ktstr: coverage of the guest is lost for {case}: {e}");
     }
 }
@@ -244,19 +299,33 @@ mod tests {
             piece(1, &gb),
             piece(0, a2),
         ];
-        let files = deposit(&frames, d.path(), "t").unwrap();
+        let (files, errors) = deposit(&frames, d.path(), "t");
+        assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(files.len(), 2);
         assert_eq!(std::fs::read(&files[0]).unwrap(), a);
         assert_eq!(std::fs::read(&files[1]).unwrap(), b);
         assert!(files[0].ends_with("ktstr-guest-t-0.profraw"), "{files:?}");
     }
 
+    /// Short frames and corrupt or oversized streams are reported; the good profile beside
+    /// them is still written.
     #[test]
-    fn deposit_refuses_corrupt_and_short_frames() {
+    fn deposit_refuses_corrupt_short_and_huge_profiles_but_keeps_the_rest() {
         let d = tempfile::tempdir().unwrap();
-        let e = deposit(&[frame(vec![1, 2])], d.path(), "t").unwrap_err();
-        assert!(matches!(e, DepositError::Short(2)), "{e}");
-        let e = deposit(&[frame(vec![0, 0, 0, 0, 9, 9, 9])], d.path(), "t").unwrap_err();
-        assert!(e.to_string().contains("guest profile 0 is corrupt"), "{e}");
+        let bomb = gz(&[0u8; 4097]);
+        let frames = [
+            frame(vec![1, 2]),
+            frame(vec![0, 0, 0, 0, 9, 9, 9]),
+            frame([&1u32.to_le_bytes()[..], &gz(b"good")].concat()),
+            frame([&2u32.to_le_bytes()[..], &bomb].concat()),
+        ];
+        let (files, errors) = deposit_limited(&frames, d.path(), "t", 4096);
+        assert_eq!(files.len(), 1);
+        assert_eq!(std::fs::read(&files[0]).unwrap(), b"good");
+        let msgs: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert!(matches!(errors[0], DepositError::Short(2)), "{msgs:?}");
+        assert!(msgs[1].contains("guest profile 0 is corrupt"), "{msgs:?}");
+        assert!(msgs[2].contains("larger than"), "{msgs:?}");
     }
 }

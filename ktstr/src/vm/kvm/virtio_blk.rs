@@ -14,7 +14,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 use vm_superio::Trigger;
 
 use super::devices::IrqLine;
@@ -49,6 +49,8 @@ const QUEUE_MAX: u16 = 256;
 const SECTOR: u64 = 512;
 /// The serial `GET_ID` returns (at most 20 bytes).
 const DISK_ID: &[u8] = b"ktstr-disk";
+/// Bytes copied between the file and guest memory at a time.
+const COPY_CHUNK: usize = 64 << 10;
 
 // Register offsets (virtio 1.2, §4.2.2).
 const R_MAGIC: u64 = 0x000;
@@ -169,6 +171,7 @@ impl VirtioBlk {
         };
         let bytes = v.to_le_bytes();
         let n = data.len().min(4);
+        data.fill(0);
         data[..n].copy_from_slice(&bytes[..n]);
     }
 
@@ -195,7 +198,8 @@ impl VirtioBlk {
                 _ => {}
             },
             R_QUEUE_SEL => self.queue_sel = v,
-            R_QUEUE_NUM if q0 => self.queue.set_size(v as u16),
+            // A size that does not fit 16 bits is invalid: leave the queue unusable.
+            R_QUEUE_NUM if q0 => self.queue.set_size(u16::try_from(v).unwrap_or(0)),
             R_QUEUE_READY if q0 => self.queue.set_ready(v == 1),
             R_QUEUE_DESC_LOW if q0 => self.queue.set_desc_table_address(Some(v), None),
             R_QUEUE_DESC_HIGH if q0 => self.queue.set_desc_table_address(None, Some(v)),
@@ -248,7 +252,12 @@ impl VirtioBlk {
         let (Some(hdr), Some(status)) = (descs.first(), descs.last()) else {
             return 0;
         };
-        if descs.len() < 2 || hdr.is_write_only() || hdr.len() < 16 || !status.is_write_only() {
+        if descs.len() < 2
+            || hdr.is_write_only()
+            || hdr.len() < 16
+            || !status.is_write_only()
+            || status.len() == 0
+        {
             return 0; // malformed: nothing sensible to answer
         }
         let mut h = [0u8; 16];
@@ -270,8 +279,11 @@ impl VirtioBlk {
             ),
             T_GET_ID => match data.first() {
                 Some(d) if d.is_write_only() => {
-                    let n = DISK_ID.len().min(d.len() as usize);
-                    match self.mem.write_slice(&DISK_ID[..n], d.addr()) {
+                    // The serial is a 20-byte field, NUL-padded.
+                    let mut id = [0u8; 20];
+                    id[..DISK_ID.len()].copy_from_slice(DISK_ID);
+                    let n = id.len().min(d.len() as usize);
+                    match self.mem.write_slice(&id[..n], d.addr()) {
                         Ok(()) => (S_OK, n as u32),
                         Err(_) => (S_IOERR, 0),
                     }
@@ -280,8 +292,11 @@ impl VirtioBlk {
             },
             _ => (S_UNSUPP, 0),
         };
-        let _ = self.mem.write_slice(&[st], GuestAddress(status.addr().0));
-        written + 1
+        // The status is the last byte of the device-writable part.
+        if let Some(at) = status.addr().checked_add(u64::from(status.len()) - 1) {
+            let _ = self.mem.write_slice(&[st], at);
+        }
+        written.saturating_add(1)
     }
 
     /// Reads (`to_guest`) or writes the data buffers at `sector`; returns the status and the
@@ -296,12 +311,17 @@ impl VirtioBlk {
         let Some(start) = sector.checked_mul(SECTOR) else {
             return (S_IOERR, 0);
         };
-        if start
-            .checked_add(total)
-            .is_none_or(|end| end > self.capacity)
+        // The used length is a u32 (with the status byte): refuse anything that could not be
+        // reported, as well as anything past the end of the disk.
+        if total >= u64::from(u32::MAX)
+            || start
+                .checked_add(total)
+                .is_none_or(|end| end > self.capacity)
         {
             return (S_IOERR, 0);
         }
+        // Bounded copies: a guest-chosen length never sizes a host allocation.
+        let mut buf = vec![0u8; COPY_CHUNK.min(total as usize)];
         let mut at = start;
         let mut written = 0u32;
         for d in data {
@@ -309,21 +329,29 @@ impl VirtioBlk {
             if d.is_write_only() != to_guest {
                 return (S_IOERR, written);
             }
-            let mut buf = vec![0u8; d.len() as usize];
-            let ok = if to_guest {
-                self.file.read_exact_at(&mut buf, at).is_ok()
-                    && self.mem.write_slice(&buf, d.addr()).is_ok()
-            } else {
-                self.mem.read_slice(&mut buf, d.addr()).is_ok()
-                    && self.file.write_all_at(&buf, at).is_ok()
-            };
-            if !ok {
-                return (S_IOERR, written);
+            let mut done = 0u64;
+            while done < u64::from(d.len()) {
+                let n = (u64::from(d.len()) - done).min(buf.len() as u64) as usize;
+                let Some(addr) = d.addr().checked_add(done) else {
+                    return (S_IOERR, written);
+                };
+                let piece = &mut buf[..n];
+                let ok = if to_guest {
+                    self.file.read_exact_at(piece, at).is_ok()
+                        && self.mem.write_slice(piece, addr).is_ok()
+                } else {
+                    self.mem.read_slice(piece, addr).is_ok()
+                        && self.file.write_all_at(piece, at).is_ok()
+                };
+                if !ok {
+                    return (S_IOERR, written);
+                }
+                if to_guest {
+                    written += n as u32;
+                }
+                done += n as u64;
+                at += n as u64;
             }
-            if to_guest {
-                written += d.len();
-            }
-            at += u64::from(d.len());
         }
         (S_OK, written)
     }
@@ -332,6 +360,7 @@ impl VirtioBlk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
     const DESC: u64 = 0x1000;
@@ -383,8 +412,8 @@ mod tests {
         len: u32,
     ) {
         let hdr = 0x4000u64;
-        let data = 0x5000u64;
-        let status = 0x8000u64;
+        let data = 0x10000u64;
+        let status = 0xF0000u64;
         let mut h = [0u8; 16];
         h[..4].copy_from_slice(&kind.to_le_bytes());
         h[8..].copy_from_slice(&sector.to_le_bytes());
@@ -410,6 +439,29 @@ mod tests {
         w32(d, R_QUEUE_NOTIFY, 0);
     }
 
+    /// Transfers larger than one host copy chunk arrive whole, in both directions.
+    #[test]
+    fn large_transfers_are_copied_in_bounded_pieces() {
+        let (mut d, mem, _f) = device(1 << 20);
+        set_up(&mut d);
+        let len = 3 * COPY_CHUNK as u32 + 512;
+        let pattern: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        mem.write_slice(&pattern, GuestAddress(0x10000)).unwrap();
+        request(&mut d, &mem, 0, T_OUT, 8, len);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0xF0000)).unwrap(), S_OK);
+        mem.write_slice(&vec![0u8; len as usize], GuestAddress(0x10000))
+            .unwrap();
+        request(&mut d, &mem, 1, T_IN, 8, len);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0xF0000)).unwrap(), S_OK);
+        let mut back = vec![0u8; len as usize];
+        mem.read_slice(&mut back, GuestAddress(0x10000)).unwrap();
+        assert!(back == pattern, "the data came back changed");
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(USED + 4 + 8 + 4)).unwrap(),
+            len + 1
+        );
+    }
+
     #[test]
     fn registers_identify_a_modern_block_device_of_the_files_size() {
         let (mut d, _, _) = device(64 << 20);
@@ -431,9 +483,10 @@ mod tests {
     fn requests_read_and_write_the_backing_file() {
         let (mut d, mem, f) = device(1 << 20);
         set_up(&mut d);
-        mem.write_slice(&[0xAB; 512], GuestAddress(0x5000)).unwrap();
+        mem.write_slice(&[0xAB; 512], GuestAddress(0x10000))
+            .unwrap();
         request(&mut d, &mem, 0, T_OUT, 3, 512);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x8000)).unwrap(), S_OK);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0xF0000)).unwrap(), S_OK);
         let mut back = [0u8; 512];
         f.as_file().read_exact_at(&mut back, 3 * 512).unwrap();
         assert_eq!(back, [0xAB; 512]);
@@ -441,11 +494,11 @@ mod tests {
         w32(&mut d, R_INTERRUPT_ACK, INT_USED_RING);
         assert_eq!(r32(&d, R_INTERRUPT_STATUS), 0);
 
-        mem.write_slice(&[0u8; 512], GuestAddress(0x5000)).unwrap();
+        mem.write_slice(&[0u8; 512], GuestAddress(0x10000)).unwrap();
         request(&mut d, &mem, 1, T_IN, 3, 512);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x8000)).unwrap(), S_OK);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0xF0000)).unwrap(), S_OK);
         let mut got = [0u8; 512];
-        mem.read_slice(&mut got, GuestAddress(0x5000)).unwrap();
+        mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
         assert_eq!(got, [0xAB; 512]);
         // used ring: idx 2, second element's length = 512 data + 1 status
         assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 2);
@@ -455,9 +508,9 @@ mod tests {
         );
 
         request(&mut d, &mem, 2, T_IN, 2048, 512);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x8000)).unwrap(), S_IOERR);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0xF0000)).unwrap(), S_IOERR);
         request(&mut d, &mem, 3, 77, 0, 512);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x8000)).unwrap(), S_UNSUPP);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0xF0000)).unwrap(), S_UNSUPP);
         w32(&mut d, R_STATUS, 0);
         assert_eq!(r32(&d, R_STATUS), 0);
         assert_eq!(r32(&d, R_QUEUE_READY), 0, "a reset un-readies the queue");
