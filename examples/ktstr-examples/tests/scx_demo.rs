@@ -177,7 +177,20 @@ const STALL_NOW: BpfMapWrite = BpfMapWrite::new(".data.trig", 0, 1);
     expect_err = "Monitor: CPU 1 stalled; allow SchedulerDied, Starved")]
 fn fault_cpu_stall_on_host_write(ctx: &Ctx) -> Result<AssertResult> {
     ctx.wait_for_map_write()?;
-    spinners(ctx)
+    // Workers forked after the stall began can all land on other CPUs (the stalled CPU takes
+    // nothing from the shared queue, so nothing migrates there): seen once in CI as a pass.
+    // One worker pinned to the stalled CPU makes the stall bite every time.
+    let pinned = WorkloadConfig {
+        num_workers: 1,
+        work_type: WorkType::Mixed,
+        affinity: ktstr::workload::AffinityMode::SingleCpu(1),
+        ..Default::default()
+    };
+    let mut held = WorkloadHandle::spawn(&pinned)?;
+    held.start();
+    let r = spinners(ctx);
+    let _ = held.stop_and_collect(Duration::from_secs(10));
+    r
 }
 
 /// Control for `fault_cpu_stall_on_host_write`: armed for the trigger, nothing writes it.
