@@ -229,6 +229,25 @@ fn cov_flag(arg: &str) -> Option<(bool, bool)> {
     }
 }
 
+/// `args` in units, in order: a cargo-llvm-cov flag with its value (and whether the run needs
+/// it too), or any other single argument (`None`).
+fn units(args: &[String]) -> Vec<(Vec<String>, Option<bool>)> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some((shared, takes_value)) = cov_flag(a) else {
+            out.push((vec![a.clone()], None));
+            continue;
+        };
+        let mut unit = vec![a.clone()];
+        if takes_value {
+            unit.extend(it.next().cloned());
+        }
+        out.push((unit, Some(shared)));
+    }
+    out
+}
+
 /// The report's spelling of a shared flag.
 fn for_report(arg: &str) -> String {
     match arg.strip_prefix("--cargo-profile") {
@@ -241,23 +260,12 @@ fn for_report(arg: &str) -> String {
 /// what the run needs (everything but report flags), each in its original order.
 fn partition_report_flags(args: &[String]) -> (Vec<String>, Vec<String>) {
     let (mut report, mut rest) = (Vec::new(), Vec::new());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match cov_flag(a) {
-            None => rest.push(a.clone()),
-            Some((shared, takes_value)) => {
-                let value = if takes_value {
-                    it.next().cloned()
-                } else {
-                    None
-                };
-                report.push(for_report(a));
-                report.extend(value.clone());
-                if shared {
-                    rest.push(a.clone());
-                    rest.extend(value);
-                }
-            }
+    for (unit, cov) in units(args) {
+        if cov.is_some() {
+            report.extend(unit.iter().map(|a| for_report(a)));
+        }
+        if cov != Some(false) {
+            rest.extend(unit);
         }
     }
     (report, rest)
@@ -272,16 +280,11 @@ pub fn hoist_report_flags(args: &mut Vec<String>) -> Vec<String> {
     };
     let tail = args.split_off(dash + 1);
     let (mut moved, mut rest) = (Vec::new(), Vec::new());
-    let mut it = tail.into_iter();
-    while let Some(a) = it.next() {
-        match cov_flag(&a) {
-            Some((_, takes_value)) => {
-                moved.push(a);
-                if takes_value {
-                    moved.extend(it.next());
-                }
-            }
-            None => rest.push(a),
+    for (unit, cov) in units(&tail) {
+        if cov.is_some() {
+            moved.extend(unit);
+        } else {
+            rest.extend(unit);
         }
     }
     args.pop(); // the `--`
@@ -332,14 +335,10 @@ pub fn run_coverage(mut a: TestArgs) -> Result<ExitCode> {
         );
     }
     let env = prepare()?;
-    let split = split_for_report(&a.args);
-    let report_args = match &split {
-        Some((run, report)) => {
-            a.args = run.clone();
-            Some(report.clone())
-        }
-        None => None,
-    };
+    let report_args = split_for_report(&a.args).map(|(run, report)| {
+        a.args = run;
+        report
+    });
     let release = a.release;
     // `--no-report` keeps the profiles of earlier runs (so several runs can add up); ours is
     // one run, so start from none unless the user says `--no-clean`.
@@ -351,8 +350,7 @@ pub fn run_coverage(mut a: TestArgs) -> Result<ExitCode> {
     let clean = report_args.is_some() && !no_clean;
     with_env(&env, || {
         if clean {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let st = Command::new(cargo)
+            let st = crate::run_tests::cargo()
                 .args(["llvm-cov", "clean", "--profraw-only"])
                 .status()
                 .context("running `cargo llvm-cov clean --profraw-only`")?;
@@ -369,8 +367,7 @@ pub fn run_coverage(mut a: TestArgs) -> Result<ExitCode> {
         let Some(report) = report_args else {
             return Ok(code);
         };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
+        let mut cmd = crate::run_tests::cargo();
         cmd.args(["llvm-cov", "report", "--workspace"]);
         if release {
             cmd.arg("--release");

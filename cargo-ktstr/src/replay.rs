@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -64,8 +64,7 @@ pub fn run(a: ReplayArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("ktstr: replaying {} failed test(s): {expr}", failed.len());
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let st = Command::new(cargo)
+    let st = crate::run_tests::cargo()
         // Gauntlet cells are listed as ignored: without this a failed cell would not run again.
         .args(["nextest", "run", "--run-ignored", "all", "-E", &expr])
         .status()

@@ -138,11 +138,15 @@ pub fn select_kernels_in(
     Ok(out)
 }
 
+/// The cargo that runs us (`$CARGO`), else `cargo` on PATH.
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
 /// `cargo SUBCOMMAND…` for `a` with `kernels` (not yet spawned): the profile, the trailing
 /// arguments, and the kernels and modes in the environment.
 pub fn cargo_command(subcommand: &[&str], a: &TestArgs, kernels: &[SelectedKernel]) -> Command {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo();
     cmd.args(subcommand);
     if a.release {
         cmd.args(["--cargo-profile", "release"]);

@@ -23,7 +23,7 @@ pub fn ktstr_test_binaries() -> Result<Vec<TestBinary>> {
 /// reported them, those that answer `--ktstr-list-tests`.
 pub fn ktstr_test_binaries_of(args: &[&str]) -> Result<Vec<TestBinary>> {
     let shown = format!("cargo {}", args.join(" "));
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = crate::run_tests::cargo()
         .args(args)
         .arg("--message-format=json")
         .stderr(Stdio::inherit())

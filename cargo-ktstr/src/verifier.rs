@@ -177,8 +177,7 @@ fn profile_selected(filters: &[String], sched: &str, label: &str) -> bool {
 
 /// Test binaries of the workspace (or `-p` packages), built with `cargo test --no-run`.
 fn build_test_bins(packages: &[String]) -> Result<Vec<PathBuf>> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = crate::run_tests::cargo();
     cmd.args([
         "test",
         "--no-run",

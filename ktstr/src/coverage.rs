@@ -88,11 +88,7 @@ fn guest_file(complete: bool) -> String {
 /// Names a fresh profile file for this process in [`GUEST_DIR`].
 #[cfg(coverage)]
 fn name_guest_file() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default();
-    STAMP.store(now, std::sync::atomic::Ordering::Relaxed);
+    STAMP.store(epoch_ns(), std::sync::atomic::Ordering::Relaxed);
     if let Ok(c) = std::ffi::CString::new(guest_file(false)) {
         // SAFETY: a valid NUL-terminated string; the runtime copies it.
         unsafe { rt::__llvm_profile_set_filename(c.as_ptr()) }
@@ -186,6 +182,15 @@ pub fn host_profile_dir() -> Option<PathBuf> {
 /// gzip stream can claim gigabytes).
 const MAX_PROFILE: u64 = 256 << 20;
 
+/// Nanoseconds since the Unix epoch (0 if the clock is before it): part of file names that
+/// must not repeat.
+fn epoch_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
 /// Writes the guest profiles carried by `frames` into `dir` as
 /// `ktstr-guest-<tag>-<n>.profraw`; returns the files written and, apart, every profile that
 /// could not be (one bad profile does not cost the others).
@@ -247,15 +252,12 @@ pub fn deposit_for_case(frames: &[Frame], case: &str) {
         return;
     };
     // Unique per VM: the case, this host process and a clock reading.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let case: String = case
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let tag = format!("{case}-{}-{nanos}", std::process::id());
+    let tag = format!(
+        "{}-{}-{}",
+        crate::kernel::sanitize(case),
+        std::process::id(),
+        epoch_ns()
+    );
     for e in deposit(frames, &dir, &tag).1 {
         eprintln!("ktstr: coverage of the guest is lost for {case}: {e}");
     }
