@@ -74,18 +74,36 @@ fn satisfied_note(case: &CaseSpec, verdict: &CaseVerdict, completed: bool) -> Op
 fn trial(case: CaseSpec) -> Trial {
     let ignored = case.ignored;
     let name = case.name.clone();
-    Trial::ignorable_test(name, move || match ktstr::runner::run_case(&case) {
-        Ok(v) => {
-            let r = judge(&case, &v).map_err(Failed::from);
-            if let Some(note) = satisfied_note(&case, &v, matches!(r, Ok(Completion::Completed))) {
-                eprintln!("{note}");
+    Trial::ignorable_test(name, move || {
+        match stop_if_interrupted(ktstr::runner::run_case(&case)) {
+            Ok(v) => {
+                let r = judge(&case, &v).map_err(Failed::from);
+                if let Some(note) =
+                    satisfied_note(&case, &v, matches!(r, Ok(Completion::Completed)))
+                {
+                    eprintln!("{note}");
+                }
+                r
             }
-            r
+            // Infrastructure errors fail the case whatever `expect_err` says.
+            Err(e) => Err(Failed::from(format!("ktstr case '{}': {e}", case.name))),
         }
-        // Infrastructure errors fail the case whatever `expect_err` says.
-        Err(e) => Err(Failed::from(format!("ktstr case '{}': {e}", case.name))),
     })
     .with_ignored_flag(ignored)
+}
+
+/// Passes `r` through, unless a stop signal arrived while the case ran: then the case has
+/// released everything (the VM is stopped, its files are gone), so the process ends by that
+/// signal instead of running further cases.
+fn stop_if_interrupted<T>(r: T) -> T {
+    if let Some(sig) = ktstr::interrupt::received() {
+        eprintln!(
+            "ktstr: stopped by {}: the VM and its files are gone; no further cases run",
+            ktstr::interrupt::name(sig)
+        );
+        ktstr::interrupt::exit_as_signalled(sig);
+    }
+    r
 }
 
 /// Selects the cases `args` asks for, runs them and returns the exit code (101 on failure).

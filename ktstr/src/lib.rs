@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md at the repository root for the run path of one test case and a code map.
 
 pub mod assert;
+pub mod atomic_file;
 pub mod bpf_maps;
 pub mod bpf_progs;
 pub mod cache;
@@ -16,8 +17,10 @@ pub mod guest;
 pub mod host_context;
 pub mod host_cpus;
 pub mod initramfs;
+pub mod interrupt;
 pub mod kernel;
 pub mod locks;
+pub mod memfd;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

@@ -347,11 +347,14 @@ pub fn run_source() -> String {
 pub fn write_atomic(dir: &Path, s: &Sidecar) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(s.file_name());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    serde_json::to_writer_pretty(&mut tmp, s)?;
-    tmp.write_all(b"\n")?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&path).map_err(|e| e.error)?;
+    crate::atomic_file::write(&path, |f| {
+        let mut w = std::io::BufWriter::new(&mut *f);
+        serde_json::to_writer_pretty(&mut w, s)?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+        drop(w);
+        f.sync_all()
+    })?;
     Ok(path)
 }
 

@@ -29,11 +29,10 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cache::{self, KeyHasher, RemoveOnDrop, Retention};
+use super::cache::{self, KeyHasher, Retention};
 use super::cpio::CpioWriter;
 use super::elf_deps::{inspect, is_elf, LibResolver, Placement};
 use super::error::InitramfsError;
@@ -46,8 +45,8 @@ const FORMAT_VERSION: u64 = 2;
 pub const INCLUDE_DIR: &str = "/include-files";
 /// Where the host busybox may be installed, in order of preference.
 pub const BUSYBOX_PATHS: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
-/// Per-case archives are deleted when their [`Built`] drops; one left by a process that died
-/// goes after this long (no VM of ours runs that long on one archive it has not read yet).
+/// Complete archives are memfds now; files that older versions left in the cache directory
+/// go after this long.
 const FINAL_RETENTION: Retention = Retention {
     max_age: Duration::from_secs(3600),
     max_bytes: u64::MAX,
@@ -85,9 +84,9 @@ pub struct InitramfsSpec {
 /// A built initramfs.
 #[derive(Debug, Clone)]
 pub struct Built {
-    /// The complete archive (base followed by the case part), ready to load as the initrd.
-    /// It is this build's own file, deleted when the last clone of this value drops: keep the
-    /// value alive until the VM has read it.
+    /// The complete archive (base followed by the case part), ready to load as the initrd:
+    /// this build's own memfd ([`crate::memfd`]), freed when the last clone of this value
+    /// drops, so keep the value alive until the VM has read it.
     pub path: PathBuf,
     /// Its size; the kernel unpacks it as is (no compression), so this is also what it costs
     /// in guest RAM, twice during unpacking.
@@ -96,7 +95,7 @@ pub struct Built {
     pub cache_hit: bool,
     /// The cached base archive alone, which `path` starts with.
     pub base: PathBuf,
-    _remove_when_done: Arc<RemoveOnDrop>,
+    _file: Arc<File>,
 }
 
 /// Builds (or reuses) the initramfs for `spec`, caching under `cache_dir` (created if
@@ -113,12 +112,12 @@ pub fn build(spec: &InitramfsSpec, cache_dir: &Path) -> Result<Built, InitramfsE
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (base, base_key, cache_hit) =
-            base_archive(spec, &resolver, &shape, cache_dir, attempt > 1)?;
-        match assemble(cache_dir, &base, &base_key, &case) {
-            Ok((path, uncompressed_bytes)) => {
+        let (base, _, cache_hit) = base_archive(spec, &resolver, &shape, cache_dir, attempt > 1)?;
+        match assemble(&base, &case) {
+            Ok((file, uncompressed_bytes)) => {
                 let manifest = manifest_path(cache_dir, &shape);
-                cache::prune(cache_dir, &["initramfs-"], FINAL_RETENTION, &[&path]);
+                // Complete archives were files here before they were memfds: remove old ones.
+                cache::prune(cache_dir, &["initramfs-"], FINAL_RETENTION, &[]);
                 cache::prune(
                     cache_dir,
                     &["base-", "manifest-"],
@@ -126,8 +125,8 @@ pub fn build(spec: &InitramfsSpec, cache_dir: &Path) -> Result<Built, InitramfsE
                     &[&base, &manifest],
                 );
                 return Ok(Built {
-                    _remove_when_done: Arc::new(RemoveOnDrop(path.clone())),
-                    path,
+                    path: crate::memfd::path_of(&file),
+                    _file: Arc::new(file),
                     uncompressed_bytes,
                     cache_hit,
                     base,
@@ -455,33 +454,18 @@ fn case_archive(spec: &InitramfsSpec) -> Result<Vec<u8>, InitramfsError> {
 }
 
 /// Concatenates base and case part into `initramfs-<key>.cpio`, reusing it if present.
-fn assemble(
-    cache_dir: &Path,
-    base: &Path,
-    base_key: &str,
-    case: &[u8],
-) -> Result<(PathBuf, u64), InitramfsError> {
-    // Each build gets its own file (process id and a counter in the name), because each is
-    // deleted when its owner is done and another process may be booting the same case.
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let key = KeyHasher::default()
-        .field(base_key.as_bytes())
-        .field(case)
-        .hex();
-    let path = cache_dir.join(format!(
-        "initramfs-{key}-{}-{}.cpio",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    cache::write_atomic(&path, |out| {
-        let mut src = File::open(base).map_err(|e| InitramfsError::io("open", base, e))?;
-        // std::io::copy uses copy_file_range between files: no user-space copy.
-        io::copy(&mut src, out).map_err(|e| InitramfsError::io("copy", base, e))?;
-        out.write_all(case)
-            .map_err(|e| InitramfsError::io("write", "case archive", e))
-    })?;
-    let len = fs::metadata(&path)
-        .map_err(|e| InitramfsError::io("stat", &path, e))?
+fn assemble(base: &Path, case: &[u8]) -> Result<(File, u64), InitramfsError> {
+    // A memfd: each build has its own, and it vanishes with the last process holding it, even
+    // one killed by SIGKILL (a named file would stay behind in the cache directory).
+    let mut out = crate::memfd::create("ktstr-initramfs", 0)
+        .map_err(|e| InitramfsError::io("create", "memfd", e))?;
+    let mut src = File::open(base).map_err(|e| InitramfsError::io("open", base, e))?;
+    io::copy(&mut src, &mut out).map_err(|e| InitramfsError::io("copy", base, e))?;
+    out.write_all(case)
+        .map_err(|e| InitramfsError::io("write", "case archive", e))?;
+    let len = out
+        .metadata()
+        .map_err(|e| InitramfsError::io("stat", "memfd", e))?
         .len();
-    Ok((path, len))
+    Ok((out, len))
 }

@@ -89,28 +89,20 @@ pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut File) -> Result<(), InitramfsError>,
 ) -> Result<(), InitramfsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or(OsStr::new("initramfs"));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{:x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    ));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| InitramfsError::io("create", &tmp, e))?;
-        fill(&mut f)?;
+    // The closure's own error is kept aside: atomic_file speaks io::Error.
+    let mut inner = None;
+    let r = crate::atomic_file::write(path, |f| {
+        fill(f).map_err(|e| {
+            inner = Some(e);
+            std::io::Error::other("fill")
+        })?;
         f.flush()
-            .map_err(|e| InitramfsError::io("write", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| InitramfsError::io("rename into place", path, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    });
+    match (r, inner) {
+        (_, Some(e)) => Err(e),
+        (Err(e), None) => Err(InitramfsError::io("write", path, e)),
+        (Ok(()), None) => Ok(()),
     }
-    result
 }
 
 /// Marks `path` as recently used (its mtime), so [`prune`] keeps it.
@@ -174,17 +166,6 @@ pub fn prune(dir: &Path, prefixes: &[&str], keep_for: Retention, keep: &[&Path])
 
 /// A temporary file this old has no live writer (archives take seconds to write).
 const TMP_MAX_AGE: Duration = Duration::from_secs(600);
-
-/// A file that is deleted when the last owner drops: the per-case archive, which only lives as
-/// long as the VM that boots from it.
-#[derive(Debug)]
-pub struct RemoveOnDrop(pub PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
 
 /// A manifest: the base key it was written for, and the host paths the build consulted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,19 +302,6 @@ mod tests {
         assert!(kept.exists() && newest.exists());
         assert!(!middle.exists() && !oldest.exists());
         assert!(other.exists(), "files without our prefixes are not ours");
-    }
-
-    #[test]
-    fn remove_on_drop_deletes_with_the_last_owner() {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = tmp.path().join("initramfs-x.cpio");
-        fs::write(&p, b"x").unwrap();
-        let a = std::sync::Arc::new(RemoveOnDrop(p.clone()));
-        let b = a.clone();
-        drop(a);
-        assert!(p.exists());
-        drop(b);
-        assert!(!p.exists());
     }
 
     #[test]

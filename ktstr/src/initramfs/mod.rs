@@ -28,6 +28,7 @@ pub use builder::{build, Built, InitramfsSpec, BUSYBOX_PATHS, INCLUDE_DIR};
 pub use cpio::{read_newc, CpioEntry, CpioWriter};
 pub use elf_deps::{Closure, LibResolver, Placement};
 pub use error::{CpioReadError, InitramfsError};
+pub use strip::sweep_abandoned;
 
 /// The guest path of the completion sentinel: an empty file that is the **last** entry of the
 /// initramfs. The kernel silently stops unpacking when guest RAM runs out, so `/init` checks

@@ -32,23 +32,30 @@ pub(crate) fn stripped_copy(host: &Path, cache_dir: &Path) -> PathBuf {
     if std::fs::create_dir_all(&dir).is_err() {
         return host.to_path_buf();
     }
-    // Unique per call, not only per process: threads of one test process strip at once.
+    sweep_abandoned(&dir);
+    // objcopy writes its own temporary file beside its output, so it works in a directory of
+    // its own, unique per call (threads of one process strip at once) and named after this
+    // process, so that one left by a killed process is recognised and removed.
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{name}-{}-{}.tmp",
+    let work = dir.join(format!(
+        "{WORK_PREFIX}{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let ok = Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(host)
-        .arg(&tmp)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok || std::fs::rename(&tmp, &out).is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let tmp = work.join(&name);
+    let ok = std::fs::create_dir(&work).is_ok() && {
+        let mut cmd = Command::new("objcopy");
+        cmd.arg("--strip-debug")
+            .arg(host)
+            .arg(&tmp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        cmd.status().is_ok_and(|s| s.success())
+    };
+    let ok = ok && std::fs::rename(&tmp, &out).is_ok();
+    let _ = std::fs::remove_dir_all(&work);
+    if !ok {
         return host.to_path_buf();
     }
     // Older copies of the same binary (earlier builds of it) are dead weight.
@@ -66,6 +73,47 @@ pub(crate) fn stripped_copy(host: &Path, cache_dir: &Path) -> PathBuf {
     // Test binaries carry cargo's hash in their name, so each rebuild is a new name here.
     cache::prune(&dir, &[""], STRIPPED_RETENTION, &[&out]);
     out
+}
+
+/// Work directories are `.work-PID-SEQ`.
+const WORK_PREFIX: &str = ".work-";
+
+/// Removes, from `dir` (the initramfs cache's `stripped/`), the work directories of processes
+/// that no longer exist: killed while objcopy ran, nothing else removes them. Every strip
+/// sweeps first.
+pub fn sweep_abandoned(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = n
+            .strip_prefix(WORK_PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill(2) with signal 0 only checks whether `pid` exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// objcopy dies with us (SIGKILL included) instead of finishing a file nobody will use.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
 }
 
 /// Stripped copies go when unused for a day or beyond the newest 1 GiB.

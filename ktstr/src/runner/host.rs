@@ -39,6 +39,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     if let Some(v) = performance_mode_refused(case) {
         return Ok(v);
     }
+    let cancel = crate::interrupt::install();
     let pick = launch::choose_backend(None).map_err(|e| e.to_string())?;
     BACKEND_NOTE.call_once(|| eprintln!("ktstr: {}", pick.note()));
     let (backend, scale) = (pick.kind, pick.time_scale);
@@ -79,6 +80,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         scale,
         sched_host,
         packed,
+        cancel,
     };
     let first = boot_once(case, &boot, &Attempt::first(case, scale))?;
     if !super::repro::wanted(case, &first.verdict) {
@@ -103,6 +105,8 @@ struct Boot {
     scale: f64,
     sched_host: Option<PathBuf>,
     packed: Packed,
+    /// Set by a stop signal ([`crate::interrupt`]): the VM stops and nothing is recorded.
+    cancel: Arc<AtomicBool>,
 }
 
 /// How one boot is watched: the monitor's period and the thresholds its findings are judged
@@ -148,6 +152,7 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
     let cf = case_file(case, sched_host.map(PathBuf::as_path), scale);
     // A case that cannot find its kernel fails with the reason: a skip here would read as a
     // pass. (Without any kernel named, the harness lists VM cases as ignored instead.)
+    progress(&case.name, "initramfs");
     let vm = launch::prepare(LaunchRequest {
         kernel: case.kernel.as_ref().map(|k| k.spec.as_str()),
         backend,
@@ -170,7 +175,7 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
         std::env::var("KTSTR_VM_TIMEOUT_S").ok().as_deref(),
         Duration::from_secs_f64(60.0 * scale + run_s * scale),
     )?;
-    spec.cancel = Arc::new(AtomicBool::new(false));
+    spec.cancel = Arc::clone(&boot.cancel);
     // KTSTR_NO_PERF_MODE: the capped tier, held until the VM is gone.
     let _reservation = if crate::host_cpus::no_perf_mode() {
         let r = crate::host_cpus::reserve_capped(None).map_err(|e| e.to_string())?;
@@ -184,7 +189,16 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
         m
     });
     spec.monitor = monitor.as_ref().ok().cloned();
+    if progress_wanted() {
+        spec.frame_sink = Some(progress_sink(&case.name, sched_host.is_some()));
+    }
+    stop_if_interrupted("before the VM started")?;
+    progress(&case.name, "boot");
     let out = vm::run(backend, spec).map_err(|e| e.to_string())?;
+    if out.end == vm::VmEnd::Cancelled {
+        stop_if_interrupted("the VM was stopped")?;
+    }
+    progress(&case.name, "teardown");
     crate::coverage::deposit_for_case(&out.frames, &case.name);
     let diag = case_diagnostics(case, &kernel, &cf, memory_mib);
     let mut verdict = judge(&case.name, &diag, &out);
@@ -208,6 +222,47 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
     );
     sidecar.thresholds = attempt.assert;
     Ok(Booted { verdict, sidecar })
+}
+
+/// `Err` (the case records nothing) when a stop signal arrived; `what` says what was done.
+fn stop_if_interrupted(what: &str) -> Result<(), String> {
+    match crate::interrupt::received() {
+        Some(sig) => Err(format!(
+            "interrupted by {}: {what}, nothing was recorded",
+            crate::interrupt::name(sig)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `KTSTR_PROGRESS=1`: say on stderr as each phase of a case begins.
+fn progress_wanted() -> bool {
+    std::env::var("KTSTR_PROGRESS").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// One progress line (`ktstr: progress CASE PHASE`), when [`progress_wanted`].
+fn progress(case: &str, phase: &str) {
+    if progress_wanted() {
+        eprintln!("ktstr: progress {case} {phase}");
+    }
+}
+
+/// The guest-side phases as the result channel shows them: init's hello starts the scheduler
+/// (or, without one, the workload), the scheduler's attach starts the workload, the verdict
+/// starts the guest's teardown.
+fn progress_sink(case: &str, has_scheduler: bool) -> vm::FrameSink {
+    let case = case.to_string();
+    Box::new(move |f: &crate::shm::Frame| {
+        use crate::shm::FrameType;
+        let phase = match f.kind {
+            FrameType::Hello if has_scheduler => "scheduler",
+            FrameType::Hello => "workload",
+            FrameType::Telemetry if f.payload.starts_with(b"{\"scheduler_attached\"") => "workload",
+            FrameType::Result => "guest-teardown",
+            _ => return,
+        };
+        eprintln!("ktstr: progress {case} {phase}");
+    })
 }
 
 /// The failing verdict of a `performance_mode` case outside `--no-perf-mode`; `None` runs it.

@@ -8,8 +8,8 @@
 //!   Linux takes the LLC from CPUID leaf 4, which qemu shares per die; `-numa node` entries
 //!   give each node its CPUs and memory. qemu numbers CPUs socket, die, core, thread: our
 //!   canonical order.
-//! - Guest RAM: every node's RAM is a `memory-backend-file` with `share=on` in a private
-//!   temporary directory under `/dev/shm`. The result region, near the top of the last node, is
+//! - Guest RAM: every node's RAM is a `memory-backend-file` with `share=on` on a memfd that
+//!   qemu inherits (`/proc/self/fd/N`), so nothing outlives the run. The result region, near the top of the last node, is
 //!   reserved in the guest with `memmap=` and read by the host straight from the file; the
 //!   host-side monitor reads guest kernel memory the same way.
 //! - The run itself is a [`Session`], as for the in-process VMM: qemu's serial output is
@@ -219,7 +219,12 @@ pub fn cpu_model(requested: Option<&str>) -> String {
 
 /// The qemu arguments that present `topo` with memory `mem` on CPU model `cpu` (everything
 /// topology-related).
-pub fn topology_args(topo: &Topology, mem: &QemuMemory, mem_dir: &Path, cpu: &str) -> Vec<String> {
+pub fn topology_args(
+    topo: &Topology,
+    mem: &QemuMemory,
+    nodes: &[PathBuf],
+    cpu: &str,
+) -> Vec<String> {
     let cpus = topo.num_cpus();
     let mut a = vec![
         "-cpu".into(),
@@ -240,7 +245,7 @@ pub fn topology_args(topo: &Topology, mem: &QemuMemory, mem_dir: &Path, cpu: &st
         // node) and the monitor can read the guest kernel's memory (anywhere).
         let backend = format!(
             "memory-backend-file,id=m{n},size={mib}M,mem-path={},share=on",
-            node_file(mem_dir, n).display()
+            nodes[n].display()
         );
         a.push("-object".into());
         a.push(backend);
@@ -255,14 +260,19 @@ pub fn topology_args(topo: &Topology, mem: &QemuMemory, mem_dir: &Path, cpu: &st
     a
 }
 
-/// The backing file of NUMA node `n`'s RAM.
-fn node_file(mem_dir: &Path, n: usize) -> PathBuf {
-    mem_dir.join(format!("node{n}"))
+/// Guest RAM: one memfd per NUMA node ([`crate::memfd`]), so a killed test process leaves
+/// no guest-sized file behind, as files in `/dev/shm` would.
+fn node_memory(mem: &QemuMemory) -> std::io::Result<Vec<File>> {
+    mem.node_mib
+        .iter()
+        .enumerate()
+        .map(|(n, mib)| crate::memfd::create(&format!("ktstr-node{n}"), mib << 20))
+        .collect()
 }
 
 /// Where each node's file appears in guest-physical memory. qemu concatenates the nodes'
 /// RAM and maps the first `below_4g` bytes at 0 and the rest at 4 GiB (q35's PCI hole).
-pub fn ram_regions(mem: &QemuMemory, mem_dir: &Path) -> Vec<FileRegion> {
+pub fn ram_regions(mem: &QemuMemory, nodes: &[PathBuf]) -> Vec<FileRegion> {
     let total: u64 = mem.node_mib.iter().sum::<u64>() << 20;
     let below_4g = if total >= Q35_LOWMEM_LIMIT {
         Q35_LOWMEM_SPLIT
@@ -273,7 +283,7 @@ pub fn ram_regions(mem: &QemuMemory, mem_dir: &Path) -> Vec<FileRegion> {
     let mut start = 0u64; // offset in the concatenation
     for (n, mib) in mem.node_mib.iter().enumerate() {
         let end = start + (mib << 20);
-        let path = node_file(mem_dir, n);
+        let path = nodes[n].clone();
         if start < below_4g {
             let len = end.min(below_4g) - start;
             out.push(FileRegion::new(start, len, path.clone(), 0));
@@ -351,14 +361,16 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     if accel == Accel::Tcg && spec.topology.needs_x2apic() {
         return Err(QemuError::X2apicUnderTcg(spec.topology.label()));
     }
-    let dir = tempfile::Builder::new()
-        .prefix("ktstr-qemu-")
-        .tempdir_in(shm_tmp_root())
-        .map_err(io_err("creating the qemu memory directory"))?;
-    let mut cmd = qemu_command(&spec, accel, &mem, dir.path());
+    let node_files = node_memory(&mem).map_err(io_err("creating guest memory (memfd)"))?;
+    let nodes: Vec<PathBuf> = node_files.iter().map(crate::memfd::path_of).collect();
+    let mut cmd = qemu_command(&spec, accel, &mem, &nodes);
     if let Some(cpus) = &spec.host_cpus {
         crate::host_cpus::confine_command(&mut cmd, cpus);
     }
+    let mut inherited: Vec<&Path> = vec![&spec.kernel, &spec.initramfs];
+    inherited.extend(nodes.iter().map(PathBuf::as_path));
+    crate::memfd::inherit_in_child(&mut cmd, &inherited);
+    die_with_parent(&mut cmd);
     let session = Session::new(&mut spec);
     let mut child = cmd.spawn().map_err(io_err("starting qemu-system-x86_64"))?;
     let started = Instant::now();
@@ -373,7 +385,7 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     }
     let target = MonitorTarget {
         ram: Arc::new(FileRam {
-            regions: ram_regions(&mem, dir.path()),
+            regions: ram_regions(&mem, &nodes),
         }),
         cpus: spec.topology.num_cpus() as usize,
         threads: crate::monitor::VcpuThreads {
@@ -387,19 +399,19 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
         pumps,
         stderr: qemu_stderr,
         shm_file: None,
-        shm_path: node_file(dir.path(), mem.node_mib.len() - 1),
+        shm_path: nodes[nodes.len() - 1].clone(),
         shm_offset: mem.shm_file_offset,
     };
     let finished = session.run(&mut machine, started, Some(target));
     drop(machine);
-    drop(dir);
+    drop(node_files);
     Ok(finished.outcome(BackendKind::Qemu, t0))
 }
 
-/// The qemu command line for `spec`, with guest RAM files in `mem_dir`: machine, topology,
+/// The qemu command line for `spec`, with guest RAM in the files `nodes`: machine, topology,
 /// exit device, firmware, direct kernel boot and the serial console's plumbing, kept apart
 /// from the run so the whole invocation reads in one place.
-fn qemu_command(spec: &VmSpec, accel: Accel, mem: &QemuMemory, mem_dir: &Path) -> Command {
+fn qemu_command(spec: &VmSpec, accel: Accel, mem: &QemuMemory, nodes: &[PathBuf]) -> Command {
     let mut cmdline = base_cmdline(mem, spec.shm_size, spec.console);
     cmdline.extend(spec.cmdline_extra.iter().cloned());
 
@@ -419,7 +431,7 @@ fn qemu_command(spec: &VmSpec, accel: Accel, mem: &QemuMemory, mem_dir: &Path) -
         .args(topology_args(
             &spec.topology,
             mem,
-            mem_dir,
+            nodes,
             &cpu_model(std::env::var("KTSTR_QEMU_CPU").ok().as_deref()),
         ))
         .args([
@@ -530,13 +542,25 @@ impl Machine for QemuMachine {
     }
 }
 
-/// Where qemu's guest-memory files go: RAM-backed `/dev/shm` when present.
-fn shm_tmp_root() -> PathBuf {
-    let p = PathBuf::from("/dev/shm");
-    if p.is_dir() {
-        p
-    } else {
-        std::env::temp_dir()
+/// Makes qemu die (SIGKILL) when the thread that starts it ends, so a test process killed
+/// with SIGKILL, which can run no cleanup, takes its VM along instead of leaving it running.
+/// The thread that starts qemu is the one that runs the whole session.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only makes the
+    // async-signal-safe calls prctl, getppid and _exit.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody would kill us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
     }
 }
 
@@ -588,19 +612,21 @@ mod tests {
 
     #[test]
     fn ram_regions_follow_q35s_hole_below_4g() {
-        let dir = Path::new("/d");
+        let dir: Vec<PathBuf> = (0..2)
+            .map(|n| PathBuf::from(format!("/d/node{n}")))
+            .collect();
         let topo = |n: u32| Topology::new(n, n, 1, 1).unwrap();
         // 2 × 256 MiB, all below 4 GiB: node files back consecutive ranges.
-        let r = ram_regions(&plan_memory(&topo(2), 512, 8 << 20, 0).unwrap(), dir);
+        let r = ram_regions(&plan_memory(&topo(2), 512, 8 << 20, 0).unwrap(), &dir);
         let got: Vec<_> = r.iter().map(|r| (r.gpa, r.len, r.file_offset)).collect();
         assert_eq!(got, [(0, 256 << 20, 0), (256 << 20, 256 << 20, 0)]);
-        assert_eq!(r[1].path, dir.join("node1"));
+        assert_eq!(r[1].path, dir[1]);
         // 2 × 2 GiB: 2 GiB below the hole (node 0), node 1 from 4 GiB.
-        let r = ram_regions(&plan_memory(&topo(2), 4096, 8 << 20, 0).unwrap(), dir);
+        let r = ram_regions(&plan_memory(&topo(2), 4096, 8 << 20, 0).unwrap(), &dir);
         let got: Vec<_> = r.iter().map(|r| (r.gpa, r.len, r.file_offset)).collect();
         assert_eq!(got, [(0, 2 << 30, 0), (GIB4, 2 << 30, 0)]);
         // 1 × 3 GiB: one node split by the hole.
-        let r = ram_regions(&plan_memory(&topo(1), 3072, 8 << 20, 0).unwrap(), dir);
+        let r = ram_regions(&plan_memory(&topo(1), 3072, 8 << 20, 0).unwrap(), &dir);
         let got: Vec<_> = r.iter().map(|r| (r.gpa, r.len, r.file_offset)).collect();
         assert_eq!(got, [(0, 2 << 30, 0), (GIB4, 1 << 30, 2 << 30)]);
     }
@@ -629,7 +655,10 @@ mod tests {
     fn topology_args_one_socket_per_node_one_die_per_llc() {
         let t = Topology::parse("2,4,2,2").unwrap();
         let m = plan_memory(&t, 1024, 8 << 20, 0).unwrap();
-        let a = topology_args(&t, &m, Path::new("/x"), "Skylake-Server");
+        let nodes: Vec<PathBuf> = (0..2)
+            .map(|n| PathBuf::from(format!("/x/node{n}")))
+            .collect();
+        let a = topology_args(&t, &m, &nodes, "Skylake-Server");
         let s = a.join(" ");
         assert!(
             s.contains("-smp 16,sockets=2,dies=2,cores=2,threads=2"),

@@ -1,0 +1,112 @@
+//! Stopping a case cleanly when the test process is asked to stop.
+//!
+//! nextest sends SIGTERM to a case that overran its timeout (then SIGKILL after a grace
+//! period), a user presses ^C (SIGINT), a CI runner hangs up (SIGHUP). Dying on the spot would
+//! leave the VM's resources behind: under qemu a child process, in every backend the per-case
+//! files. So the first such signal only sets a flag: the VM session sees it within one poll
+//! ([`crate::vm::session::POLL`]) and stops the machine, every owner drops its resources, and
+//! the harness then ends the process *by the same signal* ([`exit_as_signalled`]), so the
+//! parent still sees "killed by SIGTERM". A second signal ends the process at once (exit
+//! status 1), for a user who does not want to wait.
+//!
+//! What cannot run on SIGKILL is made unnecessary instead: qemu dies with its parent
+//! (`PR_SET_PDEATHSIG`), guest RAM and the per-case initramfs are memfds, and files are
+//! written under temporary names and renamed, so a killed writer leaves nothing half-written.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// The signals that ask a case to stop.
+pub const SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+struct Flags {
+    /// Set by the first signal; handed to VM sessions as their cancel flag.
+    cancel: Arc<AtomicBool>,
+    /// The number of the last signal received (0: none).
+    signal: Arc<AtomicUsize>,
+}
+
+static FLAGS: OnceLock<Flags> = OnceLock::new();
+
+/// Installs the handlers (once per process) and returns the flag they set, for
+/// [`crate::vm::VmSpec::cancel`]. If a handler cannot be installed the flag is returned all
+/// the same and the signal keeps its default action (the process dies, as before), with a note.
+pub fn install() -> Arc<AtomicBool> {
+    let flags = FLAGS.get_or_init(|| {
+        let flags = Flags {
+            cancel: Arc::new(AtomicBool::new(false)),
+            signal: Arc::new(AtomicUsize::new(0)),
+        };
+        for sig in SIGNALS {
+            // Order matters: the conditional shutdown sees the flag as the *previous* signal
+            // left it, so only a second signal exits at once.
+            let r =
+                signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&flags.cancel))
+                    .and_then(|_| {
+                        signal_hook::flag::register_usize(
+                            sig,
+                            Arc::clone(&flags.signal),
+                            sig as usize,
+                        )
+                    })
+                    .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&flags.cancel)));
+            if let Err(e) = r {
+                eprintln!(
+                    "ktstr: cannot handle signal {sig} ({e}); it will end the process without \
+                     stopping the VM first"
+                );
+            }
+        }
+        flags
+    });
+    Arc::clone(&flags.cancel)
+}
+
+/// The signal that asked this process to stop, if one did.
+pub fn received() -> Option<i32> {
+    let sig = FLAGS.get()?.signal.load(Ordering::SeqCst);
+    (sig != 0).then_some(sig as i32)
+}
+
+/// A signal's conventional name (`SIGTERM`), or its number.
+pub fn name(sig: i32) -> String {
+    match sig {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// Ends this process by `sig` with its default action, so the parent sees the signal that
+/// stopped us. Call it once every resource has been released.
+pub fn exit_as_signalled(sig: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: restoring the default action of a valid signal and raising it; if it returns
+    // (the signal is blocked), the exit below still ends the process with the shell's code.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+    std::process::exit(128 + sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_stop_signals() {
+        assert_eq!(name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(name(libc::SIGINT), "SIGINT");
+        assert_eq!(name(libc::SIGHUP), "SIGHUP");
+        assert_eq!(name(64), "signal 64");
+    }
+}
