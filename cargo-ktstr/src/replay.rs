@@ -23,17 +23,6 @@ pub struct ReplayArgs {
     exec: bool,
 }
 
-/// The filterset selecting every case of `tests` (all scenarios, topologies and kernels)
-/// and nothing else: case names are `{test}/…`, so `^{test}/` matches exactly a test's
-/// cases. Test names are Rust identifiers, so they need no regex escaping.
-pub fn filterset<'a>(tests: impl IntoIterator<Item = &'a str>) -> String {
-    tests
-        .into_iter()
-        .map(|t| format!("test(/^{t}\\//)"))
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
-
 /// Runs `replay`.
 pub fn run(a: ReplayArgs) -> Result<ExitCode> {
     let root = a.dir.clone().unwrap_or_else(ktstr::sidecar::runs_root);
@@ -58,7 +47,19 @@ pub fn run(a: ReplayArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let expr = filterset(failed.iter().map(String::as_str));
+    let (expr, refused) = runs::replay_filterset(failed.iter().map(String::as_str));
+    for name in &refused {
+        eprintln!(
+            "ktstr: warning: a sidecar names the test {name:?}, which is not a Rust identifier \
+             and so not a ktstr test; not replaying it (is the sidecar corrupt or hand-edited?)"
+        );
+    }
+    if expr.is_empty() {
+        anyhow::bail!(
+            "no failed test recorded under {} has a valid name",
+            root.display()
+        );
+    }
     if !a.exec {
         println!("{expr}");
         return Ok(ExitCode::SUCCESS);
@@ -70,18 +71,4 @@ pub fn run(a: ReplayArgs) -> Result<ExitCode> {
         .status()
         .context("running `cargo nextest run`")?;
     Ok(ExitCode::from(crate::run_tests::exit_byte(st)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_regex_per_test_anchored_at_the_name() {
-        assert_eq!(filterset(["a"]), "test(/^a\\//)");
-        assert_eq!(
-            filterset(["fault_stall", "spin"]),
-            "test(/^fault_stall\\//) | test(/^spin\\//)"
-        );
-    }
 }

@@ -247,7 +247,19 @@ impl Policy {
             why,
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let p: Policy = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        Self::parse(&text).map_err(|e| match e {
+            CompareError::Policy { why, .. } => bad(why),
+            e => e,
+        })
+    }
+
+    /// Parses and validates a policy file's text (see [`Policy::load`]); errors name no path.
+    pub fn parse(text: &str) -> Result<Policy, CompareError> {
+        let bad = |why: String| CompareError::Policy {
+            path: std::path::PathBuf::new(),
+            why,
+        };
+        let p: Policy = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         if let Some(v) = p.default_percent.filter(|v| *v < 0.0) {
             return Err(CompareError::Negative {
                 what: "default_percent".into(),

@@ -13,6 +13,7 @@ pub mod compare;
 pub mod coverage;
 pub mod expect;
 pub mod fun;
+pub mod fuzz_props;
 pub mod guest;
 pub mod host_context;
 pub mod host_cpus;

@@ -184,8 +184,54 @@ pub fn verdict(s: &Sidecar) -> Verdict {
     }
 }
 
+/// The nextest filterset that selects every case of `tests` (all scenarios, topologies and
+/// kernels) and nothing else, for `replay`: case names are `{test}/…`, so `^{test}/` matches
+/// exactly one test's cases. Test names come from sidecars, which are outside input: a name
+/// that is not a Rust identifier (as every `#[ktstr_test]` function name is) could carry
+/// filterset or regex syntax, so such names are refused and returned instead. Duplicates
+/// collapse; an empty string means nothing was accepted.
+pub fn replay_filterset<'a>(tests: impl IntoIterator<Item = &'a str>) -> (String, Vec<String>) {
+    let mut terms = Vec::new();
+    let mut refused = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for t in tests {
+        if !is_identifier(t) {
+            refused.push(t.to_string());
+        } else if seen.insert(t) {
+            terms.push(format!("test(/^{t}\\//)"));
+        }
+    }
+    (terms.join(" | "), refused)
+}
+
+/// A Rust identifier as test names are: ASCII letter or `_`, then letters, digits, `_`
+/// (not `_` alone); raw identifiers (`r#x`) are not test names.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
+        _ => return false,
+    }
+    s != "_" && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn replay_filterset_anchors_each_identifier_and_refuses_the_rest() {
+        assert_eq!(
+            replay_filterset(["a"]),
+            ("test(/^a\\//)".to_string(), vec![])
+        );
+        assert_eq!(
+            replay_filterset(["fault_stall", "spin", "spin"]).0,
+            "test(/^fault_stall\\//) | test(/^spin\\//)"
+        );
+        let (expr, refused) = replay_filterset(["ok", "a)|all()", "x/y", "", "_", "9a", "é"]);
+        assert_eq!(expr, "test(/^ok\\//)");
+        assert_eq!(refused, ["a)|all()", "x/y", "", "_", "9a", "é"]);
+    }
     use super::*;
 
     fn sidecar(test: &str, passed: bool) -> Sidecar {

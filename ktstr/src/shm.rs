@@ -177,7 +177,9 @@ pub enum ShmError {
     },
 }
 
-fn crc(kind: u32, seq: u32, payload: &[u8]) -> u32 {
+/// A frame's checksum: CRC-32 over its kind, sequence number, length and payload (public for
+/// tests that forge frames as a hostile guest would).
+pub fn frame_checksum(kind: u32, seq: u32, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&kind.to_le_bytes());
     h.update(&seq.to_le_bytes());
@@ -311,7 +313,7 @@ impl FrameReader {
             let mut payload = vec![0u8; len as usize];
             read_at(header_len + at + FRAME_HEADER_LEN as u64, &mut payload)
                 .map_err(|e| ShmError::Io(e.to_string()))?;
-            if crc(kind, seq, &payload) != sum {
+            if frame_checksum(kind, seq, &payload) != sum {
                 return Err(bad("checksum mismatch".into()));
             }
             let kind = FrameType::from_u32(kind)
@@ -434,7 +436,7 @@ impl FrameWriter {
             kind: k,
             seq: self.seq,
             len: payload.len() as u32,
-            crc: crc(k, self.seq, payload),
+            crc: frame_checksum(k, self.seq, payload),
         };
         self.put(at, fh.as_slice());
         self.put(at + FRAME_HEADER_LEN, payload);

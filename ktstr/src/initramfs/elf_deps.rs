@@ -75,10 +75,18 @@ pub fn inspect(path: &Path) -> Result<Option<ElfInfo>, InitramfsError> {
         return Ok(None);
     }
     let bytes = fs::read(path).map_err(|e| InitramfsError::io("read", path, e))?;
-    let elf = Elf::parse(&bytes).map_err(|e| InitramfsError::BadElf {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
+    parse_elf(&bytes)
+        .map(Some)
+        .map_err(|reason| InitramfsError::BadElf {
+            path: path.into(),
+            reason,
+        })
+}
+
+/// The dynamic-linking facts of an ELF image in memory (any bytes: binaries on the host are
+/// outside input, and a malformed one must be an error, never a panic).
+pub fn parse_elf(bytes: &[u8]) -> Result<ElfInfo, String> {
+    let elf = Elf::parse(bytes).map_err(|e| e.to_string())?;
     let split = |v: &[&str]| -> Vec<String> {
         v.iter()
             .flat_map(|s| s.split(':'))
@@ -86,7 +94,7 @@ pub fn inspect(path: &Path) -> Result<Option<ElfInfo>, InitramfsError> {
             .map(str::to_owned)
             .collect()
     };
-    Ok(Some(ElfInfo {
+    Ok(ElfInfo {
         interp: elf.interpreter.map(str::to_owned),
         needed: elf.libraries.iter().map(|s| (*s).to_owned()).collect(),
         rpath: split(&elf.rpaths),
@@ -94,7 +102,7 @@ pub fn inspect(path: &Path) -> Result<Option<ElfInfo>, InitramfsError> {
         soname: elf.soname.map(str::to_owned),
         is_64: elf.is_64,
         machine: elf.header.e_machine,
-    }))
+    })
 }
 
 /// Reads class and machine from an ELF header without parsing the rest.

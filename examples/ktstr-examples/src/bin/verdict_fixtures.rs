@@ -76,13 +76,68 @@ fn body_hangs(_ctx: &Ctx) -> Result<AssertResult> {
     }
 }
 
-/// Appends a frame with a wrong checksum to the result channel (mapped from /dev/mem at the
-/// region `ktstr_shm=SIZE@ADDR` names on the kernel command line, as the guest's own writer
-/// maps it: under the in-process VMM the region is not RAM, and read/write on /dev/mem refuse
-/// it with EFAULT), waits for the host to read it, then passes: the case must fail on the
-/// corrupt channel all the same.
+/// Appends a frame with a wrong checksum to the result channel ([`forge_frame`]), then
+/// passes: the case must fail on the corrupt channel all the same.
 #[ktstr_test(llcs = 1, cores = 1)]
 fn channel_corrupted(_ctx: &Ctx) -> Result<AssertResult> {
+    // A frame header (kind 1, an out-of-order sequence number, 8 payload bytes) whose
+    // checksum is wrong, then its payload.
+    let mut frame = [0u8; ktstr::shm::FRAME_HEADER_LEN + 8];
+    frame[0..4].copy_from_slice(&1u32.to_le_bytes());
+    frame[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    frame[8..12].copy_from_slice(&8u32.to_le_bytes());
+    frame[12..16].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+    frame[16..24].copy_from_slice(b"garbage!");
+    forge_frame(&frame)?;
+    Ok(AssertResult::pass())
+}
+
+/// A hostile guest: a frame header that claims a payload larger than the host accepts
+/// (`MAX_PAYLOAD` + 1 bytes), then passes. The host must refuse it without allocating it.
+#[ktstr_test(llcs = 1, cores = 1)]
+fn frame_oversized(_ctx: &Ctx) -> Result<AssertResult> {
+    let mut frame = [0u8; ktstr::shm::FRAME_HEADER_LEN + 8];
+    frame[0..4].copy_from_slice(&6u32.to_le_bytes());
+    frame[8..12].copy_from_slice(&(ktstr::shm::MAX_PAYLOAD + 1).to_le_bytes());
+    forge_frame(&frame)?;
+    Ok(AssertResult::pass())
+}
+
+/// A hostile guest: a well-formed frame (valid checksum) whose sequence number wraps back to
+/// 0 instead of following on, then passes. The host must stop reading at it.
+#[ktstr_test(llcs = 1, cores = 1)]
+fn sequence_wraps(_ctx: &Ctx) -> Result<AssertResult> {
+    let payload = b"replayed";
+    let mut frame = [0u8; ktstr::shm::FRAME_HEADER_LEN + 8];
+    frame[0..4].copy_from_slice(&6u32.to_le_bytes());
+    frame[4..8].copy_from_slice(&0u32.to_le_bytes());
+    frame[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let sum = ktstr::shm::frame_checksum(6, 0, payload);
+    frame[12..16].copy_from_slice(&sum.to_le_bytes());
+    frame[16..24].copy_from_slice(payload);
+    forge_frame(&frame)?;
+    Ok(AssertResult::pass())
+}
+
+/// A hostile guest: reboots instead of reporting (`reboot(2)`, as a guest stuck in a reboot
+/// loop would on its first round). The VM must end there, not boot again.
+#[ktstr_test(llcs = 1, cores = 1)]
+fn guest_reboots(_ctx: &Ctx) -> Result<AssertResult> {
+    // SAFETY: reboot(2) with a valid command; PID 1's child may call it (CAP_SYS_BOOT in the
+    // guest). It does not return on success.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    Err(anyhow!(
+        "reboot(2) returned: {}",
+        std::io::Error::last_os_error()
+    ))
+}
+
+/// Appends `frame` to the result channel behind the guest writer's back, as a hostile guest
+/// could: maps the region `ktstr_shm=SIZE@ADDR` names on the kernel command line through
+/// `/dev/mem` (as the guest's own writer does: under the in-process VMM the region is not RAM,
+/// and read/write on /dev/mem refuse it with EFAULT), publishes the frame, and waits for the
+/// host to read it. The case must fail on the channel all the same.
+fn forge_frame(frame: &[u8]) -> Result<()> {
     use std::os::fd::AsRawFd;
     let cmdline = std::fs::read_to_string("/proc/cmdline")?;
     let (size, base) = ktstr::protocol::parse_shm_arg(&cmdline).map_err(|e| anyhow!(e))?;
@@ -110,14 +165,6 @@ fn channel_corrupted(_ctx: &Ctx) -> Result<AssertResult> {
     // Header: write_off (u64) at byte 24; frames start after the header.
     // SAFETY: byte 24 of the mapped region, 8-byte aligned (the region is page aligned).
     let write_off = unsafe { std::ptr::read_volatile(region.add(24).cast::<u64>()) } as usize;
-    // A frame header (kind 1, an out-of-order sequence number, 8 payload bytes) whose
-    // checksum is wrong, then its payload.
-    let mut frame = [0u8; ktstr::shm::FRAME_HEADER_LEN + 8];
-    frame[0..4].copy_from_slice(&1u32.to_le_bytes());
-    frame[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-    frame[8..12].copy_from_slice(&8u32.to_le_bytes());
-    frame[12..16].copy_from_slice(&0xdead_beefu32.to_le_bytes());
-    frame[16..24].copy_from_slice(b"garbage!");
     if header + write_off + frame.len() > size as usize {
         return Err(anyhow!("the result region is full"));
     }
@@ -133,7 +180,7 @@ fn channel_corrupted(_ctx: &Ctx) -> Result<AssertResult> {
     std::thread::sleep(std::time::Duration::from_secs(2));
     // SAFETY: the mapping made above, no longer used.
     unsafe { libc::munmap(region.cast(), size as usize) };
-    Ok(AssertResult::pass())
+    Ok(())
 }
 
 /// Lines [`console_flood`] writes: about 135 KiB, over twice the console tail the host

@@ -1,0 +1,172 @@
+//! The host treats the guest as hostile: a guest that floods the console, writes malformed,
+//! oversized or replayed frames, goes silent or reboots must cost bounded host memory and time
+//! and end as a clear failure, with nothing left behind (see `leaks`). Each case boots a VM.
+
+mod leaks;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use leaks::Sandbox;
+
+/// The most a case's host process may use, however the guest behaves: a benign case
+/// (`expected_failure`) peaks at about 266 MiB here, nearly all of it before the VM starts
+/// (kernel and initramfs files read whole); the result channel adds at most its few MiB and
+/// the console tail 64 KiB. Guest RAM is not ours to count (a memfd that qemu maps).
+const MAX_HOST_RSS_MIB: i64 = 320;
+
+/// What one hostile case cost and said.
+struct Run {
+    code: Option<i32>,
+    out: String,
+    wall: Duration,
+    max_rss_mib: i64,
+    /// The case's sidecar.
+    sidecar: Option<ktstr::sidecar::Sidecar>,
+}
+
+/// Runs fixture `case` in a sandbox with `envs`; checks that nothing is left afterwards.
+fn run(case: &str, envs: &[(&str, &str)]) -> Run {
+    let sandbox = Sandbox::new(case.split('/').next().unwrap(), false);
+    let out_file = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"));
+    cmd.args(["--exact", case, "--nocapture"])
+        .envs(envs.iter().copied())
+        .stdout(out_file.reopen().unwrap())
+        .stderr(out_file.reopen().unwrap())
+        .stdin(Stdio::null());
+    sandbox.apply(&mut cmd);
+    let t0 = Instant::now();
+    // Reaped below with wait4(2), which also reports the child's peak memory.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.spawn().expect("starting the fixture binary");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own, not yet reaped child, with valid out-pointers.
+    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(
+        r,
+        child.id() as i32,
+        "wait4: {}",
+        std::io::Error::last_os_error()
+    );
+    let wall = t0.elapsed();
+    let status = std::process::ExitStatus::from_raw(status);
+    let out = std::fs::read_to_string(out_file.path()).unwrap_or_default();
+    let run = Run {
+        code: status.code(),
+        max_rss_mib: usage.ru_maxrss / 1024,
+        wall,
+        out,
+        sidecar: None,
+    };
+    eprintln!(
+        "{case}: exit {:?} after {:.1} s, host peak RSS {} MiB",
+        run.code,
+        run.wall.as_secs_f64(),
+        run.max_rss_mib
+    );
+    assert!(
+        run.max_rss_mib <= MAX_HOST_RSS_MIB,
+        "the host used {} MiB for {case}\n{}",
+        run.max_rss_mib,
+        run.out
+    );
+    // A failed case still writes its sidecar (whole).
+    sandbox.assert_nothing_left(true, &run.out);
+    let sidecar = ktstr::runs::load_run(&sandbox.sidecars)
+        .ok()
+        .and_then(|r| r.sidecars.into_iter().next())
+        .map(|(_, s)| s);
+    Run { sidecar, ..run }
+}
+
+/// The failing case's report says `why`, and the case failed (exit 101) rather than hanging.
+fn fails_with(run: &Run, why: &str) {
+    assert_eq!(run.code, Some(101), "{}", run.out);
+    assert!(run.out.contains(why), "expected {why:?} in:\n{}", run.out);
+}
+
+/// A guest that floods its console still delivers its verdict, and the console tail the host
+/// keeps ends with the flood's last line (the flood is over twice what is kept).
+#[test]
+fn a_console_flood_keeps_the_verdict_and_the_last_lines() {
+    if !leaks::kernel_available("the hostile-guest tests") {
+        return;
+    }
+    let r = run("console_flood/eevdf/1n1l1c1t", &[]);
+    fails_with(&r, "deliberate: flooded the console with");
+    let tail = r
+        .out
+        .split("--- console tail ---")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no console tail: {}", r.out));
+    assert!(tail.contains("flood 02999 "), "{tail}");
+    assert!(tail.contains("flood done"), "{tail}");
+}
+
+/// A frame with a bad checksum stops the reader, and fails the case although the body passed.
+#[test]
+fn a_corrupt_result_channel_fails_a_passing_case() {
+    if !leaks::kernel_available("the hostile-guest tests") {
+        return;
+    }
+    let r = run("channel_corrupted/eevdf/1n1l1c1t", &[]);
+    fails_with(&r, "ResultChannel: corrupt frame at offset");
+    fails_with(&r, "checksum mismatch");
+    // The sidecar carries the host's reason with its kind, so stats and replay judge the case
+    // as the harness did.
+    let sc = r.sidecar.expect("a sidecar");
+    assert_eq!(ktstr::runs::verdict(&sc), ktstr::runs::Verdict::Fail);
+    assert!(
+        sc.details
+            .iter()
+            .any(|d| d.kind == ktstr::assert::DetailKind::ResultChannel
+                && d.message.contains("corrupt frame at offset")),
+        "{:?}",
+        sc.details
+    );
+}
+
+#[test]
+fn an_oversized_frame_is_refused_unread() {
+    if !leaks::kernel_available("the hostile-guest tests") {
+        return;
+    }
+    let r = run("frame_oversized/eevdf/1n1l1c1t", &[]);
+    fails_with(
+        &r,
+        &format!("payload length {} exceeds", ktstr::shm::MAX_PAYLOAD + 1),
+    );
+}
+
+#[test]
+fn a_replayed_sequence_number_stops_the_reader() {
+    if !leaks::kernel_available("the hostile-guest tests") {
+        return;
+    }
+    let r = run("sequence_wraps/eevdf/1n1l1c1t", &[]);
+    fails_with(&r, "sequence 0, expected");
+}
+
+#[test]
+fn a_guest_that_reboots_ends_the_vm_at_once() {
+    if !leaks::kernel_available("the hostile-guest tests") {
+        return;
+    }
+    let r = run("guest_reboots/eevdf/1n1l1c1t", &[]);
+    fails_with(&r, "rebooted");
+}
+
+/// A body that never returns, after which the guest writes nothing: the host watchdog stops
+/// the VM and the case fails naming it.
+#[test]
+fn a_hanging_body_is_stopped_by_the_watchdog() {
+    if !leaks::kernel_available("the hostile-guest tests") {
+        return;
+    }
+    let r = run("body_hangs/eevdf/1n1l1c1t", &[("KTSTR_VM_TIMEOUT_S", "25")]);
+    fails_with(&r, "NoVerdict: watchdog: VM still running after 25s");
+}
