@@ -324,6 +324,33 @@ mod tests {
     }
 
     #[test]
+    fn archive_and_partition_flags_reach_nextest_unchanged() {
+        let a = parse(&[
+            "--no-skip-mode",
+            "--archive-file",
+            "a.tar.zst",
+            "--workspace-remap",
+            "/src",
+            "--partition",
+            "count:2/3",
+        ]);
+        assert!(a.no_skip_mode);
+        assert_eq!(
+            argv(&nextest_command(&a, &[])),
+            [
+                "nextest",
+                "run",
+                "--archive-file",
+                "a.tar.zst",
+                "--workspace-remap",
+                "/src",
+                "--partition",
+                "count:2/3"
+            ]
+        );
+    }
+
+    #[test]
     fn modes_and_kernels_reach_the_environment() {
         let a = parse(&["--no-perf-mode", "--no-skip-mode"]);
         let one = [SelectedKernel {

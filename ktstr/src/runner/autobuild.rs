@@ -81,6 +81,21 @@ fn profile_of(exe: &Path) -> Option<(PathBuf, PathBuf, Vec<String>)> {
     Some((target, profile_dir.to_path_buf(), args))
 }
 
+/// Whether the test binary's target directory is this workspace's: the one cargo builds into
+/// (`target_directory`), or one inside the workspace (cargo-llvm-cov's
+/// `target/llvm-cov-target`). A nextest archive extracted elsewhere (`--archive-file` with
+/// `--workspace-remap`, another machine) is neither: its schedulers came in the archive, and
+/// building them there would need a toolchain the far side may not have, and would race the
+/// other partitions.
+fn built_here(target: &Path, meta: &serde_json::Value, workspace_dir: &Path) -> bool {
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let target = canon(target);
+    let cargo_target = meta["target_directory"]
+        .as_str()
+        .map(|t| canon(Path::new(t)));
+    cargo_target.as_deref() == Some(target.as_path()) || target.starts_with(canon(workspace_dir))
+}
+
 /// Builds scheduler binary `name` for the test binary `exe` when it is missing or stale and
 /// the workspace (of `workspace_dir`) has it; returns whether it ran cargo. `cargo` is the
 /// cargo to run (`$CARGO` under cargo and nextest).
@@ -112,6 +127,9 @@ pub fn refresh(
     let Ok(meta) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
         return Ok(false);
     };
+    if !built_here(&target, &meta, workspace_dir) {
+        return Ok(false);
+    }
     let Some((package, dir)) = package_of(&meta, name) else {
         return Ok(false);
     };
@@ -251,6 +269,32 @@ mod tests {
         std::fs::write(d.path().join("target/release/scx_d"), b"").unwrap();
         assert!(!refresh("scx_d", &exe, d.path(), cargo).unwrap());
         assert_eq!(builds().lines().count(), 2);
+    }
+
+    #[test]
+    fn an_extracted_archive_never_builds() {
+        let (d, _, cargo) = fixture();
+        // A test binary extracted from a nextest archive outside the workspace, whose own
+        // target directory lacks the scheduler: it must not build one.
+        let far = tempfile::tempdir().unwrap();
+        let deps = far.path().join("target/debug/deps");
+        std::fs::create_dir_all(&deps).unwrap();
+        let exe = deps.join("suite-1");
+        assert!(!refresh("scx_d", &exe, d.path(), cargo.to_str().unwrap()).unwrap());
+        assert!(!d.path().join("builds.log").exists());
+        // The target directory cargo reports (CARGO_TARGET_DIR elsewhere) is this workspace's.
+        let meta = serde_json::json!({"target_directory": far.path().join("target")});
+        assert!(built_here(&far.path().join("target"), &meta, d.path()));
+        assert!(built_here(
+            &d.path().join("target/llvm-cov-target"),
+            &serde_json::json!({}),
+            d.path()
+        ));
+        assert!(!built_here(
+            &far.path().join("target"),
+            &serde_json::json!({}),
+            d.path()
+        ));
     }
 
     #[test]
