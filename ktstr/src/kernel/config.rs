@@ -45,6 +45,14 @@ pub struct KernelConfig {
 /// the marker sits in .rodata, well inside this).
 const MAX_SCAN_BYTES: u64 = 1 << 30;
 
+/// What a BPF (sched_ext) scheduler needs from the kernel: the class itself, the BPF syscall,
+/// and the kernel's BTF, which libbpf's CO-RE relocations read.
+pub const SCHED_EXT_NEEDS: [&str; 3] = [
+    "CONFIG_SCHED_CLASS_EXT",
+    "CONFIG_BPF_SYSCALL",
+    "CONFIG_DEBUG_INFO_BTF",
+];
+
 impl KernelConfig {
     /// Parses configuration text (the `.config` format).
     pub fn from_text(text: String, source: ConfigSource) -> Self {
@@ -87,6 +95,14 @@ impl KernelConfig {
                 .and_then(|rest| rest.strip_prefix('='))
                 .is_some_and(|v| v == "y" || v == "m")
         })
+    }
+
+    /// The options of [`SCHED_EXT_NEEDS`] this configuration lacks.
+    pub fn sched_ext_gaps(&self) -> Vec<&'static str> {
+        SCHED_EXT_NEEDS
+            .into_iter()
+            .filter(|o| !self.is_enabled(o))
+            .collect()
     }
 }
 
@@ -133,6 +149,18 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sched_ext_gaps_name_what_is_missing() {
+        let c = |t: &str| KernelConfig::from_text(t.into(), ConfigSource::File("x".into()));
+        let full = c("CONFIG_SCHED_CLASS_EXT=y\nCONFIG_BPF_SYSCALL=y\nCONFIG_DEBUG_INFO_BTF=y\n");
+        assert!(full.sched_ext_gaps().is_empty());
+        let tiny = c("# CONFIG_SCHED_CLASS_EXT is not set\nCONFIG_BPF_SYSCALL=y\n");
+        assert_eq!(
+            tiny.sched_ext_gaps(),
+            ["CONFIG_SCHED_CLASS_EXT", "CONFIG_DEBUG_INFO_BTF"]
+        );
+    }
     use super::*;
     use std::io::Write;
 

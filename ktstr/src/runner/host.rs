@@ -168,6 +168,9 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
         kernel,
         initramfs: _archive,
     } = vm;
+    if let Some(why) = sched_ext_refusal(&kernel, sched_host.map(PathBuf::as_path)) {
+        return Err(why);
+    }
     let memory_mib = spec.memory_mib;
     spec.cmdline_extra = case.scheduler.kargs.iter().map(|s| s.to_string()).collect();
     let run_s = case.test.duration_s as f64 + 30.0;
@@ -222,6 +225,26 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
     );
     sidecar.thresholds = attempt.assert;
     Ok(Booted { verdict, sidecar })
+}
+
+/// Why `kernel` cannot run the sched_ext scheduler `sched` (none for EEVDF cases, or when the
+/// kernel's configuration cannot be found): said before booting, instead of a scheduler
+/// that fails to load in the guest for a reason the guest can only guess at.
+fn sched_ext_refusal(kernel: &crate::kernel::Kernel, sched: Option<&Path>) -> Option<String> {
+    let sched = sched?;
+    let cfg = crate::kernel::config::KernelConfig::find(&kernel.image)?;
+    let gaps = cfg.sched_ext_gaps();
+    (!gaps.is_empty()).then(|| {
+        format!(
+            "kernel {} cannot run the sched_ext scheduler {}: its configuration ({}) lacks {}; \
+             build a kernel with ktstr's configuration (`cargo ktstr kernel build --source \
+             TREE`) and pass it with --kernel or KTSTR_KERNEL",
+            kernel.image.display(),
+            sched.file_name().unwrap_or_default().to_string_lossy(),
+            cfg.source,
+            gaps.join(", ")
+        )
+    })
 }
 
 /// `Err` (the case records nothing) when a stop signal arrived; `what` says what was done.
@@ -511,7 +534,9 @@ fn write_sidecar(sc: &Sidecar, case_name: &str) -> Option<PathBuf> {
         Ok(p) => Some(p),
         Err(e) => {
             eprintln!(
-                "ktstr: could not write the sidecar of {case_name} in {}: {e}",
+                "ktstr: could not write the sidecar of {case_name} in {}: {e}; the verdict \
+                 below stands, but stats, compare and replay will not see this run: make the \
+                 directory writable (or free space there), or set KTSTR_SIDECAR_DIR to one that is",
                 dir.display()
             );
             None

@@ -2,6 +2,9 @@
 //! guest: a case runs with its own sidecar, cache and lock directories and a tag in its
 //! environment, which every process it starts (qemu, builds) inherits.
 
+// Each test binary that includes this module uses part of it.
+#![allow(dead_code)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
