@@ -2,29 +2,18 @@
 //! the case's verdict where there is one: a kernel without sched_ext (refused before any VM
 //! boots), a sidecar directory that cannot be written (the verdict stands).
 
-mod leaks;
-
-use std::process::Command;
+mod common;
 
 /// Runs fixture `case` with `envs` and `KTSTR_PROGRESS=1`; returns the exit code and output.
 fn run(case: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"))
-        .args(["--exact", case, "--nocapture"])
-        .env("KTSTR_PROGRESS", "1")
-        .envs(envs.iter().copied())
-        .output()
-        .expect("running the fixture binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code(), text)
+    let mut all = vec![("KTSTR_PROGRESS", "1")];
+    all.extend_from_slice(envs);
+    common::fixture(case, &all, &[])
 }
 
 #[test]
 fn a_kernel_without_sched_ext_is_refused_before_booting() {
-    if !leaks::kernel_available("the bad-environment tests") {
+    if !common::kernel_available("the bad-environment tests") {
         return;
     }
     let real = std::fs::canonicalize(std::env::var("KTSTR_KERNEL").unwrap()).unwrap();
@@ -69,7 +58,7 @@ fn a_kernel_without_sched_ext_is_refused_before_booting() {
 
 #[test]
 fn an_unwritable_sidecar_directory_keeps_the_verdict_and_says_what_to_do() {
-    if !leaks::kernel_available("the bad-environment tests") {
+    if !common::kernel_available("the bad-environment tests") {
         return;
     }
     // Under /proc nothing can be created, whoever runs the test (root included).

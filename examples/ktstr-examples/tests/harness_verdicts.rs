@@ -1,16 +1,11 @@
 //! The harness's verdicts on cases that fail on purpose (each boots a VM).
 
+mod common;
+
 use std::process::Command;
 
 fn kernel_available() -> bool {
-    if std::env::var_os("KTSTR_KERNEL").is_some() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("KTSTR_KERNEL is not set: VM tests need a kernel under CI");
-    }
-    eprintln!("\n!!! SKIPPED: set KTSTR_KERNEL to run the VM verdict tests\n");
-    false
+    common::kernel_available("the VM verdict tests")
 }
 
 /// Runs one fixture case; returns (exit code, stdout + stderr).
@@ -37,21 +32,7 @@ fn case_and_sidecar(name: &str, tag: &str) -> (Option<i32>, String, ktstr::sidec
 
 /// [`case`] with extra environment variables and some removed.
 fn case_env(name: &str, envs: &[(&str, &str)], remove: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"));
-    for k in remove {
-        cmd.env_remove(k);
-    }
-    let o = cmd
-        .args(["--exact", name, "--nocapture"])
-        .envs(envs.iter().copied())
-        .output()
-        .expect("running the fixture binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code(), text)
+    common::fixture(name, envs, remove)
 }
 
 #[test]

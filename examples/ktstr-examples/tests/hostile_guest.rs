@@ -1,14 +1,14 @@
 //! The host treats the guest as hostile: a guest that floods the console, writes malformed,
 //! oversized or replayed frames, goes silent or reboots must cost bounded host memory and time
-//! and end as a clear failure, with nothing left behind (see `leaks`). Each case boots a VM.
+//! and end as a clear failure, with nothing left behind (see `common`). Each case boots a VM.
 
-mod leaks;
+mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use leaks::Sandbox;
+use common::Sandbox;
 
 /// The most a case's host process may use, however the guest behaves: a benign case
 /// (`expected_failure`) peaks at about 266 MiB here, nearly all of it before the VM starts
@@ -93,7 +93,7 @@ fn fails_with(run: &Run, why: &str) {
 /// keeps ends with the flood's last line (the flood is over twice what is kept).
 #[test]
 fn a_console_flood_keeps_the_verdict_and_the_last_lines() {
-    if !leaks::kernel_available("the hostile-guest tests") {
+    if !common::kernel_available("the hostile-guest tests") {
         return;
     }
     let r = run("console_flood/eevdf/1n1l1c1t", &[]);
@@ -110,7 +110,7 @@ fn a_console_flood_keeps_the_verdict_and_the_last_lines() {
 /// A frame with a bad checksum stops the reader, and fails the case although the body passed.
 #[test]
 fn a_corrupt_result_channel_fails_a_passing_case() {
-    if !leaks::kernel_available("the hostile-guest tests") {
+    if !common::kernel_available("the hostile-guest tests") {
         return;
     }
     let r = run("channel_corrupted/eevdf/1n1l1c1t", &[]);
@@ -132,7 +132,7 @@ fn a_corrupt_result_channel_fails_a_passing_case() {
 
 #[test]
 fn an_oversized_frame_is_refused_unread() {
-    if !leaks::kernel_available("the hostile-guest tests") {
+    if !common::kernel_available("the hostile-guest tests") {
         return;
     }
     let r = run("frame_oversized/eevdf/1n1l1c1t", &[]);
@@ -144,7 +144,7 @@ fn an_oversized_frame_is_refused_unread() {
 
 #[test]
 fn a_replayed_sequence_number_stops_the_reader() {
-    if !leaks::kernel_available("the hostile-guest tests") {
+    if !common::kernel_available("the hostile-guest tests") {
         return;
     }
     let r = run("sequence_wraps/eevdf/1n1l1c1t", &[]);
@@ -153,7 +153,7 @@ fn a_replayed_sequence_number_stops_the_reader() {
 
 #[test]
 fn a_guest_that_reboots_ends_the_vm_at_once() {
-    if !leaks::kernel_available("the hostile-guest tests") {
+    if !common::kernel_available("the hostile-guest tests") {
         return;
     }
     let r = run("guest_reboots/eevdf/1n1l1c1t", &[]);
@@ -164,7 +164,7 @@ fn a_guest_that_reboots_ends_the_vm_at_once() {
 /// the VM and the case fails naming it.
 #[test]
 fn a_hanging_body_is_stopped_by_the_watchdog() {
-    if !leaks::kernel_available("the hostile-guest tests") {
+    if !common::kernel_available("the hostile-guest tests") {
         return;
     }
     let r = run("body_hangs/eevdf/1n1l1c1t", &[("KTSTR_VM_TIMEOUT_S", "25")]);

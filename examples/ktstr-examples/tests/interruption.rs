@@ -1,9 +1,9 @@
 //! Stopping a case at each of its phases (initramfs build, boot, scheduler start, workload,
 //! teardown) with SIGTERM (what nextest sends on a timeout), SIGINT (^C) and SIGKILL: the VM
-//! must be gone within 1 s and nothing may be left behind (see `leaks`). Each run boots a VM
+//! must be gone within 1 s and nothing may be left behind (see `common`). Each run boots a VM
 //! under the default backend.
 
-mod leaks;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use leaks::Sandbox;
+use common::Sandbox;
 
 /// The fixture case: scx_demo with two steps, so it has every phase.
 const CASE: &str = "two_steps/scx-demo/1n1l2c1t";
@@ -105,7 +105,7 @@ fn interrupt_at(phase: &str, sig: i32) {
 }
 
 fn every_signal_at(phase: &str) {
-    if !leaks::kernel_available("the interruption tests") {
+    if !common::kernel_available("the interruption tests") {
         return;
     }
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {

@@ -1,6 +1,7 @@
-//! What a case may leave behind, for the tests that stop cases or feed the host a hostile
-//! guest: a case runs with its own sidecar, cache and lock directories and a tag in its
-//! environment, which every process it starts (qemu, builds) inherits.
+//! Running the verdict fixtures, and what a case may leave behind (for the tests that stop
+//! cases or feed the host a hostile guest): a case runs with its own sidecar, cache and lock
+//! directories and a tag in its environment, which every process it starts (qemu, builds)
+//! inherits.
 
 // Each test binary that includes this module uses part of it.
 #![allow(dead_code)]
@@ -181,4 +182,24 @@ pub fn kernel_available(what: &str) -> bool {
     }
     eprintln!("\n!!! SKIPPED: set KTSTR_KERNEL to run {what}\n");
     false
+}
+
+/// Runs fixture case `name` of `verdict_fixtures` with `envs` set and `remove` unset; returns
+/// its exit code and its stdout + stderr.
+pub fn fixture(name: &str, envs: &[(&str, &str)], remove: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"));
+    for k in remove {
+        cmd.env_remove(k);
+    }
+    let o = cmd
+        .args(["--exact", name, "--nocapture"])
+        .envs(envs.iter().copied())
+        .output()
+        .expect("running the fixture binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text)
 }
