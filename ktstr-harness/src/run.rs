@@ -137,7 +137,10 @@ pub fn run(matrix: &Matrix, mut args: Arguments) -> i32 {
             return 101;
         }
     }
-    i32::from(libtest_mimic::run(&args, trials).has_failed()) * 101
+    let failed = libtest_mimic::run(&args, trials).has_failed();
+    // A signal that came after the last case's own check still ends us by that signal.
+    stop_if_interrupted(());
+    i32::from(failed) * 101
 }
 
 #[cfg(test)]

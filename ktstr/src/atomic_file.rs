@@ -26,7 +26,16 @@ pub fn write(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io:
     match unnamed_in(dir) {
         Ok(mut f) => {
             fill(&mut f)?;
-            link_fd(&f, &tmp)?;
+            if link_fd(&f, &tmp).is_err() {
+                // No /proc (some sandboxes): copy the finished bytes to a named file.
+                use std::io::{Seek, SeekFrom};
+                f.seek(SeekFrom::Start(0))?;
+                let r = File::create(&tmp).and_then(|mut out| std::io::copy(&mut f, &mut out));
+                if let Err(e) = r {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
         }
         Err(e) if no_tmpfile_support(&e) => {
             let r = File::create(&tmp).and_then(|mut f| fill(&mut f));
@@ -49,8 +58,11 @@ fn temp_name(path: &Path) -> PathBuf {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
+    // Unique per call too: threads of one process may write the same path at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     path.with_file_name(format!(
-        ".{}.tmp-{}-{nanos:x}",
+        ".{}.tmp-{}-{nanos:x}-{seq}",
         name.to_string_lossy(),
         std::process::id()
     ))

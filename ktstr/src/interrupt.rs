@@ -38,6 +38,11 @@ pub fn install() -> Arc<AtomicBool> {
             signal: Arc::new(AtomicUsize::new(0)),
         };
         for sig in SIGNALS {
+            // A signal the process was started ignoring (nohup's SIGHUP, SIGINT in a
+            // background job) stays ignored, as the shell meant.
+            if ignored(sig) {
+                continue;
+            }
             // Order matters: the conditional shutdown sees the flag as the *previous* signal
             // left it, so only a second signal exits at once.
             let r =
@@ -60,6 +65,16 @@ pub fn install() -> Arc<AtomicBool> {
         flags
     });
     Arc::clone(&flags.cancel)
+}
+
+/// Whether `sig`'s current action is SIG_IGN.
+fn ignored(sig: i32) -> bool {
+    // SAFETY: sigaction(2) with a null new action only reads the current one into `old`, a
+    // zeroed (valid) struct.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// The signal that asked this process to stop, if one did.

@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -16,14 +17,17 @@ use common::Sandbox;
 /// The fixture case: scx_demo with two steps, so it has every phase.
 const CASE: &str = "two_steps/scx-demo/1n1l2c1t";
 
-/// Runs [`CASE`], sends `sig` when the host reports `phase`, and checks what is left.
-fn interrupt_at(phase: &str, sig: i32) {
-    let sandbox = Sandbox::new(&format!("{phase}-{sig}"), true);
+/// Runs [`CASE`], sends `sig` when the host reports `phase` (to the case's whole process
+/// group with `to_group`, as a terminal's ^C or a group kill does), and checks what is left.
+fn interrupt_at(phase: &str, sig: i32, to_group: bool) {
+    let sandbox = Sandbox::new(&format!("{phase}-{sig}-{to_group}"), true);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"));
     cmd.args(["--exact", CASE, "--nocapture"])
         .env("KTSTR_PROGRESS", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group, so a group signal reaches it and not this test.
+        .process_group(0);
     sandbox.apply(&mut cmd);
     let mut child = cmd.spawn().expect("starting the fixture binary");
     let pid = child.id() as i32;
@@ -56,8 +60,9 @@ fn interrupt_at(phase: &str, sig: i32) {
     }
     let vm_procs = sandbox.processes(Some(pid));
     let sent = Instant::now();
-    // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    let target = if to_group { -pid } else { pid };
+    // SAFETY: kill(2) on our own child (or its process group), which we have not reaped yet.
+    assert_eq!(unsafe { libc::kill(target, sig) }, 0);
     // The VM (qemu and anything else the case started) must be gone within 1 s: after
     // SIGTERM/SIGINT the case stops it; after SIGKILL the kernel does (qemu dies with its
     // parent).
@@ -95,10 +100,24 @@ fn interrupt_at(phase: &str, sig: i32) {
         "the case must end by the signal it got, so nextest sees it: {status:?}\n{out}"
     );
     // objcopy (stripping the test binary) works in a directory named after the process; one
-    // that a SIGKILL interrupted is swept by the next strip. Sweep, as the next run would.
+    // that a SIGKILL interrupted must be recognisably the dead process's, and is swept by the
+    // next strip (once 10 minutes old). Sweep it now, as a later run would.
     if sig == libc::SIGKILL {
-        let cache = sandbox.cache.as_ref().expect("a fresh cache");
-        ktstr::initramfs::sweep_abandoned(&cache.join("initramfs/stripped"));
+        let stripped = sandbox
+            .cache
+            .as_ref()
+            .expect("a fresh cache")
+            .join("initramfs/stripped");
+        for f in common::files_under(&stripped) {
+            let n = f.to_string_lossy();
+            if n.starts_with(".work-") {
+                assert!(
+                    n.starts_with(&format!(".work-{pid}-")),
+                    "work directory {n} is not the killed process's ({pid})\n{out}"
+                );
+            }
+        }
+        ktstr::initramfs::sweep_abandoned(&stripped, Duration::ZERO);
     }
     // A case stopped before its end records nothing; in teardown it may have finished.
     sandbox.assert_nothing_left(phase == "teardown", &out);
@@ -109,7 +128,7 @@ fn every_signal_at(phase: &str) {
         return;
     }
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
-        interrupt_at(phase, sig);
+        interrupt_at(phase, sig, false);
     }
 }
 
@@ -131,6 +150,11 @@ fn stopped_while_the_scheduler_starts() {
 #[test]
 fn stopped_during_the_workload() {
     every_signal_at("workload");
+    // ^C at a terminal signals the whole foreground group: qemu must not take it as its own
+    // (it would exit 0, which reads as a guest reboot) and the case must still stop cleanly.
+    if common::kernel_available("the interruption tests") {
+        interrupt_at("workload", libc::SIGINT, true);
+    }
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub(crate) fn stripped_copy(host: &Path, cache_dir: &Path) -> PathBuf {
     if std::fs::create_dir_all(&dir).is_err() {
         return host.to_path_buf();
     }
-    sweep_abandoned(&dir);
+    sweep_abandoned(&dir, ABANDONED_AFTER);
     // objcopy writes its own temporary file beside its output, so it works in a directory of
     // its own, unique per call (threads of one process strip at once) and named after this
     // process, so that one left by a killed process is recognised and removed.
@@ -51,7 +51,7 @@ pub(crate) fn stripped_copy(host: &Path, cache_dir: &Path) -> PathBuf {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         die_with_parent(&mut cmd);
-        cmd.status().is_ok_and(|s| s.success())
+        run_unless_interrupted(cmd)
     };
     let ok = ok && std::fs::rename(&tmp, &out).is_ok();
     let _ = std::fs::remove_dir_all(&work);
@@ -78,10 +78,34 @@ pub(crate) fn stripped_copy(host: &Path, cache_dir: &Path) -> PathBuf {
 /// Work directories are `.work-PID-SEQ`.
 const WORK_PREFIX: &str = ".work-";
 
+/// A work directory is only swept once this old as well as ownerless: a cache shared across
+/// PID namespaces (a container and its host) may see a live process's PID as free.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs `cmd` to its end, unless a stop signal arrives ([`crate::interrupt`]): then it is
+/// killed at once, so a stopped case leaves no objcopy running behind it.
+fn run_unless_interrupted(mut cmd: Command) -> bool {
+    let Ok(mut child) = cmd.spawn() else {
+        return false;
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return st.success(),
+            Ok(None) if crate::interrupt::received().is_some() => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Removes, from `dir` (the initramfs cache's `stripped/`), the work directories of processes
-/// that no longer exist: killed while objcopy ran, nothing else removes them. Every strip
-/// sweeps first.
-pub fn sweep_abandoned(dir: &Path) {
+/// that no longer exist and that are at least `min_age` old: killed while objcopy ran, nothing
+/// else removes them. Every strip sweeps first (with a 10-minute minimum age).
+pub fn sweep_abandoned(dir: &Path, min_age: std::time::Duration) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -97,7 +121,13 @@ pub fn sweep_abandoned(dir: &Path) {
         // SAFETY: kill(2) with signal 0 only checks whether `pid` exists.
         let gone = unsafe { libc::kill(pid, 0) } != 0
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if gone && old {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -106,11 +136,16 @@ pub fn sweep_abandoned(dir: &Path) {
 /// objcopy dies with us (SIGKILL included) instead of finishing a file nobody will use.
 fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
-    // which is async-signal-safe.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only makes the
+    // async-signal-safe calls prctl, getppid and _exit.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            // The parent may have died before the prctl: then nobody would kill us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
             Ok(())
         });
     }

@@ -185,9 +185,15 @@ fn cache_hit_is_identical_and_inputs_invalidate() {
     assert_ne!(second.path, first.path, "each build owns its archive");
     assert_eq!(fs::read(&second.path).unwrap(), first_bytes);
     // The per-case archive goes with its owner; the cached base stays.
+    // (The archive is a memfd: its /proc/self/fd path may name another file once dropped, so
+    // compare the file's identity.)
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &std::path::Path| fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let second_id = id(&second.path);
     let second_path = second.path.clone();
     drop(second);
-    assert!(!second_path.exists() && first.path.exists() && first.base.exists());
+    assert_ne!(id(&second_path), second_id);
+    assert!(first.path.exists() && first.base.exists());
 
     // A different case part reuses the base but yields a different final archive.
     let mut other = spec.clone();

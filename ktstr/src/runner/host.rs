@@ -83,6 +83,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         cancel,
     };
     let first = boot_once(case, &boot, &Attempt::first(case, scale))?;
+    stop_if_interrupted("the case was stopped after its VM ended")?;
     if !super::repro::wanted(case, &first.verdict) {
         write_sidecar(&first.sidecar, &case.name);
         return Ok(first.verdict);
@@ -94,6 +95,7 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
         attempt.period.as_millis()
     );
     let again = boot_once(case, &boot, &attempt);
+    stop_if_interrupted("the repro run was stopped")?;
     Ok(super::repro::link(first, again, attempt.period, |s| {
         write_sidecar(s, &case.name)
     }))
@@ -198,9 +200,8 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
     stop_if_interrupted("before the VM started")?;
     progress(&case.name, "boot");
     let out = vm::run(backend, spec).map_err(|e| e.to_string())?;
-    if out.end == vm::VmEnd::Cancelled {
-        stop_if_interrupted("the VM was stopped")?;
-    }
+    // Whatever the VM's end looks like, a stop signal during it makes it no result.
+    stop_if_interrupted("the VM was stopped")?;
     progress(&case.name, "teardown");
     crate::coverage::deposit_for_case(&out.frames, &case.name);
     let diag = case_diagnostics(case, &kernel, &cf, memory_mib);

@@ -371,6 +371,13 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     inherited.extend(nodes.iter().map(PathBuf::as_path));
     crate::memfd::inherit_in_child(&mut cmd, &inherited);
     die_with_parent(&mut cmd);
+    if spec.console != ConsoleMode::Interactive {
+        // A ^C at the terminal or a signal to our process group must reach us, not qemu: qemu
+        // would exit 0 on it, which reads as a guest reboot. We stop qemu ourselves (and it
+        // dies with us on SIGKILL). An interactive console keeps the terminal's group, which
+        // it reads from.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    }
     let session = Session::new(&mut spec);
     let mut child = cmd.spawn().map_err(io_err("starting qemu-system-x86_64"))?;
     let started = Instant::now();

@@ -74,6 +74,9 @@ impl Sandbox {
                 name.ends_with(".json") && !name.starts_with('.'),
                 "stray file {name} in the sidecar directory\n{out}"
             );
+            if self.sidecars.join(&f).is_dir() {
+                continue;
+            }
             ktstr::runs::read_sidecar(&self.sidecars.join(&f))
                 .unwrap_or_else(|e| panic!("sidecar {name} is not whole: {e}\n{out}"));
             assert!(sidecar_allowed, "a sidecar {name} was written\n{out}");
@@ -93,7 +96,7 @@ impl Sandbox {
                 !name.starts_with("initramfs-"),
                 "a per-case archive {f:?} left in the cache\n{out}"
             );
-            if name.starts_with("base-") {
+            if name.starts_with("base-") && cache.join(&f).is_file() {
                 let bytes = std::fs::read(cache.join(&f)).unwrap();
                 ktstr::initramfs::read_newc(&bytes).unwrap_or_else(|e| {
                     panic!("cached base archive {f:?} is not whole: {e}\n{out}")
@@ -141,8 +144,8 @@ fn tagged_processes(tag: &str) -> Vec<i32> {
     out
 }
 
-/// Every file under `dir`, relative to it.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
+/// Every file and directory under `dir`, relative to it.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -151,10 +154,9 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
         };
         for e in rd.filter_map(Result::ok) {
             let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().to_path_buf());
             if p.is_dir() {
                 stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
             }
         }
     }
