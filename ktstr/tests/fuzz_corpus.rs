@@ -43,7 +43,10 @@ fn every_corpus_input_keeps_its_property() {
             dir.display()
         );
         for f in &files {
-            let data = std::fs::read(f).unwrap();
+            // (A fuzzer running beside the test may replace inputs as it reduces them.)
+            let Ok(data) = std::fs::read(f) else {
+                continue;
+            };
             let r = std::panic::catch_unwind(|| check(&data));
             assert!(
                 r.is_ok(),
