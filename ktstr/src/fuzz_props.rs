@@ -81,9 +81,7 @@ pub fn kernel_spec(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    if let Some(v) = range::Version::parse(s) {
-        let _ = v;
-    }
+    let _ = range::Version::parse(s);
     let _ = range::is_range(s);
     match git::parse_spec(s) {
         Ok((url, r)) => {

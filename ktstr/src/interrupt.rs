@@ -67,6 +67,29 @@ pub fn install() -> Arc<AtomicBool> {
     Arc::clone(&flags.cancel)
 }
 
+/// Makes the child `cmd` starts die (SIGKILL) when the thread that starts it ends: a process
+/// killed with SIGKILL, which can run no cleanup, then takes its children (qemu, objcopy)
+/// along instead of leaving them running. Start such children from a thread that lives as
+/// long as they are needed (the one running the case or the session).
+pub(crate) fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only makes the
+    // async-signal-safe calls prctl, getppid and _exit.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody would kill us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Whether `sig`'s current action is SIG_IGN.
 fn ignored(sig: i32) -> bool {
     // SAFETY: sigaction(2) with a null new action only reads the current one into `old`, a

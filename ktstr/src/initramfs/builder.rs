@@ -112,7 +112,7 @@ pub fn build(spec: &InitramfsSpec, cache_dir: &Path) -> Result<Built, InitramfsE
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (base, _, cache_hit) = base_archive(spec, &resolver, &shape, cache_dir, attempt > 1)?;
+        let (base, cache_hit) = base_archive(spec, &resolver, &shape, cache_dir, attempt > 1)?;
         match assemble(&base, &case) {
             Ok((file, uncompressed_bytes)) => {
                 let manifest = manifest_path(cache_dir, &shape);
@@ -225,14 +225,14 @@ fn base_key(shape: &str, inputs: &[PathBuf]) -> String {
     h.hex()
 }
 
-/// Finds the cached base or builds it. Returns (path, key, cache hit).
+/// Finds the cached base or builds it. Returns (path, cache hit).
 fn base_archive(
     spec: &InitramfsSpec,
     resolver: &LibResolver,
     shape: &str,
     cache_dir: &Path,
     force: bool,
-) -> Result<(PathBuf, String, bool), InitramfsError> {
+) -> Result<(PathBuf, bool), InitramfsError> {
     let manifest = manifest_path(cache_dir, shape);
     let previous = cache::read_manifest(&manifest);
     if let (false, Some(m)) = (force, &previous) {
@@ -241,7 +241,7 @@ fn base_archive(
         if path.is_file() {
             cache::touch(&path);
             cache::touch(&manifest);
-            return Ok((path, key, true));
+            return Ok((path, true));
         }
     }
     let tree = base_tree(spec, resolver, cache_dir)?;
@@ -271,7 +271,7 @@ fn base_archive(
     if let Some(prev) = previous.filter(|p| p.base_key != key) {
         let _ = fs::remove_file(base_path(cache_dir, &prev.base_key));
     }
-    Ok((path, key, false))
+    Ok((path, false))
 }
 
 /// Lays out the fixed part. Host-mirrored paths (loaders, libraries) go in first, so that

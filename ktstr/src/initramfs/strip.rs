@@ -50,7 +50,8 @@ pub(crate) fn stripped_copy(host: &Path, cache_dir: &Path) -> PathBuf {
             .arg(&tmp)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        die_with_parent(&mut cmd);
+        // objcopy dies with us instead of finishing a file nobody will use.
+        crate::interrupt::die_with_parent(&mut cmd);
         run_unless_interrupted(cmd)
     };
     let ok = ok && std::fs::rename(&tmp, &out).is_ok();
@@ -130,24 +131,6 @@ pub fn sweep_abandoned(dir: &Path, min_age: std::time::Duration) {
         if gone && old {
             let _ = std::fs::remove_dir_all(e.path());
         }
-    }
-}
-
-/// objcopy dies with us (SIGKILL included) instead of finishing a file nobody will use.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the child between fork and exec and only makes the
-    // async-signal-safe calls prctl, getppid and _exit.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            // The parent may have died before the prctl: then nobody would kill us.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
     }
 }
 

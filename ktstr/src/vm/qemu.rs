@@ -370,7 +370,7 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     let mut inherited: Vec<&Path> = vec![&spec.kernel, &spec.initramfs];
     inherited.extend(nodes.iter().map(PathBuf::as_path));
     crate::memfd::inherit_in_child(&mut cmd, &inherited);
-    die_with_parent(&mut cmd);
+    crate::interrupt::die_with_parent(&mut cmd);
     if spec.console != ConsoleMode::Interactive {
         // A ^C at the terminal or a signal to our process group must reach us, not qemu: qemu
         // would exit 0 on it, which reads as a guest reboot. We stop qemu ourselves (and it
@@ -546,28 +546,6 @@ impl Machine for QemuMachine {
             },
             e => e,
         }
-    }
-}
-
-/// Makes qemu die (SIGKILL) when the thread that starts it ends, so a test process killed
-/// with SIGKILL, which can run no cleanup, takes its VM along instead of leaving it running.
-/// The thread that starts qemu is the one that runs the whole session.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the child between fork and exec and only makes the
-    // async-signal-safe calls prctl, getppid and _exit.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl: then nobody would kill us.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
     }
 }
 
