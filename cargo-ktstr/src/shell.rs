@@ -335,6 +335,7 @@ mod tests {
             times: Default::default(),
             monitor: None,
             kvm_stats: None,
+            placement_notes: Vec::new(),
         };
         let host = |hardware_virt| vm::backend::HostVirt {
             kvm_usable: true,

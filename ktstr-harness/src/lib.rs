@@ -143,12 +143,17 @@ pub fn run_with(
              directory."
         );
     }
-    // performance_mode cases need tier-1 isolation, which ktstr does not provide yet: listed
-    // as ignored unless --no-perf-mode runs them capped (or strict mode fails them).
-    let perf_unavailable = !ktstr::host_cpus::no_perf_mode() && !ktstr::runner::strict_mode();
+    // performance_mode cases whose topology this host cannot isolate (tier 1 needs vCPUs + 1
+    // host CPUs and a host LLC per virtual LLC) are listed as ignored; under --no-perf-mode
+    // they run capped, and in strict mode they run and fail with the reason.
+    let perf_host = if ktstr::host_cpus::no_perf_mode() || ktstr::runner::strict_mode() {
+        None
+    } else {
+        ktstr::host_cpus::HostCpus::probe().ok()
+    };
     let matrix = Matrix::new(tests, kernels)
         .with_vm_cases_ignored(no_kernel)
-        .with_performance_cases_ignored(perf_unavailable);
+        .with_performance_host(perf_host);
     if parsed.list {
         if let Some(dir) = std::env::var_os(ktstr::unrunnable::DIR_ENV) {
             // The same registry without the "cannot run here" flags, to tell those cases apart.

@@ -160,6 +160,11 @@ impl HostCpus {
         HostCpus { cpus }
     }
 
+    /// The CPUs, in the order they were read.
+    pub fn cpus(&self) -> &[HostCpu] {
+        &self.cpus
+    }
+
     /// How many CPUs this process may use.
     pub fn len(&self) -> usize {
         self.cpus.len()

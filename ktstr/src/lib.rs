@@ -27,6 +27,7 @@ pub mod model;
 pub mod monitor;
 pub mod parity;
 pub mod payload;
+pub mod placement;
 pub mod prelude;
 pub mod protocol;
 pub mod registry;

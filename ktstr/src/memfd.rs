@@ -20,9 +20,23 @@ const FD_PREFIX: &str = "/proc/self/fd/";
 /// An anonymous file of `len` bytes (zero-filled; RAM is only used as it is written), closed
 /// on exec unless [`inherit_in_child`] keeps it. `name` shows in `/proc/PID/fd` links.
 pub fn create(name: &str, len: u64) -> std::io::Result<File> {
+    create_with(name, len, libc::MFD_CLOEXEC)
+}
+
+/// Like [`create`], backed by 2 MiB hugepages (`len` must be a multiple of 2 MiB; fails when
+/// the host has too few free, since sizing the file reserves them).
+pub fn create_huge(name: &str, len: u64) -> std::io::Result<File> {
+    create_with(
+        name,
+        len,
+        libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB,
+    )
+}
+
+fn create_with(name: &str, len: u64, flags: libc::c_uint) -> std::io::Result<File> {
     let cname = CString::new(name).map_err(std::io::Error::other)?;
     // SAFETY: memfd_create with a NUL-terminated name and valid flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -117,6 +117,10 @@ pub struct Sidecar {
     /// The VM backend that ran the case (`kvm` or `qemu`), and qemu's accelerator.
     #[serde(default)]
     pub backend: String,
+    /// Where the VM ran on the host: its tier (library spec §9), host CPUs, vCPU pins,
+    /// hugepages, RT, how long it waited for locks, and what perf mode could not do.
+    #[serde(default)]
+    pub placement: Option<crate::placement::PlacementRecord>,
     /// Host teardown, ms.
     pub cleanup_duration_ms: u64,
     /// The test's `cleanup_budget_ms`, when it declares one (a teardown over it fails the case).

@@ -1,5 +1,5 @@
-//! Cases a test binary listed as ignored because they cannot run here (no kernel, no tier-1
-//! host isolation). The harness records them when `KTSTR_UNRUNNABLE_DIR` is set (one JSON file
+//! Cases a test binary listed as ignored because they cannot run here (no kernel, a host too
+//! small for tier-1 isolation). The harness records them when `KTSTR_UNRUNNABLE_DIR` is set (one JSON file
 //! per test binary); `cargo ktstr test` sets it and, after the run, says how many cases could
 //! not run, why, and what to do. nextest itself only counts them among "skipped".
 
@@ -17,7 +17,7 @@ pub const DIR_ENV: &str = "KTSTR_UNRUNNABLE_DIR";
 pub enum Why {
     /// No kernel was named, so no VM can boot.
     NoKernel,
-    /// The test asks for performance mode, which needs tier-1 host isolation.
+    /// The test asks for performance mode, and this host is too small to isolate its topology.
     PerformanceMode,
 }
 
@@ -27,7 +27,7 @@ impl Why {
         match self {
             Why::NoKernel => "no kernel (KTSTR_KERNEL unset, no --kernel): VM cases cannot boot",
             Why::PerformanceMode => {
-                "performance_mode needs tier-1 host isolation, which ktstr does not provide yet"
+                "performance_mode needs tier-1 host isolation: vCPUs + 1 host CPUs and a host LLC per virtual LLC, more than this host has"
             }
         }
     }
@@ -36,7 +36,7 @@ impl Why {
     pub fn remedy(self) -> &'static str {
         match self {
             Why::NoKernel => "pass --kernel DIR or set KTSTR_KERNEL to a bzImage or build tree",
-            Why::PerformanceMode => "run with --no-perf-mode to run them on capped host CPUs",
+            Why::PerformanceMode => "run them on a bigger host, or with --no-perf-mode on capped host CPUs (not isolated)",
         }
     }
 }

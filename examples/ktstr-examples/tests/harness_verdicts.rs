@@ -186,16 +186,91 @@ fn a_teardown_over_budget_fails_the_case() {
     );
 }
 
-/// performance_mode never passes without the isolation it asks for: listed as ignored, failed
-/// when run anyway or in strict mode, and run capped under --no-perf-mode.
+/// [`case_and_sidecar`] with strict-mode and perf-mode variables removed first.
+fn plain_case_and_sidecar(
+    name: &str,
+    tag: &str,
+    envs: &[(&str, &str)],
+) -> (Option<i32>, String, Option<ktstr::sidecar::Sidecar>) {
+    let dir = std::env::temp_dir().join(format!("ktstr-{tag}-sidecar-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut all = vec![("KTSTR_SIDECAR_DIR", dir.to_str().unwrap())];
+    all.extend_from_slice(envs);
+    let (code, out) = case_env(name, &all, &STRICT_AND_PERF);
+    let sc = ktstr::runs::load_run(&dir)
+        .ok()
+        .and_then(|r| r.sidecars.into_iter().next().map(|(_, s)| s));
+    let _ = std::fs::remove_dir_all(&dir);
+    (code, out, sc)
+}
+
+const STRICT_AND_PERF: [&str; 3] = ["CI", "KTSTR_NO_SKIP_MODE", "KTSTR_NO_PERF_MODE"];
+
+/// performance_mode gets tier-1 isolation where the host can give it: the one-vCPU case runs
+/// with its vCPU pinned to a host CPU of its own, beside a separate service CPU, and the
+/// sidecar says so (and what perf mode could not do here, such as hugepages).
 #[test]
-fn performance_mode_is_ignored_failed_or_run_capped() {
+fn performance_mode_pins_the_vcpu_and_records_the_placement() {
     if !kernel_available() {
         return;
     }
-    let name = "performance_mode_case/eevdf/1n1l1c1t";
-    let strict = ["CI", "KTSTR_NO_SKIP_MODE", "KTSTR_NO_PERF_MODE"];
-    let (code, out) = case_env(name, &[], &strict);
+    let allowed = ktstr::host_cpus::allowed_cpus().unwrap();
+    if allowed.len() < 2 {
+        eprintln!("one host CPU: performance mode cannot fit even one vCPU here");
+        return;
+    }
+    let (code, out, sc) =
+        plain_case_and_sidecar("performance_mode_case/eevdf/1n1l1c1t", "perf", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let p = sc
+        .expect("a sidecar")
+        .placement
+        .expect("a placement record");
+    assert_eq!(p.tier, "performance", "{p:?}");
+    assert_eq!(p.vcpu_pins.len(), 1, "{p:?}");
+    assert_eq!(
+        p.host_cpus.len(),
+        2,
+        "the vCPU's CPU and the service CPU: {p:?}"
+    );
+    assert!(p.host_cpus.contains(&p.vcpu_pins[0]), "{p:?}");
+    assert!(allowed.contains(&p.vcpu_pins[0]), "{p:?}");
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(p.realtime, "root may use SCHED_FIFO: {p:?}");
+    }
+    let free = ktstr::placement::free_hugepages().unwrap_or(0);
+    if free < ktstr::placement::hugepages_for(256) {
+        assert!(!p.hugepages, "{p:?}");
+        assert!(
+            p.notes.iter().any(|n| n.contains("hugepages")),
+            "without free hugepages the sidecar says so: {p:?}"
+        );
+    }
+    // Under --no-perf-mode the same test runs capped, and says it was not isolated.
+    let (code, out, sc) = plain_case_and_sidecar(
+        "performance_mode_case/eevdf/1n1l1c1t",
+        "perf-off",
+        &[("KTSTR_NO_PERF_MODE", "1")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let p = sc
+        .expect("a sidecar")
+        .placement
+        .expect("a placement record");
+    assert_eq!(p.tier, "capped", "{p:?}");
+    assert!(p.notes.iter().any(|n| n.contains("not isolated")), "{p:?}");
+}
+
+/// A performance_mode topology the host cannot isolate is listed as skipped (never passed),
+/// and fails naming the host's size when run anyway or in strict mode.
+#[test]
+fn performance_mode_too_big_for_the_host_is_skipped_or_fails_with_the_reason() {
+    if !kernel_available() {
+        return;
+    }
+    let name = "performance_mode_too_big/eevdf/1n1l64c1t";
+    let (code, out) = case_env(name, &[], &STRICT_AND_PERF);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("1 ignored"), "{out}");
     let run_anyway = Command::new(env!("CARGO_BIN_EXE_verdict_fixtures"))
@@ -209,15 +284,12 @@ fn performance_mode_is_ignored_failed_or_run_capped() {
         + &String::from_utf8_lossy(&run_anyway.stderr);
     assert_eq!(run_anyway.status.code(), Some(101), "{text}");
     assert!(
-        text.contains("Skip: performance_mode needs tier-1"),
+        text.contains("host too small for performance mode") && text.contains("--no-perf-mode"),
         "{text}"
     );
-    let (code, out) = case_env(name, &[("KTSTR_NO_SKIP_MODE", "1")], &strict);
+    let (code, out) = case_env(name, &[("KTSTR_NO_SKIP_MODE", "1")], &STRICT_AND_PERF);
     assert_eq!(code, Some(101), "{out}");
-    assert!(out.contains("Skip: performance_mode needs tier-1"), "{out}");
-    let (code, out) = case_env(name, &[("KTSTR_NO_PERF_MODE", "1")], &strict);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("1 passed"), "{out}");
+    assert!(out.contains("host too small for performance mode"), "{out}");
 }
 
 /// The evidence a sidecar carries besides the verdict: a scenario's phases (BASELINE, then

@@ -552,7 +552,7 @@ pub struct Matrix {
     tests: &'static [KtstrTest],
     kernels: KernelSet,
     vm_cases_ignored: bool,
-    performance_cases_ignored: bool,
+    performance_host: Option<crate::host_cpus::HostCpus>,
 }
 
 impl Matrix {
@@ -562,7 +562,7 @@ impl Matrix {
             tests,
             kernels,
             vm_cases_ignored: false,
-            performance_cases_ignored: false,
+            performance_host: None,
         }
     }
 
@@ -574,20 +574,28 @@ impl Matrix {
         self
     }
 
-    /// Lists every `performance_mode` case as ignored: for a harness that knows at list time
-    /// that tier-1 host isolation is unavailable (ktstr has none yet), so that nextest reports
-    /// them as skipped instead of running them without the isolation they ask for.
-    pub fn with_performance_cases_ignored(mut self, ignored: bool) -> Self {
-        self.performance_cases_ignored = ignored;
+    /// Lists the `performance_mode` cases whose topology cannot get tier-1 host isolation on
+    /// `host` (vCPUs + 1 host CPUs, a host LLC per virtual LLC) as ignored, so that nextest
+    /// reports them as skipped instead of failing them for the host's size. `None` (perf mode
+    /// off, or strict mode, where they run and fail with the reason) lists them normally.
+    pub fn with_performance_host(mut self, host: Option<crate::host_cpus::HostCpus>) -> Self {
+        self.performance_host = host;
         self
+    }
+
+    /// Whether `test`'s case on `topo` is a performance case this host cannot isolate.
+    fn performance_unfit(&self, test: &KtstrTest, topo: &Topology) -> bool {
+        test.performance_mode
+            && !test.host_only
+            && self
+                .performance_host
+                .as_ref()
+                .is_some_and(|h| crate::placement::performance_fits(topo, h).is_err())
     }
 
     /// Whether every case of `test` is listed as ignored.
     fn always_ignored(&self, test: &KtstrTest) -> bool {
-        test.ignore
-            || test.is_demo()
-            || (self.vm_cases_ignored && !test.host_only)
-            || (self.performance_cases_ignored && test.performance_mode && !test.host_only)
+        test.ignore || test.is_demo() || (self.vm_cases_ignored && !test.host_only)
     }
 
     /// The binary's registry and the kernels named in the environment.
@@ -669,7 +677,10 @@ impl Matrix {
                                 work_type: wi,
                                 kernel: *k,
                                 name: &name,
-                                ignored: always_ignored || ti != 0 || pi != 0,
+                                ignored: always_ignored
+                                    || ti != 0
+                                    || pi != 0
+                                    || self.performance_unfit(test, topo),
                             });
                         }
                     }
@@ -716,7 +727,7 @@ impl Matrix {
             kernel,
             assert: test.merged_assert(),
             base,
-            ignored: always_ignored || !base,
+            ignored: always_ignored || !base || self.performance_unfit(test, &topology),
             work_type,
         };
         if test.host_only {

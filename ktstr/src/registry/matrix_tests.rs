@@ -315,27 +315,50 @@ static PERF_TESTS: [KtstrTest; 2] = [
     KtstrTest::new("isolated", body).performance_mode(true),
 ];
 
+/// A host of `n` CPUs in one LLC.
+fn one_llc_host(n: u32) -> crate::host_cpus::HostCpus {
+    crate::host_cpus::HostCpus::from_cpus(
+        (0..n)
+            .map(|cpu| crate::host_cpus::HostCpu {
+                cpu,
+                llc: 0,
+                node: 0,
+            })
+            .collect(),
+    )
+}
+
 #[test]
-fn performance_cases_are_listed_ignored_only_when_asked() {
-    let listed = |ignore: bool| {
-        all(&Matrix::new(&PERF_TESTS, KernelSet::none()).with_performance_cases_ignored(ignore))
+fn performance_cases_are_listed_ignored_only_where_the_host_cannot_isolate_them() {
+    let listed = |host: Option<crate::host_cpus::HostCpus>| {
+        all(&Matrix::new(&PERF_TESTS, KernelSet::none()).with_performance_host(host))
     };
-    let on = listed(true);
-    let isolated = |v: &[(String, bool)]| -> Vec<bool> {
+    let isolated_base = |v: &[(String, bool)]| -> bool {
         v.iter()
-            .filter(|(n, _)| n.starts_with("isolated/"))
+            .find(|(n, _)| n.starts_with("isolated/"))
             .map(|(_, i)| *i)
-            .collect()
+            .unwrap()
     };
+    let vcpus = PERF_TESTS[1].declared_topology().unwrap().num_cpus();
+    // Too small: vCPUs + 1 service CPU do not fit.
+    let small = listed(Some(one_llc_host(vcpus)));
+    assert!(isolated_base(&small), "{small:?}");
     assert!(
-        !isolated(&on).is_empty() && isolated(&on).iter().all(|i| *i),
-        "{on:?}"
+        small.iter().any(|(n, i)| n.starts_with("plain/") && !*i),
+        "{small:?}"
     );
-    assert!(
-        on.iter().any(|(n, i)| n.starts_with("plain/") && !*i),
-        "{on:?}"
-    );
-    assert!(isolated(&listed(false)).iter().any(|i| !*i));
+    // Big enough, or no host given (perf mode off, strict mode): listed normally.
+    assert!(!isolated_base(&listed(Some(one_llc_host(vcpus + 1)))));
+    assert!(!isolated_base(&listed(None)));
+    // Resolving one case agrees with the listing.
+    let m =
+        Matrix::new(&PERF_TESTS, KernelSet::none()).with_performance_host(Some(one_llc_host(1)));
+    let name = &small
+        .iter()
+        .find(|(n, _)| n.starts_with("isolated/"))
+        .unwrap()
+        .0;
+    assert!(m.resolve(name).unwrap().ignored);
 }
 
 static SWEEPS: [KtstrTest; 4] = [

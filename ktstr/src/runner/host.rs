@@ -36,9 +36,6 @@ pub fn run_case(case: &CaseSpec) -> Result<CaseVerdict, String> {
     if case.host_only() {
         return run_host_only(case);
     }
-    if let Some(v) = performance_mode_refused(case) {
-        return Ok(v);
-    }
     let cancel = crate::interrupt::install();
     let pick = launch::choose_backend(None).map_err(|e| e.to_string())?;
     BACKEND_NOTE.call_once(|| eprintln!("ktstr: {}", pick.note()));
@@ -181,14 +178,12 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
         Duration::from_secs_f64(60.0 * scale + run_s * scale),
     )?;
     spec.cancel = Arc::clone(&boot.cancel);
-    // KTSTR_NO_PERF_MODE: the capped tier, held until the VM is gone.
-    let _reservation = if crate::host_cpus::no_perf_mode() {
-        let r = crate::host_cpus::reserve_capped(None).map_err(|e| e.to_string())?;
-        spec.host_cpus = Some(r.plan.cpus.clone());
-        Some(r)
-    } else {
-        None
-    };
+    // The host tier's CPUs and locks (library spec §9), held until the VM is gone; taken
+    // last, so a waiting case holds nothing while it builds.
+    let placement = crate::placement::place(&case.topology, memory_mib, case.test.performance_mode)
+        .map_err(|e| e.to_string())?;
+    spec.host_cpus = placement.cpus.clone();
+    spec.pinning = placement.pinning.clone();
     let monitor = crate::monitor::spec_for(&kernel, attempt.period).map(|mut m| {
         m.map_write = case.test.bpf_map_write.copied();
         m
@@ -225,6 +220,10 @@ fn boot_once(case: &CaseSpec, boot: &Boot, attempt: &Attempt) -> Result<Booted, 
         kernel_commit,
     );
     sidecar.thresholds = attempt.assert;
+    let mut record = placement.record();
+    record.notes.extend(out.placement_notes.iter().cloned());
+    sidecar.placement = Some(record);
+    drop(placement);
     Ok(Booted { verdict, sidecar })
 }
 
@@ -287,25 +286,6 @@ fn progress_sink(case: &str, has_scheduler: bool) -> vm::FrameSink {
         };
         eprintln!("ktstr: progress {case} {phase}");
     })
-}
-
-/// The failing verdict of a `performance_mode` case outside `--no-perf-mode`; `None` runs it.
-fn performance_mode_refused(case: &CaseSpec) -> Option<CaseVerdict> {
-    // Tier-1 host isolation (reserved host LLCs, pinned vCPUs, hugepages) does not exist yet:
-    // such a case must not pass as if it had run isolated.
-    if case.test.performance_mode && !crate::host_cpus::no_perf_mode() {
-        let why = "performance_mode needs tier-1 host isolation (reserved host LLCs, pinned \
-                   vCPUs, hugepages), which ktstr does not provide yet; run it with \
-                   --no-perf-mode (KTSTR_NO_PERF_MODE=1) on capped host CPUs"
-            .to_string();
-        // Listed as ignored outside strict mode; run anyway (`--run-ignored`), it fails:
-        // a run-time skip would count as a pass in nextest.
-        return Some(CaseVerdict::infra_failure(
-            &case.name,
-            AssertDetail::new(DetailKind::Skip, why),
-        ));
-    }
-    None
 }
 
 /// The case file the guest reads: what to run, with the scheduler at its in-guest path.
@@ -708,6 +688,7 @@ mod tests {
             times: Default::default(),
             monitor: None,
             kvm_stats: None,
+            placement_notes: Vec::new(),
         };
         assert_eq!(scheduler_attached(&out), Some(("demo".into(), 812)));
         assert_eq!(telemetry(&out, "verifier_stats"), None);

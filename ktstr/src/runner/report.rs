@@ -342,6 +342,7 @@ mod tests {
             times: PhaseTimes::default(),
             monitor: None,
             kvm_stats: None,
+            placement_notes: Vec::new(),
         }
     }
 

@@ -67,8 +67,12 @@ pub struct VmSpec {
     pub frame_sink: Option<FrameSink>,
     /// Set by the host (e.g. on SIGINT/SIGTERM) to tear the VM down promptly.
     pub cancel: Arc<AtomicBool>,
-    /// Host CPUs the VM's threads are confined to (a capped run); `None`: no constraint.
+    /// Host CPUs the VM's threads are confined to ([`crate::placement`]); `None`: no
+    /// constraint.
     pub host_cpus: Option<Vec<u32>>,
+    /// Performance mode: each vCPU thread on its own host CPU (and RT, hugepages);
+    /// [`VmSpec::host_cpus`] then holds the service CPU for every other thread.
+    pub pinning: Option<crate::placement::Pinning>,
     /// Run the host-side monitor beside the guest (`None`: no monitor).
     pub monitor: Option<crate::monitor::MonitorSpec>,
     /// A raw disk image the guest sees as `/dev/vda` (virtio-blk); `None`: no disk.
@@ -90,6 +94,7 @@ impl VmSpec {
             frame_sink: None,
             cancel: Arc::new(AtomicBool::new(false)),
             host_cpus: None,
+            pinning: None,
             monitor: None,
             disk: None,
         }
@@ -243,6 +248,9 @@ pub struct VmOutcome {
     pub monitor: Option<crate::monitor::Recording>,
     /// KVM's statistics of the VM (in-process VMM only; sidecar `kvm_stats`).
     pub kvm_stats: Option<serde_json::Value>,
+    /// What the backend could not do of the spec's [`VmSpec::pinning`] (no hugepages after
+    /// all, a vCPU thread it could not pin), for the sidecar's placement notes.
+    pub placement_notes: Vec<String>,
 }
 
 impl VmOutcome {

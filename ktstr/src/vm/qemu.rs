@@ -270,6 +270,36 @@ fn node_memory(mem: &QemuMemory) -> std::io::Result<Vec<File>> {
         .collect()
 }
 
+/// [`node_memory`] in 2 MiB hugepages (performance mode); `Err` says why not, and the caller
+/// falls back to ordinary pages.
+fn node_hugepages(mem: &QemuMemory) -> Result<Vec<File>, String> {
+    if let Some(mib) = mem.node_mib.iter().find(|m| *m % 2 != 0) {
+        return Err(format!(
+            "a NUMA node of {mib} MiB is not a whole number of hugepages"
+        ));
+    }
+    mem.node_mib
+        .iter()
+        .enumerate()
+        .map(|(n, mib)| crate::memfd::create_huge(&format!("ktstr-node{n}"), mib << 20))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| format!("hugepage memfd: {e}"))
+}
+
+/// Pins qemu's vCPU threads (named with `debug-threads=on`) as performance mode says; what
+/// could not be done, as notes.
+fn pin_qemu_vcpus(pid: u32, p: &crate::placement::Pinning) -> Vec<String> {
+    let naming = crate::monitor::ThreadNaming::Qemu;
+    match crate::placement::pin_vcpu_threads(pid, naming, p, Duration::from_secs(10)) {
+        Ok(n) if n >= p.vcpus.len() => Vec::new(),
+        Ok(n) => vec![format!(
+            "only {n} of qemu's {} vCPU threads appeared in time to be pinned",
+            p.vcpus.len()
+        )],
+        Err(e) => vec![format!("qemu's vCPU threads not pinned: {e}")],
+    }
+}
+
 /// Where each node's file appears in guest-physical memory. qemu concatenates the nodes'
 /// RAM and maps the first `below_4g` bytes at 0 and the rest at 4 GiB (q35's PCI hole).
 pub fn ram_regions(mem: &QemuMemory, nodes: &[PathBuf]) -> Vec<FileRegion> {
@@ -361,7 +391,17 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     if accel == Accel::Tcg && spec.topology.needs_x2apic() {
         return Err(QemuError::X2apicUnderTcg(spec.topology.label()));
     }
-    let node_files = node_memory(&mem).map_err(io_err("creating guest memory (memfd)"))?;
+    let mut notes = Vec::new();
+    let huge = match &spec.pinning {
+        Some(p) if p.hugepages => node_hugepages(&mem)
+            .map_err(|why| notes.push(format!("guest RAM in 4 KiB pages: {why}")))
+            .ok(),
+        _ => None,
+    };
+    let node_files = match huge {
+        Some(f) => f,
+        None => node_memory(&mem).map_err(io_err("creating guest memory (memfd)"))?,
+    };
     let nodes: Vec<PathBuf> = node_files.iter().map(crate::memfd::path_of).collect();
     let mut cmd = qemu_command(&spec, accel, &mem, &nodes);
     if let Some(cpus) = &spec.host_cpus {
@@ -381,6 +421,12 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     let session = Session::new(&mut spec);
     let mut child = cmd.spawn().map_err(io_err("starting qemu-system-x86_64"))?;
     let started = Instant::now();
+    // Performance mode: qemu starts on the service CPU; each vCPU thread moves to its own CPU
+    // as soon as it exists (beside the boot, which it must not hold up).
+    let pinner = spec.pinning.clone().map(|p| {
+        let pid = child.id();
+        std::thread::spawn(move || pin_qemu_vcpus(pid, &p))
+    });
 
     let mut pumps: Vec<JoinHandle<()>> = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -412,7 +458,13 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     let finished = session.run(&mut machine, started, Some(target));
     drop(machine);
     drop(node_files);
-    Ok(finished.outcome(BackendKind::Qemu, t0))
+    if let Some(h) = pinner {
+        notes.extend(h.join().unwrap_or_default());
+    }
+    Ok(VmOutcome {
+        placement_notes: notes,
+        ..finished.outcome(BackendKind::Qemu, t0)
+    })
 }
 
 /// The qemu command line for `spec`, with guest RAM in the files `nodes`: machine, topology,
@@ -453,6 +505,11 @@ fn qemu_command(spec: &VmSpec, accel: Accel, mem: &QemuMemory, nodes: &[PathBuf]
         Path::new(QBOOT_ROM).is_file(),
     ) {
         cmd.args(["-bios", &bios]);
+    }
+    if spec.pinning.is_some() && accel == Accel::Kvm {
+        // Performance mode on hardware KVM: each vCPU owns its host CPU, so the guest may
+        // idle and spin (HLT, PAUSE, MWAIT) without exiting.
+        cmd.args(["-overcommit", "cpu-pm=on"]);
     }
     if let Some(disk) = &spec.disk {
         // virtio-blk on PCI: q35 has no slot for virtio-mmio devices.

@@ -253,6 +253,7 @@ impl Finished {
             console_tail: self.console_tail,
             monitor: self.monitor,
             kvm_stats: None,
+            placement_notes: Vec::new(),
             times: PhaseTimes {
                 setup: self.started.saturating_duration_since(t0),
                 boot_to_init: self

@@ -216,18 +216,35 @@ impl MsiSink for KvmMsiSink {
     }
 }
 
-/// Maps guest memory (one anonymous, unpopulated mapping per range) and registers a memslot
-/// for each.
-pub fn create_memory(vm: &VmFd, layout: &MemoryLayout) -> Result<GuestMemoryMmap, VmmError> {
-    let ranges: Vec<(GuestAddress, usize)> = layout
-        .slots
-        .iter()
-        .map(|s| (GuestAddress(s.base), s.len as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmmError::GuestMemory {
-        what: "mapping guest memory",
-        detail: e.to_string(),
-    })?;
+/// Maps guest memory (one anonymous, unpopulated mapping per range; with `hugepages`, 2 MiB
+/// pages pre-faulted, falling back with a note in `notes`) and registers a memslot for each.
+pub fn create_memory(
+    vm: &VmFd,
+    layout: &MemoryLayout,
+    hugepages: bool,
+    notes: &mut Vec<String>,
+) -> Result<GuestMemoryMmap, VmmError> {
+    let huge = if hugepages {
+        super::perf::hugepage_memory(layout)
+            .map_err(|why| notes.push(format!("guest RAM in 4 KiB pages: {why}")))
+            .ok()
+    } else {
+        None
+    };
+    let mem = match huge {
+        Some(m) => m,
+        None => {
+            let ranges: Vec<(GuestAddress, usize)> = layout
+                .slots
+                .iter()
+                .map(|s| (GuestAddress(s.base), s.len as usize))
+                .collect();
+            GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmmError::GuestMemory {
+                what: "mapping guest memory",
+                detail: e.to_string(),
+            })?
+        }
+    };
     for (slot, s) in layout.slots.iter().enumerate() {
         let host =
             mem.get_host_address(GuestAddress(s.base))
@@ -307,12 +324,16 @@ pub fn create_vcpu(
     supported: &[kvm_cpuid_entry2],
     topo: &Topology,
     cpu: u32,
+    hint_realtime: bool,
 ) -> Result<(VcpuFd, Vec<kvm_cpuid_entry2>), VmmError> {
     let vcpu = vm
         .create_vcpu(topo.apic_id(cpu) as u64)
         .map_err(ioctl("KVM_CREATE_VCPU"))?;
-    let entries = cpuid::vcpu_cpuid(supported, topo, cpu)
+    let mut entries = cpuid::vcpu_cpuid(supported, topo, cpu)
         .map_err(|source| VmmError::Cpuid { cpu, source })?;
+    if hint_realtime {
+        super::perf::hint_realtime(&mut entries);
+    }
     let table = CpuId::from_entries(&entries).map_err(|e| VmmError::GuestMemory {
         what: "building the CPUID table",
         detail: format!("{} entries: {e:?}", entries.len()),
@@ -421,6 +442,8 @@ pub struct MachineSpec<'a> {
     /// The backing file of a virtio-mmio disk (opened read-write), if any; the command line
     /// must declare it ([`super::virtio_blk::cmdline_word`]).
     pub disk: Option<std::fs::File>,
+    /// Performance mode's per-vCPU placement ([`super::perf`]), if any.
+    pub pinning: Option<crate::placement::Pinning>,
 }
 
 /// Boots a machine and runs it to its end.
@@ -430,7 +453,13 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     let chip = IrqChip::for_topology(&topo);
     let kvm = open_kvm()?;
     let vm = Arc::new(create_vm(&kvm, topo.num_cpus(), chip)?);
-    let mem = create_memory(&vm, &spec.layout)?;
+    let pinning = spec.pinning.clone();
+    let mut notes = Vec::new();
+    if pinning.is_some() {
+        super::perf::disable_exits(&vm, &mut notes);
+    }
+    let hugepages = pinning.as_ref().is_some_and(|p| p.hugepages);
+    let mem = create_memory(&vm, &spec.layout, hugepages, &mut notes)?;
     let rsdp = write_common(&mem, &spec.layout, &topo)?;
     let entry = (spec.load)(&mem, &spec.layout, rsdp)?;
     let mut supported = supported_cpuid(&kvm)?;
@@ -439,7 +468,7 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     }
     let mut vcpus = Vec::with_capacity(topo.num_cpus() as usize);
     for cpu in 0..topo.num_cpus() {
-        vcpus.push(create_vcpu(&vm, &supported, &topo, cpu)?.0);
+        vcpus.push(create_vcpu(&vm, &supported, &topo, cpu, pinning.is_some())?.0);
     }
     setup_bsp(&vcpus[0], entry)?;
     // Opened now: the vCPU fds move into their threads below.
@@ -459,6 +488,7 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     }
     let devices = Arc::new(devices);
     let shared = Arc::new(Shared::default());
+    let notes = Arc::new(std::sync::Mutex::new(notes));
 
     let mut threads = Vec::with_capacity(vcpus.len());
     let mut spawn_err = None;
@@ -467,6 +497,10 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
             shared: shared.clone(),
             devices: devices.clone(),
             mem: mem.clone(),
+            pin: pinning
+                .as_ref()
+                .and_then(|p| Some((*p.vcpus.get(i)?, p.realtime))),
+            notes: notes.clone(),
         };
         match vcpu::spawn(fd, i as u32, ctx) {
             Ok(t) => threads.push(t),
@@ -515,8 +549,10 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     drop(devices);
     drop(mem);
     drop(kvm);
+    let placement_notes = std::mem::take(&mut *notes.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(VmOutcome {
         kvm_stats,
+        placement_notes,
         ..finished.outcome(BackendKind::Kvm, t0)
     })
 }
@@ -667,7 +703,7 @@ pub fn cpuid_roundtrip(
     let supported = supported_cpuid(&kvm)?;
     let mut out = Vec::new();
     for cpu in 0..topo.num_cpus() {
-        let (fd, set) = create_vcpu(&vm, &supported, topo, cpu)?;
+        let (fd, set) = create_vcpu(&vm, &supported, topo, cpu, false)?;
         let got = fd
             .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_CPUID2"))?

@@ -9,7 +9,7 @@
 //! Code map: [`layout`] (GPAs, per-node RAM, SHM, e820, initrd placement), [`boot`] (kernel
 //! formats, boot_params, command line, page tables, GDT, BSP registers), [`machine`] (the linear
 //! setup recipe and the run monitor), [`vcpu`] (threads, kicks, teardown), [`devices`] (COM1,
-//! exit port, i8042, MMIO), [`ioapic`] (the userspace IOAPIC of x2APIC shapes), [`stats`] (KVM's binary statistics), [`acpi`] and
+//! exit port, i8042, MMIO), [`ioapic`] (the userspace IOAPIC of x2APIC shapes), [`stats`] (KVM's binary statistics), `perf` (performance mode: pinned RT vCPUs, hugepages, exits), [`acpi`] and
 //! [`cpuid`] (topology tables), [`probe`] (the probe guest).
 //!
 //! Interrupt controllers: shapes whose APIC IDs fit xAPIC (up to 0xFE) use KVM's in-kernel
@@ -23,6 +23,7 @@ pub mod devices;
 pub mod ioapic;
 pub mod layout;
 pub mod machine;
+mod perf;
 #[cfg(feature = "probe")]
 pub mod probe;
 mod run;

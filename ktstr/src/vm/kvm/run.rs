@@ -76,11 +76,13 @@ pub fn run(mut spec: VmSpec) -> Result<VmOutcome, VmmError> {
         write_guest(mem, BOOT_PARAMS_GPA, &bp, "writing boot_params")?;
         Ok(k.entry)
     };
+    let pinning = spec.pinning.clone();
     run_machine(MachineSpec {
         topology: spec.topology,
         layout,
         session: Session::new(&mut spec),
         load: Box::new(load),
         disk,
+        pinning,
     })
 }

@@ -96,6 +96,11 @@ pub struct VcpuContext {
     pub devices: Arc<Devices>,
     /// Guest memory, to show the failing instruction's bytes.
     pub mem: GuestMemoryMmap,
+    /// Performance mode: the host CPU this vCPU's thread is pinned to, and whether it runs
+    /// at `SCHED_FIFO`.
+    pub pin: Option<(u32, bool)>,
+    /// Where a pinning the host refused is noted (for the sidecar).
+    pub notes: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Starts a thread running `vcpu` until the VM stops.
@@ -106,6 +111,14 @@ pub fn spawn(mut vcpu: VcpuFd, index: u32, ctx: VcpuContext) -> std::io::Result<
         .name(format!("ktstr-vcpu{index}"))
         .stack_size(256 << 10)
         .spawn(move || {
+            if let Some((cpu, realtime)) = ctx.pin {
+                if let Some(note) = super::perf::pin_this_vcpu(index, cpu, realtime) {
+                    ctx.notes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(note);
+                }
+            }
             let shared = ctx.shared.clone();
             // Owned outside the unwind boundary: a panic must not drop the fd while the
             // monitor may still write to its kvm_run.

@@ -81,6 +81,7 @@ fn run_code_with_layout(
         session,
         load: Box::new(load),
         disk: None,
+        pinning: None,
     })
 }
 
