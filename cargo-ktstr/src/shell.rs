@@ -339,6 +339,7 @@ mod tests {
         };
         let host = |hardware_virt| vm::backend::HostVirt {
             kvm_usable: true,
+            kvm_denied: false,
             hardware_virt,
             outer_hypervisor: None,
         };

@@ -1343,3 +1343,46 @@ fn coverage_counts_workload_lines_that_ran_only_in_the_guest() {
         );
     }
 }
+
+/// Without busybox on the host, `shell` says what to install before it builds or boots
+/// anything. Busybox is hidden for real: in a private mount namespace (which needs root; CI
+/// runs as root), `/dev/null` is bound over every place the shell looks for it.
+#[test]
+fn shell_without_busybox_says_what_to_install() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: hiding busybox needs a private mount namespace (root); CI runs it");
+        return;
+    }
+    let Some(kernel) = common::kernel() else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "for b in /bin/busybox /usr/bin/busybox; do \
+               [ -e \"$b\" ] && mount --bind /dev/null \"$b\"; done; exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_cargo-ktstr"))
+        .args([
+            "ktstr",
+            "shell",
+            "--no-perf-mode",
+            "--exec",
+            "true",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .env("KTSTR_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{out}{err}");
+    assert!(
+        err.contains("shell mode needs busybox") && err.contains("apt-get install busybox-static"),
+        "{out}{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

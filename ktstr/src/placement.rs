@@ -17,7 +17,8 @@
 //!   tier-1 run's exclusive LLC lock keeps them off its LLCs and theirs keep it off theirs.
 //! - `KTSTR_BYPASS_LLC_LOCKS=1`: no locks and no mask.
 //!
-//! **Waiting.** A VM whose CPUs or LLCs are held waits, polling with backoff, for up to
+//! **Waiting.** A VM whose CPUs or LLCs are held waits its turn (first come, first served:
+//! [`Ticket`]), polling with backoff, for up to
 //! `KTSTR_LOCK_WAIT_S` seconds (default [`DEFAULT_WAIT`]), then fails with "resource
 //! contention". The wait counts toward nextest's slow-timeout: our profile ends a case after
 //! 5 minutes, and 2 minutes of waiting plus a case's own VM budget (boot, scheduler, workload:
@@ -292,6 +293,7 @@ pub fn place(topo: &Topology, memory_mib: u64, performance: bool) -> Result<Plac
     }
     let host = HostCpus::probe()?;
     let dir = crate::locks::lock_dir();
+    crate::cache::warn_if_remote(&dir, "host lock directory", "KTSTR_LOCK_DIR");
     let wait = lock_wait()?;
     if performance {
         place_performance(topo, memory_mib, &host, &dir, wait)
@@ -417,19 +419,114 @@ fn try_lock(path: &Path, mode: i32) -> Result<Option<File>, PlaceError> {
     }
 }
 
-/// Calls `attempt` until it returns `Some`, sleeping with backoff between tries, for at most
-/// `wait`; `what` names the held resource in the contention error.
+/// A place in the host's queue of VMs waiting for locks: a file `ktstr-queue/{seq}-{pid}` in
+/// the lock directory, flock-held while its owner waits. Waiters try for their locks in
+/// ticket order, so a case that has waited longest goes next: without the queue, whichever
+/// poller happened to look first after a release would win, and with eight cases queued on
+/// two CPUs an unlucky one could lose for minutes.
+struct Ticket {
+    dir: PathBuf,
+    seq: u64,
+    path: PathBuf,
+    _held: File,
+}
+
+impl Ticket {
+    /// Takes the next ticket (the counter file `ktstr-queue.seq` is read and bumped under its
+    /// own flock).
+    fn take(lock_dir: &Path) -> Result<Ticket, PlaceError> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PlaceError::Lock { path, source }
+        };
+        let dir = lock_dir.join("ktstr-queue");
+        std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+        let counter = lock_dir.join("ktstr-queue.seq");
+        let mut c = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&counter)
+            .map_err(err(&counter))?;
+        // SAFETY: flock on a descriptor we own; blocks only for another taker's few syscalls.
+        if unsafe { libc::flock(c.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(err(&counter)(std::io::Error::last_os_error()));
+        }
+        use std::io::{Read, Seek, Write};
+        let mut text = String::new();
+        c.read_to_string(&mut text).map_err(err(&counter))?;
+        let seq = text.trim().parse::<u64>().unwrap_or(0) + 1;
+        c.rewind()
+            .and_then(|_| c.set_len(0))
+            .and_then(|_| c.write_all(seq.to_string().as_bytes()))
+            .map_err(err(&counter))?;
+        let path = dir.join(format!("{seq:020}-{}", std::process::id()));
+        let held = try_lock(&path, libc::LOCK_EX)?
+            .ok_or_else(|| err(&path)(std::io::Error::other("a fresh ticket is locked")))?;
+        drop(c);
+        Ok(Ticket {
+            dir,
+            seq,
+            path,
+            _held: held,
+        })
+    }
+
+    /// Whether no live ticket is older than this one. A ticket whose file nobody holds
+    /// belongs to a waiter that died: it is removed.
+    fn is_next(&self) -> bool {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return true;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(seq) = name
+                .to_str()
+                .and_then(|n| n.split('-').next())
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if seq >= self.seq {
+                continue;
+            }
+            match try_lock(&e.path(), libc::LOCK_EX) {
+                // Nobody holds it: its waiter is gone.
+                Ok(Some(_)) => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                Ok(None) => return false,
+                Err(_) => {}
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Calls `attempt` until it returns `Some`, in ticket order among the VMs waiting on this
+/// host (see [`Ticket`]) and sleeping with backoff between tries, for at most `wait`; `what`
+/// names the held resource in the contention error.
 fn wait_for<T>(
+    lock_dir: &Path,
     wait: Duration,
     mut attempt: impl FnMut() -> Result<Option<T>, PlaceError>,
     what: impl Fn() -> String,
 ) -> Result<(T, Duration), PlaceError> {
     let start = Instant::now();
-    // Jitter from the PID spreads waiters that started together.
-    let mut pause = Duration::from_millis(50 + u64::from(std::process::id() % 50));
+    let ticket = Ticket::take(lock_dir)?;
+    let mut pause = Duration::from_millis(20);
     loop {
-        if let Some(v) = attempt()? {
-            return Ok((v, start.elapsed()));
+        if ticket.is_next() {
+            if let Some(v) = attempt()? {
+                return Ok((v, start.elapsed()));
+            }
         }
         if let Some(sig) = crate::interrupt::received() {
             return Err(PlaceError::Interrupted(crate::interrupt::name(sig)));
@@ -441,7 +538,7 @@ fn wait_for<T>(
             });
         }
         std::thread::sleep(pause.min(wait.saturating_sub(start.elapsed())));
-        pause = (pause * 2).min(Duration::from_millis(1000));
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 
@@ -466,6 +563,7 @@ pub fn place_performance(
     plan_performance(topo, host, &BTreeSet::new())?;
     let mut busy = BTreeSet::new();
     let ((plan, locks), waited) = wait_for(
+        dir,
         wait,
         || {
             // Re-plan around each busy LLC found, until a plan locks or none is left.
@@ -553,6 +651,7 @@ pub fn place_window(
     let llc_of: BTreeMap<u32, u32> = host.cpus().iter().map(|c| (c.cpu, c.llc)).collect();
     let candidates = windows(host, cpus.min(host.len()));
     let ((cpus, locks), waited) = wait_for(
+        dir,
         wait,
         || {
             'window: for w in &candidates {

@@ -102,6 +102,7 @@ pub struct Built {
 /// needed). Safe to call from many processes at once: every file is written to a temporary name
 /// and renamed into place.
 pub fn build(spec: &InitramfsSpec, cache_dir: &Path) -> Result<Built, InitramfsError> {
+    crate::cache::warn_if_remote(cache_dir, "initramfs cache", "KTSTR_CACHE_DIR");
     fs::create_dir_all(cache_dir).map_err(|e| InitramfsError::io("create", cache_dir, e))?;
     let resolver = LibResolver::host();
     check_inputs(spec)?;
@@ -250,13 +251,17 @@ fn base_archive(
     // on the next build instead of hiding behind this one.
     let key = base_key(shape, &inputs);
     let path = base_path(cache_dir, &key);
-    cache::write_atomic(&path, |f| {
+    let write = |f: &mut File| {
         let mut w = CpioWriter::new(BufWriter::with_capacity(1 << 20, f));
         tree.write_to(&mut w)?;
         w.finish()
             .map_err(|e| InitramfsError::io("write", "base archive", e))?;
         Ok(())
-    })?;
+    };
+    if let Err(e) = cache::write_atomic(&path, write) {
+        // A full or read-only cache costs reuse, not the case: the base goes to memory.
+        return Ok((in_memory_base(&tree, &e)?, false));
+    }
     let m = cache::Manifest {
         base_key: key.clone(),
         inputs,
@@ -272,6 +277,31 @@ fn base_archive(
         let _ = fs::remove_file(base_path(cache_dir, &prev.base_key));
     }
     Ok((path, false))
+}
+
+/// The base archive as a memfd kept open for the rest of the process (a per-case process
+/// builds one initramfs), for when the cache cannot take it; says so once, with the remedy.
+fn in_memory_base(tree: &Tree, why: &InitramfsError) -> Result<PathBuf, InitramfsError> {
+    static KEPT: std::sync::Mutex<Vec<File>> = std::sync::Mutex::new(Vec::new());
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        eprintln!(
+            "ktstr: {why}; building the initramfs in memory instead (nothing is reused between \
+             cases, so each builds it again): free space in the cache, or set KTSTR_CACHE_DIR \
+             to a writable local directory"
+        )
+    });
+    let mut f = crate::memfd::create("ktstr-initramfs-base", 0)
+        .map_err(|e| InitramfsError::io("create", "an in-memory base archive", e))?;
+    {
+        let mut w = CpioWriter::new(BufWriter::with_capacity(1 << 20, &mut f));
+        tree.write_to(&mut w)?;
+        w.finish()
+            .map_err(|e| InitramfsError::io("write", "an in-memory base archive", e))?;
+    }
+    let path = crate::memfd::path_of(&f);
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+    Ok(path)
 }
 
 /// Lays out the fixed part. Host-mirrored paths (loaders, libraries) go in first, so that

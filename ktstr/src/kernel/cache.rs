@@ -299,6 +299,7 @@ impl KernelCache {
     pub fn lock(&self, key: &str) -> Result<KeyLock, CacheError> {
         use std::os::fd::AsRawFd;
         fs::create_dir_all(&self.locks).map_err(io("creating", &self.locks))?;
+        crate::cache::warn_if_remote(&self.locks, "kernel cache", "KTSTR_CACHE_DIR");
         let path = self.locks.join(format!("kernel-{key}.lock"));
         let f = File::create(&path).map_err(io("creating", &path))?;
         // SAFETY: flock on a valid fd we own; blocks until the other holder is done.

@@ -203,3 +203,46 @@ fn vcpu_threads_are_found_by_name_and_pinned() {
         Some(cpu.to_string().as_str())
     );
 }
+
+#[test]
+fn waiters_go_in_the_order_they_came_and_a_dead_waiter_is_skipped() {
+    let d = tempfile::tempdir().unwrap();
+    let first = Ticket::take(d.path()).unwrap();
+    let second = Ticket::take(d.path()).unwrap();
+    assert!(first.seq < second.seq);
+    assert!(first.is_next());
+    assert!(!second.is_next(), "the older waiter goes first");
+    drop(first);
+    assert!(second.is_next());
+    // A ticket file nobody holds (its waiter was killed) does not block the queue.
+    let stale = d.path().join("ktstr-queue").join(format!("{:020}-1", 0));
+    std::fs::write(&stale, "").unwrap();
+    assert!(second.is_next());
+    assert!(!stale.exists(), "the dead waiter's ticket is cleared");
+}
+
+#[test]
+fn a_vm_that_has_waited_longest_gets_the_cpu_first() {
+    let d = tempfile::tempdir().unwrap();
+    let h = host(1, 1);
+    let holder = place_window(1, &h, d.path(), Duration::ZERO).unwrap();
+    let dir = d.path().to_path_buf();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let (dir, h, order) = (dir.clone(), h.clone(), order.clone());
+        waiters.push(std::thread::spawn(move || {
+            let p = place_window(1, &h, &dir, Duration::from_secs(20)).unwrap();
+            order.lock().unwrap().push(i);
+            std::thread::sleep(Duration::from_millis(100));
+            drop(p);
+        }));
+        // Each waiter takes its ticket before the next starts.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    drop(holder);
+    for w in waiters {
+        w.join().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+}

@@ -60,11 +60,19 @@ impl BackendChoice {
     }
 }
 
+/// What to do when `/dev/kvm` exists but this user may not open it.
+pub const KVM_DENIED_REMEDY: &str = "cannot open /dev/kvm: permission denied for this user; \
+     add the user to the group that owns it (`sudo usermod -aG kvm $USER`, then log in again; \
+     where /dev/kvm is root-only, `sudo chgrp kvm /dev/kvm && sudo chmod 0660 /dev/kvm`), or \
+     use --backend qemu";
+
 /// What the host offers for virtualization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostVirt {
     /// `/dev/kvm` opens read-write.
     pub kvm_usable: bool,
+    /// `/dev/kvm` exists but opening it was refused (EACCES/EPERM): a permission to fix.
+    pub kvm_denied: bool,
     /// The CPU flags include `vmx` or `svm`, i.e. KVM runs guest code in hardware.
     pub hardware_virt: bool,
     /// The hypervisor this host itself runs under, by its CPUID signature (`KVMKVMKVM`,
@@ -75,16 +83,20 @@ pub struct HostVirt {
 impl HostVirt {
     /// Probes this host.
     pub fn probe() -> Self {
-        let kvm_usable = std::fs::OpenOptions::new()
+        let open = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open("/dev/kvm")
-            .is_ok();
+            .open("/dev/kvm");
+        let kvm_usable = open.is_ok();
+        let kvm_denied = open
+            .err()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
         let hardware_virt = std::fs::read_to_string("/proc/cpuinfo")
             .map(|s| cpuinfo_has_hw_virt(&s))
             .unwrap_or(false);
         HostVirt {
             kvm_usable,
+            kvm_denied,
             hardware_virt,
             outer_hypervisor: outer_hypervisor(),
         }
@@ -151,9 +163,22 @@ pub fn select_backend(choice: BackendChoice, host: &HostVirt) -> (BackendKind, S
             BackendKind::Qemu,
             "auto: /dev/kvm exists but the CPU flags have no vmx/svm, so KVM would emulate the guest kernel; using qemu (TCG)".into(),
         ),
+        BackendChoice::Auto if host.kvm_denied && host.hardware_virt => (
+            BackendKind::Qemu,
+            "auto: /dev/kvm exists but this user may not open it (permission denied), so using \
+             qemu (TCG), several times slower; for KVM add the user to the group that owns \
+             /dev/kvm (`sudo usermod -aG kvm $USER`, then log in again)"
+                .into(),
+        ),
+        BackendChoice::Auto if host.kvm_denied => (
+            BackendKind::Qemu,
+            "auto: /dev/kvm exists but this user may not open it (permission denied); using \
+             qemu (TCG)"
+                .into(),
+        ),
         BackendChoice::Auto => (
             BackendKind::Qemu,
-            "auto: /dev/kvm is missing or not accessible; using qemu (TCG)".into(),
+            "auto: /dev/kvm is missing; using qemu (TCG)".into(),
         ),
     }
 }
@@ -177,19 +202,39 @@ mod tests {
     }
 
     #[test]
+    fn a_denied_dev_kvm_says_which_group_to_join() {
+        let denied = HostVirt {
+            kvm_usable: false,
+            kvm_denied: true,
+            hardware_virt: true,
+            outer_hypervisor: None,
+        };
+        let (k, why) = select_backend(BackendChoice::Auto, &denied);
+        assert_eq!(k, BackendKind::Qemu);
+        assert!(
+            why.contains("permission denied") && why.contains("usermod -aG kvm"),
+            "{why}"
+        );
+        assert!(KVM_DENIED_REMEDY.contains("--backend qemu"));
+    }
+
+    #[test]
     fn auto_prefers_hardware_kvm_only() {
         let hw = HostVirt {
             kvm_usable: true,
+            kvm_denied: false,
             hardware_virt: true,
             outer_hypervisor: None,
         };
         let emu = HostVirt {
             kvm_usable: true,
+            kvm_denied: false,
             hardware_virt: false,
             outer_hypervisor: None,
         };
         let none = HostVirt {
             kvm_usable: false,
+            kvm_denied: false,
             hardware_virt: true,
             outer_hypervisor: None,
         };
@@ -216,6 +261,7 @@ mod tests {
         assert_eq!(hypervisor_signature(b, c, d), "TCGTCGTCGTCG");
         let tcg = HostVirt {
             kvm_usable: true,
+            kvm_denied: false,
             hardware_virt: true,
             outer_hypervisor: Some("TCGTCGTCGTCG".into()),
         };

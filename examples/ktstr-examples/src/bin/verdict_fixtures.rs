@@ -67,6 +67,17 @@ fn performance_mode_case(_ctx: &Ctx) -> Result<AssertResult> {
     Ok(AssertResult::pass())
 }
 
+/// Four spinners of one cgroup on one vCPU, in performance mode. `scripts/perf-spread` runs it
+/// repeatedly with and without perf mode beside a CPU hog and compares the spread of the
+/// spinners' CPU shares (the sidecar's `stats.worst_spread`) across runs.
+#[ktstr_test(llcs = 1, cores = 1, duration_s = 3, performance_mode = true)]
+fn perf_fairness(ctx: &Ctx) -> Result<AssertResult> {
+    ktstr::scenario::execute_defs(
+        ctx,
+        vec![ktstr::scenario::CgroupDef::named("cg0").workers(4)],
+    )
+}
+
 /// performance_mode on 64 vCPUs: more than our hosts can isolate, so it is listed as skipped,
 /// and fails naming the host's size when run anyway or in strict mode.
 #[ktstr_test(llcs = 1, cores = 64, performance_mode = true)]

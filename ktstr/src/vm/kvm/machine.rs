@@ -42,7 +42,10 @@ fn ioctl(name: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 
 /// Opens `/dev/kvm` and checks the API version and the capabilities the VMM relies on.
 pub fn open_kvm() -> Result<Kvm, VmmError> {
-    let kvm = Kvm::new().map_err(|source| VmmError::OpenKvm { source })?;
+    let kvm = Kvm::new().map_err(|source| match source.errno() {
+        libc::EACCES | libc::EPERM => VmmError::KvmDenied,
+        _ => VmmError::OpenKvm { source },
+    })?;
     let v = kvm.get_api_version();
     if v != 12 {
         return Err(VmmError::KvmApiVersion(v));

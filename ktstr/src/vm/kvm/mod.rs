@@ -45,6 +45,9 @@ pub enum VmmError {
         /// The OS error.
         source: kvm_ioctls::Error,
     },
+    /// `/dev/kvm` exists but this user may not open it.
+    #[error("{}", super::backend::KVM_DENIED_REMEDY)]
+    KvmDenied,
     /// KVM's API version is not 12.
     #[error("KVM API version {0} is not supported (expected 12); use --backend qemu")]
     KvmApiVersion(i32),
