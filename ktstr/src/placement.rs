@@ -20,11 +20,14 @@
 //! **Waiting.** A VM whose CPUs or LLCs are held waits its turn (first come, first served:
 //! [`Ticket`]), polling with backoff, for up to
 //! `KTSTR_LOCK_WAIT_S` seconds (default [`DEFAULT_WAIT`]), then fails with "resource
-//! contention". The wait counts toward nextest's slow-timeout: our profile ends a case after
-//! 5 minutes, and 2 minutes of waiting plus a case's own VM budget (boot, scheduler, workload:
-//! about 90 s at the default duration) fit inside it, so a waiting case ends in our clear
-//! contention failure rather than nextest's kill. A contention failure is an ordinary case
-//! failure, so nextest's `--retries` re-run it; a stop signal (nextest's SIGTERM) ends the wait
+//! contention". The wait counts toward nextest's slow-timeout: our profiles end a ktstr case
+//! after 8 minutes, and 4 minutes of waiting plus a case's own VM budget (boot, scheduler,
+//! workload: about 90 s at the default duration, a few minutes at most under a scaled TCG
+//! watchdog) fit inside it, so a waiting case ends in our clear contention failure rather
+//! than nextest's kill. (4 minutes: `-j 8` of the example suites on a 2-CPU TCG host queues
+//! up to 2 minutes, measured; the first choice, 2 minutes, failed 2 of 22 cases there.) A
+//! contention failure is an ordinary case failure, so nextest's `--retries` re-run it; a stop
+//! signal (nextest's SIGTERM) ends the wait
 //! at once. The wait is recorded in the sidecar (`placement.waited_ms`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,7 +42,7 @@ use crate::host_cpus::{CapError, HostCpus, Reservation};
 use crate::topology::Topology;
 
 /// How long a VM waits for held host CPUs or LLCs when `KTSTR_LOCK_WAIT_S` is unset.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(240);
 
 /// The host isolation a VM gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
