@@ -143,17 +143,9 @@ pub fn run_with(
              directory."
         );
     }
-    // performance_mode cases whose topology this host cannot isolate (tier 1 needs vCPUs + 1
-    // host CPUs and a host LLC per virtual LLC) are listed as ignored; under --no-perf-mode
-    // they run capped, and in strict mode they run and fail with the reason.
-    let perf_host = if ktstr::host_cpus::no_perf_mode() || ktstr::runner::strict_mode() {
-        None
-    } else {
-        ktstr::host_cpus::HostCpus::probe().ok()
-    };
     let matrix = Matrix::new(tests, kernels)
         .with_vm_cases_ignored(no_kernel)
-        .with_performance_host(perf_host);
+        .with_performance_host(performance_host());
     if parsed.list {
         if let Some(dir) = std::env::var_os(ktstr::unrunnable::DIR_ENV) {
             // The same registry without the "cannot run here" flags, to tell those cases apart.
@@ -173,6 +165,18 @@ pub fn run_with(
         };
     }
     run::run(&matrix, parsed)
+}
+
+/// The host that performance_mode cases are listed against: those whose topology it cannot
+/// isolate (tier 1 needs vCPUs + 1 host CPUs and a host LLC per virtual LLC) are listed as
+/// ignored. `None` lists them all: under --no-perf-mode they run capped, and in strict mode
+/// they run and fail with the reason.
+fn performance_host() -> Option<ktstr::host_cpus::HostCpus> {
+    if ktstr::host_cpus::no_perf_mode() || ktstr::runner::strict_mode() {
+        None
+    } else {
+        ktstr::host_cpus::HostCpus::probe().ok()
+    }
 }
 
 /// Records the cases this binary lists as ignored because they cannot run here, for

@@ -449,6 +449,35 @@ pub struct MachineSpec<'a> {
     pub pinning: Option<crate::placement::Pinning>,
 }
 
+/// Starts a thread per vCPU (pinned as performance mode says); stops at the first that fails
+/// to start, returning the ones running and that error.
+fn spawn_vcpus(
+    vcpus: Vec<VcpuFd>,
+    shared: &Arc<Shared>,
+    devices: &Arc<Devices>,
+    mem: &GuestMemoryMmap,
+    pinning: &Option<crate::placement::Pinning>,
+    notes: &Arc<std::sync::Mutex<Vec<String>>>,
+) -> (Vec<vcpu::VcpuThread>, Option<std::io::Error>) {
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for (i, fd) in vcpus.into_iter().enumerate() {
+        let ctx = VcpuContext {
+            shared: shared.clone(),
+            devices: devices.clone(),
+            mem: mem.clone(),
+            pin: pinning
+                .as_ref()
+                .and_then(|p| Some((*p.vcpus.get(i)?, p.realtime))),
+            notes: notes.clone(),
+        };
+        match vcpu::spawn(fd, i as u32, ctx) {
+            Ok(t) => threads.push(t),
+            Err(e) => return (threads, Some(e)),
+        }
+    }
+    (threads, None)
+}
+
 /// Boots a machine and runs it to its end.
 pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     let t0 = Instant::now();
@@ -493,26 +522,7 @@ pub fn run_machine(spec: MachineSpec<'_>) -> Result<VmOutcome, VmmError> {
     let shared = Arc::new(Shared::default());
     let notes = Arc::new(std::sync::Mutex::new(notes));
 
-    let mut threads = Vec::with_capacity(vcpus.len());
-    let mut spawn_err = None;
-    for (i, fd) in vcpus.into_iter().enumerate() {
-        let ctx = VcpuContext {
-            shared: shared.clone(),
-            devices: devices.clone(),
-            mem: mem.clone(),
-            pin: pinning
-                .as_ref()
-                .and_then(|p| Some((*p.vcpus.get(i)?, p.realtime))),
-            notes: notes.clone(),
-        };
-        match vcpu::spawn(fd, i as u32, ctx) {
-            Ok(t) => threads.push(t),
-            Err(source) => {
-                spawn_err = Some(source);
-                break;
-            }
-        }
-    }
+    let (threads, spawn_err) = spawn_vcpus(vcpus, &shared, &devices, &mem, &pinning, &notes);
     // From here on the guest runs: the watchdog starts now, not before setup.
     let started = Instant::now();
     let mut machine = KvmMachine {
