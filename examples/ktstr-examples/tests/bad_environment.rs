@@ -202,9 +202,20 @@ fn a_dev_kvm_this_user_may_not_open_names_the_remedy_and_qemu_runs_meanwhile() {
         eprintln!("SKIPPED: no /dev/kvm on this host: nothing to be denied");
         return;
     }
-    // Everything the case writes goes to directories the unprivileged user owns.
+    // Everything the case reads or writes is in a directory the unprivileged user owns: a
+    // checkout under /root would be out of its reach.
     let home = tempfile::tempdir().unwrap();
     let nobody = "65534";
+    let fixture = home.path().join("verdict_fixtures");
+    std::fs::copy(env!("CARGO_BIN_EXE_verdict_fixtures"), &fixture).unwrap();
+    let real = std::fs::canonicalize(std::env::var("KTSTR_KERNEL").unwrap()).unwrap();
+    let image = if real.is_dir() {
+        real.join("bzImage")
+    } else {
+        real
+    };
+    let kernel = home.path().join("bzImage");
+    std::fs::copy(&image, &kernel).unwrap();
     let own = std::process::Command::new("chown")
         .args([
             "-R",
@@ -221,12 +232,13 @@ fn a_dev_kvm_this_user_may_not_open_names_the_remedy_and_qemu_runs_meanwhile() {
                 &format!("--reuid={nobody}"),
                 &format!("--regid={nobody}"),
                 "--clear-groups",
-                env!("CARGO_BIN_EXE_verdict_fixtures"),
+                fixture.to_str().unwrap(),
                 "--exact",
                 "expected_failure/eevdf/1n1l1c1t",
                 "--nocapture",
             ])
             .env("HOME", home.path())
+            .env("KTSTR_KERNEL", &kernel)
             .env("KTSTR_CACHE_DIR", sub("cache"))
             .env("KTSTR_SIDECAR_DIR", sub("sidecars"))
             .env("KTSTR_LOCK_DIR", home.path())
