@@ -410,6 +410,7 @@ fn try_lock(path: &Path, mode: i32) -> Result<Option<File>, PlaceError> {
         .write(true)
         .open(path)
         .map_err(err)?;
+    share_with_everyone(path, 0o666);
     // SAFETY: flock on a descriptor we own; no memory is involved.
     if unsafe { libc::flock(f.as_raw_fd(), mode | libc::LOCK_NB) } == 0 {
         return Ok(Some(f));
@@ -444,6 +445,8 @@ impl Ticket {
         };
         let dir = lock_dir.join("ktstr-queue");
         std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+        // Sticky and open to all, like /tmp: every user's runs queue here.
+        share_with_everyone(&dir, 0o1777);
         let counter = lock_dir.join("ktstr-queue.seq");
         let mut c = File::options()
             .create(true)
@@ -452,6 +455,7 @@ impl Ticket {
             .write(true)
             .open(&counter)
             .map_err(err(&counter))?;
+        share_with_everyone(&counter, 0o666);
         // SAFETY: flock on a descriptor we own; blocks only for another taker's few syscalls.
         if unsafe { libc::flock(c.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(err(&counter)(std::io::Error::last_os_error()));
@@ -494,13 +498,17 @@ impl Ticket {
             if seq >= self.seq {
                 continue;
             }
-            match try_lock(&e.path(), libc::LOCK_EX) {
+            // Read-only: another user's ticket is not ours to write, but flock works on any
+            // open descriptor.
+            let Ok(f) = File::open(e.path()) else {
+                continue;
+            };
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 // Nobody holds it: its waiter is gone.
-                Ok(Some(_)) => {
-                    let _ = std::fs::remove_file(e.path());
-                }
-                Ok(None) => return false,
-                Err(_) => {}
+                let _ = std::fs::remove_file(e.path());
+            } else {
+                return false;
             }
         }
         true
@@ -542,6 +550,18 @@ fn wait_for<T>(
         }
         std::thread::sleep(pause.min(wait.saturating_sub(start.elapsed())));
         pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Opens `path` to every user (best effort: only its owner may): the lock directory is shared
+/// by every user's runs (`/tmp` by default), and a lock file root created must not lock
+/// another user out of the host.
+fn share_with_everyone(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o7777 != mode {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        }
     }
 }
 

@@ -246,3 +246,22 @@ fn a_vm_that_has_waited_longest_gets_the_cpu_first() {
     }
     assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
 }
+
+#[test]
+fn lock_files_and_the_queue_are_open_to_every_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let p = place_window(1, &host(1, 2), d.path(), Duration::ZERO).unwrap();
+    let mode = |name: &str| {
+        std::fs::metadata(d.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("ktstr-cpu-0.lock"), 0o666);
+    assert_eq!(mode("ktstr-llc-0.lock"), 0o666);
+    assert_eq!(mode("ktstr-queue"), 0o1777);
+    assert_eq!(mode("ktstr-queue.seq"), 0o666);
+    drop(p);
+}
