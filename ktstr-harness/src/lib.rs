@@ -145,7 +145,7 @@ pub fn run_with(
     }
     let matrix = Matrix::new(tests, kernels)
         .with_vm_cases_ignored(no_kernel)
-        .with_performance_host(performance_host());
+        .with_performance_host(performance_host(tests));
     if parsed.list {
         if let Some(dir) = std::env::var_os(ktstr::unrunnable::DIR_ENV) {
             // The same registry without the "cannot run here" flags, to tell those cases apart.
@@ -171,8 +171,11 @@ pub fn run_with(
 /// isolate (tier 1 needs vCPUs + 1 host CPUs and a host LLC per virtual LLC) are listed as
 /// ignored. `None` lists them all: under --no-perf-mode they run capped, and in strict mode
 /// they run and fail with the reason.
-fn performance_host() -> Option<ktstr::host_cpus::HostCpus> {
-    if ktstr::host_cpus::no_perf_mode() || ktstr::runner::strict_mode() {
+fn performance_host(tests: &[KtstrTest]) -> Option<ktstr::host_cpus::HostCpus> {
+    // Every case process starts here: read the host's CPUs only for a binary that has
+    // performance cases.
+    let any = tests.iter().any(|t| t.performance_mode && !t.host_only);
+    if !any || ktstr::host_cpus::no_perf_mode() || ktstr::runner::strict_mode() {
         None
     } else {
         ktstr::host_cpus::HostCpus::probe().ok()

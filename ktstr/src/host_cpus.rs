@@ -104,6 +104,11 @@ pub fn cap_from_env() -> Result<Option<usize>, CapError> {
     }
 }
 
+/// Whether `KTSTR_BYPASS_LLC_LOCKS=1` asks for no host locks.
+pub fn bypass_llc_locks() -> bool {
+    std::env::var("KTSTR_BYPASS_LLC_LOCKS").as_deref() == Ok("1")
+}
+
 /// Whether perf mode is off (`KTSTR_NO_PERF_MODE` non-empty and not `0`).
 pub fn no_perf_mode() -> bool {
     std::env::var_os("KTSTR_NO_PERF_MODE").is_some_and(|v| !v.is_empty() && v != "0")
@@ -231,41 +236,22 @@ impl CpuPlan {
     pub fn reserve_in(&self, dir: &Path, wait: Duration) -> Result<Reservation, CapError> {
         let mut locks = Vec::new();
         for &llc in &self.llcs {
-            let path = dir.join(format!("ktstr-llc-{llc}.lock"));
-            let f = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|source| CapError::Lock {
-                    path: path.clone(),
-                    source,
-                })?;
+            let path = crate::locks::llc_lock_path(dir, llc);
             let start = Instant::now();
-            loop {
-                // SAFETY: flock on a file descriptor we own; no memory is involved.
-                let r = unsafe {
-                    libc::flock(
-                        std::os::fd::AsRawFd::as_raw_fd(&f),
-                        libc::LOCK_SH | libc::LOCK_NB,
-                    )
-                };
-                if r == 0 {
-                    break;
+            let f = loop {
+                match crate::locks::try_flock(&path, libc::LOCK_SH) {
+                    Ok(Some(f)) => break f,
+                    Ok(None) if start.elapsed() >= wait => {
+                        return Err(CapError::Contention {
+                            llc,
+                            path,
+                            waited_s: wait.as_secs(),
+                        })
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+                    Err(source) => return Err(CapError::Lock { path, source }),
                 }
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                    return Err(CapError::Lock { path, source: err });
-                }
-                if start.elapsed() >= wait {
-                    return Err(CapError::Contention {
-                        llc,
-                        path,
-                        waited_s: wait.as_secs(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            };
             locks.push(f);
         }
         Ok(Reservation {
@@ -303,7 +289,7 @@ pub fn reserve_capped(flag: Option<usize>) -> Result<Reservation, CapError> {
         Some(n) => Some(n),
         None => cap_from_env()?,
     };
-    if cap.is_some() && std::env::var("KTSTR_BYPASS_LLC_LOCKS").as_deref() == Ok("1") {
+    if cap.is_some() && bypass_llc_locks() {
         return Err(CapError::BypassedLocks);
     }
     let host = HostCpus::probe()?;
@@ -342,9 +328,15 @@ pub fn cpu_set(cpus: &[u32]) -> libc::cpu_set_t {
 
 /// Confines the calling thread (and the threads it starts afterwards) to `cpus`.
 pub fn confine_current_thread(cpus: &[u32]) -> Result<(), CapError> {
+    confine_thread(0, cpus)
+}
+
+/// Confines thread `tid` (0: the calling thread) to `cpus`.
+pub fn confine_thread(tid: i32, cpus: &[u32]) -> Result<(), CapError> {
     let set = cpu_set(cpus);
-    // SAFETY: valid set pointer and size; pid 0 is the calling thread.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+    // SAFETY: valid set pointer and size; `tid` is 0 or a thread id (a stale one fails with
+    // ESRCH).
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
         return Err(CapError::Apply {
             cpus: cpus.to_vec(),
             source: std::io::Error::last_os_error(),

@@ -20,6 +20,50 @@ pub fn lock_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
+/// The lock file of host LLC `llc` in `dir`.
+pub fn llc_lock_path(dir: &Path, llc: u32) -> PathBuf {
+    dir.join(format!("ktstr-llc-{llc}.lock"))
+}
+
+/// The lock file of host CPU `cpu` in `dir`.
+pub fn cpu_lock_path(dir: &Path, cpu: u32) -> PathBuf {
+    dir.join(format!("ktstr-cpu-{cpu}.lock"))
+}
+
+/// Takes `flock(mode | LOCK_NB)` on `path` (created if missing, and opened to every user):
+/// `Ok(None)` when another holder conflicts.
+pub fn try_flock(path: &Path, mode: i32) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    share_with_everyone(path, 0o666);
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), mode | libc::LOCK_NB) } == 0 {
+        return Ok(Some(f));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// Opens `path` to every user (best effort: only its owner may): the lock directory is shared
+/// by every user's runs (`/tmp` by default), and a lock file root created must not lock
+/// another user out of the host.
+pub fn share_with_everyone(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o7777 != mode {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
 /// Which resource a lock file guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

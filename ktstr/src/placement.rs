@@ -217,33 +217,6 @@ impl Placement {
             notes: self.notes.clone(),
         }
     }
-
-    /// One line for the user.
-    pub fn describe(&self) -> String {
-        let r = self.record();
-        let mut s = format!(
-            "{} tier on host CPUs {}",
-            r.tier,
-            crate::cgroup::cpulist(&r.host_cpus)
-        );
-        if let Some(p) = &self.pinning {
-            s.push_str(&format!(
-                " (vCPUs pinned to {:?}, service CPU {}, {}, {})",
-                p.vcpus,
-                p.service,
-                if p.realtime { "SCHED_FIFO" } else { "no RT" },
-                if p.hugepages {
-                    "2 MiB hugepages"
-                } else {
-                    "4 KiB pages"
-                }
-            ));
-        }
-        if r.waited_ms > 0 {
-            s.push_str(&format!(", waited {} ms for locks", r.waited_ms));
-        }
-        s
-    }
 }
 
 /// The wait for held locks: `KTSTR_LOCK_WAIT_S`, else [`DEFAULT_WAIT`].
@@ -256,10 +229,6 @@ pub fn lock_wait() -> Result<Duration, PlaceError> {
             .map_err(|_| PlaceError::BadWait(v)),
         _ => Ok(DEFAULT_WAIT),
     }
-}
-
-fn bypassed() -> bool {
-    std::env::var("KTSTR_BYPASS_LLC_LOCKS").as_deref() == Ok("1")
 }
 
 /// Places a VM of `topo` with `memory_mib` of RAM: the tier from perf mode and the test's
@@ -283,7 +252,7 @@ pub fn place(topo: &Topology, memory_mib: u64, performance: bool) -> Result<Plac
             _capped: Some(r),
         });
     }
-    if bypassed() {
+    if crate::host_cpus::bypass_llc_locks() {
         return Ok(Placement {
             tier: Tier::Unlocked,
             cpus: None,
@@ -397,30 +366,12 @@ pub fn plan_performance(
     Ok(plan)
 }
 
-/// Takes `flock(mode | LOCK_NB)` on `path` (created if missing): `Ok(None)` when another
-/// holder conflicts.
+/// [`crate::locks::try_flock`], its error naming the lock file.
 fn try_lock(path: &Path, mode: i32) -> Result<Option<File>, PlaceError> {
-    let err = |source| PlaceError::Lock {
+    crate::locks::try_flock(path, mode).map_err(|source| PlaceError::Lock {
         path: path.to_path_buf(),
         source,
-    };
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(err)?;
-    share_with_everyone(path, 0o666);
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    if unsafe { libc::flock(f.as_raw_fd(), mode | libc::LOCK_NB) } == 0 {
-        return Ok(Some(f));
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(None)
-    } else {
-        Err(err(e))
-    }
+    })
 }
 
 /// A place in the host's queue of VMs waiting for locks: a file `ktstr-queue/{seq}-{pid}` in
@@ -446,7 +397,7 @@ impl Ticket {
         let dir = lock_dir.join("ktstr-queue");
         std::fs::create_dir_all(&dir).map_err(err(&dir))?;
         // Sticky and open to all, like /tmp: every user's runs queue here.
-        share_with_everyone(&dir, 0o1777);
+        crate::locks::share_with_everyone(&dir, 0o1777);
         let counter = lock_dir.join("ktstr-queue.seq");
         let mut c = File::options()
             .create(true)
@@ -455,7 +406,7 @@ impl Ticket {
             .write(true)
             .open(&counter)
             .map_err(err(&counter))?;
-        share_with_everyone(&counter, 0o666);
+        crate::locks::share_with_everyone(&counter, 0o666);
         // SAFETY: flock on a descriptor we own; blocks only for another taker's few syscalls.
         if unsafe { libc::flock(c.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(err(&counter)(std::io::Error::last_os_error()));
@@ -553,26 +504,6 @@ fn wait_for<T>(
     }
 }
 
-/// Opens `path` to every user (best effort: only its owner may): the lock directory is shared
-/// by every user's runs (`/tmp` by default), and a lock file root created must not lock
-/// another user out of the host.
-fn share_with_everyone(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o7777 != mode {
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
-        }
-    }
-}
-
-fn llc_lock(dir: &Path, llc: u32) -> PathBuf {
-    dir.join(format!("ktstr-llc-{llc}.lock"))
-}
-
-fn cpu_lock(dir: &Path, cpu: u32) -> PathBuf {
-    dir.join(format!("ktstr-cpu-{cpu}.lock"))
-}
-
 /// Tier 1: plan, lock the plan's LLCs exclusively (re-planning around busy ones), then decide
 /// RT and hugepages.
 pub fn place_performance(
@@ -601,7 +532,7 @@ pub fn place_performance(
                 };
                 let mut locks = Vec::new();
                 for &l in &plan.llcs {
-                    match try_lock(&llc_lock(dir, l), libc::LOCK_EX)? {
+                    match try_lock(&crate::locks::llc_lock_path(dir, l), libc::LOCK_EX)? {
                         Some(f) => locks.push(f),
                         None => {
                             busy.insert(l);
@@ -680,14 +611,14 @@ pub fn place_window(
             'window: for w in &candidates {
                 let mut locks = Vec::new();
                 for &c in w {
-                    match try_lock(&cpu_lock(dir, c), libc::LOCK_EX)? {
+                    match try_lock(&crate::locks::cpu_lock_path(dir, c), libc::LOCK_EX)? {
                         Some(f) => locks.push(f),
                         None => continue 'window,
                     }
                 }
                 let llcs: BTreeSet<u32> = w.iter().filter_map(|c| llc_of.get(c).copied()).collect();
                 for l in llcs {
-                    match try_lock(&llc_lock(dir, l), libc::LOCK_SH)? {
+                    match try_lock(&crate::locks::llc_lock_path(dir, l), libc::LOCK_SH)? {
                         Some(f) => locks.push(f),
                         None => continue 'window,
                     }
@@ -739,18 +670,19 @@ pub fn parse_hugepages(meminfo: &str) -> Option<u64> {
 /// Whether this process may make a thread `SCHED_FIFO` (tried on a short-lived thread, so
 /// nothing of ours keeps the policy).
 pub fn realtime_permitted() -> bool {
-    std::thread::spawn(|| make_realtime(1).is_ok())
+    std::thread::spawn(|| make_realtime(0, 1).is_ok())
         .join()
         .unwrap_or(false)
 }
 
-/// Makes the calling thread `SCHED_FIFO` at `priority`.
-pub fn make_realtime(priority: i32) -> std::io::Result<()> {
+/// Makes thread `tid` (0: the calling thread) `SCHED_FIFO` at `priority`.
+pub fn make_realtime(tid: i32, priority: i32) -> std::io::Result<()> {
     let p = libc::sched_param {
         sched_priority: priority,
     };
-    // SAFETY: pid 0 is the calling thread; `p` is a valid sched_param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } != 0 {
+    // SAFETY: `tid` is 0 or a thread id (a stale one fails with ESRCH); `p` is a valid
+    // sched_param.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &p) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -759,17 +691,9 @@ pub fn make_realtime(priority: i32) -> std::io::Result<()> {
 /// Pins thread `tid` to `cpu` and, when `realtime`, makes it `SCHED_FIFO` 1: for threads of
 /// another process (qemu's vCPU threads).
 pub fn pin_thread(tid: i32, cpu: u32, realtime: bool) -> std::io::Result<()> {
-    let set = crate::host_cpus::cpu_set(&[cpu]);
-    // SAFETY: valid set pointer and size; `tid` is a thread id (a stale one fails with ESRCH).
-    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    crate::host_cpus::confine_thread(tid, &[cpu]).map_err(std::io::Error::other)?;
     if realtime {
-        let p = libc::sched_param { sched_priority: 1 };
-        // SAFETY: as above; `p` is a valid sched_param.
-        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &p) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        make_realtime(tid, 1)?;
     }
     Ok(())
 }

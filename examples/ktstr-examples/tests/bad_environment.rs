@@ -226,39 +226,38 @@ fn a_dev_kvm_this_user_may_not_open_names_the_remedy_and_qemu_runs_meanwhile() {
         .unwrap();
     assert!(own.success());
     let sub = |name: &str| home.path().join(name).to_str().unwrap().to_string();
+    // `args` run as the unprivileged user, without supplementary groups.
+    let setpriv = |args: &[&str]| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            &format!("--reuid={nobody}"),
+            &format!("--regid={nobody}"),
+            "--clear-groups",
+        ])
+        .args(args);
+        c
+    };
     let as_nobody = |backend: &str| {
-        let o = std::process::Command::new("setpriv")
-            .args([
-                &format!("--reuid={nobody}"),
-                &format!("--regid={nobody}"),
-                "--clear-groups",
-                fixture.to_str().unwrap(),
-                "--exact",
-                "expected_failure/eevdf/1n1l1c1t",
-                "--nocapture",
-            ])
-            .env("HOME", home.path())
-            .env("KTSTR_KERNEL", &kernel)
-            .env("KTSTR_CACHE_DIR", sub("cache"))
-            .env("KTSTR_SIDECAR_DIR", sub("sidecars"))
-            .env("KTSTR_LOCK_DIR", home.path())
-            .env("KTSTR_BACKEND", backend)
-            .output()
-            .unwrap();
+        let o = setpriv(&[
+            fixture.to_str().unwrap(),
+            "--exact",
+            "expected_failure/eevdf/1n1l1c1t",
+            "--nocapture",
+        ])
+        .env("HOME", home.path())
+        .env("KTSTR_KERNEL", &kernel)
+        .env("KTSTR_CACHE_DIR", sub("cache"))
+        .env("KTSTR_SIDECAR_DIR", sub("sidecars"))
+        .env("KTSTR_LOCK_DIR", home.path())
+        .env("KTSTR_BACKEND", backend)
+        .output()
+        .unwrap();
         (
             o.status.code(),
             String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
         )
     };
-    let opened_anyway = std::process::Command::new("setpriv")
-        .args([
-            &format!("--reuid={nobody}"),
-            &format!("--regid={nobody}"),
-            "--clear-groups",
-            "sh",
-            "-c",
-            "exec 3<>/dev/kvm",
-        ])
+    let opened_anyway = setpriv(&["sh", "-c", "exec 3<>/dev/kvm"])
         .status()
         .unwrap()
         .success();

@@ -251,14 +251,7 @@ fn base_archive(
     // on the next build instead of hiding behind this one.
     let key = base_key(shape, &inputs);
     let path = base_path(cache_dir, &key);
-    let write = |f: &mut File| {
-        let mut w = CpioWriter::new(BufWriter::with_capacity(1 << 20, f));
-        tree.write_to(&mut w)?;
-        w.finish()
-            .map_err(|e| InitramfsError::io("write", "base archive", e))?;
-        Ok(())
-    };
-    if let Err(e) = cache::write_atomic(&path, write) {
+    if let Err(e) = cache::write_atomic(&path, |f| write_base(&tree, f)) {
         // A full or read-only cache costs reuse, not the case: the base goes to memory.
         return Ok((in_memory_base(&tree, &e)?, false));
     }
@@ -279,6 +272,15 @@ fn base_archive(
     Ok((path, false))
 }
 
+/// Writes the base archive of `tree` into `f`.
+fn write_base(tree: &Tree, f: &mut File) -> Result<(), InitramfsError> {
+    let mut w = CpioWriter::new(BufWriter::with_capacity(1 << 20, f));
+    tree.write_to(&mut w)?;
+    w.finish()
+        .map_err(|e| InitramfsError::io("write", "base archive", e))?;
+    Ok(())
+}
+
 /// The base archive as a memfd kept open for the rest of the process (a per-case process
 /// builds one initramfs), for when the cache cannot take it; says so once, with the remedy.
 fn in_memory_base(tree: &Tree, why: &InitramfsError) -> Result<PathBuf, InitramfsError> {
@@ -293,12 +295,7 @@ fn in_memory_base(tree: &Tree, why: &InitramfsError) -> Result<PathBuf, Initramf
     });
     let mut f = crate::memfd::create("ktstr-initramfs-base", 0)
         .map_err(|e| InitramfsError::io("create", "an in-memory base archive", e))?;
-    {
-        let mut w = CpioWriter::new(BufWriter::with_capacity(1 << 20, &mut f));
-        tree.write_to(&mut w)?;
-        w.finish()
-            .map_err(|e| InitramfsError::io("write", "an in-memory base archive", e))?;
-    }
+    write_base(tree, &mut f)?;
     let path = crate::memfd::path_of(&f);
     KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(f);
     Ok(path)

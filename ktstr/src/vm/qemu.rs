@@ -262,11 +262,14 @@ pub fn topology_args(
 
 /// Guest RAM: one memfd per NUMA node ([`crate::memfd`]), so a killed test process leaves
 /// no guest-sized file behind, as files in `/dev/shm` would.
-fn node_memory(mem: &QemuMemory) -> std::io::Result<Vec<File>> {
+fn node_memory(
+    mem: &QemuMemory,
+    create: fn(&str, u64) -> std::io::Result<File>,
+) -> std::io::Result<Vec<File>> {
     mem.node_mib
         .iter()
         .enumerate()
-        .map(|(n, mib)| crate::memfd::create(&format!("ktstr-node{n}"), mib << 20))
+        .map(|(n, mib)| create(&format!("ktstr-node{n}"), mib << 20))
         .collect()
 }
 
@@ -278,12 +281,7 @@ fn node_hugepages(mem: &QemuMemory) -> Result<Vec<File>, String> {
             "a NUMA node of {mib} MiB is not a whole number of hugepages"
         ));
     }
-    mem.node_mib
-        .iter()
-        .enumerate()
-        .map(|(n, mib)| crate::memfd::create_huge(&format!("ktstr-node{n}"), mib << 20))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| format!("hugepage memfd: {e}"))
+    node_memory(mem, crate::memfd::create_huge).map_err(|e| format!("hugepage memfd: {e}"))
 }
 
 /// Pins qemu's vCPU threads (named with `debug-threads=on`) as performance mode says; what
@@ -400,7 +398,8 @@ pub fn run(mut spec: VmSpec, accel: Accel) -> Result<VmOutcome, QemuError> {
     };
     let node_files = match huge {
         Some(f) => f,
-        None => node_memory(&mem).map_err(io_err("creating guest memory (memfd)"))?,
+        None => node_memory(&mem, crate::memfd::create)
+            .map_err(io_err("creating guest memory (memfd)"))?,
     };
     let nodes: Vec<PathBuf> = node_files.iter().map(crate::memfd::path_of).collect();
     let mut cmd = qemu_command(&spec, accel, &mem, &nodes);

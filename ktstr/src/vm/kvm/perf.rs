@@ -97,7 +97,7 @@ pub fn pin_this_vcpu(index: u32, cpu: u32, realtime: bool) -> Option<String> {
         return Some(format!("vCPU {index} not pinned to host CPU {cpu}: {e}"));
     }
     if realtime {
-        if let Err(e) = crate::placement::make_realtime(1) {
+        if let Err(e) = crate::placement::make_realtime(0, 1) {
             return Some(format!("vCPU {index} not SCHED_FIFO: {e}"));
         }
     }
