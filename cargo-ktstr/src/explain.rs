@@ -77,6 +77,16 @@ static FIELDS: &[FieldInfo] = &[
         fix: Some("`cargo ktstr verifier` prints verified instructions per program and profile"),
     },
     FieldInfo {
+        name: "placement",
+        is_set: |s| s.placement.is_some(),
+        classification: Expected,
+        causes: &[
+            "the case is host-only: no VM, so no host CPUs were placed",
+            "the sidecar was written before ktstr recorded where a VM ran on the host",
+        ],
+        fix: None,
+    },
+    FieldInfo {
         name: "kvm_stats",
         is_set: |s| s.kvm_stats.is_some(),
         classification: Expected,
